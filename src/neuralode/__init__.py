@@ -1,0 +1,55 @@
+"""neuralode: differentiable ODE solvers and neural ODE models for PyTorch."""
+
+from ._norms import max_norm, rms_norm
+from ._solution import Solution, SolverError, Stats, Status
+from ._solve import solve
+from .adjoints import AbstractAdjoint, DirectAdjoint
+from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
+from .solvers import (
+    ALL_SOLVERS,
+    RK4,
+    AbstractSolver,
+    AdaptiveHeun,
+    Bosh3,
+    ButcherTableau,
+    Dopri5,
+    Dopri8,
+    Euler,
+    Fehlberg2,
+    Heun2,
+    Heun3,
+    Midpoint,
+    Tsit5,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_SOLVERS",
+    "RK4",
+    "AbstractAdjoint",
+    "AbstractController",
+    "AbstractSolver",
+    "AdaptiveHeun",
+    "Bosh3",
+    "ButcherTableau",
+    "ConstantStepSize",
+    "DirectAdjoint",
+    "Dopri5",
+    "Dopri8",
+    "Euler",
+    "Fehlberg2",
+    "Heun2",
+    "Heun3",
+    "Midpoint",
+    "PIDController",
+    "Solution",
+    "SolverError",
+    "Stats",
+    "Status",
+    "StepTo",
+    "Tsit5",
+    "max_norm",
+    "rms_norm",
+    "solve",
+]

@@ -1,0 +1,229 @@
+"""integrate(): THE step loop.
+
+step → controller decides (accept, next dt) → on accept, interpolate every output time
+inside the step → statistics. The loop runs in forward time ``tau`` (see Problem); the
+solver and the vector field see the caller's signed time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ._problem import Problem
+from ._solution import Stats, Status
+from .controllers import AbstractController
+from .interpolation import DenseInterpolation, interpolate_step, needs_f1
+from .solvers._explicit_rk import AbstractSolver, StepResult
+
+# Non-finite rejections in a row before giving up even if dt has not underflowed: each one
+# shrinks dt by factor_min (0.2 by default), so 40 of them cover 28 orders of magnitude.
+_MAX_NONFINITE_STREAK = 40
+
+
+@dataclass
+class RawSolution:
+    """The loop's result on the flat state, before unflattening.
+
+    Attributes:
+        ys: Outputs, shape ``(len(ts), N)``; NaN rows where the solve did not reach.
+        stats: Work counters.
+        status: How the loop ended.
+        t_last: Last time reached (caller's time).
+        y_last: Flat state at ``t_last``.
+        dt_last: Last attempted step (caller's sign).
+        detail: Extra words for an error message.
+        dense: The dense interpolant if asked for.
+    """
+
+    ys: torch.Tensor
+    stats: Stats
+    status: Status
+    t_last: float
+    y_last: torch.Tensor
+    dt_last: float
+    detail: str = ""
+    dense: DenseInterpolation | None = None
+    accepted_ts: list[float] = field(default_factory=list)
+
+
+def _resolution(tau: float, dtype: torch.dtype) -> float:
+    # The smallest step that still moves t as the vector field sees it (t's dtype).
+    return 4 * torch.finfo(dtype).eps * max(abs(tau), torch.finfo(dtype).tiny)
+
+
+def _forced_stops(controller: AbstractController, problem: Problem) -> tuple[list[float], set]:
+    step_ts, jump_ts = controller.stops()
+    lo, hi = problem.taus[0], problem.taus[-1]
+    d = problem.direction
+    jumps = {d * t for t in jump_ts if lo < d * t < hi}
+    stops = sorted({d * t for t in step_ts if lo < d * t < hi} | jumps)
+    return stops, jumps
+
+
+def integrate(
+    problem: Problem,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    *,
+    max_steps: int,
+    dense: bool = False,
+    record_steps: bool = False,
+) -> RawSolution:
+    """Solve ``problem`` and return the outputs at ``problem.taus`` (flat)."""
+    f, d, taus = problem.f, problem.direction, problem.taus
+    tau, y, f0 = taus[0], problem.y0, problem.f0
+    tau_end = taus[-1]
+    stats = Stats()
+    outputs = [y.unsqueeze(0)]  # ts[0] is t0: the first output is y0 itself
+    n_out = 1
+    stops, jumps = _forced_stops(controller, problem)
+    rtol, atol = controller.tolerances()
+    tolerances = (_flat_tolerance(rtol, problem), _flat_tolerance(atol, problem))
+    dense_out = DenseInterpolation(solver, d, problem.structure.unflatten) if dense else None
+    hermite = needs_f1(solver)
+    status, detail, nonfinite_streak = Status.SUCCESS, "", 0
+    accepted_ts: list[float] = []
+
+    dt = 0.0
+    if n_out < len(taus):
+        dt, cstate = controller.init(
+            solver,
+            f,
+            d * tau,
+            y,
+            f0,
+            tau0=tau,
+            tau_end=tau_end,
+            direction=d,
+            tolerances=tolerances,
+        )
+    while n_out < len(taus):
+        if stats.steps >= max_steps:
+            status = Status.MAX_STEPS
+            break
+        i_stop = bisect.bisect_right(stops, tau)
+        tau_stop = stops[i_stop] if i_stop < len(stops) else tau_end
+        # Land exactly on the next stop; stretch by a hair rather than leave a sliver.
+        tau1 = tau_stop if tau + dt * (1 + 1e-10) >= tau_stop else tau + dt
+        dt = tau1 - tau
+        if dt <= _resolution(tau, problem.ts.dtype) or (
+            controller.adaptive and dt < getattr(controller, "dt_min", 0.0)
+        ):
+            status = Status.NONFINITE if nonfinite_streak else Status.DT_MIN
+            break
+        step = solver.step(f, d * tau, y, f0, d * dt)
+        stats.steps += 1
+        decision = controller.decide(tau, dt, y, step, cstate)
+        cstate = decision.state
+        if not decision.accept:
+            stats.rejected += 1
+            if decision.nonfinite:
+                nonfinite_streak += 1
+                if not controller.adaptive or nonfinite_streak >= _MAX_NONFINITE_STREAK:
+                    status = Status.NONFINITE
+                    break
+                if nonfinite_streak == 1 and not bool(torch.isfinite(f0).all()):
+                    status, detail = Status.NONFINITE, "f(t, y) itself is not finite"
+                    break
+            dt = decision.dt_next
+            continue
+        nonfinite_streak = 0
+        stats.accepted += 1
+        f1 = step.f1
+        n_next = bisect.bisect_right(taus, tau1, lo=n_out)
+        if n_next > n_out:
+            if hermite and f1 is None:
+                f1 = f(d * tau1, step.y1)
+            outputs.append(_outputs_in_step(solver, taus, n_out, n_next, tau, dt, d, y, step, f1))
+            n_out = n_next
+        if dense_out is not None:
+            if hermite and f1 is None:
+                f1 = f(d * tau1, step.y1)
+            dense_out.add(tau, d * dt, y, step.k, f1)
+        if record_steps:
+            accepted_ts.append(d * tau1)
+        tau, y = tau1, step.y1
+        if n_out < len(taus):
+            if tau in jumps:
+                # f jumps here: the FSAL stage is the left limit; restart from the right one.
+                f1 = f(d * math.nextafter(tau, math.inf), y)
+            elif f1 is None:
+                f1 = f(d * tau, y)
+        f0 = f1 if f1 is not None else f0
+        dt = decision.dt_next
+    stats.nfe = f.nfe
+    ys = _assemble(outputs, len(taus), y)
+    return RawSolution(
+        ys=ys,
+        stats=stats,
+        status=status,
+        t_last=d * tau,
+        y_last=y,
+        dt_last=d * dt,
+        detail=detail,
+        dense=dense_out,
+        accepted_ts=accepted_ts,
+    )
+
+
+def _outputs_in_step(
+    solver: AbstractSolver,
+    taus: tuple[float, ...],
+    n_out: int,
+    n_next: int,
+    tau0: float,
+    dt: float,
+    d: float,
+    y0: torch.Tensor,
+    step: StepResult,
+    f1: torch.Tensor | None,
+) -> torch.Tensor:
+    """Outputs ``taus[n_out:n_next]`` (all inside ``(tau0, tau0 + dt]``), shape ``(m, N)``."""
+    tau1 = tau0 + dt
+    inner = [(t - tau0) / dt for t in taus[n_out:n_next] if t < tau1]
+    n_end = (n_next - n_out) - len(inner)  # outputs exactly at the step end: y1 itself
+    parts = []
+    if inner:
+        parts.append(interpolate_step(solver, y0, step.k, f1, d * dt, inner))
+    if n_end:
+        parts.append(step.y1.unsqueeze(0).expand(n_end, -1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _assemble(outputs: list[torch.Tensor], n: int, y_last: torch.Tensor) -> torch.Tensor:
+    ys = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    missing = n - ys.shape[0]
+    if missing:
+        # Never uninitialised memory: outputs the solve did not reach are NaN.
+        nan = torch.full((missing, ys.shape[1]), math.nan, dtype=ys.dtype, device=ys.device)
+        ys = torch.cat([ys, nan])
+    return ys
+
+
+def _flat_tolerance(value: object, problem: Problem) -> torch.Tensor | float:
+    """A tolerance as a float or as a flat tensor matching the flat state."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    parts = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    shapes = problem.structure.shapes
+    if len(parts) != len(shapes):
+        raise ValueError(
+            f"a per-component tolerance needs one tensor per state part ({len(shapes)}), "
+            f"got {len(parts)}"
+        )
+    flat = []
+    for part, shape in zip(parts, shapes, strict=False):
+        if not isinstance(part, torch.Tensor):
+            part = torch.tensor(float(part))
+        try:
+            flat.append(torch.broadcast_to(part, shape).reshape(-1))
+        except RuntimeError as err:
+            raise ValueError(
+                f"a tolerance tensor of shape {tuple(part.shape)} does not broadcast to the "
+                f"state shape {tuple(shape)}; give a float or a tensor of the state's shape"
+            ) from err
+    return torch.cat(flat).to(dtype=problem.y0.dtype, device=problem.y0.device)

@@ -1,0 +1,23 @@
+"""Error norms on the flat state (and, in per-sample mode, on each row)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square over the last dimension (the whole state in joint mode).
+
+    Hairer, Nørsett & Wanner I, eq. (4.11); the default of torchdiffeq, scipy and diffrax.
+    """
+    return torch.linalg.vector_norm(x, dim=-1) / math.sqrt(max(x.shape[-1], 1))
+
+
+def max_norm(x: torch.Tensor) -> torch.Tensor:
+    """Largest absolute component over the last dimension."""
+    return torch.linalg.vector_norm(x, ord=math.inf, dim=-1)

@@ -1,0 +1,39 @@
+"""A validated initial-value problem on the flat state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._vector_field import State, Structure, VectorField
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything the step loop needs, in its own terms.
+
+    The loop runs in forward time ``tau = direction * t``, so reverse-time solves share
+    every code path with forward ones; solvers are called with the signed time and step.
+
+    Attributes:
+        f: The vector field on the flat state.
+        y0: Flat initial state, shape ``(N,)``.
+        f0: ``f(t0, y0)`` from the boundary check (already counted in ``f.nfe``).
+        ts: The output times as given.
+        taus: Output times in forward time, as Python floats (increasing).
+        direction: ``+1.0`` for increasing ``ts``, ``-1.0`` for decreasing.
+        structure: How to flatten and restore the state.
+    """
+
+    f: VectorField
+    y0: torch.Tensor
+    f0: torch.Tensor
+    ts: torch.Tensor
+    taus: tuple[float, ...]
+    direction: float
+    structure: Structure
+
+    def flatten(self, x: State) -> torch.Tensor:
+        """Flatten a state-shaped value (e.g. per-component tolerances)."""
+        return self.structure.flatten(x)

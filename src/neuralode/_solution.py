@@ -1,0 +1,124 @@
+"""What a solve returns: the solution, its statistics, its status, and the typed error."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .interpolation import DenseInterpolation
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class Status(enum.Enum):
+    """How a solve ended. Each value is the message shown to the user."""
+
+    SUCCESS = "success"
+    MAX_STEPS = (
+        "the step budget max_steps was used up before the last output time; raise max_steps, "
+        "loosen rtol/atol, or use a solver suited to the problem (a stiff problem needs an "
+        "implicit solver)"
+    )
+    DT_MIN = (
+        "the step size fell below dt_min (or below the floating-point resolution of t): the "
+        "solution may blow up in finite time near here, or the problem is stiff"
+    )
+    NONFINITE = (
+        "the vector field returned a non-finite value (NaN or inf) and shrinking the step did "
+        "not help"
+    )
+
+    @property
+    def message(self) -> str:
+        """The human-readable description of this status."""
+        return self.value
+
+
+class SolverError(RuntimeError):
+    """A solve that did not reach its last output time.
+
+    Attributes:
+        status: Why it stopped.
+        t: Time of the last accepted state (in the caller's time direction).
+        dt: Size of the last attempted step.
+        steps: Number of steps attempted.
+        samples: Indices of the failing samples in a per-sample solve (``None`` otherwise).
+    """
+
+    def __init__(
+        self,
+        status: Status,
+        *,
+        t: float,
+        dt: float,
+        steps: int,
+        detail: str = "",
+        samples: Sequence[int] | None = None,
+    ) -> None:
+        self.status = status
+        self.t = t
+        self.dt = dt
+        self.steps = steps
+        self.samples = None if samples is None else list(samples)
+        where = f"at t={t:.6g} with dt={dt:.3g} after {steps} steps"
+        if self.samples is not None:
+            where += f" (samples {self.samples})"
+        text = f"{status.message} ({where})"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+
+
+@dataclass
+class Stats:
+    """Work done by a solve.
+
+    Attributes:
+        steps: Steps attempted (accepted + rejected).
+        accepted: Steps accepted.
+        rejected: Steps rejected by error control or because of non-finite values.
+        nfe: Vector-field evaluations of the forward solve (initial step selection
+            included).
+        nfe_backward: Vector-field (or vector-Jacobian) evaluations of the backward pass;
+            filled in by gradient methods that solve an ODE backwards.
+    """
+
+    steps: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    nfe: int = 0
+    nfe_backward: int = 0
+
+
+@dataclass
+class Solution:
+    """The result of :func:`neuralode.solve`.
+
+    Attributes:
+        ts: The output times, as given.
+        ys: The state at each output time, shape ``(len(ts), *y0.shape)`` (a tuple of such
+            tensors for a tuple state). Outputs the solve did not reach are NaN.
+        stats: Work counters (:class:`Stats`).
+        status: How the solve ended (:class:`Status`).
+        t_last: The last time the solve reached with an accepted step.
+        y_last: The state at ``t_last`` (the last good state).
+        dense: A dense interpolant over the whole solve, when ``dense=True`` was asked for.
+    """
+
+    ts: torch.Tensor
+    ys: State
+    stats: Stats = field(default_factory=Stats)
+    status: Status = Status.SUCCESS
+    t_last: float = float("nan")
+    y_last: State | None = None
+    dense: DenseInterpolation | None = None
+
+    @property
+    def success(self) -> bool:
+        """Whether the solve reached every output time."""
+        return self.status is Status.SUCCESS

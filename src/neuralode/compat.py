@@ -1,0 +1,217 @@
+"""torchdiffeq-compatible entry points.
+
+The ONE place where method strings and options dicts are mapped to neuralode objects.
+``from neuralode.compat import odeint`` is a drop-in for ``torchdiffeq.odeint`` (0.2.5):
+same signature, method names, options and defaults. Results agree with torchdiffeq's to
+within the requested tolerance; they are not bit-identical because neuralode chooses step
+sizes slightly differently (Hairer's initial step exponent, steps may shrink after an
+accepted step) and evaluates ``f(t1, y1)`` where torchdiffeq's ``adaptive_heun`` and
+``fehlberg2`` reuse a stage taken at another point. Unknown options raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._norms import rms_norm
+from ._solution import State
+from ._solve import DEFAULT_MAX_STEPS, solve
+from ._vector_field import Structure
+from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
+from .solvers import (
+    RK4,
+    AbstractSolver,
+    AdaptiveHeun,
+    Bosh3,
+    Dopri5,
+    Dopri8,
+    Euler,
+    ExplicitRK,
+    Fehlberg2,
+    Heun2,
+    Heun3,
+    Midpoint,
+    Tsit5,
+)
+
+__all__ = ["METHODS", "odeint"]
+
+# torchdiffeq's method names → solver classes.
+METHODS: dict[str, type[ExplicitRK]] = {
+    "dopri8": Dopri8,
+    "dopri5": Dopri5,
+    "tsit5": Tsit5,
+    "bosh3": Bosh3,
+    "fehlberg2": Fehlberg2,
+    "adaptive_heun": AdaptiveHeun,
+    "euler": Euler,
+    "midpoint": Midpoint,
+    "heun2": Heun2,
+    "heun3": Heun3,
+    "rk4": RK4,
+}
+
+_UNSUPPORTED = {
+    "explicit_adams": "multistep Adams methods are not implemented; use 'dopri5' or 'rk4'",
+    "implicit_adams": "multistep Adams methods are not implemented; use 'dopri5'",
+    "fixed_adams": "multistep Adams methods are not implemented; use 'rk4'",
+    "scipy_solver": "the scipy bridge is not implemented; use 'dopri5' or 'dopri8'",
+}
+
+_ADAPTIVE_OPTIONS = {
+    "first_step",
+    "max_num_steps",
+    "step_t",
+    "jump_t",
+    "norm",
+    "min_step",
+    "max_step",
+    "safety",
+    "ifactor",
+    "dfactor",
+}
+_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp", "max_num_steps"}
+
+
+def _mixed_norm(structure: Structure) -> Callable[[torch.Tensor], torch.Tensor]:
+    # torchdiffeq's default for tuple states: the largest RMS norm among the parts.
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, structure.sizes, dim=-1)
+        return torch.stack([rms_norm(p) for p in parts]).amax(dim=0)
+
+    return norm
+
+
+def _user_norm(
+    norm: Callable[[Any], torch.Tensor], structure: Structure
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    # torchdiffeq calls a custom norm on the state's own structure, not on a flat vector.
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(norm(structure.unflatten(x)))
+
+    return wrapped
+
+
+def _times(value: Any, name: str) -> tuple[float, ...]:
+    if isinstance(value, torch.Tensor):
+        return tuple(float(v) for v in value.reshape(-1))
+    return tuple(float(v) for v in value)
+
+
+def _solver_for(method: str | None, options: dict[str, Any]) -> AbstractSolver:
+    name = "dopri5" if method is None else method
+    if name in _UNSUPPORTED:
+        raise ValueError(f"method={name!r}: {_UNSUPPORTED[name]}")
+    if name not in METHODS:
+        known = ", ".join(sorted(METHODS))
+        raise ValueError(f"unknown method={name!r}; choose one of: {known}")
+    cls = METHODS[name]
+    if cls.tableau.adaptive:
+        return cls()
+    interp = options.get("interp", "linear")
+    if interp not in ("linear", "cubic"):
+        raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+    return cls(interpolation="linear" if interp == "linear" else "hermite")
+
+
+def _check_options(solver: AbstractSolver, options: dict[str, Any]) -> None:
+    allowed = _ADAPTIVE_OPTIONS if solver.adaptive else _FIXED_OPTIONS
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        kind = "adaptive" if solver.adaptive else "fixed-step"
+        raise ValueError(
+            f"unknown option(s) {unknown} for the {kind} method {type(solver).__name__}; "
+            f"valid options are {sorted(allowed)}"
+        )
+    if options.get("perturb"):
+        raise ValueError(
+            "options['perturb']=True is not supported; mark discontinuities with an "
+            "adaptive method and options={'jump_t': ...} instead"
+        )
+
+
+def _controller_for(
+    solver: AbstractSolver,
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    rtol: Any,
+    atol: Any,
+    options: dict[str, Any],
+) -> AbstractController:
+    if not solver.adaptive:
+        if options.get("step_size") is not None and options.get("grid_constructor") is not None:
+            raise ValueError("give options['step_size'] or options['grid_constructor'], not both")
+        if options.get("step_size") is not None:
+            return ConstantStepSize(float(options["step_size"]))
+        if options.get("grid_constructor") is not None:
+            grid = options["grid_constructor"](func, y0, t)
+            return StepTo(_times(grid, "grid_constructor"))
+        # torchdiffeq's default grid: step from output time to output time.
+        return StepTo(_times(t, "t"))
+    structure = Structure.of(y0)
+    if options.get("norm") is not None:
+        norm = _user_norm(options["norm"], structure)
+    elif structure.is_tuple:
+        norm = _mixed_norm(structure)
+    else:
+        norm = rms_norm
+    return PIDController(
+        rtol=rtol,
+        atol=atol,
+        safety=float(options.get("safety", 0.9)),
+        factor_min=float(options.get("dfactor", 0.2)),
+        factor_max=float(options.get("ifactor", 10.0)),
+        dt0=None if options.get("first_step") is None else float(options["first_step"]),
+        dt_min=float(options.get("min_step", 0.0)),
+        dt_max=float(options.get("max_step", math.inf)),
+        norm=norm,
+        step_ts=_times(options.get("step_t", ()), "step_t"),
+        jump_ts=_times(options.get("jump_t", ()), "jump_t"),
+    )
+
+
+def odeint(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[..., torch.Tensor] | None = None,
+) -> State:
+    """Solve ``dy/dt = func(t, y)`` at times ``t``, exactly like ``torchdiffeq.odeint``.
+
+    Args:
+        func: ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (tensor or tuple).
+        y0: Initial state (tensor or tuple of tensors) at ``t[0]``.
+        t: 1-D strictly monotone output times.
+        rtol: Relative tolerance (adaptive methods).
+        atol: Absolute tolerance (adaptive methods).
+        method: One of ``dopri8, dopri5, tsit5, bosh3, fehlberg2, adaptive_heun, euler,
+            midpoint, heun2, heun3, rk4``; ``dopri5`` by default.
+        options: torchdiffeq's options: ``first_step, max_num_steps, step_t, jump_t, norm,
+            min_step, max_step, safety, ifactor, dfactor`` (adaptive); ``step_size,
+            grid_constructor, interp, perturb`` (fixed-step).
+        event_fn: Not supported yet; raises if given.
+
+    Returns:
+        The solution at ``t``: shape ``(len(t), *y0.shape)`` (a tuple for tuple states).
+
+    Raises:
+        SolverError: If the solve fails (torchdiffeq raises ``AssertionError`` there).
+    """
+    if event_fn is not None:
+        raise ValueError("event_fn is not supported by neuralode.compat.odeint yet")
+    options = {} if options is None else dict(options)
+    solver = _solver_for(method, options)
+    _check_options(solver, options)
+    controller = _controller_for(solver, func, y0, t, rtol, atol, options)
+    max_steps = int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
+    return solve(func, y0, t, solver=solver, controller=controller, max_steps=max_steps).ys

@@ -1,0 +1,72 @@
+"""The controller interface: choose the first step and accept or reject each step."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..solvers._explicit_rk import AbstractSolver, FlatField, StepResult
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A controller's verdict on one attempted step.
+
+    Attributes:
+        accept: Keep the step.
+        dt_next: Size of the next step to attempt (positive; in the direction of
+            integration).
+        state: The controller's new state.
+        nonfinite: The step was rejected because it produced NaN or inf.
+    """
+
+    accept: bool
+    dt_next: float
+    state: Any
+    nonfinite: bool = False
+
+
+class AbstractController(abc.ABC):
+    """Step-size control. Holds configuration only; its state is passed explicitly.
+
+    Times seen by a controller run forwards (``tau = direction * t``), so step sizes are
+    positive for forward and reverse solves alike.
+    """
+
+    @property
+    @abc.abstractmethod
+    def adaptive(self) -> bool:
+        """Whether this controller needs an error estimate from the solver."""
+
+    @abc.abstractmethod
+    def init(
+        self,
+        solver: AbstractSolver,
+        f: FlatField,
+        t0: float,
+        y0: torch.Tensor,
+        f0: torch.Tensor,
+        *,
+        tau0: float,
+        tau_end: float,
+        direction: float,
+        tolerances: tuple[torch.Tensor | float, torch.Tensor | float],
+    ) -> tuple[float, Any]:
+        """Return the first step size and the initial controller state."""
+
+    @abc.abstractmethod
+    def decide(
+        self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
+    ) -> Decision:
+        """Accept or reject the step of size ``dt`` from ``tau0`` and propose the next."""
+
+    def tolerances(self) -> tuple[Any, Any]:
+        """``(rtol, atol)`` as configured, for flattening onto the state by the problem."""
+        return 0.0, 0.0
+
+    def stops(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(step_ts, jump_ts)``: times every solve must step to exactly."""
+        return (), ()

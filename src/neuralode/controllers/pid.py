@@ -1,0 +1,188 @@
+"""Adaptive step-size control: I, PI and PID controllers on the error ratio."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._norms import Norm, rms_norm
+from ..solvers._explicit_rk import AbstractSolver, FlatField, StepResult
+from ._base import AbstractController, Decision
+from .initial_step import select_initial_step
+
+Tolerance = float | torch.Tensor | Sequence[torch.Tensor]
+
+
+def _check_tolerance(name: str, value: Any) -> None:
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            _check_tolerance(name, v)
+        return
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
+        bad = not bool(torch.all(value > 0))
+        shown = f"a tensor with min {float(value.min()) if value.numel() else 'n/a'}"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        bad = not (math.isfinite(value) and value > 0)
+        shown = repr(value)
+    else:
+        raise TypeError(f"{name} must be a positive float or tensor, got {type(value).__name__}")
+    if bad:
+        raise ValueError(
+            f"{name} must be positive and finite, got {shown}; typical values are "
+            "rtol=1e-6, atol=1e-8 (tighten both for more accuracy)"
+        )
+
+
+@dataclass(frozen=True)
+class PIDController(AbstractController):
+    """Adaptive steps from the error ratio ``ε = norm(y_error / (atol + rtol·max|y|))``.
+
+    A step is accepted when ``ε ≤ 1``. The next step is ``dt · factor`` with
+    ``factor = safety · ε_n^(−β1) · ε_(n−1)^(−β2) · ε_(n−2)^(−β3)``, ``k = error_order + 1``,
+    ``β1 = (p + i + d)/k``, ``β2 = −(p + 2d)/k``, ``β3 = d/k`` (Söderlind, "Digital filters in
+    adaptive time-stepping", ACM TOMS 29, 2003), clipped to ``[factor_min, factor_max]``.
+    The defaults ``pcoeff = dcoeff = 0, icoeff = 1`` give the classical I controller
+    (torchdiffeq's and scipy's); ``pcoeff=0.4, icoeff=0.3`` is a good PI controller for
+    problems with oscillating step sizes. A rejected step uses the I part only and never
+    grows. A step that yields NaN/inf is rejected and shrunk by ``factor_min``.
+
+    Attributes:
+        rtol: Relative tolerance: a float, or a tensor shaped like the state (per-component).
+        atol: Absolute tolerance, likewise.
+        pcoeff: Proportional coefficient.
+        icoeff: Integral coefficient.
+        dcoeff: Derivative coefficient.
+        safety: Safety factor on the optimal step.
+        factor_min: Smallest step-size ratio between consecutive steps.
+        factor_max: Largest step-size ratio between consecutive steps.
+        dt0: First step size; ``None`` selects it by Hairer's algorithm (one extra
+            evaluation).
+        dt_min: Smallest step; going below ends the solve with ``Status.DT_MIN``.
+        dt_max: Largest step.
+        norm: Norm of the scaled error on the flat state (``rms_norm`` by default).
+        step_ts: Times the solver must step to exactly (e.g. kinks of the forcing).
+        jump_ts: Discontinuities of ``f`` in ``t``: stepped to exactly, and ``f`` is
+            re-evaluated on the far side so no stage straddles the jump.
+    """
+
+    rtol: Tolerance = 1e-6
+    atol: Tolerance = 1e-8
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    safety: float = 0.9
+    factor_min: float = 0.2
+    factor_max: float = 10.0
+    dt0: float | None = None
+    dt_min: float = 0.0
+    dt_max: float = math.inf
+    norm: Norm = rms_norm
+    step_ts: Sequence[float] = ()
+    jump_ts: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        _check_tolerance("rtol", self.rtol)
+        _check_tolerance("atol", self.atol)
+        if not 0 < self.safety <= 1:
+            raise ValueError(f"safety must be in (0, 1], got {self.safety!r}")
+        if not 0 < self.factor_min < 1 < self.factor_max:
+            raise ValueError(
+                f"need 0 < factor_min < 1 < factor_max, got factor_min={self.factor_min!r}, "
+                f"factor_max={self.factor_max!r}"
+            )
+        if self.dt0 is not None and not (math.isfinite(self.dt0) and self.dt0 > 0):
+            raise ValueError(f"dt0 must be a positive finite step size or None, got {self.dt0!r}")
+        if not 0 <= self.dt_min < self.dt_max:
+            raise ValueError(
+                f"need 0 <= dt_min < dt_max, got dt_min={self.dt_min!r}, dt_max={self.dt_max!r}"
+            )
+        object.__setattr__(self, "step_ts", tuple(float(t) for t in self.step_ts))
+        object.__setattr__(self, "jump_ts", tuple(float(t) for t in self.jump_ts))
+
+    @property
+    def adaptive(self) -> bool:
+        """This controller needs an embedded error estimate."""
+        return True
+
+    def tolerances(self) -> tuple[Any, Any]:
+        """``(rtol, atol)`` as configured."""
+        return self.rtol, self.atol
+
+    def stops(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(step_ts, jump_ts)``."""
+        return tuple(self.step_ts), tuple(self.jump_ts)
+
+    def init(
+        self,
+        solver: AbstractSolver,
+        f: FlatField,
+        t0: float,
+        y0: torch.Tensor,
+        f0: torch.Tensor,
+        *,
+        tau0: float,
+        tau_end: float,
+        direction: float,
+        tolerances: tuple[torch.Tensor | float, torch.Tensor | float],
+    ) -> tuple[float, Any]:
+        """First step (given or Hairer's) and the state ``(k, rtol, atol, ε_(n−1), ε_(n−2))``."""
+        rtol, atol = tolerances
+        k = solver.error_order + 1
+        if self.dt0 is not None:
+            dt = self.dt0
+        else:
+            dt = select_initial_step(
+                f,
+                t0,
+                y0,
+                f0,
+                direction=direction,
+                error_order=solver.error_order,
+                rtol=rtol,
+                atol=atol,
+                norm=self.norm,
+            )
+        dt = min(max(dt, self.dt_min), self.dt_max, tau_end - tau0)
+        return dt, (k, rtol, atol, 1.0, 1.0)
+
+    def error_ratio(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        y_error: torch.Tensor,
+        rtol: torch.Tensor | float,
+        atol: torch.Tensor | float,
+    ) -> float:
+        """``norm(y_error / (atol + rtol · max(|y0|, |y1|)))`` as a Python float (one sync)."""
+        with torch.no_grad():
+            scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+            return float(self.norm(y_error / scale))
+
+    def decide(
+        self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
+    ) -> Decision:
+        """Accept when ``ε ≤ 1``; propose the next step from the PID formula."""
+        k, rtol, atol, prev1, prev2 = state
+        if step.y_error is None:
+            raise TypeError("PIDController needs a solver with an embedded error estimate")
+        ratio = self.error_ratio(y0, step.y1, step.y_error, rtol, atol)
+        if not math.isfinite(ratio):
+            return Decision(False, max(dt * self.factor_min, self.dt_min), state, nonfinite=True)
+        if ratio > 1.0:
+            factor = max(self.factor_min, self.safety * ratio ** (-1.0 / k))
+            return Decision(False, max(dt * factor, self.dt_min), state)
+        # ε = 0 (e.g. a constant solution) would make the factor infinite: cap it.
+        ratio = max(ratio, 1e-10)
+        beta1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
+        beta2 = -(self.pcoeff + 2 * self.dcoeff) / k
+        beta3 = self.dcoeff / k
+        factor = self.safety * ratio**-beta1 * prev1**-beta2 * prev2**-beta3
+        factor = min(self.factor_max, max(self.factor_min, factor))
+        dt_next = min(self.dt_max, max(self.dt_min, dt * factor))
+        return Decision(True, dt_next, (k, rtol, atol, ratio, prev1))

@@ -1,0 +1,82 @@
+"""A dense solution over the whole solve, assembled from the accepted steps."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..solvers._explicit_rk import AbstractSolver
+from .local import interpolate_step
+
+
+@dataclass(frozen=True)
+class _Segment:
+    tau0: float
+    dt: float  # signed step in the caller's time
+    y0: torch.Tensor
+    k: tuple[torch.Tensor, ...]
+    f1: torch.Tensor | None
+
+
+@dataclass
+class DenseInterpolation:
+    """Evaluate the solution anywhere in the solved interval, ``sol.dense(t)``.
+
+    Built from each accepted step's stages with the same interpolant as the output times,
+    so it is continuous, exact at step ends, and of the solver's dense-output order.
+    Memory grows with the number of steps × stages × state size.
+    """
+
+    solver: AbstractSolver
+    direction: float
+    unflatten: Callable[[torch.Tensor], object]
+    _segments: list[_Segment] = field(default_factory=list)
+    _starts: list[float] = field(default_factory=list)
+
+    def add(
+        self,
+        tau0: float,
+        dt: float,
+        y0: torch.Tensor,
+        k: tuple[torch.Tensor, ...],
+        f1: torch.Tensor | None,
+    ) -> None:
+        """Record one accepted step (used by the step loop)."""
+        self._segments.append(_Segment(tau0, dt, y0, k, f1))
+        self._starts.append(tau0)
+
+    @property
+    def t0(self) -> float:
+        """Start of the interpolated interval."""
+        return self.direction * self._segments[0].tau0
+
+    @property
+    def t1(self) -> float:
+        """End of the interpolated interval."""
+        last = self._segments[-1]
+        return self.direction * last.tau0 + last.dt
+
+    def __call__(self, t: float | torch.Tensor) -> object:
+        """The solution at time(s) ``t``: shape ``(*t.shape, *y0.shape)``."""
+        times = torch.as_tensor(t, dtype=torch.float64)
+        flat = [self._at(float(x)) for x in times.reshape(-1)]
+        out = torch.stack(flat).reshape(*times.shape, -1)
+        return self.unflatten(out)
+
+    def _at(self, t: float) -> torch.Tensor:
+        if not self._segments:
+            raise ValueError("the dense interpolant is empty: the solve took no step")
+        tau = self.direction * t
+        lo, hi = self._segments[0].tau0, self.direction * self.t1
+        if not lo <= tau <= hi:
+            raise ValueError(
+                f"t={t} is outside the solved interval [{self.t0}, {self.t1}]; "
+                "the dense interpolant does not extrapolate"
+            )
+        i = max(0, bisect.bisect_right(self._starts, tau) - 1)
+        seg = self._segments[i]
+        theta = (tau - seg.tau0) / abs(seg.dt)
+        return interpolate_step(self.solver, seg.y0, seg.k, seg.f1, seg.dt, [theta])[0]

@@ -1,0 +1,75 @@
+"""Interpolation inside one accepted step, written as weights on the stages.
+
+Both the tableau's own continuous extension and the cubic Hermite fallback are linear in
+the stages, ``y(t0 + θ dt) = y0 + dt Σ_i w_i(θ) k_i`` (Hermite adds ``f1`` as one more
+"stage"), so every output time inside a step costs one row of a single matrix product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+
+from ..solvers._explicit_rk import AbstractSolver, ExplicitRK
+
+
+def _kind(solver: AbstractSolver) -> str:
+    if not isinstance(solver, ExplicitRK):
+        raise NotImplementedError(f"{type(solver).__name__} has no interpolant")
+    if solver.interpolation == "auto":
+        return "dense" if solver.tableau.b_dense is not None else "hermite"
+    return solver.interpolation
+
+
+def needs_f1(solver: AbstractSolver) -> bool:
+    """Whether interpolating this solver's steps needs ``f(t1, y1)`` beyond its stages."""
+    return _kind(solver) == "hermite"
+
+
+def _hermite_weights(b: Sequence[float], theta: float) -> list[float]:
+    """Cubic Hermite through ``y0, y1, f0, f1`` as weights on ``(k_1..k_s, f1)``.
+
+    With ``h10 = θ³ − 2θ² + θ``, ``h01 = 3θ² − 2θ³``, ``h11 = θ³ − θ²`` and
+    ``y1 − y0 = dt Σ b_i k_i``: ``y(θ) = y0 + dt (h10 k_1 + h01 Σ b_i k_i + h11 f1)``.
+    Third order, which matches the fixed-step and low-order adaptive methods it serves.
+    """
+    h10 = theta * (1 - theta) ** 2
+    h01 = theta * theta * (3 - 2 * theta)
+    h11 = theta * theta * (theta - 1)
+    weights = [h01 * bi for bi in b]
+    weights[0] += h10
+    weights.append(h11)
+    return weights
+
+
+def stage_weights(solver: AbstractSolver, thetas: Sequence[float]) -> list[list[float]]:
+    """One row of stage weights per ``θ`` (extended by an ``f1`` column for Hermite)."""
+    kind = _kind(solver)
+    tableau = cast(ExplicitRK, solver).tableau  # _kind has checked the type
+    if kind == "dense":
+        return [tableau.dense_weights(theta) for theta in thetas]
+    b = [float(x) for x in tableau.b]
+    if kind == "linear":
+        return [[theta * bi for bi in b] for theta in thetas]
+    return [_hermite_weights(b, theta) for theta in thetas]
+
+
+def interpolate_step(
+    solver: AbstractSolver,
+    y0: torch.Tensor,
+    k: Sequence[torch.Tensor],
+    f1: torch.Tensor | None,
+    dt: float,
+    thetas: Sequence[float],
+) -> torch.Tensor:
+    """The solution at ``t0 + θ dt`` for each ``θ`` in ``thetas``, shape ``(len(thetas), N)``."""
+    stages = list(k)
+    if needs_f1(solver):
+        if f1 is None:
+            raise ValueError("Hermite interpolation needs f(t1, y1)")
+        stages.append(f1)
+    weights = torch.tensor(stage_weights(solver, thetas), dtype=y0.dtype, device=y0.device)
+    # (m, s) @ (s, N), scaled by dt, plus y0 broadcast over the m rows: one fused op.
+    return torch.addmm(y0.unsqueeze(0), weights, torch.stack(stages), alpha=dt)

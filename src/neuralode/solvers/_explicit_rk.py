@@ -1,0 +1,187 @@
+"""The one generic explicit Runge–Kutta step that runs every tableau."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
+
+import torch
+
+from ._tableau import ButcherTableau
+
+# f(t, y) on the flat state; t is a float, the wrapper turns it into a tensor.
+FlatField = Callable[[float, torch.Tensor], torch.Tensor]
+StepSize = float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One attempted step from ``(t0, y0)`` to ``t0 + dt``.
+
+    Attributes:
+        y1: Proposed solution at ``t0 + dt``.
+        y_error: Local error estimate (already multiplied by ``dt``), ``None`` for
+            fixed-step methods.
+        f1: ``f(t0 + dt, y1)`` when the method has it for free (FSAL), else ``None``.
+        k: The stage derivatives, in order (``k[0]`` is ``f0``).
+    """
+
+    y1: torch.Tensor
+    y_error: torch.Tensor | None
+    f1: torch.Tensor | None
+    k: tuple[torch.Tensor, ...]
+
+
+def combine(
+    y0: torch.Tensor, k: Sequence[torch.Tensor], weights: Sequence[float], dt: StepSize
+) -> torch.Tensor:
+    """Return ``y0 + dt * Σ_j weights[j] * k[j]``, skipping zero weights.
+
+    With a float ``dt`` this is one fused ``add`` per non-zero weight, which measured
+    faster than stacking the stages and calling ``addmv`` for the small states a neural
+    ODE step sees (about 2 µs per add against 9 µs for stack + addmv). A tensor ``dt`` of
+    shape ``(B, 1)`` gives every row of a ``(B, N)`` state its own step size (per-sample
+    mode).
+    """
+    terms = [(w, kj) for w, kj in zip(weights, k, strict=False) if w != 0.0]
+    if isinstance(dt, float):
+        if not terms:
+            return y0.clone()
+        w0, k0 = terms[0]
+        out = torch.add(y0, k0, alpha=dt * w0)
+        for w, kj in terms[1:]:
+            out.add_(kj, alpha=dt * w)
+        return out
+    if not terms:
+        return y0.clone()
+    w0, k0 = terms[0]
+    acc = k0 * w0
+    for w, kj in terms[1:]:
+        acc.add_(kj, alpha=w)
+    return torch.addcmul(y0, dt, acc)
+
+
+def weighted_sum(k: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Return ``Σ_j weights[j] * k[j]`` (at least one weight must be non-zero)."""
+    terms = [(w, kj) for w, kj in zip(weights, k, strict=False) if w != 0.0]
+    w0, k0 = terms[0]
+    acc = k0 * w0
+    for w, kj in terms[1:]:
+        acc.add_(kj, alpha=w)
+    return acc
+
+
+class AbstractSolver(abc.ABC):
+    """A one-step method: advances ``(t0, y0)`` by ``dt`` and estimates its error."""
+
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        """Classical order of the propagated solution."""
+
+    @property
+    @abc.abstractmethod
+    def error_order(self) -> int:
+        """Order used by step-size control (``None``-free: fixed-step methods give order)."""
+
+    @property
+    @abc.abstractmethod
+    def adaptive(self) -> bool:
+        """Whether the method has an error estimate, so an adaptive controller can drive it."""
+
+    @property
+    @abc.abstractmethod
+    def fsal(self) -> bool:
+        """Whether ``step`` returns ``f(t1, y1)`` for free."""
+
+    @abc.abstractmethod
+    def step(
+        self, f: FlatField, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: StepSize
+    ) -> StepResult:
+        """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
+
+
+_INTERPOLATIONS = ("auto", "hermite", "linear")
+
+
+@dataclass(frozen=True)
+class ExplicitRK(AbstractSolver):
+    """Base of every explicit Runge–Kutta method: a tableau and the generic step.
+
+    Subclasses are frozen dataclasses that set the class attribute ``tableau``.
+
+    Attributes:
+        interpolation: How output times inside a step are evaluated: ``"auto"`` (the
+            tableau's own continuous extension where it has one, else cubic Hermite),
+            ``"hermite"`` (cubic Hermite, 3rd order; costs ``f(t1, y1)`` for methods
+            without FSAL, which is then reused as the next step's first stage) or
+            ``"linear"`` (2nd order; what torchdiffeq's fixed-grid solvers do by default).
+    """
+
+    tableau: ClassVar[ButcherTableau]
+    interpolation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
+            )
+
+    @property
+    def order(self) -> int:
+        """Classical order of the propagated solution."""
+        return self.tableau.order
+
+    @property
+    def error_order(self) -> int:
+        """``min(order, embedded_order)``: the exponent base for step-size control."""
+        return self.tableau.error_order
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the tableau has an embedded error estimate."""
+        return self.tableau.adaptive
+
+    @property
+    def fsal(self) -> bool:
+        """Whether the last stage is ``f(t1, y1)``."""
+        return self.tableau.fsal
+
+    @cached_property
+    def _floats(self) -> tuple[list[float], list[list[float]], list[float], list[float] | None]:
+        tab = self.tableau
+        error = None
+        if tab.b_hat is not None:
+            error = [float(b) - float(bh) for b, bh in zip(tab.b, tab.b_hat, strict=False)]
+        return (
+            [float(x) for x in tab.c],
+            [[float(x) for x in row] for row in tab.a],
+            [float(x) for x in tab.b],
+            error,
+        )
+
+    def step(
+        self, f: FlatField, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: StepSize
+    ) -> StepResult:
+        """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
+        c, a, b, error = self._floats
+        if not isinstance(dt, float):
+            raise NotImplementedError("per-sample step sizes arrive with the per-sample loop")
+        k = [f0]
+        y_stage = y0
+        for i, row in enumerate(a, start=1):
+            y_stage = combine(y0, k, row, dt)
+            # The last node of most tableaus is exactly 1: use t0 + dt, not t0 + 1.0 * dt,
+            # so the FSAL stage is evaluated at exactly the step end.
+            t_stage = t0 + dt if c[i] == 1.0 else t0 + c[i] * dt
+            k.append(f(t_stage, y_stage))
+        if self.tableau.fsal:
+            # The last stage was evaluated at y1 itself: reuse it instead of recombining.
+            y1, f1 = y_stage, k[-1]
+        else:
+            y1, f1 = combine(y0, k, b, dt), None
+        y_error = None if error is None else weighted_sum(k, error).mul_(dt)
+        return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k))

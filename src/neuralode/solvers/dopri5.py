@@ -1,0 +1,63 @@
+"""Dormand–Prince 5(4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction as F
+from typing import ClassVar
+
+from ._explicit_rk import ExplicitRK
+from ._tableau import ButcherTableau, dense_from_midpoint
+
+_B = (F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84), 0)
+
+# Shampine's midpoint weights ("Some practical Runge–Kutta formulas", Math. Comp. 46,
+# 1986, p. 148); torchdiffeq uses the same continuous extension, so dense output agrees.
+_C_MID = (
+    F(6025192743, 30085553152) / 2,
+    0,
+    F(51252292925, 65400821598) / 2,
+    F(-2691868925, 45128329728) / 2,
+    F(187940372067, 1594534317056) / 2,
+    F(-1776094331, 19743644256) / 2,
+    F(11237099, 235043384) / 2,
+)
+
+DOPRI5_TABLEAU = ButcherTableau(
+    name="Dopri5",
+    c=(0, F(1, 5), F(3, 10), F(4, 5), F(8, 9), 1, 1),
+    a=(
+        (F(1, 5),),
+        (F(3, 40), F(9, 40)),
+        (F(44, 45), F(-56, 15), F(32, 9)),
+        (F(19372, 6561), F(-25360, 2187), F(64448, 6561), F(-212, 729)),
+        (F(9017, 3168), F(-355, 33), F(46732, 5247), F(49, 176), F(-5103, 18656)),
+        _B[:6],
+    ),
+    b=_B,
+    b_hat=(
+        F(5179, 57600),
+        0,
+        F(7571, 16695),
+        F(393, 640),
+        F(-92097, 339200),
+        F(187, 2100),
+        F(1, 40),
+    ),
+    order=5,
+    embedded_order=4,
+    b_dense=dense_from_midpoint(_B, _C_MID, fsal=True),
+    dense_order=4,
+)
+
+
+@dataclass(frozen=True)
+class Dopri5(ExplicitRK):
+    """Dormand–Prince 5(4): the default adaptive solver.
+
+    Order 5 (local extrapolation), embedded order 4, 7 stages, FSAL (6 evaluations per
+    step), 4th-order continuous extension (Shampine 1986). Reference: Dormand & Prince,
+    "A family of embedded Runge–Kutta formulae", J. Comp. Appl. Math. 6 (1980).
+    """
+
+    tableau: ClassVar[ButcherTableau] = DOPRI5_TABLEAU
