@@ -123,7 +123,16 @@ def integrate(
             stats.rejected += 1
             if decision.nonfinite:
                 nonfinite_streak += 1
-                if not controller.adaptive or nonfinite_streak >= _MAX_NONFINITE_STREAK:
+                if not controller.adaptive:
+                    status, detail = (
+                        Status.NONFINITE,
+                        (
+                            "a fixed step produced NaN/inf; the step is likely too large for the "
+                            "problem (or f is not finite there): reduce dt or use an adaptive solver"
+                        ),
+                    )
+                    break
+                if nonfinite_streak >= _MAX_NONFINITE_STREAK:
                     status = Status.NONFINITE
                     break
                 if nonfinite_streak == 1 and not bool(torch.isfinite(f0).all()):
@@ -190,7 +199,7 @@ def _outputs_in_step(
     if inner:
         parts.append(interpolate_step(solver, y0, step.k, f1, d * dt, inner))
     if n_end:
-        parts.append(step.y1.unsqueeze(0).expand(n_end, -1))
+        parts.append(step.y1.unsqueeze(0).expand(n_end, *step.y1.shape))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -199,7 +208,7 @@ def _assemble(outputs: list[torch.Tensor], n: int, y_last: torch.Tensor) -> torc
     missing = n - ys.shape[0]
     if missing:
         # Never uninitialised memory: outputs the solve did not reach are NaN.
-        nan = torch.full((missing, ys.shape[1]), math.nan, dtype=ys.dtype, device=ys.device)
+        nan = torch.full((missing, *ys.shape[1:]), math.nan, dtype=ys.dtype, device=ys.device)
         ys = torch.cat([ys, nan])
     return ys
 
@@ -215,15 +224,20 @@ def _flat_tolerance(value: object, problem: Problem) -> torch.Tensor | float:
             f"a per-component tolerance needs one tensor per state part ({len(shapes)}), "
             f"got {len(parts)}"
         )
+    if not problem.structure.is_tuple:
+        return _broadcast_tolerance(parts[0], shapes[0]).to(problem.y0)
     flat = []
-    for part, shape in zip(parts, shapes, strict=False):
-        if not isinstance(part, torch.Tensor):
-            part = torch.tensor(float(part))
-        try:
-            flat.append(torch.broadcast_to(part, shape).reshape(-1))
-        except RuntimeError as err:
-            raise ValueError(
-                f"a tolerance tensor of shape {tuple(part.shape)} does not broadcast to the "
-                f"state shape {tuple(shape)}; give a float or a tensor of the state's shape"
-            ) from err
-    return torch.cat(flat).to(dtype=problem.y0.dtype, device=problem.y0.device)
+    for part, shape in zip(parts, shapes, strict=True):
+        flat.append(_broadcast_tolerance(part, shape).reshape(-1))
+    return torch.cat(flat).to(problem.y0)
+
+
+def _broadcast_tolerance(part: object, shape: torch.Size) -> torch.Tensor:
+    value = part if isinstance(part, torch.Tensor) else torch.tensor(float(part))  # type: ignore[arg-type]
+    try:
+        return torch.broadcast_to(value, shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"a tolerance tensor of shape {tuple(value.shape)} does not broadcast to the "
+            f"state shape {tuple(shape)}; give a float or a tensor of the state's shape"
+        ) from err

@@ -11,13 +11,13 @@ Norm = Callable[[torch.Tensor], torch.Tensor]
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Root-mean-square over the last dimension (the whole state in joint mode).
+    """Root-mean-square over every component (joint error control).
 
     Hairer, Nørsett & Wanner I, eq. (4.11); the default of torchdiffeq, scipy and diffrax.
     """
-    return torch.linalg.vector_norm(x, dim=-1) / math.sqrt(max(x.shape[-1], 1))
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
 def max_norm(x: torch.Tensor) -> torch.Tensor:
-    """Largest absolute component over the last dimension."""
-    return torch.linalg.vector_norm(x, ord=math.inf, dim=-1)
+    """Largest absolute component."""
+    return torch.linalg.vector_norm(x, ord=math.inf)

@@ -18,7 +18,8 @@ class Problem:
 
     Attributes:
         f: The vector field on the flat state.
-        y0: Flat initial state, shape ``(N,)``.
+        y0: Initial state as the solver's tensor (``y0`` itself, or the concatenated
+            tuple).
         f0: ``f(t0, y0)`` from the boundary check (already counted in ``f.nfe``).
         ts: The output times as given.
         taus: Output times in forward time, as Python floats (increasing).

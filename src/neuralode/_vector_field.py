@@ -13,11 +13,13 @@ UserField = Callable[[torch.Tensor, State], State]
 
 @dataclass(frozen=True)
 class Structure:
-    """How a state (a tensor, or a tuple of tensors) maps to one flat vector.
+    """How a state (a tensor, or a tuple of tensors) maps to the solver's one tensor.
 
-    Solvers work on a flat 1-D vector so one fused update serves any state; this records
-    the shapes to undo it. ``flatten(x)`` accepts a state; ``unflatten(v)`` accepts a
-    tensor of shape ``(..., N)`` and restores the trailing dimension.
+    Solvers work on one tensor so a fused update serves any state. A tensor state is used
+    as it is (reshaping it on every evaluation measured 2–4 µs per call, a visible share
+    of a small neural ODE step); a tuple is concatenated into a flat vector.
+    ``flatten(x)`` accepts a state; ``unflatten(v)`` accepts a stack ``(..., *solver
+    shape)`` of solver tensors and restores the state's structure.
     """
 
     shapes: tuple[torch.Size, ...]
@@ -36,23 +38,23 @@ class Structure:
         return [s.numel() for s in self.shapes]
 
     @property
-    def numel(self) -> int:
-        """Length of the flat vector."""
-        return sum(self.sizes)
+    def solver_shape(self) -> tuple[int, ...]:
+        """Shape of the tensor the solver works on."""
+        return tuple(self.shapes[0]) if not self.is_tuple else (sum(self.sizes),)
 
     def flatten(self, y: State) -> torch.Tensor:
-        """The flat vector of a state."""
+        """The solver's tensor for a state."""
         if isinstance(y, torch.Tensor):
-            return y.reshape(-1)
+            return y
         return torch.cat([part.reshape(-1) for part in y])
 
     def unflatten(self, v: torch.Tensor) -> State:
-        """A state (or a stack of states, leading dims kept) from flat vector(s)."""
-        lead = v.shape[:-1]
+        """A state (or a stack of states, leading dims kept) from solver tensor(s)."""
         if not self.is_tuple:
-            return v.reshape(*lead, *self.shapes[0])
+            return v
+        lead = v.shape[:-1]
         parts = torch.split(v, self.sizes, dim=-1)
-        return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=False))
+        return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
 
 
 class VectorField:

@@ -81,7 +81,7 @@ def _mixed_norm(structure: Structure) -> Callable[[torch.Tensor], torch.Tensor]:
     # torchdiffeq's default for tuple states: the largest RMS norm among the parts.
     def norm(x: torch.Tensor) -> torch.Tensor:
         parts = torch.split(x, structure.sizes, dim=-1)
-        return torch.stack([rms_norm(p) for p in parts]).amax(dim=0)
+        return torch.stack([rms_norm(p) for p in parts]).amax()
 
     return norm
 

@@ -50,7 +50,7 @@ def stage_weights(solver: AbstractSolver, thetas: Sequence[float]) -> list[list[
     tableau = cast(ExplicitRK, solver).tableau  # _kind has checked the type
     if kind == "dense":
         return [tableau.dense_weights(theta) for theta in thetas]
-    b = [float(x) for x in tableau.b]
+    b = tableau.b_float
     if kind == "linear":
         return [[theta * bi for bi in b] for theta in thetas]
     return [_hermite_weights(b, theta) for theta in thetas]
@@ -64,7 +64,7 @@ def interpolate_step(
     dt: float,
     thetas: Sequence[float],
 ) -> torch.Tensor:
-    """The solution at ``t0 + θ dt`` for each ``θ`` in ``thetas``, shape ``(len(thetas), N)``."""
+    """The solution at ``t0 + θ dt`` for each ``θ`` in ``thetas``: ``(len(thetas), *y0.shape)``."""
     stages = list(k)
     if needs_f1(solver):
         if f1 is None:
@@ -72,4 +72,6 @@ def interpolate_step(
         stages.append(f1)
     weights = torch.tensor(stage_weights(solver, thetas), dtype=y0.dtype, device=y0.device)
     # (m, s) @ (s, N), scaled by dt, plus y0 broadcast over the m rows: one fused op.
-    return torch.addmm(y0.unsqueeze(0), weights, torch.stack(stages), alpha=dt)
+    k_matrix = torch.stack(stages).reshape(len(stages), -1)
+    out = torch.addmm(y0.reshape(1, -1), weights, k_matrix, alpha=dt)
+    return out.reshape(len(thetas), *y0.shape)

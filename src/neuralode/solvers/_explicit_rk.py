@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -150,24 +149,12 @@ class ExplicitRK(AbstractSolver):
         """Whether the last stage is ``f(t1, y1)``."""
         return self.tableau.fsal
 
-    @cached_property
-    def _floats(self) -> tuple[list[float], list[list[float]], list[float], list[float] | None]:
-        tab = self.tableau
-        error = None
-        if tab.b_hat is not None:
-            error = [float(b) - float(bh) for b, bh in zip(tab.b, tab.b_hat, strict=False)]
-        return (
-            [float(x) for x in tab.c],
-            [[float(x) for x in row] for row in tab.a],
-            [float(x) for x in tab.b],
-            error,
-        )
-
     def step(
         self, f: FlatField, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: StepSize
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
-        c, a, b, error = self._floats
+        tab = self.tableau
+        c, a, b, error = tab.c_float, tab.a_float, tab.b_float, tab.error_float
         if not isinstance(dt, float):
             raise NotImplementedError("per-sample step sizes arrive with the per-sample loop")
         k = [f0]
@@ -183,5 +170,9 @@ class ExplicitRK(AbstractSolver):
             y1, f1 = y_stage, k[-1]
         else:
             y1, f1 = combine(y0, k, b, dt), None
-        y_error = None if error is None else weighted_sum(k, error).mul_(dt)
+        y_error = None
+        if error is not None:
+            # Step-size control is not differentiated: keep the estimate out of the graph.
+            with torch.no_grad():
+                y_error = weighted_sum(k, error).mul_(dt)
         return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k))

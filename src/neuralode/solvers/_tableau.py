@@ -60,6 +60,13 @@ class ButcherTableau:
     b_dense: Sequence[Sequence[Number]] | None = None
     dense_order: int | None = None
     fsal: bool = field(init=False)
+    # Float copies made once at construction: converting Fractions inside every step
+    # measured as a visible share of a small solve.
+    c_float: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    a_float: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
+    b_float: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    error_float: tuple[float, ...] | None = field(init=False, repr=False, compare=False)
+    dense_float: tuple[tuple[float, ...], ...] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Store tuples so tableaus are hashable and cannot be changed after validation.
@@ -108,6 +115,18 @@ class ButcherTableau:
             )
         )
         object.__setattr__(self, "fsal", fsal)
+        object.__setattr__(self, "c_float", tuple(map(_as_float, self.c)))
+        object.__setattr__(self, "a_float", tuple(tuple(map(_as_float, r)) for r in self.a))
+        object.__setattr__(self, "b_float", tuple(map(_as_float, self.b)))
+        error = None
+        if self.b_hat is not None:
+            # b - b_hat in exact arithmetic where the tableau is exact, then rounded once.
+            error = tuple(_as_float(x - y) for x, y in zip(self.b, self.b_hat, strict=True))
+        object.__setattr__(self, "error_float", error)
+        dense = None
+        if self.b_dense is not None:
+            dense = tuple(tuple(map(_as_float, row)) for row in self.b_dense)
+        object.__setattr__(self, "dense_float", dense)
 
     @property
     def stages(self) -> int:
@@ -132,13 +151,13 @@ class ButcherTableau:
 
     def dense_weights(self, theta: float) -> list[float]:
         """Stage weights of the continuous extension at ``θ``, evaluated with Horner."""
-        if self.b_dense is None:
+        if self.dense_float is None:
             raise ValueError(f"{self.name} has no continuous extension")
         weights = []
-        for row in self.b_dense:
+        for row in self.dense_float:
             acc = 0.0
             for coeff in reversed(row):
-                acc = (acc + _as_float(coeff)) * theta
+                acc = (acc + coeff) * theta
             weights.append(acc)
         return weights
 
