@@ -22,6 +22,10 @@ from .solvers._explicit_rk import AbstractSolver, StepResult
 # Non-finite rejections in a row before giving up even if dt has not underflowed: each one
 # shrinks dt by factor_min (0.2 by default), so 40 of them cover 28 orders of magnitude.
 _MAX_NONFINITE_STREAK = 40
+_FIXED_STEP_NAN = (
+    "a fixed step produced NaN/inf; the step is likely too large for the problem "
+    "(or f is not finite there): reduce dt or use an adaptive solver"
+)
 
 
 @dataclass
@@ -110,9 +114,7 @@ def integrate(
         # Land exactly on the next stop; stretch by a hair rather than leave a sliver.
         tau1 = tau_stop if tau + dt * (1 + 1e-10) >= tau_stop else tau + dt
         dt = tau1 - tau
-        if dt <= _resolution(tau, problem.ts.dtype) or (
-            controller.adaptive and dt < getattr(controller, "dt_min", 0.0)
-        ):
+        if dt <= _resolution(tau, problem.ts.dtype) or dt < controller.min_step():
             status = Status.NONFINITE if nonfinite_streak else Status.DT_MIN
             break
         step = solver.step(f, d * tau, y, f0, d * dt)
@@ -124,13 +126,7 @@ def integrate(
             if decision.nonfinite:
                 nonfinite_streak += 1
                 if not controller.adaptive:
-                    status, detail = (
-                        Status.NONFINITE,
-                        (
-                            "a fixed step produced NaN/inf; the step is likely too large for the "
-                            "problem (or f is not finite there): reduce dt or use an adaptive solver"
-                        ),
-                    )
+                    status, detail = Status.NONFINITE, _FIXED_STEP_NAN
                     break
                 if nonfinite_streak >= _MAX_NONFINITE_STREAK:
                     status = Status.NONFINITE

@@ -63,6 +63,10 @@ class AbstractController(abc.ABC):
     ) -> Decision:
         """Accept or reject the step of size ``dt`` from ``tau0`` and propose the next."""
 
+    def min_step(self) -> float:
+        """Smallest allowed step; a smaller proposal ends the solve with ``DT_MIN``."""
+        return 0.0
+
     def tolerances(self) -> tuple[Any, Any]:
         """``(rtol, atol)`` as configured, for flattening onto the state by the problem."""
         return 0.0, 0.0

@@ -110,6 +110,10 @@ class PIDController(AbstractController):
         """This controller needs an embedded error estimate."""
         return True
 
+    def min_step(self) -> float:
+        """``dt_min``."""
+        return self.dt_min
+
     def tolerances(self) -> tuple[Any, Any]:
         """``(rtol, atol)`` as configured."""
         return self.rtol, self.atol
@@ -173,10 +177,12 @@ class PIDController(AbstractController):
             raise TypeError("PIDController needs a solver with an embedded error estimate")
         ratio = self.error_ratio(y0, step.y1, step.y_error, rtol, atol)
         if not math.isfinite(ratio):
-            return Decision(False, max(dt * self.factor_min, self.dt_min), state, nonfinite=True)
+            return Decision(False, dt * self.factor_min, state, nonfinite=True)
         if ratio > 1.0:
+            # Not clamped to dt_min: a rejected step at dt_min must end the solve (DT_MIN)
+            # instead of being retried at the same size until max_steps.
             factor = max(self.factor_min, self.safety * ratio ** (-1.0 / k))
-            return Decision(False, max(dt * factor, self.dt_min), state)
+            return Decision(False, dt * factor, state)
         # ε = 0 (e.g. a constant solution) would make the factor infinite: cap it.
         ratio = max(ratio, 1e-10)
         beta1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
