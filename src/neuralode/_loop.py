@@ -15,7 +15,7 @@ import torch
 
 from ._problem import Problem
 from ._solution import Stats, Status
-from .controllers import AbstractController
+from .controllers import AbstractController, SolveStart
 from .interpolation import DenseInterpolation, interpolate_step, needs_f1
 from .solvers._explicit_rk import AbstractSolver, StepResult
 
@@ -86,7 +86,6 @@ def integrate(
     n_out = 1
     stops, jumps = _forced_stops(controller, problem)
     rtol, atol = controller.tolerances()
-    tolerances = (_flat_tolerance(rtol, problem), _flat_tolerance(atol, problem))
     dense_out = DenseInterpolation(solver, d, problem.structure.unflatten) if dense else None
     hermite = needs_f1(solver)
     status, detail, nonfinite_streak = Status.SUCCESS, "", 0
@@ -94,17 +93,19 @@ def integrate(
 
     dt = 0.0
     if n_out < len(taus):
-        dt, cstate = controller.init(
-            solver,
-            f,
-            d * tau,
-            y,
-            f0,
+        start = SolveStart(
+            solver=solver,
+            f=f,
+            t0=d * tau,
+            y0=y,
+            f0=f0,
             tau0=tau,
             tau_end=tau_end,
             direction=d,
-            tolerances=tolerances,
+            rtol=_flat_tolerance(rtol, problem),
+            atol=_flat_tolerance(atol, problem),
         )
+        dt, cstate = controller.init(start)
     while n_out < len(taus):
         if stats.steps >= max_steps:
             status = Status.MAX_STEPS

@@ -1,6 +1,6 @@
 """Step-size controllers."""
 
-from ._base import AbstractController, Decision
+from ._base import AbstractController, Decision, SolveStart
 from .constant import ConstantStepSize, StepTo
 from .initial_step import select_initial_step
 from .pid import PIDController
@@ -10,6 +10,7 @@ __all__ = [
     "ConstantStepSize",
     "Decision",
     "PIDController",
+    "SolveStart",
     "StepTo",
     "select_initial_step",
 ]

@@ -12,6 +12,35 @@ from ..solvers._explicit_rk import AbstractSolver, FlatField, StepResult
 
 
 @dataclass(frozen=True)
+class SolveStart:
+    """What a controller may look at to choose the first step.
+
+    Attributes:
+        solver: The solver (its ``error_order`` sets the step-size exponent).
+        f: The vector field on the solver's state.
+        t0: Initial time (caller's time).
+        y0: Initial state.
+        f0: ``f(t0, y0)``.
+        tau0: Initial time in forward time ``tau = direction * t``.
+        tau_end: Final time in forward time.
+        direction: ``+1.0`` or ``-1.0``.
+        rtol: Relative tolerance on the solver's state (float or tensor).
+        atol: Absolute tolerance likewise.
+    """
+
+    solver: AbstractSolver
+    f: FlatField
+    t0: float
+    y0: torch.Tensor
+    f0: torch.Tensor
+    tau0: float
+    tau_end: float
+    direction: float
+    rtol: torch.Tensor | float
+    atol: torch.Tensor | float
+
+
+@dataclass(frozen=True)
 class Decision:
     """A controller's verdict on one attempted step.
 
@@ -42,19 +71,7 @@ class AbstractController(abc.ABC):
         """Whether this controller needs an error estimate from the solver."""
 
     @abc.abstractmethod
-    def init(
-        self,
-        solver: AbstractSolver,
-        f: FlatField,
-        t0: float,
-        y0: torch.Tensor,
-        f0: torch.Tensor,
-        *,
-        tau0: float,
-        tau_end: float,
-        direction: float,
-        tolerances: tuple[torch.Tensor | float, torch.Tensor | float],
-    ) -> tuple[float, Any]:
+    def init(self, start: SolveStart) -> tuple[float, Any]:
         """Return the first step size and the initial controller state."""
 
     @abc.abstractmethod

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ..solvers._explicit_rk import AbstractSolver, FlatField, StepResult
-from ._base import AbstractController, Decision
+from ..solvers._explicit_rk import StepResult
+from ._base import AbstractController, Decision, SolveStart
 
 
 def _check_finite(y1: torch.Tensor) -> bool:
@@ -45,21 +45,9 @@ class ConstantStepSize(AbstractController):
         """Fixed steps need no error estimate."""
         return False
 
-    def init(
-        self,
-        solver: AbstractSolver,
-        f: FlatField,
-        t0: float,
-        y0: torch.Tensor,
-        f0: torch.Tensor,
-        *,
-        tau0: float,
-        tau_end: float,
-        direction: float,
-        tolerances: tuple[torch.Tensor | float, torch.Tensor | float],
-    ) -> tuple[float, Any]:
+    def init(self, start: SolveStart) -> tuple[float, Any]:
         """State: ``(tau0, n)``, the grid origin and the index of the current grid point."""
-        return float(self.dt), (tau0, 0)
+        return float(self.dt), (start.tau0, 0)
 
     def decide(
         self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
@@ -99,27 +87,15 @@ class StepTo(AbstractController):
         """Fixed steps need no error estimate."""
         return False
 
-    def init(
-        self,
-        solver: AbstractSolver,
-        f: FlatField,
-        t0: float,
-        y0: torch.Tensor,
-        f0: torch.Tensor,
-        *,
-        tau0: float,
-        tau_end: float,
-        direction: float,
-        tolerances: tuple[torch.Tensor | float, torch.Tensor | float],
-    ) -> tuple[float, Any]:
+    def init(self, start: SolveStart) -> tuple[float, Any]:
         """State: ``(grid, i)``, the grid in forward time and the index of the next point."""
-        grid = tuple(sorted(direction * t for t in self.ts))
-        if grid[0] > tau0 or grid[-1] < tau_end:
+        grid = tuple(sorted(start.direction * t for t in self.ts))
+        if grid[0] > start.tau0 or grid[-1] < start.tau_end:
             raise ValueError(
                 f"StepTo grid [{min(self.ts)}, {max(self.ts)}] does not cover the output times"
             )
-        i = next(i for i, g in enumerate(grid) if g > tau0)
-        return grid[i] - tau0, (grid, i)
+        i = next(i for i, g in enumerate(grid) if g > start.tau0)
+        return grid[i] - start.tau0, (grid, i)
 
     def decide(
         self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from .._norms import Norm, rms_norm
-from ..solvers._explicit_rk import AbstractSolver, FlatField, StepResult
-from ._base import AbstractController, Decision
+from ..solvers._explicit_rk import StepResult
+from ._base import AbstractController, Decision, SolveStart
 from .initial_step import select_initial_step
 
 Tolerance = float | torch.Tensor | Sequence[torch.Tensor]
@@ -122,38 +122,25 @@ class PIDController(AbstractController):
         """``(step_ts, jump_ts)``."""
         return tuple(self.step_ts), tuple(self.jump_ts)
 
-    def init(
-        self,
-        solver: AbstractSolver,
-        f: FlatField,
-        t0: float,
-        y0: torch.Tensor,
-        f0: torch.Tensor,
-        *,
-        tau0: float,
-        tau_end: float,
-        direction: float,
-        tolerances: tuple[torch.Tensor | float, torch.Tensor | float],
-    ) -> tuple[float, Any]:
+    def init(self, start: SolveStart) -> tuple[float, Any]:
         """First step (given or Hairer's) and the state ``(k, rtol, atol, ε_(n−1), ε_(n−2))``."""
-        rtol, atol = tolerances
-        k = solver.error_order + 1
+        k = start.solver.error_order + 1
         if self.dt0 is not None:
             dt = self.dt0
         else:
             dt = select_initial_step(
-                f,
-                t0,
-                y0,
-                f0,
-                direction=direction,
-                error_order=solver.error_order,
-                rtol=rtol,
-                atol=atol,
+                start.f,
+                start.t0,
+                start.y0,
+                start.f0,
+                direction=start.direction,
+                error_order=start.solver.error_order,
+                rtol=start.rtol,
+                atol=start.atol,
                 norm=self.norm,
             )
-        dt = min(max(dt, self.dt_min), self.dt_max, tau_end - tau0)
-        return dt, (k, rtol, atol, 1.0, 1.0)
+        dt = min(max(dt, self.dt_min), self.dt_max, start.tau_end - start.tau0)
+        return dt, (k, start.rtol, start.atol, 1.0, 1.0)
 
     def error_ratio(
         self,
