@@ -1,0 +1,485 @@
+"""Forward-solve benchmark: neuralode against torchdiffeq, torchode and torchdyn.
+
+Two parts:
+
+* an MLP neural ODE over a grid of (dim, hidden, batch) and tolerances, float32, where the
+  question is how much time each library spends *outside* the vector field;
+* Van der Pol (mu = 10) and Lotka-Volterra at batch 1 in float64, where the question is
+  cost against accuracy (error measured against scipy's DOP853 at rtol = atol = 1e-12).
+
+Everything runs forward only under torch.no_grad(), one torch thread (see _harness).
+Install the peers first: `bash benchmarks/install_peers.sh .venv/bin/python`.
+
+Usage: python benchmarks/bench_forward.py [--quick] [--repeats N] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from _harness import (
+    Table,
+    Timing,
+    count_calls,
+    fmt_err,
+    fmt_ms,
+    fmt_pct,
+    fmt_ratio,
+    hardware_info,
+    info_table,
+    overhead_share,
+    time_with_vector_field,
+)
+from scipy.integrate import solve_ivp
+from torch import Tensor, nn
+
+Field = Callable[[Tensor, Tensor], Tensor]
+OURS = "neuralode"
+PEERS = ("torchdiffeq", "torchode", "torchdyn")
+LIBRARIES = (OURS, *PEERS)
+
+
+# --------------------------------------------------------------------------------------------
+# Problems
+# --------------------------------------------------------------------------------------------
+
+
+class MLPField(nn.Module):
+    """f(t, y) = W2 tanh(W1 y + b1) + b2, autonomous.
+
+    Weights are N(0, gain^2 / fan_in): with gain 3 the state moves by more than its own norm
+    over t in [0, 1] (dopri5 needs ~30-100 evaluations) while the Jacobian stays far from
+    stiff, which is the regime of a trained neural ODE.
+    """
+
+    def __init__(self, dim: int, hidden: int, gain: float = 3.0, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.lin1 = nn.Linear(dim, hidden)
+        self.lin2 = nn.Linear(hidden, dim)
+        with torch.no_grad():
+            self.lin1.weight.copy_(torch.randn(hidden, dim, generator=gen) * gain / dim**0.5)
+            self.lin2.weight.copy_(torch.randn(dim, hidden, generator=gen) * gain / hidden**0.5)
+            self.lin1.bias.copy_(0.5 * torch.randn(hidden, generator=gen))
+            self.lin2.bias.copy_(0.5 * torch.randn(dim, generator=gen))
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.lin2(torch.tanh(self.lin1(y)))
+
+
+def van_der_pol(mu: float) -> Field:
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        x, v = y[..., 0], y[..., 1]
+        return torch.stack((v, mu * (1 - x * x) * v - x), dim=-1)
+
+    return f
+
+
+def lotka_volterra(alpha: float, beta: float, gamma: float, delta: float) -> Field:
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        prey, pred = y[..., 0], y[..., 1]
+        return torch.stack(
+            (alpha * prey - beta * prey * pred, delta * prey * pred - gamma * pred), dim=-1
+        )
+
+    return f
+
+
+def scipy_reference(f: Field, y0: Tensor, ts: Tensor) -> Tensor:
+    """Near-exact solution at ts, from scipy's DOP853 at rtol = atol = 1e-12 in float64."""
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        return f(torch.tensor(t), torch.from_numpy(y)).numpy()
+
+    t = ts.double().numpy()
+    sol = solve_ivp(
+        rhs, (t[0], t[-1]), y0[0].double().numpy(), "DOP853", t_eval=t, rtol=1e-12, atol=1e-12
+    )
+    assert sol.success, sol.message
+    return torch.from_numpy(sol.y.T).unsqueeze(1).to(y0.dtype)  # (len(ts), 1, dim)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One solve to benchmark: every library gets the same f, y0, output times and tolerance."""
+
+    label: str
+    f: Field
+    y0: Tensor
+    ts: Tensor
+    method: str
+    tol: float
+    reference: Tensor | None = None
+
+
+def mlp_case(dim: int, hidden: int, batch: int, tol: float, n_out: int) -> Case:
+    y0 = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1))
+    return Case(
+        label=f"{dim}/{hidden}/{batch}",
+        f=MLPField(dim, hidden),
+        y0=y0,
+        ts=torch.linspace(0.0, 1.0, n_out),
+        method="dopri5",
+        tol=tol,
+    )
+
+
+# Van der Pol's period at mu = 10 is 19.08 from (2, 0): t in [0, 20] covers one full
+# relaxation cycle, both fast jumps included. 21 outputs, so the error includes phase error.
+def classic_cases(method: str) -> list[Case]:
+    def case(label: str, f: Field, y0: list[float], t_end: float) -> Case:
+        y = torch.tensor([y0], dtype=torch.float64)
+        ts = torch.linspace(0.0, t_end, 21, dtype=torch.float64)
+        return Case(label, f, y, ts, method, 1e-6, scipy_reference(f, y, ts))
+
+    return [
+        case("Van der Pol μ=10, t∈[0,20]", van_der_pol(10.0), [2.0, 0.0], 20.0),
+        case("Lotka–Volterra, t∈[0,15]", lotka_volterra(1.5, 1.0, 3.0, 1.0), [1.0, 1.0], 15.0),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Libraries: each adapter builds a zero-argument runner for one Case, or says why it cannot
+# --------------------------------------------------------------------------------------------
+
+
+class NotSupported(Exception):
+    """The library cannot run this configuration; the message is the reason shown."""
+
+
+class Output(NamedTuple):
+    ys: Tensor  # (len(ts), *y0.shape), whatever layout the library uses internally
+    reported_nfe: int | None  # what the library says about itself, to cross-check our count
+
+
+Runner = Callable[[], Output]
+
+
+def _neuralode(f: Field, case: Case) -> Runner:
+    try:
+        import neuralode
+        from neuralode import PIDController, solve
+    except ImportError as err:
+        raise NotSupported(f"not importable: {err}") from err
+    solver_cls = getattr(neuralode, {"dopri5": "Dopri5", "tsit5": "Tsit5"}[case.method], None)
+    if solver_cls is None:
+        raise NotSupported(f"no {case.method} solver")
+    solver, controller = solver_cls(), PIDController(rtol=case.tol, atol=case.tol)
+
+    def run() -> Output:
+        sol = solve(f, case.y0, case.ts, solver=solver, controller=controller)
+        return Output(sol.ys, int(sol.stats.nfe))
+
+    return run
+
+
+def _torchdiffeq(f: Field, case: Case) -> Runner:
+    from torchdiffeq import odeint
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    if case.method not in SOLVERS:
+        raise NotSupported(f"torchdiffeq has no {case.method}")
+    return lambda: Output(
+        odeint(f, case.y0, case.ts, rtol=case.tol, atol=case.tol, method=case.method), None
+    )
+
+
+def _torchode(f: Field, case: Case) -> Runner:
+    import torchode as to
+
+    if case.y0.ndim != 2:
+        raise NotSupported("state must be (batch, features)")
+    # Built once, as a user would: only the problem depends on y0.
+    term = to.ODETerm(f)
+    step = {"dopri5": to.Dopri5, "tsit5": to.Tsit5}[case.method](term=term)
+    controller = to.IntegralController(atol=case.tol, rtol=case.tol, term=term)
+    adjoint = to.AutoDiffAdjoint(step, controller)
+    t_eval = case.ts.expand(case.y0.shape[0], -1)
+
+    def run() -> Output:
+        sol = adjoint.solve(to.InitialValueProblem(y0=case.y0, t_eval=t_eval))
+        if bool((sol.status != 0).any()):
+            raise RuntimeError(f"torchode status {sol.status.unique().tolist()}")
+        # torchode lays out (batch, time, features); its f-eval counter is per sample.
+        return Output(sol.ys.transpose(0, 1), int(sol.stats["n_f_evals"].max()))
+
+    return run
+
+
+def _torchdyn(f: Field, case: Case) -> Runner:
+    from torchdyn.numerics import odeint
+
+    return lambda: Output(
+        odeint(f, case.y0, case.ts, solver=case.method, atol=case.tol, rtol=case.tol)[1], None
+    )
+
+
+ADAPTERS: dict[str, Callable[[Field, Case], Runner]] = {
+    "neuralode": _neuralode,
+    "torchdiffeq": _torchdiffeq,
+    "torchode": _torchode,
+    "torchdyn": _torchdyn,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LibResult:
+    timing: Timing | None = None
+    nfe: int | None = None
+    error: float | None = None
+    note: str = ""  # why there is no timing, or a discrepancy worth reporting
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    t_f: float  # seconds of one bare vector-field call
+    libs: dict[str, LibResult]
+
+    def wall(self, lib: str) -> float | None:
+        timing = self.libs[lib].timing
+        return timing.median if timing else None
+
+    def overhead(self, lib: str) -> float | None:
+        res = self.libs[lib]
+        if res.timing is None or res.nfe is None:
+            return None
+        return overhead_share(res.nfe, self.t_f, res.timing.median)
+
+    def ratio(self, peer: str) -> float | None:
+        ours, theirs = self.wall(OURS), self.wall(peer)
+        return ours / theirs if ours and theirs else None
+
+    def ratio_fastest_peer(self) -> float | None:
+        walls = [w for w in map(self.wall, PEERS) if w]
+        ours = self.wall(OURS)
+        return ours / min(walls) if ours and walls else None
+
+
+def _check_run(lib: str, case: Case) -> tuple[Runner, LibResult]:
+    """Build the timed runner, and do one untimed counted run for NFE and error."""
+    runner = ADAPTERS[lib](case.f, case)
+    nfe, out = count_calls(lambda g: ADAPTERS[lib](g, case)(), case.f)
+    assert isinstance(out, Output)
+    res = LibResult(nfe=nfe)
+    if out.ys.shape != (len(case.ts), *case.y0.shape):
+        raise RuntimeError(f"output shape {tuple(out.ys.shape)}")
+    if case.reference is not None:
+        res.error = float((out.ys - case.reference).abs().max())
+    if lib == OURS and out.reported_nfe != nfe:
+        res.note = f"reports nfe={out.reported_nfe}, counted {nfe}"
+    return runner, res
+
+
+def measure(case: Case, repeats: int) -> CaseResult:
+    runners: dict[str, Runner] = {}
+    libs: dict[str, LibResult] = {}
+    with torch.no_grad():
+        for lib in LIBRARIES:
+            try:
+                runners[lib], libs[lib] = _check_run(lib, case)
+            except NotSupported as err:
+                libs[lib] = LibResult(note=f"n/a: {err}")
+            except ModuleNotFoundError as err:
+                libs[lib] = LibResult(note=f"n/a: {err.name} not installed (install_peers.sh)")
+            except Exception as err:  # a peer failing is a result, not a crash of the suite
+                libs[lib] = LibResult(note=f"failed: {type(err).__name__}: {err}"[:120])
+        timings, t_f = time_with_vector_field(runners, case.f, case.ts[0], case.y0, repeats)
+    for lib, timing in timings.items():
+        libs[lib].timing = timing
+    return CaseResult(case, t_f, libs)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _cell(value: float | None, fmt: Callable[[float], str]) -> str:
+    return fmt(value) if value is not None else "n/a"
+
+
+def _wall_cell(res: LibResult) -> str:
+    return fmt_ms(res.timing) if res.timing else res.note or "n/a"
+
+
+def _nfe_overhead_cell(result: CaseResult, lib: str) -> str:
+    res = result.libs[lib]
+    if res.timing is None:
+        return "n/a"
+    cell = f"{res.nfe} / {_cell(result.overhead(lib), fmt_pct)}"
+    return cell + (f" ({res.note})" if res.note else "")
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _add_summary_rows(summary: Table, results: list[CaseResult], n_out: int) -> None:
+    summary.add(
+        f"median ratio {OURS}/library",
+        n_out,
+        "1.00×",
+        *(_cell(_median([r.ratio(p) for r in results]), fmt_ratio) for p in PEERS),
+        _cell(_median([r.ratio_fastest_peer() for r in results]), fmt_ratio),
+    )
+    summary.add(
+        "median overhead share",
+        n_out,
+        *(_cell(_median([r.overhead(lib) for r in results]), fmt_pct) for lib in LIBRARIES),
+        "",
+    )
+
+
+def mlp_report(results: list[CaseResult]) -> str:
+    key = ["dim/hidden/batch", "tol", "outputs"]
+    walls = Table([*key, "t_f µs", *LIBRARIES, *(f"{OURS}/{p}" for p in PEERS), f"{OURS}/fastest"])
+    costs = Table([*key, *LIBRARIES])
+    for r in results:
+        c = r.case
+        row = [c.label, f"{c.tol:.0e}", str(len(c.ts))]
+        walls.add(
+            *row,
+            f"{r.t_f * 1e6:.3g}",
+            *(_wall_cell(r.libs[lib]) for lib in LIBRARIES),
+            *(_cell(r.ratio(p), fmt_ratio) for p in PEERS),
+            _cell(r.ratio_fastest_peer(), fmt_ratio),
+        )
+        costs.add(*row, *(_nfe_overhead_cell(r, lib) for lib in LIBRARIES))
+
+    summary = Table(["over the grid", "outputs", *LIBRARIES, "fastest peer"])
+    # Split by output count: torchdyn pays per output time (note 2), so pooling would blur it.
+    for n_out in sorted({len(r.case.ts) for r in results}):
+        _add_summary_rows(summary, [r for r in results if len(r.case.ts) == n_out], n_out)
+    return "\n\n".join(
+        [
+            "## MLP neural ODE (float32, dopri5, t ∈ [0, 1], forward under no_grad)",
+            "Wall time per solve in ms: median (IQR) over interleaved repeats. "
+            "Ratios are neuralode wall / peer wall: below 1× means neuralode is faster.",
+            walls.render(),
+            "Function evaluations / overhead share (1 − NFE·t_f / wall): the share of the "
+            "wall time spent outside the vector field.",
+            costs.render(),
+            "### Summary",
+            summary.render(),
+        ]
+    )
+
+
+def classic_report(results: list[CaseResult]) -> str:
+    table = Table(["problem", "method", "library", "wall ms", "NFE", "max abs error", "ratio"])
+    for r in results:
+        for lib in LIBRARIES:
+            res = r.libs[lib]
+            table.add(
+                r.case.label,
+                r.case.method,
+                lib,
+                _wall_cell(res),
+                res.nfe if res.timing else "",
+                _cell(res.error, fmt_err) if res.timing else "",
+                _cell(r.ratio(lib), fmt_ratio) if lib != OURS else "",
+            )
+    return "\n\n".join(
+        [
+            "## Van der Pol and Lotka–Volterra (float64, batch 1, rtol = atol = 1e-6)",
+            "Max abs error over the 21 output times against scipy DOP853 at 1e-12. "
+            "Ratio is neuralode wall / library wall for the same method.",
+            table.render(),
+        ]
+    )
+
+
+NOTES = """\
+### Notes
+
+1. torchode controls the error *per sample* (each row of the (batch, dim) state has its own
+   step size), while neuralode, torchdiffeq and torchdyn control one joint norm over the whole
+   state. At batch > 1 torchode therefore takes different steps; its NFE here counts batched
+   calls of f (every call evaluates the whole batch), not its own per-sample `n_f_evals`.
+2. torchdyn (no interpolator, its default) shortens steps to land on every output time, so
+   its NFE grows with the number of outputs; the others interpolate dense output.
+3. torchdiffeq 0.2.5 has no tsit5.
+4. NFE is counted by wrapping f in an untimed extra run; timed runs call the bare f.
+   t_f is the median time of one bare f(t, y0) call, interleaved with the solves. On a loaded
+   machine (load average above the core count) t_f and the walls are noisy, and the overhead
+   share most of all: a negative share means t_f caught more interference than the solves.
+5. All peers run with their defaults otherwise (torchode eager, not torch.jit.script-ed)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+FULL_GRID = [(2, 64, 128), (16, 64, 128), (64, 64, 128), (16, 256, 128), (16, 64, 1)]
+FULL_GRID += [(16, 64, 1024), (64, 256, 1024)]
+QUICK_GRID = [(2, 64, 128), (16, 64, 1), (16, 64, 1024), (64, 256, 1024)]
+
+
+def build_cases(quick: bool) -> tuple[list[Case], list[Case]]:
+    grid = QUICK_GRID if quick else FULL_GRID
+    outputs = (2,) if quick else (2, 10)
+    mlp = [
+        mlp_case(dim, hidden, batch, tol, n_out)
+        for n_out in outputs
+        for dim, hidden, batch in grid
+        for tol in (1e-3, 1e-6)
+    ]
+    classic = classic_cases("dopri5") + classic_cases("tsit5")
+    return mlp, classic
+
+
+def run_all(cases: list[Case], repeats: int) -> list[CaseResult]:
+    results = []
+    for i, case in enumerate(cases, 1):
+        what = f"{case.label} {case.method} tol={case.tol:g} outputs={len(case.ts)}"
+        print(f"[{i}/{len(cases)}] {what}", file=sys.stderr)
+        results.append(measure(case, repeats))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="subset of the grid, 5 repeats")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds (default 7, quick 5)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args()
+    repeats = args.repeats or (5 if args.quick else 7)
+
+    mlp_cases, classic = build_cases(args.quick)
+    mlp_results = run_all(mlp_cases, repeats)
+    classic_results = run_all(classic, repeats)
+
+    info = hardware_info(["torchdiffeq", "torchode", "torchdyn"])
+    info["repeats"] = f"{repeats}{' (--quick)' if args.quick else ''}"
+    report = "\n\n".join(
+        [
+            "# Forward benchmark",
+            info_table(info),
+            mlp_report(mlp_results),
+            classic_report(classic_results),
+            NOTES,
+        ]
+    )
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
