@@ -59,6 +59,12 @@ def _resolution(tau: float, dtype: torch.dtype) -> float:
     return 4 * torch.finfo(dtype).eps * max(abs(tau), torch.finfo(dtype).tiny)
 
 
+def _next_float(t: float, toward: float, dtype: torch.dtype) -> float:
+    """The neighbour of ``t`` towards ``toward`` as the vector field sees time (``dtype``)."""
+    here = torch.tensor(t, dtype=dtype)
+    return float(torch.nextafter(here, torch.tensor(toward, dtype=dtype)))
+
+
 def _forced_stops(controller: AbstractController, problem: Problem) -> tuple[list[float], set]:
     step_ts, jump_ts = controller.stops()
     lo, hi = problem.taus[0], problem.taus[-1]
@@ -89,9 +95,22 @@ def integrate(
     dense_out = DenseInterpolation(solver, d, problem.structure.unflatten) if dense else None
     hermite = needs_f1(solver)
     status, detail, nonfinite_streak = Status.SUCCESS, "", 0
+    t_dtype = problem.ts.dtype
     accepted_ts: list[float] = []
 
     dt = 0.0
+    if n_out < len(taus) and not bool(torch.isfinite(f0).all()):
+        # Nothing a smaller step can fix: fail before choosing a (NaN) first step.
+        stats.nfe = f.nfe
+        return RawSolution(
+            ys=_assemble(outputs, len(taus)),
+            stats=stats,
+            status=Status.NONFINITE,
+            t_last=d * tau,
+            y_last=y,
+            dt_last=0.0,
+            detail="f(t0, y0) itself is not finite",
+        )
     if n_out < len(taus):
         start = SolveStart(
             solver=solver,
@@ -115,10 +134,15 @@ def integrate(
         # Land exactly on the next stop; stretch by a hair rather than leave a sliver.
         tau1 = tau_stop if tau + dt * (1 + 1e-10) >= tau_stop else tau + dt
         dt = tau1 - tau
-        if dt <= _resolution(tau, problem.ts.dtype) or dt < controller.min_step():
+        if dt <= _resolution(tau, t_dtype) or dt < controller.min_step():
             status = Status.NONFINITE if nonfinite_streak else Status.DT_MIN
             break
-        step = solver.step(f, d * tau, y, f0, d * dt)
+        # A step that ends on a jump of f evaluates its end stages just before the jump
+        # (the left limit), as torchdiffeq does; the step after restarts just past it.
+        t1_stage = None
+        if tau1 in jumps:
+            t1_stage = _next_float(d * tau1, d * tau, t_dtype)
+        step = solver.step(f, d * tau, y, f0, d * dt, t1_stage)
         stats.steps += 1
         decision = controller.decide(tau, dt, y, step, cstate)
         cstate = decision.state
@@ -156,13 +180,13 @@ def integrate(
         if n_out < len(taus):
             if tau in jumps:
                 # f jumps here: the FSAL stage is the left limit; restart from the right one.
-                f1 = f(d * math.nextafter(tau, math.inf), y)
+                f1 = f(_next_float(d * tau, d * tau_end, t_dtype), y)
             elif f1 is None:
                 f1 = f(d * tau, y)
         f0 = f1 if f1 is not None else f0
         dt = decision.dt_next
     stats.nfe = f.nfe
-    ys = _assemble(outputs, len(taus), y)
+    ys = _assemble(outputs, len(taus))
     return RawSolution(
         ys=ys,
         stats=stats,
@@ -200,7 +224,7 @@ def _outputs_in_step(
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _assemble(outputs: list[torch.Tensor], n: int, y_last: torch.Tensor) -> torch.Tensor:
+def _assemble(outputs: list[torch.Tensor], n: int) -> torch.Tensor:
     ys = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
     missing = n - ys.shape[0]
     if missing:

@@ -52,6 +52,10 @@ def solve(
         A :class:`Solution` with ``ys`` of shape ``(len(ts), *y0.shape)``.
     """
     solver = Dopri5() if solver is None else solver
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(
+            f"solver must be a neuralode solver instance such as Dopri5(), got {solver!r}"
+        )
     controller = _default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     _check_config(solver, controller, adjoint, max_steps)
@@ -70,11 +74,9 @@ def _default_controller(solver: AbstractSolver) -> AbstractController:
     return PIDController()
 
 
-def _check_config(solver: object, controller: object, adjoint: object, max_steps: object) -> None:
-    if not isinstance(solver, AbstractSolver):
-        raise TypeError(
-            f"solver must be a neuralode solver instance such as Dopri5(), got {solver!r}"
-        )
+def _check_config(
+    solver: AbstractSolver, controller: object, adjoint: object, max_steps: object
+) -> None:
     if not isinstance(controller, AbstractController):
         raise TypeError(
             "controller must be a neuralode controller such as PIDController(rtol=1e-6, "

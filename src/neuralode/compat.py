@@ -2,11 +2,16 @@
 
 The ONE place where method strings and options dicts are mapped to neuralode objects.
 ``from neuralode.compat import odeint`` is a drop-in for ``torchdiffeq.odeint`` (0.2.5):
-same signature, method names, options and defaults. Results agree with torchdiffeq's to
-within the requested tolerance; they are not bit-identical because neuralode chooses step
-sizes slightly differently (Hairer's initial step exponent, steps may shrink after an
-accepted step) and evaluates ``f(t1, y1)`` where torchdiffeq's ``adaptive_heun`` and
-``fehlberg2`` reuse a stage taken at another point. Unknown options raise ``ValueError``.
+same signature, method names, options and tolerance defaults. One default differs on
+purpose: ``max_num_steps`` is a finite total budget (10 000, as in ``solve``) instead of
+torchdiffeq's 2**31 − 1, so a stiff or blowing-up problem ends with a clear error instead
+of running for hours; pass ``options={"max_num_steps": ...}`` for longer solves.
+
+Results agree with torchdiffeq's to within the requested tolerance; they are not
+bit-identical because neuralode chooses step sizes slightly differently (Hairer's initial
+step exponent, steps may shrink after an accepted step) and evaluates ``f(t1, y1)`` where
+torchdiffeq's ``adaptive_heun`` and ``fehlberg2`` reuse a stage taken at another point.
+Unknown options raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -168,6 +173,7 @@ def _controller_for(
         factor_max=float(options.get("ifactor", 10.0)),
         dt0=None if options.get("first_step") is None else float(options["first_step"]),
         dt_min=float(options.get("min_step", 0.0)),
+        force_dt_min="min_step" in options,
         dt_max=float(options.get("max_step", math.inf)),
         norm=norm,
         step_ts=_times(options.get("step_t", ()), "step_t"),

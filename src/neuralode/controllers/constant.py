@@ -34,7 +34,8 @@ class ConstantStepSize(AbstractController):
     dt: float
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
+        number = isinstance(self.dt, (int, float)) and not isinstance(self.dt, bool)
+        if not (number and math.isfinite(self.dt) and self.dt > 0):
             raise ValueError(
                 f"ConstantStepSize(dt=...) must be a positive finite number, got {self.dt!r}; "
                 "pass the step length, e.g. ConstantStepSize(dt=0.01)"

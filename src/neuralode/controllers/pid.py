@@ -25,7 +25,7 @@ def _check_tolerance(name: str, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
-        bad = not bool(torch.all(value > 0))
+        bad = not bool(torch.all((value > 0) & torch.isfinite(value)))
         shown = f"a tensor with min {float(value.min()) if value.numel() else 'n/a'}"
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         bad = not (math.isfinite(value) and value > 0)
@@ -67,8 +67,12 @@ class PIDController(AbstractController):
         dt_max: Largest step.
         norm: Norm of the scaled error on the flat state (``rms_norm`` by default).
         step_ts: Times the solver must step to exactly (e.g. kinks of the forcing).
-        jump_ts: Discontinuities of ``f`` in ``t``: stepped to exactly, and ``f`` is
-            re-evaluated on the far side so no stage straddles the jump.
+        jump_ts: Discontinuities of ``f`` in ``t``: stepped to exactly, the step's end
+            stages see the left limit, and ``f`` is re-evaluated just past the jump, so no
+            stage straddles it.
+        force_dt_min: Accept a step of size ``dt_min`` whatever its error (torchdiffeq's
+            ``min_step``), instead of ending the solve with ``Status.DT_MIN``. The result
+            then no longer meets the tolerance.
     """
 
     rtol: Tolerance = 1e-6
@@ -85,6 +89,7 @@ class PIDController(AbstractController):
     norm: Norm = rms_norm
     step_ts: Sequence[float] = ()
     jump_ts: Sequence[float] = ()
+    force_dt_min: bool = False
 
     def __post_init__(self) -> None:
         _check_tolerance("rtol", self.rtol)
@@ -165,11 +170,12 @@ class PIDController(AbstractController):
         ratio = self.error_ratio(y0, step.y1, step.y_error, rtol, atol)
         if not math.isfinite(ratio):
             return Decision(False, dt * self.factor_min, state, nonfinite=True)
-        if ratio > 1.0:
+        if ratio > 1.0 and not (self.force_dt_min and dt <= self.dt_min):
             # Not clamped to dt_min: a rejected step at dt_min must end the solve (DT_MIN)
             # instead of being retried at the same size until max_steps.
             factor = max(self.factor_min, self.safety * ratio ** (-1.0 / k))
-            return Decision(False, dt * factor, state)
+            dt_next = max(dt * factor, self.dt_min) if self.force_dt_min else dt * factor
+            return Decision(False, dt_next, state)
         # ε = 0 (e.g. a constant solution) would make the factor infinite: cap it.
         ratio = max(ratio, 1e-10)
         beta1 = (self.pcoeff + self.icoeff + self.dcoeff) / k

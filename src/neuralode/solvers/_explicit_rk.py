@@ -98,9 +98,19 @@ class AbstractSolver(abc.ABC):
 
     @abc.abstractmethod
     def step(
-        self, f: FlatField, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: StepSize
+        self,
+        f: FlatField,
+        t0: float,
+        y0: torch.Tensor,
+        f0: torch.Tensor,
+        dt: StepSize,
+        t1_stage: float | None = None,
     ) -> StepResult:
-        """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
+        """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``.
+
+        ``t1_stage``, when given, is the time at which stages at the step end are evaluated
+        instead of ``t0 + dt``: just before a jump of ``f``, so they see its left limit.
+        """
 
 
 _INTERPOLATIONS = ("auto", "hermite", "linear")
@@ -150,7 +160,13 @@ class ExplicitRK(AbstractSolver):
         return self.tableau.fsal
 
     def step(
-        self, f: FlatField, t0: float, y0: torch.Tensor, f0: torch.Tensor, dt: StepSize
+        self,
+        f: FlatField,
+        t0: float,
+        y0: torch.Tensor,
+        f0: torch.Tensor,
+        dt: StepSize,
+        t1_stage: float | None = None,
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
         tab = self.tableau
@@ -163,7 +179,9 @@ class ExplicitRK(AbstractSolver):
             y_stage = combine(y0, k, row, dt)
             # The last node of most tableaus is exactly 1: use t0 + dt, not t0 + 1.0 * dt,
             # so the FSAL stage is evaluated at exactly the step end.
-            t_stage = t0 + dt if c[i] == 1.0 else t0 + c[i] * dt
+            t_stage = t0 + c[i] * dt
+            if c[i] == 1.0:
+                t_stage = t0 + dt if t1_stage is None else t1_stage
             k.append(f(t_stage, y_stage))
         if self.tableau.fsal:
             # The last stage was evaluated at y1 itself: reuse it instead of recombining.
