@@ -129,12 +129,15 @@ def integrate(
         if stats.steps >= max_steps:
             status = Status.MAX_STEPS
             break
+        # The controller's proposal, not a step cut short to land on a stop, is what must
+        # respect dt_min (with slack for dt having been recomputed as t1 - t0).
+        underflow = dt < controller.min_step() * (1 - 1e-9)
         i_stop = bisect.bisect_right(stops, tau)
         tau_stop = stops[i_stop] if i_stop < len(stops) else tau_end
         # Land exactly on the next stop; stretch by a hair rather than leave a sliver.
         tau1 = tau_stop if tau + dt * (1 + 1e-10) >= tau_stop else tau + dt
         dt = tau1 - tau
-        if dt <= _resolution(tau, t_dtype) or dt < controller.min_step():
+        if underflow or dt <= _resolution(tau, t_dtype):
             status = Status.NONFINITE if nonfinite_streak else Status.DT_MIN
             break
         # A step that ends on a jump of f evaluates its end stages just before the jump

@@ -170,7 +170,9 @@ class PIDController(AbstractController):
         ratio = self.error_ratio(y0, step.y1, step.y_error, rtol, atol)
         if not math.isfinite(ratio):
             return Decision(False, dt * self.factor_min, state, nonfinite=True)
-        if ratio > 1.0 and not (self.force_dt_min and dt <= self.dt_min):
+        # (dt is recomputed as t1 - t0 by the loop, so compare with a little slack.)
+        at_floor = self.force_dt_min and dt <= self.dt_min * (1 + 1e-9)
+        if ratio > 1.0 and not at_floor:
             # Not clamped to dt_min: a rejected step at dt_min must end the solve (DT_MIN)
             # instead of being retried at the same size until max_steps.
             factor = max(self.factor_min, self.safety * ratio ** (-1.0 / k))
