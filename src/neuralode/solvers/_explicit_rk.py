@@ -192,5 +192,5 @@ class ExplicitRK(AbstractSolver):
         if error is not None:
             # Step-size control is not differentiated: keep the estimate out of the graph.
             with torch.no_grad():
-                y_error = weighted_sum(k, error).mul_(dt)
+                y_error = weighted_sum(k, [e * dt for e in error])
         return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k))
