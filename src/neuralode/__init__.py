@@ -3,7 +3,7 @@
 from ._norms import max_norm, rms_norm
 from ._solution import Solution, SolverError, Stats, Status
 from ._solve import solve
-from .adjoints import AbstractAdjoint, DirectAdjoint
+from .adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
 from .solvers import (
     ALL_SOLVERS,
@@ -31,8 +31,10 @@ __all__ = [
     "AbstractController",
     "AbstractSolver",
     "AdaptiveHeun",
+    "BacksolveAdjoint",
     "Bosh3",
     "ButcherTableau",
+    "CheckpointAdjoint",
     "ConstantStepSize",
     "DirectAdjoint",
     "Dopri5",

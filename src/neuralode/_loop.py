@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -51,7 +51,29 @@ class RawSolution:
     dt_last: float
     detail: str = ""
     dense: DenseInterpolation | None = None
-    accepted_ts: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """An accepted step, enough to replay it exactly (checkpointed gradients).
+
+    Attributes:
+        tau0: Start in forward time.
+        dt: Step size in forward time (positive).
+        y0: State at the start.
+        t_f0: Time at which ``f0`` was evaluated (just past ``t0`` after a jump).
+        t1_stage: Time of the end stages when the step ends on a jump, else ``None``.
+        i0: First output index produced by this step.
+        i1: One past the last output index produced by this step.
+    """
+
+    tau0: float
+    dt: float
+    y0: torch.Tensor
+    t_f0: float
+    t1_stage: float | None
+    i0: int
+    i1: int
 
 
 def _resolution(tau: float, dtype: torch.dtype) -> float:
@@ -81,9 +103,13 @@ def integrate(
     *,
     max_steps: int,
     dense: bool = False,
-    record_steps: bool = False,
+    records: list[StepRecord] | None = None,
 ) -> RawSolution:
-    """Solve ``problem`` and return the outputs at ``problem.taus`` (flat)."""
+    """Solve ``problem`` and return the outputs at ``problem.taus``.
+
+    When ``records`` is a list, every accepted step is appended to it (see
+    :func:`replay_step`).
+    """
     f, d, taus = problem.f, problem.direction, problem.taus
     tau, y, f0 = taus[0], problem.y0, problem.f0
     tau_end = taus[-1]
@@ -96,7 +122,7 @@ def integrate(
     hermite = needs_f1(solver)
     status, detail, nonfinite_streak = Status.SUCCESS, "", 0
     t_dtype = problem.ts.dtype
-    accepted_ts: list[float] = []
+    t_f0 = d * tau
 
     dt = 0.0
     if n_out < len(taus) and not bool(torch.isfinite(f0).all()):
@@ -167,6 +193,7 @@ def integrate(
         nonfinite_streak = 0
         stats.accepted += 1
         f1 = step.f1
+        n_out_before = n_out
         n_next = bisect.bisect_right(taus, tau1, lo=n_out)
         if n_next > n_out:
             if hermite and f1 is None:
@@ -177,13 +204,14 @@ def integrate(
             if hermite and f1 is None:
                 f1 = f(d * tau1, step.y1)
             dense_out.add(tau, d * dt, y, step.k, f1)
-        if record_steps:
-            accepted_ts.append(d * tau1)
-        tau, y = tau1, step.y1
+        if records is not None:
+            records.append(StepRecord(tau, dt, y, t_f0, t1_stage, n_out_before, n_out))
+        tau, y, t_f0 = tau1, step.y1, d * tau1
         if n_out < len(taus):
             if tau in jumps:
                 # f jumps here: the FSAL stage is the left limit; restart from the right one.
-                f1 = f(_next_float(d * tau, d * tau_end, t_dtype), y)
+                t_f0 = _next_float(d * tau, d * tau_end, t_dtype)
+                f1 = f(t_f0, y)
             elif f1 is None:
                 f1 = f(d * tau, y)
         f0 = f1 if f1 is not None else f0
@@ -199,8 +227,29 @@ def integrate(
         dt_last=d * dt,
         detail=detail,
         dense=dense_out,
-        accepted_ts=accepted_ts,
     )
+
+
+def replay_step(
+    problem: Problem, solver: AbstractSolver, record: StepRecord, y0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Recompute an accepted step from ``y0`` exactly as :func:`integrate` took it.
+
+    Returns ``y1`` and the outputs the step produced (``None`` if none), both as functions
+    of ``y0`` (and of the vector field's parameters) for autograd.
+    """
+    f, d = problem.f, problem.direction
+    f0 = f(record.t_f0, y0)
+    step = solver.step(f, d * record.tau0, y0, f0, d * record.dt, record.t1_stage)
+    if record.i1 == record.i0:
+        return step.y1, None
+    f1 = step.f1
+    if needs_f1(solver) and f1 is None:
+        f1 = f(d * (record.tau0 + record.dt), step.y1)
+    outputs = _outputs_in_step(
+        solver, problem.taus, record.i0, record.i1, record.tau0, record.dt, d, y0, step, f1
+    )
+    return step.y1, outputs
 
 
 def _outputs_in_step(

@@ -25,6 +25,8 @@ class Problem:
         taus: Output times in forward time, as Python floats (increasing).
         direction: ``+1.0`` for increasing ``ts``, ``-1.0`` for decreasing.
         structure: How to flatten and restore the state.
+        params: Tensors to differentiate ``f`` with respect to, as given to ``solve``
+            (``None``: the parameters of ``f`` if it is an ``nn.Module``).
     """
 
     f: VectorField
@@ -34,6 +36,7 @@ class Problem:
     taus: tuple[float, ...]
     direction: float
     structure: Structure
+    params: tuple[torch.Tensor, ...] | None = None
 
     def flatten(self, x: State) -> torch.Tensor:
         """Flatten a state-shaped value (e.g. per-component tolerances)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -11,6 +12,7 @@ from ._problem import Problem
 from ._solution import Solution, SolverError, State, Status
 from ._vector_field import Structure, UserField, VectorField
 from .adjoints import AbstractAdjoint, DirectAdjoint
+from .adjoints._time import attach_initial_time, attach_output_times
 from .controllers import AbstractController, PIDController
 from .solvers import AbstractSolver, Dopri5
 
@@ -28,6 +30,7 @@ def solve(
     max_steps: int = DEFAULT_MAX_STEPS,
     dense: bool = False,
     throw: bool = True,
+    params: Sequence[torch.Tensor] | None = None,
 ) -> Solution:
     """Solve ``dy/dt = f(t, y)``, ``y(ts[0]) = y0``, and return the state at every ``ts``.
 
@@ -40,13 +43,18 @@ def solve(
         solver: The method; ``Dopri5()`` by default.
         controller: Step-size control; ``PIDController()`` (rtol 1e-6, atol 1e-8) for
             adaptive solvers. Fixed-step solvers need ``ConstantStepSize(dt)`` or ``StepTo``.
-        adjoint: Gradient method; ``DirectAdjoint()`` (backprop through the solver) by
-            default.
+        adjoint: Gradient method: ``DirectAdjoint()`` (backprop through the solver, the
+            default), ``BacksolveAdjoint()`` (the paper's O(1)-memory adjoint) or
+            ``CheckpointAdjoint()`` (exact, memory ∝ steps). Gradients reach ``y0``, the
+            parameters of ``f`` and, if ``ts.requires_grad``, the output times.
         max_steps: Total budget of attempted steps over the whole solve.
         dense: Also return a dense interpolant (``Solution.dense``) over the interval.
         throw: Raise :class:`SolverError` on failure (default). With ``throw=False`` the
             solution carries the failing ``status``, NaN in every output it did not reach,
             and the last good state.
+        params: The tensors ``f`` depends on that need gradients, for the gradient methods
+            that re-run ``f`` in their backward pass (backsolve, checkpoint). Not needed
+            when ``f`` is an ``nn.Module`` (its parameters are used).
 
     Returns:
         A :class:`Solution` with ``ys`` of shape ``(len(ts), *y0.shape)``.
@@ -59,8 +67,9 @@ def solve(
     controller = _default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     _check_config(solver, controller, adjoint, max_steps)
-    problem = make_problem(f, y0, ts)
+    problem = make_problem(f, y0, ts, params)
     raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
+    raw.ys = attach_output_times(problem, raw.ys)
     return finish(problem, raw, throw=throw)
 
 
@@ -181,7 +190,9 @@ def _check_field_output(out: object, y0: State) -> None:
             )
 
 
-def make_problem(f: UserField, y0: State, ts: torch.Tensor) -> Problem:
+def make_problem(
+    f: UserField, y0: State, ts: torch.Tensor, params: Sequence[torch.Tensor] | None = None
+) -> Problem:
     """Validate the inputs at the boundary and build the flat :class:`Problem`."""
     if not callable(f):
         raise TypeError(f"f must be callable as f(t, y), got {type(f).__name__}")
@@ -189,19 +200,22 @@ def make_problem(f: UserField, y0: State, ts: torch.Tensor) -> Problem:
     parts = _check_state(y0)
     structure = Structure.of(y0)
     field = VectorField(f, structure, ts.dtype, parts[0].device)
-    out = f(field.time(values[0]), y0)
+    # Every use of y0 downstream, f0 included, must go through the t0-gradient hook.
+    y0_flat = attach_initial_time(field, ts, structure.flatten(y0))
+    out = f(field.time(values[0]), structure.unflatten(y0_flat))
     field.nfe += 1
     _check_field_output(out, y0)
     direction = 1.0 if len(values) == 1 or values[-1] > values[0] else -1.0
     taus = tuple(direction * t for t in values)
     return Problem(
         f=field,
-        y0=structure.flatten(y0),
+        y0=y0_flat,
         f0=structure.flatten(out),
         ts=ts,
         taus=taus,
         direction=direction,
         structure=structure,
+        params=None if params is None else tuple(params),
     )
 
 
