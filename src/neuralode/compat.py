@@ -17,7 +17,7 @@ Unknown options raise ``ValueError``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from ._norms import rms_norm
 from ._solution import State
 from ._solve import DEFAULT_MAX_STEPS, solve
 from ._vector_field import Structure
+from .adjoints import BacksolveAdjoint
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
 from .solvers import (
     RK4,
@@ -43,7 +44,7 @@ from .solvers import (
     Tsit5,
 )
 
-__all__ = ["METHODS", "odeint"]
+__all__ = ["METHODS", "odeint", "odeint_adjoint"]
 
 # torchdiffeq's method names → solver classes.
 METHODS: dict[str, type[ExplicitRK]] = {
@@ -215,9 +216,84 @@ def odeint(
     """
     if event_fn is not None:
         raise ValueError("event_fn is not supported by neuralode.compat.odeint yet")
+    solver, controller, max_steps = _configure(func, y0, t, rtol, atol, method, options)
+    return solve(func, y0, t, solver=solver, controller=controller, max_steps=max_steps).ys
+
+
+def _configure(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    rtol: Any,
+    atol: Any,
+    method: str | None,
+    options: dict[str, Any] | None,
+) -> tuple[AbstractSolver, AbstractController, int]:
     options = {} if options is None else dict(options)
     solver = _solver_for(method, options)
     _check_options(solver, options)
     controller = _controller_for(solver, func, y0, t, rtol, atol, options)
-    max_steps = int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
-    return solve(func, y0, t, solver=solver, controller=controller, max_steps=max_steps).ys
+    return solver, controller, int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
+
+
+def odeint_adjoint(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[..., torch.Tensor] | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> State:
+    """``torchdiffeq.odeint_adjoint``: gradients by the backwards adjoint ODE, O(1) memory.
+
+    Same arguments as :func:`odeint`, plus the backward solve's own ``adjoint_rtol``,
+    ``adjoint_atol``, ``adjoint_method`` and ``adjoint_options`` (each defaulting to the
+    forward one; ``adjoint_options={"norm": "seminorm"}`` leaves the parameter gradients
+    out of error control), and ``adjoint_params``: the tensors to differentiate, required
+    when ``func`` is not an ``nn.Module``. Runs :class:`~neuralode.BacksolveAdjoint`.
+    """
+    if event_fn is not None:
+        raise ValueError("event_fn is not supported by neuralode.compat.odeint_adjoint yet")
+    if adjoint_params is None and not isinstance(func, torch.nn.Module):
+        raise ValueError(
+            "func must be an nn.Module when adjoint_params is not given (as in torchdiffeq); "
+            "pass adjoint_params=[...] with the tensors to differentiate"
+        )
+    solver, controller, max_steps = _configure(func, y0, t, rtol, atol, method, options)
+    adjoint_options = {} if adjoint_options is None else dict(adjoint_options)
+    norm = adjoint_options.pop("norm", None)
+    if norm not in (None, "seminorm"):
+        raise ValueError(
+            f"adjoint_options['norm'] must be 'seminorm' or absent, got {norm!r}; the "
+            "backward solve uses torchdiffeq's mixed norm over [y, adj_y, adj_params]"
+        )
+    back_solver, back_controller, _ = _configure(
+        func,
+        y0,
+        t,
+        rtol if adjoint_rtol is None else adjoint_rtol,
+        atol if adjoint_atol is None else adjoint_atol,
+        method if adjoint_method is None else adjoint_method,
+        adjoint_options,
+    )
+    adjoint = BacksolveAdjoint(
+        solver=back_solver, controller=back_controller, seminorm=norm == "seminorm"
+    )
+    return solve(
+        func,
+        y0,
+        t,
+        solver=solver,
+        controller=controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        params=adjoint_params,
+    ).ys
