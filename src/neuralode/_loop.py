@@ -15,7 +15,7 @@ import torch
 
 from ._problem import Problem
 from ._solution import Stats, Status
-from .controllers import AbstractController, SolveStart
+from .controllers import AbstractController, Decision, SolveStart
 from .interpolation import DenseInterpolation, interpolate_step, needs_f1
 from .solvers._explicit_rk import AbstractSolver, StepResult
 
@@ -177,17 +177,11 @@ def integrate(
         cstate = decision.state
         if not decision.accept:
             stats.rejected += 1
-            if decision.nonfinite:
-                nonfinite_streak += 1
-                if not controller.adaptive:
-                    status, detail = Status.NONFINITE, _FIXED_STEP_NAN
-                    break
-                if nonfinite_streak >= _MAX_NONFINITE_STREAK:
-                    status = Status.NONFINITE
-                    break
-                if nonfinite_streak == 1 and not bool(torch.isfinite(f0).all()):
-                    status, detail = Status.NONFINITE, "f(t, y) itself is not finite"
-                    break
+            nonfinite_streak = nonfinite_streak + 1 if decision.nonfinite else 0
+            failure = _hopeless(decision, controller, nonfinite_streak, f0)
+            if failure:
+                status, detail = Status.NONFINITE, failure
+                break
             dt = decision.dt_next
             continue
         nonfinite_streak = 0
@@ -228,6 +222,21 @@ def integrate(
         detail=detail,
         dense=dense_out,
     )
+
+
+def _hopeless(
+    decision: Decision, controller: AbstractController, nonfinite_streak: int, f0: torch.Tensor
+) -> str | None:
+    """Why retrying a non-finite step with a smaller dt cannot help, or ``None``."""
+    if not decision.nonfinite:
+        return None
+    if not controller.adaptive:
+        return _FIXED_STEP_NAN
+    if nonfinite_streak >= _MAX_NONFINITE_STREAK:
+        return f"{nonfinite_streak} shrunken retries in a row were non-finite"
+    if nonfinite_streak == 1 and not bool(torch.isfinite(f0).all()):
+        return "f(t, y) itself is not finite at the start of the step"
+    return None
 
 
 def replay_step(
