@@ -2,9 +2,10 @@
 
 The error is measured as ``max |y - y_ref| / (tol (1 + |y_ref|))`` over every output time
 and component, with ``rtol = atol = tol``: a global error of a few units means the solver
-delivers what was asked for. Low-order pairs that extrapolate from a much more accurate
-propagated solution than their estimate suggests are allowed a larger multiple (Fehlberg2's
-first-order estimate is ~1/512 of its true error scale, so it overshoots by ~1e3).
+delivers what was asked for. Fehlberg2 is allowed ~1e4: its embedded first-order formula
+nearly satisfies the second-order condition (h² error coefficient 1/512), so the error
+estimate is tiny next to the error of the propagated second-order solution and the global
+error is ~1e3 x tol (torchdiffeq's fehlberg2 behaves the same).
 """
 
 from __future__ import annotations
@@ -36,10 +37,24 @@ TOLS = {
     "Tsit5": (1e-6, 1e-8),
     "Dopri8": (1e-6, 1e-8),
 }
-BOUND = {"AdaptiveHeun": 50, "Fehlberg2": 1e4, "Bosh3": 100, "Dopri5": 50, "Tsit5": 50, "Dopri8": 50}
+BOUND = {
+    "AdaptiveHeun": 50,
+    "Fehlberg2": 1e4,
+    "Bosh3": 100,
+    "Dopri5": 50,
+    "Tsit5": 50,
+    "Dopri8": 50,
+}
 
 A3 = np.array([[-0.1, -1.0, 0.2], [1.0, -0.1, 0.0], [0.3, 0.0, -0.5]])
 A3_T = torch.tensor(A3, dtype=F64)
+_A3_EIGVALS, _A3_EIGVECS = np.linalg.eig(A3)
+
+
+def linear3_exact(t: np.ndarray, y0=(1.0, 0.0, 0.5)) -> np.ndarray:
+    """``expm(A t) y0`` through the eigendecomposition (scipy's expm per time is slow)."""
+    coeffs = np.linalg.solve(_A3_EIGVECS, np.asarray(y0, dtype=np.complex128))
+    return ((np.exp(np.outer(t, _A3_EIGVALS)) * coeffs) @ _A3_EIGVECS.T).real
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,7 @@ PROBLEMS = {
             lambda t, y: A3_T @ y,
             (1.0, 0.0, 0.5),
             10.0,
-            lambda t: np.stack([expm(A3 * s) @ np.array([1.0, 0.0, 0.5]) for s in t]),
+            linear3_exact,
         ),
         Problem("van_der_pol_2", _van_der_pol(2.0), (2.0, 0.0), 10.0),
         Problem(
@@ -97,7 +112,7 @@ PROBLEMS = {
 FAST_PROBLEMS = [name for name in PROBLEMS if name != "van_der_pol_10"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scipy(name: str, y0: tuple[float, ...], ts: tuple[float, ...]) -> np.ndarray:
     f = PROBLEMS[name].f
 
@@ -109,12 +124,11 @@ def _scipy(name: str, y0: tuple[float, ...], ts: tuple[float, ...]) -> np.ndarra
     return sol.y.T
 
 
-def reference(problem: Problem, ts: np.ndarray, y0: tuple[float, ...] | None = None):
-    """Exact solution (when known and started at t=0) or scipy's DOP853 at 1e-12."""
-    if y0 is None and problem.exact is not None:
-        out = problem.exact(ts)
-        return out.reshape(len(ts), -1)
-    return _scipy(problem.name, problem.y0 if y0 is None else y0, tuple(ts.tolist()))
+def reference(problem: Problem, ts: np.ndarray) -> np.ndarray:
+    """The exact solution where known, else scipy's DOP853 at rtol = atol = 1e-12."""
+    if problem.exact is not None:
+        return problem.exact(ts).reshape(len(ts), -1)
+    return _scipy(problem.name, problem.y0, tuple(ts.tolist()))
 
 
 def scaled_error(ys: torch.Tensor, ref: np.ndarray, tol: float) -> float:
@@ -156,7 +170,10 @@ def test_error_is_a_small_multiple_of_the_tolerance_van_der_pol_10(solver_cls, t
 
 
 def test_references_agree_where_both_exist():
-    # The scipy reference itself is trustworthy: it matches the closed forms to ~1e-10.
+    # The references themselves are trustworthy: they agree with each other to ~1e-10.
+    np.testing.assert_allclose(
+        linear3_exact(np.array([2.5])), [expm(2.5 * A3) @ [1.0, 0.0, 0.5]], rtol=1e-13
+    )
     for name in ("linear3", "detest_a3", "detest_b5"):
         problem = PROBLEMS[name]
         ts = np.linspace(0.0, problem.t_end, 21)
@@ -165,17 +182,21 @@ def test_references_agree_where_both_exist():
 
 
 PROPORTIONALITY_TOLS = {
-    "AdaptiveHeun": (1e-2, 1e-3, 1e-4),
+    "AdaptiveHeun": (1e-2, 3e-3, 1e-3, 3e-4),
     "Fehlberg2": (1e-3, 1e-4, 1e-5, 1e-6),
-    "Bosh3": (1e-4, 1e-5, 1e-6, 1e-7),
+    "Bosh3": (1e-3, 1e-4, 1e-5, 1e-6),
     "Dopri5": (1e-5, 1e-6, 1e-7, 1e-8),
     "Tsit5": (1e-5, 1e-6, 1e-7, 1e-8),
     "Dopri8": (1e-6, 1e-7, 1e-8, 1e-9),
 }
 
 
-@pytest.mark.parametrize("name", ["linear3", "van_der_pol_2", "lotka_volterra"])
-@pytest.mark.parametrize("solver_cls", ADAPTIVE, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    ("solver_cls", "name"),
+    [(cls, name) for cls in ADAPTIVE for name in ("linear3", "van_der_pol_2")]
+    + [(cls, "lotka_volterra") for cls in HIGH_ORDER],
+    ids=lambda x: getattr(x, "__name__", x),
+)
 def test_error_falls_in_proportion_to_the_tolerance(solver_cls, name):
     problem = PROBLEMS[name]
     ts = np.linspace(0.0, problem.t_end, 11)
@@ -195,35 +216,39 @@ def test_error_falls_in_proportion_to_the_tolerance(solver_cls, name):
 
 
 def _split(y):
-    return y[:2], y[2:].reshape(1, 1)
+    """``(3,)`` -> parts of shapes ``(2,)`` and ``(1, 1)``; works on a leading time axis too."""
+    return y[..., :2], y[..., 2:].reshape(*y.shape[:-1], 1, 1)
+
+
+def _join(a, b):
+    return torch.cat([a, b.reshape(*b.shape[:-2], 1)], dim=-1)
+
+
+def _mixed(t, y):
+    return torch.cos(t) * (A3_T @ y) + torch.stack([y[1] * y[2], -y[0] * y[2], y[0] ** 2])
 
 
 @pytest.mark.parametrize("solver_cls", ADAPTIVE, ids=lambda c: c.__name__)
 def test_tuple_state_equals_concatenated_state(solver_cls):
-    def f_flat(t, y):
-        return torch.cos(t) * (A3_T @ y) + torch.stack([y[1] * y[2], -y[0] * y[2], y[0] ** 2])
-
-    def f_tuple(t, state):
-        a, b = state
-        return tuple(p.reshape_as(q) for p, q in zip(_split(f_flat(t, _cat(a, b))), state))
-
-    def _cat(a, b):
-        return torch.cat([a, b.reshape(-1)])
-
     y0 = torch.tensor([1.0, 0.0, 0.5], dtype=F64)
     ts = torch.linspace(0.0, 3.0, 17, dtype=F64)
     tol = TOLS[solver_cls.__name__][0]
-    flat = no.solve(f_flat, y0, ts, solver=solver_cls(), controller=no.PIDController(tol, tol))
-    tup = no.solve(
-        f_tuple, _split(y0), ts, solver=solver_cls(), controller=no.PIDController(tol, tol)
-    )
-    assert isinstance(tup.ys, tuple) and tup.ys[0].shape == (17, 2) and tup.ys[1].shape == (17, 1, 1)
+
+    def solve(f, y):
+        return no.solve(
+            f, y, ts, solver=solver_cls(), controller=no.PIDController(tol, tol), dense=True
+        )
+
+    flat = solve(_mixed, y0)
+    tup = solve(lambda t, state: _split(_mixed(t, _join(*state))), _split(y0))
+    assert isinstance(tup.ys, tuple)
+    assert tup.ys[0].shape == (17, 2) and tup.ys[1].shape == (17, 1, 1)
     assert (tup.stats.accepted, tup.stats.rejected) == (flat.stats.accepted, flat.stats.rejected)
-    torch.testing.assert_close(_cat_rows(tup.ys), flat.ys, rtol=1e-14, atol=1e-15)
-
-
-def _cat_rows(ys):
-    return torch.cat([ys[0], ys[1].reshape(ys[1].shape[0], -1)], dim=1)
+    torch.testing.assert_close(_join(*tup.ys), flat.ys, rtol=1e-14, atol=1e-15)
+    t_dense = torch.tensor([0.3, 1.7, 2.9], dtype=F64)
+    torch.testing.assert_close(
+        _join(*tup.dense(t_dense)), flat.dense(t_dense), rtol=1e-14, atol=1e-15
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -346,22 +371,41 @@ def test_componentwise_tolerance_tightens_only_its_component():
 
     err_tight, steps_tight = error_of_second(tight, tight)
     err_loose, steps_loose = error_of_second(1e-3, 1e-3)
-    err_all, steps_all = error_of_second(1e-9, 1e-9)
+    _, steps_all = error_of_second(1e-9, 1e-9)
     assert err_tight <= 100 * 1e-9 < err_loose
     assert steps_loose < steps_tight <= steps_all
 
 
 def test_per_part_tolerances_for_a_tuple_state():
-    # One tolerance tensor per part of a tuple state, broadcast to each part's shape.
+    # One tolerance per part of a tuple state, broadcast to each part's shape. As above,
+    # scaling the second part by 2^20 together with its atol must not change the steps;
+    # tolerances applied to the wrong part (or the scalar atol) would.
+    scale = 2.0**20
+
     def f(t, state):
         x, v = state
-        return v.reshape(1), -x.reshape(1, 1)
+        return v.reshape(1) / scale, -scale * x.reshape(1, 1)
 
-    y0 = (torch.tensor([1.0], dtype=F64), torch.tensor([[0.0]], dtype=F64))
+    def oscillator(t, y):
+        return torch.stack([y[1], -y[0]])
+
     ts = torch.linspace(0.0, 10.0, 11, dtype=F64)
-    tol = (torch.tensor(1e-9, dtype=F64), torch.tensor([[1e-9]], dtype=F64))
-    sol = no.solve(f, y0, ts, controller=no.PIDController(rtol=tol, atol=tol))
-    ref = no.solve(f, y0, ts, controller=no.PIDController(rtol=1e-9, atol=1e-9))
-    assert sol.stats.accepted == ref.stats.accepted
-    torch.testing.assert_close(sol.ys[0][:, 0], torch.cos(ts), rtol=0, atol=1e-7)
-    torch.testing.assert_close(sol.ys[1][:, 0, 0], -torch.sin(ts), rtol=0, atol=1e-7)
+    plain = no.solve(
+        oscillator,
+        torch.tensor([1.0, 0.0], dtype=F64),
+        ts,
+        controller=no.PIDController(rtol=1e-7, atol=1e-9),
+    )
+    y0 = (torch.tensor([1.0], dtype=F64), torch.tensor([[0.0]], dtype=F64))
+
+    def solve(atol):
+        return no.solve(f, y0, ts, controller=no.PIDController(rtol=1e-7, atol=atol))
+
+    per_part = solve((torch.tensor(1e-9, dtype=F64), torch.tensor([[scale * 1e-9]], dtype=F64)))
+    assert per_part.stats.accepted == plain.stats.accepted
+    torch.testing.assert_close(per_part.ys[0][:, 0], plain.ys[:, 0], rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        per_part.ys[1][:, 0, 0] / scale, plain.ys[:, 1], rtol=1e-13, atol=1e-15
+    )
+    swapped = solve((torch.tensor(scale * 1e-9, dtype=F64), torch.tensor([[1e-9]], dtype=F64)))
+    assert swapped.stats.accepted != plain.stats.accepted
