@@ -461,7 +461,7 @@ def test_load_digits_without_sklearn_says_how_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
-    with pytest.raises(ImportError, match="pip install scikit-learn"):
+    with pytest.raises(ImportError, match=r"pip install 'neuralode\[data\]'"):
         load_digits()
 
 
