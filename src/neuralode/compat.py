@@ -104,7 +104,7 @@ def _user_norm(
 
 def _times(value: Any, name: str) -> tuple[float, ...]:
     if isinstance(value, torch.Tensor):
-        return tuple(float(v) for v in value.reshape(-1))
+        return tuple(value.detach().reshape(-1).tolist())
     return tuple(float(v) for v in value)
 
 
@@ -268,7 +268,16 @@ def odeint_adjoint(
             "pass adjoint_params=[...] with the tensors to differentiate"
         )
     solver, controller, max_steps = _configure(func, y0, t, rtol, atol, method, options)
-    adjoint_options = {} if adjoint_options is None else dict(adjoint_options)
+    if adjoint_options is None:
+        # torchdiffeq: the backward solve inherits the forward options (not the norm) when
+        # it uses the same method, and refuses to guess them for another method.
+        if adjoint_method not in (None, method) and options:
+            raise ValueError(
+                "adjoint_method differs from method and options were given: pass "
+                "adjoint_options too (torchdiffeq raises here as well)"
+            )
+        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
+    adjoint_options = dict(adjoint_options)
     norm = adjoint_options.pop("norm", None)
     if norm not in (None, "seminorm"):
         raise ValueError(

@@ -12,7 +12,7 @@ from .._vector_field import UserField
 def field_parameters(
     f: UserField, params: Sequence[torch.Tensor] | None, method: str
 ) -> tuple[torch.Tensor, ...]:
-    """The parameters of ``f``: the given ones, or those of an ``nn.Module`` that need grad.
+    """The parameters of ``f`` that need grad: the given ones, or an ``nn.Module``'s.
 
     Methods that re-run ``f`` in their own backward pass (backsolve, checkpoint) cannot see
     tensors a plain function closes over, so for those they must be listed explicitly; a
@@ -23,7 +23,8 @@ def field_parameters(
         for i, p in enumerate(out):
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
-        return out
+        # Constants in the list have no gradient to compute (autograd.grad would refuse them).
+        return tuple(p for p in out if p.requires_grad)
     if isinstance(f, torch.nn.Module):
         return tuple(p for p in f.parameters() if p.requires_grad)
     raise ValueError(

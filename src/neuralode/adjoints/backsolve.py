@@ -60,8 +60,8 @@ class BacksolveAdjoint(AbstractAdjoint):
         """Forward solve without a graph; the gradient comes from the backward ODE."""
         if dense:
             raise ValueError(
-                "dense=True needs the solver's stages with a graph; use DirectAdjoint or "
-                "CheckpointAdjoint for a differentiable dense solution"
+                "dense=True needs the solver's stages with a graph; use DirectAdjoint for a "
+                "differentiable dense solution"
             )
         backward = _BackwardSetup(
             problem=problem,

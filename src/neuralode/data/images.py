@@ -287,8 +287,7 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError as exc:
         raise ImportError(
-            "load_digits needs scikit-learn (an optional extra): "
-            "pip install 'neuralode[data]'"
+            "load_digits needs scikit-learn (an optional extra): pip install 'neuralode[data]'"
         ) from exc
     bunch = sklearn_load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32).div(16.0).unsqueeze(1)
