@@ -7,6 +7,8 @@ wake-up noise on a 2-core machine. Every library is measured under the same sett
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as _dt
 import math
 import os
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 torch.set_num_threads(1)
 
@@ -141,6 +144,61 @@ def count_calls(
     counted = CountingField(f)
     result = run(counted)
     return counted.calls, result
+
+
+class CountingModule(nn.Module):
+    """An nn.Module wrapper of f(t, y) that counts its calls and exposes f's parameters.
+
+    Unlike :class:`CountingField` it is itself a module, so adjoint methods that look for
+    ``parameters()`` (torchdiffeq's odeint_adjoint, neuralode's backsolve/checkpoint,
+    torchdyn) see the wrapped field's parameters. ``forward`` accepts torchdyn's extra
+    ``args`` keyword and names its time argument ``t``, which torchdyn checks for.
+    """
+
+    def __init__(self, f: nn.Module):
+        super().__init__()
+        self.f = f
+        self.calls = 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor, args: object = None) -> torch.Tensor:
+        self.calls += 1
+        return self.f(t, y)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory of the current process (Linux /proc), for one-measurement-per-process benchmarks
+# --------------------------------------------------------------------------------------------
+
+
+def proc_status_kib(key: str) -> int:
+    """A ``kB`` field of /proc/self/status, e.g. ``VmRSS`` or ``VmHWM`` (peak RSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs).
+
+    Returns whether the reset took effect: afterwards VmHWM must be (about) VmRSS.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return proc_status_kib("VmHWM") - proc_status_kib("VmRSS") < 1024
+
+
+def release_free_heap() -> None:
+    """Hand freed malloc memory back to the kernel, so that a later peak is not hidden.
+
+    Without it, a step could reuse heap pages that earlier work freed but glibc kept: they
+    already count in the baseline RSS, and the step's growth above the baseline would
+    understate its real footprint.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ def test_spiral_quick(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        # One thread: the model is tiny, and on a busy 2-core machine two OpenMP threads
+        # made each iteration about 50x slower (they wait for each other at every op).
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "spiral.png").stat().st_size > 0
@@ -28,3 +32,18 @@ def test_spiral_quick(tmp_path: Path) -> None:
     assert math.isfinite(metrics["final_loss"])
     assert math.isfinite(metrics["trajectory_mae"])
     assert "iter" in result.stdout
+
+
+def test_spiral_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
+    # sys.modules[name] = None makes `import name` raise ImportError, as if not installed.
+    code = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        f"sys.argv = ['spiral.py', '--quick', '--out', {str(tmp_path)!r}]; "
+        f"runpy.run_path({str(EXAMPLES / 'spiral.py')!r}, run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "pip install 'neuralode[plot]'" in result.stderr
+    assert not (tmp_path / "metrics.json").exists()  # it failed before training

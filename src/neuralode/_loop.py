@@ -190,7 +190,8 @@ def integrate(
         n_out_before = n_out
         n_next = bisect.bisect_right(taus, tau1, lo=n_out)
         if n_next > n_out:
-            if hermite and f1 is None:
+            # Hermite needs f(t1, y1) only for outputs strictly inside the step.
+            if hermite and f1 is None and taus[n_out] < tau1:
                 f1 = f(d * tau1, step.y1)
             outputs.append(_outputs_in_step(solver, taus, n_out, n_next, tau, dt, d, y, step, f1))
             n_out = n_next
@@ -253,8 +254,9 @@ def replay_step(
     if record.i1 == record.i0:
         return step.y1, None
     f1 = step.f1
-    if needs_f1(solver) and f1 is None:
-        f1 = f(d * (record.tau0 + record.dt), step.y1)
+    tau1 = record.tau0 + record.dt
+    if needs_f1(solver) and f1 is None and problem.taus[record.i0] < tau1:
+        f1 = f(d * tau1, step.y1)
     outputs = _outputs_in_step(
         solver, problem.taus, record.i0, record.i1, record.tau0, record.dt, d, y0, step, f1
     )
