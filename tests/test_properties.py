@@ -96,7 +96,9 @@ def test_extra_output_times_change_nothing_else(problem, solver_index, extra):
     )
     assert more.stats.accepted == base.stats.accepted
     assert more.stats.steps == base.stats.steps
-    assert more.stats.nfe == base.stats.nfe
+    # Hermite interpolation inside the final step costs its f(t1, y1), which a solve with
+    # no output inside that step skips: at most one evaluation more.
+    assert base.stats.nfe <= more.stats.nfe <= base.stats.nfe + 1
 
 
 @PROPERTY
