@@ -10,6 +10,15 @@ from ..controllers import AbstractController
 from ..solvers._explicit_rk import AbstractSolver
 
 
+def reject_dense(dense: bool, method: str) -> None:
+    """Methods that solve without a graph cannot return a differentiable dense solution."""
+    if dense:
+        raise ValueError(
+            f"dense=True needs every step's stages with a graph, which {method} does not "
+            "keep; use DirectAdjoint for a differentiable dense solution"
+        )
+
+
 class AbstractAdjoint(abc.ABC):
     """How gradients of a solve are computed. Holds configuration only."""
 

@@ -14,7 +14,7 @@ from .._problem import Problem
 from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController, PIDController
 from ..solvers._explicit_rk import AbstractSolver
-from ._base import AbstractAdjoint
+from ._base import AbstractAdjoint, reject_dense
 from ._params import field_parameters
 
 
@@ -58,11 +58,7 @@ class BacksolveAdjoint(AbstractAdjoint):
         dense: bool,
     ) -> RawSolution:
         """Forward solve without a graph; the gradient comes from the backward ODE."""
-        if dense:
-            raise ValueError(
-                "dense=True needs the solver's stages with a graph; use DirectAdjoint for a "
-                "differentiable dense solution"
-            )
+        reject_dense(dense, "BacksolveAdjoint")
         backward = _BackwardSetup(
             problem=problem,
             solver=self.solver or solver,

@@ -11,7 +11,7 @@ from .._loop import RawSolution, StepRecord, integrate, replay_step
 from .._problem import Problem
 from ..controllers import AbstractController
 from ..solvers._explicit_rk import AbstractSolver
-from ._base import AbstractAdjoint
+from ._base import AbstractAdjoint, reject_dense
 from ._params import field_parameters
 
 
@@ -38,11 +38,7 @@ class CheckpointAdjoint(AbstractAdjoint):
         dense: bool,
     ) -> RawSolution:
         """Forward solve without a graph, recording the accepted steps."""
-        if dense:
-            raise ValueError(
-                "dense=True needs every step's stages with a graph; use DirectAdjoint for a "
-                "differentiable dense solution"
-            )
+        reject_dense(dense, "CheckpointAdjoint")
         records: list[StepRecord] = []
         with torch.no_grad():
             raw = integrate(problem, solver, controller, max_steps=max_steps, records=records)
