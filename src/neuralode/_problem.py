@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._vector_field import State, Structure, VectorField
+from ._vector_field import Structure, VectorField
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,3 @@ class Problem:
     direction: float
     structure: Structure
     params: tuple[torch.Tensor, ...] | None = None
-
-    def flatten(self, x: State) -> torch.Tensor:
-        """Flatten a state-shaped value (e.g. per-component tolerances)."""
-        return self.structure.flatten(x)

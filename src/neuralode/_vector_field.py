@@ -37,11 +37,6 @@ class Structure:
         """Number of elements of each part."""
         return [s.numel() for s in self.shapes]
 
-    @property
-    def solver_shape(self) -> tuple[int, ...]:
-        """Shape of the tensor the solver works on."""
-        return tuple(self.shapes[0]) if not self.is_tuple else (sum(self.sizes),)
-
     def flatten(self, y: State) -> torch.Tensor:
         """The solver's tensor for a state."""
         if isinstance(y, torch.Tensor):

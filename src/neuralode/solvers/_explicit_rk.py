@@ -56,11 +56,7 @@ def combine(
         return out
     if not terms:
         return y0.clone()
-    w0, k0 = terms[0]
-    acc = k0 * w0
-    for w, kj in terms[1:]:
-        acc.add_(kj, alpha=w)
-    return torch.addcmul(y0, dt, acc)
+    return torch.addcmul(y0, dt, weighted_sum(k, weights))
 
 
 def weighted_sum(k: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
