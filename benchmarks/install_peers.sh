@@ -18,8 +18,10 @@ pip_nodeps() { "$PY" -m pip install --quiet --no-deps "$@"; }
 # torchdiffeq: needs only torch and scipy (scipy is already a test dependency).
 pip_nodeps "torchdiffeq==0.2.5"
 
-# torchode: sympy ~= 1.10 and torchtyping ~= 0.1.4; torchtyping insists on typeguard < 3.
-pip_nodeps "torchode==1.0.1" "torchtyping==0.1.5" "typeguard==2.13.3" "sympy>=1.10,<2"
+# torchode: sympy ~= 1.10 and torchtyping ~= 0.1.4. torchtyping declares typeguard < 3 but only
+# needs it for its optional runtime checks; the CLI extra (tyro) needs typeguard >= 4, so it is
+# left as it is (torchode imports and solves fine with typeguard 4).
+pip_nodeps "torchode==1.0.1" "torchtyping==0.1.5" "sympy>=1.10,<2"
 
 # torchdyn: its declared deps (lightning, ipywidgets, torchvision, scikit-learn, poethepoet, ...)
 # are mostly for notebooks. torchdyn.numerics needs attrs and torchcde (-> torchsde ->

@@ -1,0 +1,215 @@
+"""``neuralode train classify``: the paper's Table 1 (ODE-Net vs ResNet vs RK-Net vs MLP).
+
+Protocol P1 of shared/REFERENCE.md §4: a seeded stratified training subset, a validation
+split taken from the training set for model selection (the reference selects on the test
+set; we do not), the test set used once at the end. Adam with a one-cycle schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data import (
+    load_digits,
+    load_images,
+    random_crop,
+    stratified_subset,
+    to_float,
+    train_val_split,
+)
+from ..nn import MLP, ODENet, ResNet, RKNet
+from .config import RunOptions, check_positive
+from .distributed import World
+from .solving import SolverOptions
+from .training import Task, epoch_generator
+
+Model = Literal["odenet", "resnet", "rknet", "mlp"]
+Dataset = Literal["fashion-mnist", "mnist", "digits"]
+
+# The 8×8 digits have no official test split: a fixed, stratified 20% is held out, the
+# same for every --seed so that runs with different seeds are tested on the same images.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 1797
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig(SolverOptions, RunOptions):
+    """Train an image classifier: ODE-Net, ResNet, RK-Net or MLP (the paper's Table 1).
+
+    Defaults are protocol P1's quick preset (REFERENCE.md §4): Fashion-MNIST, 20k training
+    images, 5k validation images, width 32, 6 epochs of Adam with a one-cycle schedule.
+    """
+
+    model: Model = "odenet"
+    """odenet (one ODE block), resnet (--blocks residual blocks),
+    rknet (RK4 with step --rk-step, backprop), mlp (784-300-10)."""
+    dataset: Dataset = "fashion-mnist"
+    """fashion-mnist (Debian package or download), mnist (--data-dir or --download),
+    digits (scikit-learn's 8x8 digits, for runs of seconds)."""
+    data_dir: Path | None = None
+    """Folder with the IDX files (default: $NEURALODE_DATA or ~/.cache/neuralode/datasets)."""
+    download: bool = False
+    """Download missing MNIST / Fashion-MNIST files (SHA-256 checked)."""
+    width: int = 32
+    """Channels C of every convolution (the paper: 64)."""
+    blocks: int = 6
+    """resnet only: residual blocks (6 as in the paper, 1 for the equal-size control)."""
+    rk_step: float = 0.25
+    """rknet only: RK4 step on [0, 1]."""
+    epochs: int = 6
+    """Passes over the training subset."""
+    train_size: int | None = 20_000
+    """Training images (a seeded stratified subset; all remaining if omitted)."""
+    val_size: int = 5_000
+    """Validation images, split off the training set, for model selection."""
+    batch_size: int = 128
+    """Global batch size (split across processes under torchrun)."""
+    eval_batch_size: int = 500
+    """Batch size for validation and test."""
+    lr: float = 3e-3
+    """Peak learning rate of Adam's one-cycle schedule."""
+    augment: bool = True
+    """Random crops with 4-pixel padding, as in the reference."""
+
+    def __post_init__(self) -> None:
+        RunOptions.__post_init__(self)
+        SolverOptions.__post_init__(self)
+        check_positive(self, "width", "blocks", "rk_step", "epochs", "train_size")
+        check_positive(self, "val_size", "batch_size", "eval_batch_size", "lr")
+
+
+class ClassifyTask(Task):
+    """Image classification (cross-entropy; accuracy selects the checkpoint)."""
+
+    experiment = "classify"
+    select = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, config: ClassifyConfig) -> None:
+        self.config = config
+        self.epochs = config.epochs
+
+    def setup(self, world: World) -> None:
+        """Load the splits, build the model and Adam with a one-cycle schedule."""
+        cfg = self.config
+        self.device = world.device
+        self.splits = load_splits(cfg)
+        self.model = build_model(cfg, self.splits["train"][0].shape[-2:]).to(world.device)
+        if cfg.batch_size % world.size:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} must be divisible by the number of "
+                f"processes ({world.size})"
+            )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * self.steps_per_epoch()
+        )
+
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (the remainder is dropped, differently each epoch)."""
+        n = len(self.splits["train"][1])
+        return max(1, n // self.config.batch_size)
+
+    def train_batches(self, epoch: int, world: World) -> Any:
+        """Shuffled global batches; this rank's share, augmented."""
+        images, labels = self.splits["train"]
+        order = torch.randperm(len(labels), generator=epoch_generator(self.config.seed, epoch))
+        crops = epoch_generator(self.config.seed, epoch, stream=1 + world.rank)
+        size = min(self.config.batch_size, len(labels))
+        for step in range(self.steps_per_epoch()):
+            idx = world.batch_share(order[step * size : (step + 1) * size])
+            x = images[idx]
+            if self.config.augment:
+                x = random_crop(x, padding=4, generator=crops)
+            yield x.to(self.device), labels[idx].to(self.device)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy; sums of loss and correct predictions."""
+        x, y = batch
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        n = len(y)
+        correct = float((logits.argmax(1) == y).sum())
+        return loss, {"loss": float(loss.detach()) * n, "accuracy": correct, "n": n}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, world: World) -> dict[str, float]:
+        """Loss and accuracy over this rank's shard of ``split``, summed over ranks."""
+        model.eval()
+        images, labels = self.splits[split]
+        shard = world.shard(torch.arange(len(labels)))
+        sums = {"loss": 0.0, "accuracy": 0.0, "n": 0.0}
+        for idx in shard.split(self.config.eval_batch_size):
+            x, y = images[idx].to(self.device), labels[idx].to(self.device)
+            logits = model(x)
+            sums["loss"] += float(F.cross_entropy(logits, y, reduction="sum"))
+            sums["accuracy"] += float((logits.argmax(1) == y).sum())
+            sums["n"] += len(y)
+        totals = world.sum(sums)
+        model.train()
+        return {"loss": totals["loss"] / totals["n"], "accuracy": totals["accuracy"] / totals["n"]}
+
+    def describe(self) -> dict[str, Any]:
+        """Model, parameter count and split sizes."""
+        cfg = self.config
+        return {
+            "model": cfg.model if cfg.model != "resnet" else f"resnet{cfg.blocks}",
+            "dataset": cfg.dataset,
+            "width": cfg.width,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "split_sizes": {k: len(v[1]) for k, v in self.splits.items()},
+        }
+
+
+def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
+    """The classifier that ``--model`` names."""
+    if cfg.model == "odenet":
+        net = ODENet(cfg.width, **cfg.ode_options())
+        net.ode_block.max_steps = cfg.max_steps
+        return net
+    if cfg.model == "resnet":
+        return ResNet(cfg.width, blocks=cfg.blocks)
+    if cfg.model == "rknet":
+        return RKNet(cfg.width, step=cfg.rk_step)
+    return MLP(pixels=int(image_size.numel()))
+
+
+def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{"train", "val", "test"}`` → (float images (N, 1, H, W), labels), per the config."""
+    if cfg.dataset == "digits":
+        images, labels = load_digits()
+        # Upsampled to MNIST's 28×28 so every model keeps the paper's architecture: at 8×8
+        # the stem would shrink the state to 1×1, where group norm maps everything to 0.
+        images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
+        rest, test = train_val_split(labels, DIGITS_TEST_FRACTION, seed=DIGITS_TEST_SEED)
+        test_set = (images[test], labels[test])
+        images, labels = images[rest], labels[rest]
+    else:
+        raw, labels = load_images(cfg.dataset, "train", cfg.data_dir, cfg.download)
+        images = to_float(raw)
+        raw_test, labels_test = load_images(cfg.dataset, "test", cfg.data_dir, cfg.download)
+        test_set = (to_float(raw_test), labels_test)
+    if cfg.val_size >= len(labels):
+        raise ValueError(
+            f"--val-size {cfg.val_size} leaves no training images ({cfg.dataset} has "
+            f"{len(labels)} in its training set)"
+        )
+    train, val = train_val_split(labels, cfg.val_size, seed=cfg.seed)
+    if cfg.train_size is not None:
+        if cfg.train_size > len(train):
+            raise ValueError(
+                f"--train-size {cfg.train_size} is more than the {len(train)} training images "
+                f"left after --val-size {cfg.val_size}; lower it or omit it to use them all"
+            )
+        train = train[stratified_subset(labels[train], cfg.train_size, seed=cfg.seed)]
+    return {
+        "train": (images[train], labels[train]),
+        "val": (images[val], labels[val]),
+        "test": test_set,
+    }

@@ -1,0 +1,288 @@
+"""THE training loop, shared by every experiment: data → model → optimiser → epochs.
+
+An experiment is a :class:`Task`: it builds its data, model and optimiser, yields training
+batches, turns a batch into a loss, and evaluates a split. :func:`fit` does everything
+else the same way for all of them: seeding, DDP, progress, the NaN check, validation,
+atomic checkpoints, exact resume, metrics.csv, plots and summary.json.
+
+Exact resume: nothing random is carried from one epoch to the next. Every epoch re-seeds
+the global RNG from ``(seed, epoch, rank)`` and tasks draw their shuffles and
+augmentations from :func:`epoch_generator`, so epoch ``e`` does the same thing whether it
+follows epoch ``e - 1`` in the same process or a ``--resume``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import platform
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._solution import Stats
+from .config import RunOptions
+from .distributed import World, unwrap
+from .progress import Progress
+from .runs import BEST, RunDir
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving the bad epoch."""
+
+
+class Task(abc.ABC):
+    """What an experiment supplies to :func:`fit`.
+
+    After :meth:`setup`, ``model``, ``optimizer`` and ``scheduler`` (stepped once per
+    training step, or ``None``) must be set.
+
+    Attributes:
+        experiment: Name of the experiment (the run folder's parent, e.g. ``"classify"``).
+        epochs: Number of epochs (an epoch is ``steps_per_epoch()`` training steps).
+        select: Validation metric that picks the best checkpoint (e.g. ``"accuracy"``).
+        higher_is_better: Direction of ``select``.
+    """
+
+    experiment: str = "experiment"
+    epochs: int = 1
+    select: str = "loss"
+    higher_is_better: bool = False
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @abc.abstractmethod
+    def setup(self, world: World) -> None:
+        """Load data and build model, optimiser and scheduler (global RNG already seeded)."""
+
+    @abc.abstractmethod
+    def steps_per_epoch(self) -> int:
+        """Training steps in one epoch (for progress and learning-rate schedules)."""
+
+    @abc.abstractmethod
+    def train_batches(self, epoch: int, world: World) -> Iterable[Any]:
+        """This rank's share of each global batch of ``epoch``, in order."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss of a batch, and metric *sums* over it with the sample count as ``"n"``."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, split: str, world: World) -> dict[str, float]:
+        """Metrics (means over the whole split, summed over ranks) of ``"val"`` or ``"test"``."""
+
+    def plots(self, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
+        """Draw task-specific figures into ``run.plots``; return their file names."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """Task facts for summary.json (parameter count, dataset sizes...)."""
+        return {}
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A private generator for one epoch's shuffle (``stream`` 0) or augmentation (others).
+
+    The same on every rank for the same ``stream``, so all ranks agree on the global batch.
+    """
+    return torch.Generator().manual_seed(_mix(seed, epoch, stream))
+
+
+def _mix(*parts: int) -> int:
+    # A simple injective-enough mix into 63 bits; the exact values only need to differ.
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % (2**63 - 1)
+    return value
+
+
+def solver_work(model: nn.Module) -> tuple[int, int]:
+    """Forward and backward function evaluations of every solve in ``model``'s last step.
+
+    Counts every submodule with a :class:`~neuralode.Stats` ``stats`` attribute (ODE blocks
+    and the other models built on :func:`neuralode.solve`).
+    """
+    forward = backward = 0
+    for module in model.modules():
+        stats = getattr(module, "stats", None)
+        if isinstance(stats, Stats):
+            forward += stats.nfe
+            backward += stats.nfe_backward
+    return forward, backward
+
+
+def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str, Any]:
+    """Train ``task`` for ``task.epochs`` epochs in ``run``, then test the best checkpoint once.
+
+    Args:
+        task: The experiment.
+        run: Its folder (prepared by :meth:`RunDir.prepare`).
+        world: This process's place among the training processes.
+        options: Seed, resume and progress settings.
+
+    Returns:
+        The summary also written to ``summary.json``.
+
+    Raises:
+        TrainingDiverged: On a non-finite loss; the last checkpoint stays as it was.
+    """
+    seed, epochs = options.seed, task.epochs
+    progress = options.progress and world.is_main
+    torch.manual_seed(seed)
+    task.setup(world)
+    model = world.wrap(task.model)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    start = 0
+    if options.resume:
+        state = run.load_checkpoint()
+        task.model.load_state_dict(state["model"])
+        task.optimizer.load_state_dict(state["optimizer"])
+        if task.scheduler is not None:
+            task.scheduler.load_state_dict(state["scheduler"])
+        history, best, start = state["history"], state["best"], state["epoch"]
+
+    for epoch in range(start, epochs):
+        torch.manual_seed(_mix(seed, epoch, 1 + world.rank))
+        row = _train_epoch(task, model, world, epoch, epochs, progress)
+        row.update({f"val_{k}": v for k, v in task.evaluate(model, "val", world).items()})
+        history.append(row)
+        score = row[f"val_{task.select}"]
+        if not best or _better(score, best["score"], task.higher_is_better):
+            best = {"score": score, "epoch": epoch + 1}
+        if world.is_main:
+            if best["epoch"] == epoch + 1:
+                run.save_checkpoint({"model": unwrap(model).state_dict()}, BEST)
+            run.save_checkpoint(_state(task, history, best, epoch + 1))
+            run.write_metrics(history)
+            _report_epoch(row, epochs, progress)
+        world.barrier()
+
+    task.model.load_state_dict(run.load_checkpoint(BEST)["model"])
+    t0 = time.perf_counter()
+    test = task.evaluate(model, "test", world)
+    summary = {
+        "experiment": task.experiment,
+        **task.describe(),
+        "epochs": epochs,
+        "best_epoch": best["epoch"],
+        f"best_val_{task.select}": best["score"],
+        **{f"test_{k}": v for k, v in test.items()},
+        "test_seconds": time.perf_counter() - t0,
+        "train_seconds": sum(r["train_seconds"] for r in history),
+        "history": history,
+        "environment": environment(world),
+    }
+    if world.is_main:
+        summary["plots"] = _draw(task, run, history)
+        run.write_summary(summary)
+    world.barrier()
+    return summary
+
+
+def _train_epoch(
+    task: Task, model: nn.Module, world: World, epoch: int, epochs: int, show: bool
+) -> dict[str, Any]:
+    model.train()
+    sums: dict[str, float] = {}
+    nfe_f = nfe_b = 0
+    steps = task.steps_per_epoch()
+    bar = Progress(task.train_batches(epoch, world), total=steps,
+                   description=f"epoch {epoch + 1}/{epochs}", enabled=show)  # fmt: skip
+    t0 = time.perf_counter()
+    for step, batch in enumerate(bar):
+        loss, metrics = task.loss(model, batch)
+        _check_finite(loss, world, epoch, step, steps)
+        task.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        task.optimizer.step()
+        if task.scheduler is not None:
+            task.scheduler.step()
+        f, b = solver_work(model)
+        nfe_f, nfe_b = nfe_f + f, nfe_b + b
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.show({**_means(sums), "nfe_f": f, "nfe_b": b})
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    totals = world.sum({**sums, "nfe_f": nfe_f, "nfe_b": nfe_b, "steps": steps})
+    per_step = world.size * max(totals["steps"], 1)
+    return {
+        "epoch": epoch + 1,
+        **{f"train_{k}": v for k, v in _means(totals).items() if k not in ("nfe_f", "nfe_b")},
+        "nfe_forward": totals["nfe_f"] / per_step,
+        "nfe_backward": totals["nfe_b"] / per_step,
+        "lr": task.optimizer.param_groups[0]["lr"],
+        "train_seconds": elapsed,
+    }
+
+
+def _better(score: float, incumbent: float, higher_is_better: bool) -> bool:
+    # Ties keep the earlier epoch; a NaN score never wins.
+    return score > incumbent if higher_is_better else score < incumbent
+
+
+def _means(sums: Mapping[str, float]) -> dict[str, float]:
+    n = max(sums.get("n", 0.0), 1.0)
+    return {k: v / n for k, v in sums.items() if k not in ("n", "steps")}
+
+
+def _check_finite(loss: torch.Tensor, world: World, epoch: int, step: int, steps: int) -> None:
+    value = float(loss.detach())
+    finite = math.isfinite(value)
+    # Every rank must agree to stop, or the others would wait forever in DDP's all-reduce.
+    if world.size > 1:
+        finite = world.sum({"bad": 0.0 if finite else 1.0})["bad"] == 0.0
+    if not finite:
+        last = f"the end of epoch {epoch}" if epoch else "none (first epoch)"
+        raise TrainingDiverged(
+            f"the training loss became {value} at epoch {epoch + 1}, step {step + 1} of "
+            f"{steps}; this epoch was not saved (last checkpoint: {last}). Try a lower --lr "
+            "or a tighter --tol, and start a new run"
+        )
+
+
+def _state(task: Task, history: list[dict[str, Any]], best: dict[str, Any],
+           epoch: int) -> dict[str, Any]:  # fmt: skip
+    return {
+        "epoch": epoch,
+        "model": unwrap(task.model).state_dict(),
+        "optimizer": task.optimizer.state_dict(),
+        "scheduler": None if task.scheduler is None else task.scheduler.state_dict(),
+        "history": history,
+        "best": best,
+    }
+
+
+def _report_epoch(row: Mapping[str, Any], epochs: int, progress: bool) -> None:
+    if progress:
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)
+        )
+        Progress.write(f"epoch {row['epoch']}/{epochs}: {shown}")
+
+
+def _draw(task: Task, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
+    from .plots import plot_history
+
+    return plot_history(history, run.plots) + task.plots(run, history)
+
+
+def environment(world: World) -> dict[str, Any]:
+    """Versions and hardware, for summaries and reports."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "world_size": world.size,
+        "device": str(world.device),
+    }
