@@ -62,8 +62,12 @@ def _commands() -> Any:
     ]
 
 
-def train(config: RunOptions, task: Task) -> dict[str, Any]:
-    """Run ``task`` under ``config``'s run options (in one process or under torchrun)."""
+def train(config: RunOptions, task: Task) -> dict[str, Any] | None:
+    """Run ``task`` under ``config``'s run options (in one process or under torchrun).
+
+    Returns:
+        The run's summary on rank 0; ``None`` on the other ranks (which print nothing).
+    """
     world = World.from_environment(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -75,8 +79,9 @@ def train(config: RunOptions, task: Task) -> dict[str, Any]:
         summary = fit(task, run, world, config)
     finally:
         world.close()
-    if world.is_main:
-        print(f"run folder: {run.path}")
+    if not world.is_main:
+        return None
+    print(f"run folder: {run.path}")
     return summary
 
 
@@ -84,10 +89,12 @@ def run(command: Any) -> None:
     """Execute a parsed command."""
     if isinstance(command, ClassifyConfig):
         summary = train(command, ClassifyTask(command))
-        print(
-            f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
-            f"({summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s training)"
-        )
+        if summary is not None:
+            print(
+                f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
+                f"({summary['parameters']:,} parameters, "
+                f"{summary['train_seconds']:.0f} s training)"
+            )
     elif isinstance(command, EvaluateClassifyConfig):
         evaluate_classify(command)
     else:  # pragma: no cover - tyro only returns the types above

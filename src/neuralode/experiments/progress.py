@@ -40,11 +40,6 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix({k: _short(v) for k, v in metrics.items()}, refresh=False)
 
-    @staticmethod
-    def write(message: str) -> None:
-        """Print a line without breaking a bar that is being drawn."""
-        require("tqdm").tqdm.write(message)
-
     def close(self) -> None:
         """Finish the bar's line."""
         if self._bar is not None:

@@ -161,7 +161,7 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
                 run.save_checkpoint({"model": unwrap(model).state_dict()}, BEST)
             run.save_checkpoint(_state(task, history, best, epoch + 1))
             run.write_metrics(history)
-            _report_epoch(row, epochs, progress)
+            _report_epoch(row, epochs)
         world.barrier()
 
     task.model.load_state_dict(run.load_checkpoint(BEST)["model"])
@@ -260,12 +260,12 @@ def _state(task: Task, history: list[dict[str, Any]], best: dict[str, Any],
     }
 
 
-def _report_epoch(row: Mapping[str, Any], epochs: int, progress: bool) -> None:
-    if progress:
-        shown = ", ".join(
-            f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)
-        )
-        Progress.write(f"epoch {row['epoch']}/{epochs}: {shown}")
+def _report_epoch(row: Mapping[str, Any], epochs: int) -> None:
+    # One line per epoch even without bars (--no-progress), for logs of long runs.
+    shown = ", ".join(
+        f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)
+    )
+    print(f"epoch {row['epoch']}/{epochs}: {shown}", flush=True)
 
 
 def _draw(task: Task, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
