@@ -12,17 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, Any, Union
 
-import torch
-
 from .._solution import SolverError
 from ..data import DownloadError, IDXFormatError
 from ._extras import require
 from .classify import ClassifyConfig, ClassifyTask
-from .config import RunOptions
-from .distributed import World
 from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
-from .runs import RunDir, default_run_dir
-from .training import Task, TrainingDiverged, fit
+from .reproduce import ReproduceConfig, reproduce
+from .training import TrainingDiverged, run_training
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (
@@ -59,36 +55,14 @@ def _commands() -> Any:
     return Union[  # noqa: UP007
         Annotated[train, sub("train", description="Train a model; writes a run folder.")],
         Annotated[evaluate, sub("evaluate", description="Evaluate a finished run.")],
+        Annotated[ReproduceConfig, sub("reproduce")],
     ]
-
-
-def train(config: RunOptions, task: Task) -> dict[str, Any] | None:
-    """Run ``task`` under ``config``'s run options (in one process or under torchrun).
-
-    Returns:
-        The run's summary on rank 0; ``None`` on the other ranks (which print nothing).
-    """
-    world = World.from_environment(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run = RunDir(world.broadcast(config.out or default_run_dir(task.experiment)))
-    if world.is_main:
-        run.prepare(config, resume=config.resume)
-    world.barrier()
-    try:
-        summary = fit(task, run, world, config)
-    finally:
-        world.close()
-    if not world.is_main:
-        return None
-    print(f"run folder: {run.path}")
-    return summary
 
 
 def run(command: Any) -> None:
     """Execute a parsed command."""
     if isinstance(command, ClassifyConfig):
-        summary = train(command, ClassifyTask(command))
+        summary = run_training(command, ClassifyTask(command))
         if summary is not None:
             print(
                 f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
@@ -97,6 +71,8 @@ def run(command: Any) -> None:
             )
     elif isinstance(command, EvaluateClassifyConfig):
         evaluate_classify(command)
+    elif isinstance(command, ReproduceConfig):
+        reproduce(command)
     else:  # pragma: no cover - tyro only returns the types above
         raise TypeError(f"unknown command {command!r}")
 

@@ -28,7 +28,7 @@ from .._solution import Stats
 from .config import RunOptions
 from .distributed import World, unwrap
 from .progress import Progress
-from .runs import BEST, RunDir
+from .runs import BEST, RunDir, default_run_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,6 +115,29 @@ def solver_work(model: nn.Module) -> tuple[int, int]:
             forward += stats.nfe
             backward += stats.nfe_backward
     return forward, backward
+
+
+def run_training(config: RunOptions, task: Task) -> dict[str, Any] | None:
+    """Run ``task`` under ``config``'s run options (in one process or under torchrun).
+
+    Returns:
+        The run's summary on rank 0; ``None`` on the other ranks (which print nothing).
+    """
+    world = World.from_environment(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = RunDir(world.broadcast(config.out or default_run_dir(task.experiment)))
+    if world.is_main:
+        run.prepare(config, resume=config.resume)
+    world.barrier()
+    try:
+        summary = fit(task, run, world, config)
+    finally:
+        world.close()
+    if not world.is_main:
+        return None
+    print(f"run folder: {run.path}")
+    return summary
 
 
 def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str, Any]:

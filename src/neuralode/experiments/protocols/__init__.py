@@ -1,0 +1,8 @@
+"""The protocols of ``neuralode reproduce`` (shared/REFERENCE.md §4), in report order."""
+
+from .base import Context, Job, Planner
+from .classification import FigureThree, TableOne
+
+PLANNERS: dict[str, Planner] = {"p1": TableOne(), "p3": FigureThree()}
+
+__all__ = ["PLANNERS", "Context", "Job", "Planner"]

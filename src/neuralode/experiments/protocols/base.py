@@ -1,0 +1,69 @@
+"""What a protocol of ``neuralode reproduce`` is: a planner of jobs and a report section."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every protocol needs to plan its jobs and write its section.
+
+    Attributes:
+        preset: ``"demo"``, ``"quick"`` or ``"full"``.
+        out: The reproduce folder.
+        seed: Seed of every run.
+        data_dir: ``--data-dir`` for the image datasets.
+        progress: Whether runs draw their own progress bars.
+        image_dataset: ``"fashion-mnist"`` or ``"digits"`` (what is installed).
+        image_note: Why that dataset, for the report.
+    """
+
+    preset: str
+    out: Path
+    seed: int
+    data_dir: Path | None
+    progress: bool
+    image_dataset: str
+    image_note: str
+
+    def folder(self, protocol: str, name: str = "") -> Path:
+        """``OUT/<protocol>/<name>``."""
+        return self.out / protocol / name if name else self.out / protocol
+
+
+@dataclasses.dataclass
+class Job:
+    """One run of a protocol.
+
+    Attributes:
+        protocol: e.g. ``"p1"``.
+        name: Short name, unique within the protocol (the run folder's name).
+        run: Does the work, resuming whatever an earlier, interrupted attempt left.
+        done: Whether the finished result already exists.
+        cost: Rough relative cost (about seconds on a 2-core CPU), for the overall ETA.
+    """
+
+    protocol: str
+    name: str
+    run: Callable[[], None]
+    done: Callable[[], bool]
+    cost: float = 1.0
+
+
+class Planner(abc.ABC):
+    """One protocol: the jobs a preset needs, and the report section from their results."""
+
+    name: str
+    title: str
+
+    @abc.abstractmethod
+    def jobs(self, ctx: Context) -> list[Job]:
+        """The runs of this protocol at ``ctx.preset``, in order."""
+
+    @abc.abstractmethod
+    def section(self, ctx: Context, walls: Mapping[str, float]) -> str:
+        """This protocol's REPORT.md section (Markdown), from the finished runs."""

@@ -1,0 +1,129 @@
+"""``neuralode reproduce``: the paper's experiments at a chosen scale, one command, one report.
+
+A preset expands into a list of :class:`Job` s, each one training or evaluation run with a
+fixed folder under ``--out``. Jobs whose results exist are reused; interrupted ones
+resume from their checkpoints, so re-running after a kill never repeats finished work.
+Every protocol then writes its section of ``REPORT.md`` from the runs' summaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..data import find_image_files
+from ._extras import require
+from .config import check_positive
+from .protocols import PLANNERS, Context, Job
+from .report import render
+from .runs import atomic_write_text, read_json, write_json
+
+Preset = Literal["demo", "quick", "full"]
+PROTOCOLS = tuple(PLANNERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceConfig:
+    """Run the paper's experiments (protocols P1-P5) and write REPORT.md beside the paper's numbers.
+
+    demo: about 10 minutes on a 2-core CPU, every protocol at a reduced but honest scale.
+    quick: the P1-P5 sizes of REFERENCE.md (tens of minutes to hours on a CPU).
+    full: the paper's own scale where feasible (a GPU or a long run).
+    """
+
+    preset: Preset = "demo"
+    """Scale of every protocol."""
+    only: str = ",".join(PROTOCOLS)
+    """Comma-separated protocols to run, e.g. p1,p3."""
+    out: Path = Path("runs/reproduce")
+    """Folder of the runs and REPORT.md; re-running with the same --out reuses finished runs."""
+    data_dir: Path | None = None
+    """Folder with the Fashion-MNIST / MNIST IDX files (see `train classify --help`)."""
+    seed: int = 0
+    """Seed of every run."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    progress: bool = True
+    """Show the overall progress bar and each run's bars."""
+
+    def __post_init__(self) -> None:
+        check_positive(self, "threads")
+        self.protocols()  # validates --only
+
+    def protocols(self) -> list[str]:
+        """The protocols named by ``--only``, in the report's order."""
+        names = [p.strip().lower() for p in self.only.split(",") if p.strip()]
+        unknown = sorted(set(names) - set(PROTOCOLS))
+        if unknown or not names:
+            raise ValueError(
+                f"--only must list protocols from {', '.join(PROTOCOLS)}, got {self.only!r}"
+            )
+        return [p for p in PROTOCOLS if p in names]
+
+
+def choose_images(config: ReproduceConfig) -> tuple[str, str]:
+    """Fashion-MNIST where its files are installed, else scikit-learn's digits, with why."""
+    if find_image_files("fashion-mnist", "train", config.data_dir) and find_image_files(
+        "fashion-mnist", "test", config.data_dir
+    ):
+        return "fashion-mnist", "Fashion-MNIST (MNIST is not reachable offline)"
+    return "digits", (
+        "scikit-learn's 8×8 digits upsampled to 28×28, because Fashion-MNIST is not "
+        "installed (apt-get install dataset-fashion-mnist, or --data-dir)"
+    )
+
+
+def run_jobs(jobs: Sequence[Job], progress: bool) -> dict[str, float]:
+    """Run every unfinished job in order under one overall progress bar; return wall times."""
+    bar: Any = None
+    if progress:
+        tqdm = require("tqdm").tqdm
+        total = sum(j.cost for j in jobs)
+        shape = "{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]"
+        bar = tqdm(total=total, desc="reproduce", position=0, bar_format=shape)
+    walls: dict[str, float] = {}
+    for i, job in enumerate(jobs):
+        label = f"{job.protocol.upper()} {job.name} ({i + 1}/{len(jobs)})"
+        if job.done():
+            if bar is not None:
+                bar.total -= job.cost  # reused work must not inflate the ETA
+                bar.set_description(f"reproduce: reused {label}")
+                bar.refresh()
+            continue
+        if bar is not None:
+            bar.set_description(f"reproduce: {label}")
+            bar.refresh()
+        else:
+            print(f"reproduce: {label}", flush=True)
+        t0 = time.perf_counter()
+        job.run()
+        walls[f"{job.protocol}/{job.name}"] = time.perf_counter() - t0
+        if bar is not None:
+            bar.update(job.cost)
+    if bar is not None:
+        bar.close()
+    return walls
+
+
+def reproduce(config: ReproduceConfig) -> Path:
+    """Run the chosen protocols at the chosen preset and write ``OUT/REPORT.md``."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dataset, note = choose_images(config)
+    ctx = Context(config.preset, config.out, config.seed, config.data_dir, config.progress,
+                  dataset, note)  # fmt: skip
+    jobs = [job for p in config.protocols() for job in PLANNERS[p].jobs(ctx)]
+    timings_path = config.out / "wall_times.json"
+    walls = read_json(timings_path) if timings_path.is_file() else {}
+    walls.update(run_jobs(jobs, config.progress))
+    write_json(timings_path, walls)
+    text = render(ctx, [PLANNERS[p] for p in config.protocols()], walls)
+    path = config.out / "REPORT.md"
+    atomic_write_text(path, text)
+    print(f"report: {path}")
+    return path
