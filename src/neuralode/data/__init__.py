@@ -1,4 +1,4 @@
-"""Data: the IDX reader, MNIST / Fashion-MNIST / 8×8 digits loaders, splits, augmentation."""
+"""Data: the IDX reader, MNIST / Fashion-MNIST / 8×8 digits, spirals, irregular series, splits."""
 
 from ._download import DownloadError, download_verified
 from .idx import IDXFormatError, read_idx, read_idx_images, read_idx_labels, read_idx_pair
@@ -10,6 +10,8 @@ from .images import (
     load_digits,
     load_images,
 )
+from .irregular import IrregularSeries, from_arrays, next_valid_time, previous_valid_time
+from .spirals import make_spirals, spiral_curves
 from .splits import stratified_subset, train_val_split
 from .transforms import random_crop, to_float
 
@@ -18,16 +20,22 @@ __all__ = [
     "DownloadError",
     "IDXFormatError",
     "ImageSource",
+    "IrregularSeries",
     "default_data_dir",
     "download_verified",
     "find_image_files",
+    "from_arrays",
     "load_digits",
     "load_images",
+    "make_spirals",
+    "next_valid_time",
+    "previous_valid_time",
     "random_crop",
     "read_idx",
     "read_idx_images",
     "read_idx_labels",
     "read_idx_pair",
+    "spiral_curves",
     "stratified_subset",
     "to_float",
     "train_val_split",
