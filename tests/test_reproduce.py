@@ -1,0 +1,69 @@
+"""`neuralode reproduce` end to end at a tiny scale: the report, reuse after a kill."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tyro")
+pytest.importorskip("sklearn")
+
+from neuralode.experiments import reproduce, training  # noqa: E402
+from neuralode.experiments.cli import main  # noqa: E402
+from neuralode.experiments.protocols import PLANNERS  # noqa: E402
+from neuralode.experiments.protocols import classification as p1  # noqa: E402
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Every protocol at a size that runs in seconds, on the digits."""
+    monkeypatch.setattr(p1, "DIGITS_SCALE", p1.Scale(64, 64, 1, {8: ("odenet", "resnet1", "mlp")}))
+    monkeypatch.setitem(p1.SWEEPS, "demo", ("1e-1,1e-3", 20, 1))
+    monkeypatch.setattr(reproduce, "choose_images", lambda config: ("digits", "the digits"))
+
+
+def _reproduce(out, *extra):
+    return main(["reproduce", "--out", str(out), "--no-progress", "--threads", "1", *extra])
+
+
+def test_demo_pipeline_writes_every_section(tmp_path, tiny):
+    assert _reproduce(tmp_path) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    for planner in PLANNERS.values():
+        assert f"## {planner.title}" in report
+    assert "| odenet | 8 |" in report and "| mlp | 8 |" in report
+    assert "NFE-B / NFE-F is" in report  # the Figure 3 verdicts were computed
+    for link in ("p1/odenet-w8/plots/learning_curves.png", "p1/odenet-w8/figure3/figure3.png"):
+        assert f"]({link})" in report
+        assert (tmp_path / link).is_file()
+
+
+def test_rerun_after_a_kill_reuses_finished_runs(tmp_path, tiny, monkeypatch):
+    started = []
+    real = training.run_training
+
+    def counting(config, task):
+        started.append(config.out.name)
+        if config.out.name == "mlp-w8" and started.count("mlp-w8") == 1:
+            raise KeyboardInterrupt  # killed during the last P1 run
+        return real(config, task)
+
+    monkeypatch.setattr(p1, "run_training", counting)
+    with pytest.raises(KeyboardInterrupt):
+        _reproduce(tmp_path)
+    assert started == ["odenet-w8", "resnet1-w8", "mlp-w8"]
+    assert not (tmp_path / "REPORT.md").exists()
+
+    assert _reproduce(tmp_path) == 0
+    # Finished runs were reused; only the interrupted one ran again.
+    assert started == ["odenet-w8", "resnet1-w8", "mlp-w8", "mlp-w8"]
+    assert _reproduce(tmp_path, "--only", "p3") == 0
+    assert started.count("odenet-w8") == 1  # P3's training run is P1's, already finished
+
+
+def test_only_names_unknown_protocols(capsys):
+    try:
+        status = main(["reproduce", "--only", "p1,p9"])
+    except SystemExit as exc:
+        status = exc.code
+    assert status != 0
+    assert "--only must list protocols from" in capsys.readouterr().err
