@@ -7,8 +7,6 @@ wake-up noise on a 2-core machine. Every library is measured under the same sett
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import datetime as _dt
 import math
 import os
@@ -170,36 +168,17 @@ class CountingModule(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def proc_status_kib(key: str) -> int:
-    """A ``kB`` field of /proc/self/status, e.g. ``VmRSS`` or ``VmHWM`` (peak RSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs).
-
-    Returns whether the reset took effect: afterwards VmHWM must be (about) VmRSS.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return proc_status_kib("VmHWM") - proc_status_kib("VmRSS") < 1024
-
-
-def release_free_heap() -> None:
-    """Hand freed malloc memory back to the kernel, so that a later peak is not hidden.
-
-    Without it, a step could reuse heap pages that earlier work freed but glibc kept: they
-    already count in the baseline RSS, and the step's growth above the baseline would
-    understate its real footprint.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
+# The measurement primitives live in the package (protocol P2 of `neuralode reproduce` uses
+# them too); re-exported here for the benchmark scripts.
+from neuralode.experiments.memory import (  # noqa: E402
+    proc_status_kib as proc_status_kib,
+)
+from neuralode.experiments.memory import (  # noqa: E402
+    release_free_heap as release_free_heap,
+)
+from neuralode.experiments.memory import (  # noqa: E402
+    reset_peak_rss as reset_peak_rss,
+)
 
 # --------------------------------------------------------------------------------------------
 # Environment

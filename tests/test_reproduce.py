@@ -7,10 +7,16 @@ import pytest
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
-from neuralode.experiments import reproduce, training  # noqa: E402
+from neuralode.experiments import (  # noqa: E402
+    memory,  # noqa: E402
+    reproduce,
+    training,
+)
 from neuralode.experiments.cli import main  # noqa: E402
+from neuralode.experiments.memory import MemoryPoint  # noqa: E402
 from neuralode.experiments.protocols import PLANNERS  # noqa: E402
 from neuralode.experiments.protocols import classification as p1  # noqa: E402
+from neuralode.experiments.protocols import memory as p2  # noqa: E402
 
 
 @pytest.fixture
@@ -19,6 +25,10 @@ def tiny(monkeypatch):
     monkeypatch.setattr(p1, "DIGITS_SCALE", p1.Scale(64, 64, 1, {8: ("odenet", "resnet1", "mlp")}))
     monkeypatch.setitem(p1.SWEEPS, "demo", ("1e-1,1e-3", 20, 1))
     monkeypatch.setattr(reproduce, "choose_images", lambda config: ("digits", "the digits"))
+    small = [MemoryPoint(m, "rk4", n, width=8, batch=4) for n in (2.0, 8.0) for m in p2.METHODS]
+    monkeypatch.setattr(p2, "points", lambda preset: small)
+    # In-process measurement: the fresh-process path is tested once in test_memory.py.
+    monkeypatch.setattr(p2, "measure", memory.measure_here)
 
 
 def _reproduce(out, *extra):
@@ -32,6 +42,7 @@ def test_demo_pipeline_writes_every_section(tmp_path, tiny):
         assert f"## {planner.title}" in report
     assert "| odenet | 8 |" in report and "| mlp | 8 |" in report
     assert "NFE-B / NFE-F is" in report  # the Figure 3 verdicts were computed
+    assert "| rk4 n=8 |" in report and "MB per function evaluation" in report
     for link in ("p1/odenet-w8/plots/learning_curves.png", "p1/odenet-w8/figure3/figure3.png"):
         assert f"]({link})" in report
         assert (tmp_path / link).is_file()
@@ -49,11 +60,11 @@ def test_rerun_after_a_kill_reuses_finished_runs(tmp_path, tiny, monkeypatch):
 
     monkeypatch.setattr(p1, "run_training", counting)
     with pytest.raises(KeyboardInterrupt):
-        _reproduce(tmp_path)
+        _reproduce(tmp_path, "--only", "p1,p3")
     assert started == ["odenet-w8", "resnet1-w8", "mlp-w8"]
     assert not (tmp_path / "REPORT.md").exists()
 
-    assert _reproduce(tmp_path) == 0
+    assert _reproduce(tmp_path, "--only", "p1,p3") == 0
     # Finished runs were reused; only the interrupted one ran again.
     assert started == ["odenet-w8", "resnet1-w8", "mlp-w8", "mlp-w8"]
     assert _reproduce(tmp_path, "--only", "p3") == 0

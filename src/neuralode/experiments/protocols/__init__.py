@@ -2,7 +2,8 @@
 
 from .base import Context, Job, Planner
 from .classification import FigureThree, TableOne
+from .memory import MemoryTable
 
-PLANNERS: dict[str, Planner] = {"p1": TableOne(), "p3": FigureThree()}
+PLANNERS: dict[str, Planner] = {"p1": TableOne(), "p2": MemoryTable(), "p3": FigureThree()}
 
 __all__ = ["PLANNERS", "Context", "Job", "Planner"]
