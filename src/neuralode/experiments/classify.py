@@ -74,8 +74,10 @@ class ClassifyConfig(SolverOptions, RunOptions):
     """Batch size for validation and test."""
     lr: float = 3e-3
     """Peak learning rate of Adam's one-cycle schedule."""
-    augment: bool = True
-    """Random crops with 4-pixel padding, as in the reference."""
+    augment: bool = False
+    """Random crops with 4-pixel padding, as in the reference's 160-epoch schedule. Off by
+    default: in a few epochs it slows learning (ResNet-1, 300 steps: 70% validation
+    accuracy with it, 81% without)."""
 
     def __post_init__(self) -> None:
         RunOptions.__post_init__(self)
