@@ -1,6 +1,20 @@
-"""Data: the IDX reader, MNIST / Fashion-MNIST / 8×8 digits loaders, splits, augmentation."""
+"""Data: IDX reader, image loaders, splits, augmentation, toy 2-D datasets and energies."""
 
 from ._download import DownloadError, download_verified
+from .densities import (
+    ENERGIES,
+    PLOT_BOUNDS,
+    QUADRATURE_BOUNDS,
+    EnergyTarget,
+    Normalizer,
+    energy_target,
+    energy_u1,
+    energy_u2,
+    energy_u3,
+    energy_u4,
+    log_normalizer,
+    wall,
+)
 from .idx import IDXFormatError, read_idx, read_idx_images, read_idx_labels, read_idx_pair
 from .images import (
     SOURCES,
@@ -11,24 +25,41 @@ from .images import (
     load_images,
 )
 from .splits import stratified_subset, train_val_split
+from .toy import TOY_DATASETS, make_circles, make_moons, sample_toy
 from .transforms import random_crop, to_float
 
 __all__ = [
+    "ENERGIES",
+    "PLOT_BOUNDS",
+    "QUADRATURE_BOUNDS",
     "SOURCES",
+    "TOY_DATASETS",
     "DownloadError",
+    "EnergyTarget",
     "IDXFormatError",
     "ImageSource",
+    "Normalizer",
     "default_data_dir",
     "download_verified",
+    "energy_target",
+    "energy_u1",
+    "energy_u2",
+    "energy_u3",
+    "energy_u4",
     "find_image_files",
     "load_digits",
     "load_images",
+    "log_normalizer",
+    "make_circles",
+    "make_moons",
     "random_crop",
     "read_idx",
     "read_idx_images",
     "read_idx_labels",
     "read_idx_pair",
+    "sample_toy",
     "stratified_subset",
     "to_float",
     "train_val_split",
+    "wall",
 ]
