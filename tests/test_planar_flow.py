@@ -11,13 +11,19 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def randomize(layers, scale: float) -> None:
+    """Parameters far from the near-identity initialisation, drawn from torch's RNG."""
+    with torch.no_grad():
+        for layer in layers:
+            for p in (layer.w, layer.u):
+                p.copy_(scale * torch.randn_like(p))
+            layer.b.copy_(0.5 * torch.randn(()))
+
+
 def stretched_layer(seed: int, scale: float = 3.0) -> PlanarLayer:
     torch.manual_seed(seed)
     layer = PlanarLayer(2).double()
-    with torch.no_grad():
-        layer.w.mul_(10 * scale)
-        layer.u.mul_(10 * scale)
-        layer.b.fill_(0.4)
+    randomize([layer], scale)
     return layer
 
 
@@ -28,6 +34,17 @@ def test_log_det_matches_autograd_jacobian(seed):
     _, log_det = layer(z)
     jac = torch.func.vmap(torch.func.jacrev(lambda v: layer(v[None])[0][0]))(z)
     torch.testing.assert_close(log_det, torch.linalg.slogdet(jac)[1])
+
+
+def test_initialisation_is_a_small_volume_preserving_shear():
+    torch.manual_seed(5)
+    flow = PlanarFlow(3, 16)
+    for layer in flow.layers:
+        assert abs((layer.w @ layer.u_hat()).item()) < 1e-5  # log-det 0 everywhere
+        assert layer.u_hat().norm().item() < 0.1
+    x, log_q = flow.sample_and_log_prob(200, seeded(0))
+    z = flow.base.sample(200, seeded(0))
+    torch.testing.assert_close(log_q, flow.base.log_prob(z), atol=1e-4, rtol=0)
 
 
 def test_constraint_holds_even_for_adversarial_u():
@@ -55,10 +72,7 @@ def test_inverse_is_exact_and_differentiable(seed):
 def test_both_directions_agree_on_the_density_of_their_samples(direction):
     torch.manual_seed(0)
     flow = PlanarFlow(2, 6, direction=direction, base=GaussianBase(2, 0.7)).double()
-    with torch.no_grad():
-        for layer in flow.layers:
-            layer.w.mul_(8)
-            layer.u.mul_(8)
+    randomize(flow.layers, 2.0)
     x, log_q = flow.sample_and_log_prob(32, seeded(1))
     torch.testing.assert_close(flow.log_prob(x), log_q, rtol=0, atol=1e-9)
     torch.testing.assert_close(flow.sample(32, seeded(1)), x)
@@ -69,10 +83,7 @@ def test_both_directions_agree_on_the_density_of_their_samples(direction):
 def test_density_integrates_to_one_at_every_fraction(direction):
     torch.manual_seed(1)
     flow = PlanarFlow(2, 4, direction=direction).double()
-    with torch.no_grad():
-        for layer in flow.layers:
-            layer.w.mul_(10)
-            layer.u.mul_(10)
+    randomize(flow.layers, 1.0)  # wᵀû from −0.87 to 1.9: peaks the grid resolves
     n, edge = 200, 8.0
     axis = torch.linspace(-edge, edge, n + 1, dtype=torch.float64)[:-1] + edge / n
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
@@ -86,6 +97,7 @@ def test_normalizing_log_prob_needs_no_inversion():
     # In the normalizing direction the data → base pass is the layers themselves.
     torch.manual_seed(2)
     flow = PlanarFlow(2, 3, direction="normalizing").double()
+    randomize(flow.layers, 1.5)
     x = torch.randn(4, 2, dtype=torch.float64)
     z, total = x, torch.zeros(4, dtype=torch.float64)
     for layer in flow.layers:
@@ -97,6 +109,7 @@ def test_normalizing_log_prob_needs_no_inversion():
 def test_sample_trajectory_counts_layers():
     torch.manual_seed(3)
     flow = PlanarFlow(2, 10).double()
+    randomize(flow.layers, 1.5)
     path = flow.sample_trajectory(5, [0.0, 0.2, 1.0], seeded(0))
     assert path.shape == (3, 5, 2)
     torch.testing.assert_close(path[0], flow.base.sample(5, seeded(0), dtype=torch.float64))
