@@ -134,6 +134,9 @@ def evaluate_kl(
 ) -> Metrics:
     """Monte Carlo ``KL(q‖p)`` with the quadrature ``log Z``, on ``n`` model samples.
 
+    The model's ``log q`` is used as it is configured: give a CNF the exact trace for
+    evaluation (a Hutchinson trace keeps the estimate unbiased but adds variance).
+
     Returns:
         ``kl`` and ``kl_stderr`` (the Monte Carlo standard error), plus ``log_z`` and
         ``log_z_error`` (the quadrature's error estimate, far below the Monte Carlo one).
@@ -160,7 +163,8 @@ def evaluate_nll(
     """Test NLL (nats per sample) on ``n`` fresh points of the toy ``dataset``.
 
     Use a generator seeded differently from training's so the points are unseen;
-    ``dtype`` is the model's.
+    ``dtype`` is the model's. As for :func:`evaluate_kl`, evaluate a CNF with the exact
+    trace.
 
     Returns:
         ``nll`` and ``nll_stderr`` (the standard error over the test points).
