@@ -1,0 +1,151 @@
+"""Trace estimators for the instantaneous change of variables, ``d log p/dt = −tr(∂f/∂z)``.
+
+An estimator turns the output ``f`` of the dynamics and the state ``z`` it was computed
+from (both ``(B, D)``, rows independent) into the per-sample trace ``tr(∂f_b/∂z_b)``,
+shape ``(B,)``. It is called inside the vector field, so it must give a result that can be
+differentiated again (``create_graph``) when the solve is being differentiated: by
+backpropagation through the solver, or by an adjoint that re-evaluates the field under
+``torch.enable_grad`` in its backward pass.
+
+Stochastic estimators draw their noise once per solve (:meth:`AbstractTrace.draw_noise`)
+and reuse it at every evaluation, forward and backward: the integrand is then one smooth
+function of time and an adaptive solver can integrate it (FFJORD, Grathwohl et al. 2019,
+§3.1). A fresh draw at every evaluation would make the right-hand side discontinuous.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+
+
+class AbstractTrace(abc.ABC):
+    """How ``tr(∂f/∂z)`` is computed. Holds configuration only; noise lives per solve."""
+
+    def draw_noise(
+        self, z: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """Noise for one solve, shaped like ``z`` (``None`` for deterministic estimators)."""
+        del z, generator
+        return None
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        f: torch.Tensor,
+        z: torch.Tensor,
+        noise: torch.Tensor | None,
+        *,
+        create_graph: bool,
+    ) -> torch.Tensor:
+        """The per-sample trace of ``∂f/∂z``, shape ``(B,)``.
+
+        Args:
+            f: The dynamics' output, ``(B, D)``, computed from ``z`` with autograd on.
+            z: The state, ``(B, D)``, requiring grad.
+            noise: What :meth:`draw_noise` returned for this solve.
+            create_graph: Keep the graph of the derivative so that the trace itself can
+                be differentiated (training).
+        """
+
+
+@dataclass(frozen=True)
+class ExactTrace(AbstractTrace):
+    """The exact trace ``Σ_i e_iᵀ (∂f/∂z) e_i``: ``D`` vector-Jacobian products per call.
+
+    By default one backward pass per dimension ``i`` takes row ``i`` of every sample's
+    Jacobian at once (the batch is differentiated together, since rows are independent);
+    this is what torchdiffeq's ``cnf.py`` and FFJORD's brute-force divergence do.
+    ``batched=True`` takes all ``D`` products in ONE backward pass vmapped over the basis
+    (``torch.autograd.grad(..., is_grads_batched=True)``). On one CPU thread the loop was
+    faster at every size we measured, and by far when the trace is differentiated
+    (training): per evaluation with ``create_graph`` and its backward, batch 512, planar
+    ``D = 2``: 2.7 ms loop vs 3.3 ms batched; FFJORD MLP 64-64-64 at ``D = 64``: 121 ms vs
+    434 ms (Hutchinson: 4.9 ms); see ``docs/cnf.md``. The batched pass launches one graph
+    traversal instead of ``D`` and may win where launches dominate (small nets on a GPU).
+    Cost grows linearly with ``D``; beyond a few dimensions prefer :class:`HutchinsonTrace`.
+
+    Attributes:
+        batched: Take the ``D`` products in one vmapped backward pass instead of a loop.
+    """
+
+    batched: bool = False
+
+    def __call__(
+        self,
+        f: torch.Tensor,
+        z: torch.Tensor,
+        noise: torch.Tensor | None,
+        *,
+        create_graph: bool,
+    ) -> torch.Tensor:
+        """The exact per-sample trace, shape ``(B,)``."""
+        del noise
+        dim = z.shape[-1]
+        if self.batched:
+            basis = torch.eye(dim, dtype=f.dtype, device=f.device)
+            cotangents = basis.unsqueeze(1).expand(dim, *f.shape)  # (D, B, D): e_i per row
+            (rows,) = torch.autograd.grad(
+                f, z, cotangents, create_graph=create_graph, is_grads_batched=True
+            )  # rows[i, b] = e_iᵀ ∂f_b/∂z_b
+            return torch.diagonal(rows, dim1=0, dim2=2).sum(-1)
+        total = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        for i in range(dim):
+            (row,) = torch.autograd.grad(
+                f[:, i].sum(), z, create_graph=create_graph, retain_graph=True
+            )
+            total = total + row[:, i]
+        return total
+
+
+_NOISES = ("rademacher", "gaussian")
+
+
+@dataclass(frozen=True)
+class HutchinsonTrace(AbstractTrace):
+    """Hutchinson's unbiased estimator ``εᵀ (∂f/∂z) ε`` with ``E[εεᵀ] = I``.
+
+    One vector-Jacobian product per evaluation, whatever ``D`` (FFJORD, Grathwohl et al.
+    2019). For a fixed matrix ``A`` the variance is ``Σ_{i≠j} A_ij (A_ij + A_ji)`` with
+    Rademacher noise (±1) and that plus ``2 Σ_i A_ii²`` with Gaussian noise (Hutchinson
+    1990): Rademacher is never worse, so it is the default, as in FFJORD. The noise is
+    drawn once per solve and held fixed.
+
+    Attributes:
+        noise: ``"rademacher"`` or ``"gaussian"``.
+    """
+
+    noise: str = "rademacher"
+
+    def __post_init__(self) -> None:
+        if self.noise not in _NOISES:
+            raise ValueError(f"noise must be one of {_NOISES}, got {self.noise!r}")
+
+    def draw_noise(
+        self, z: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """One draw of ``ε`` shaped like ``z`` (independent per sample)."""
+        if self.noise == "gaussian":
+            return torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        bits = torch.randint(0, 2, z.shape, generator=generator, device=z.device)
+        return bits.to(z.dtype) * 2 - 1
+
+    def __call__(
+        self,
+        f: torch.Tensor,
+        z: torch.Tensor,
+        noise: torch.Tensor | None,
+        *,
+        create_graph: bool,
+    ) -> torch.Tensor:
+        """The one-draw estimate of the per-sample trace, shape ``(B,)``."""
+        if noise is None or noise.shape != z.shape:
+            got = None if noise is None else tuple(noise.shape)
+            raise ValueError(
+                f"HutchinsonTrace needs noise shaped like z {tuple(z.shape)}, got {got}; "
+                "draw it once per solve with draw_noise(z)"
+            )
+        (vjp,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
+        return (vjp * noise).sum(-1)
