@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint typecheck format bench clean
+.PHONY: setup data demo test test-slow lint typecheck format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Fashion-MNIST from the Debian package where apt is available (as root, or with passwordless
+# sudo). Never fatal: without it the experiments fall back to scikit-learn's digits and their
+# report says so.
+FMNIST := /usr/share/datasets/fashion-mnist
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: $(FMNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  if { $$SUDO apt-get install -y -q dataset-fashion-mnist || \
+	       { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; }; \
+	     } >/dev/null 2>&1; then echo "Fashion-MNIST installed in $(FMNIST)"; \
+	  else echo "could not install dataset-fashion-mnist: scikit-learn's digits will be used"; fi; \
+	else echo "no apt-get: scikit-learn's digits will be used"; fi
 
 demo: $(STAMP)
 	$(PY) examples/spiral.py --out runs/spiral
