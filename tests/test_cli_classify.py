@@ -178,12 +178,16 @@ def test_evaluate_refuses_a_non_ode_run(tmp_path, capsys):
     assert "needs an ODE-Net run" in capsys.readouterr().err
 
 
-def test_cli_help_runs_as_a_console_script():
-    for argv in (["--help"], ["train", "classify", "--help"], ["evaluate", "classify", "--help"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "neuralode", *argv], capture_output=True, text=True, check=True
-        )
-        assert "usage: neuralode" in done.stdout
+def test_cli_help_runs_as_a_console_script(capsys):
+    done = subprocess.run(
+        [sys.executable, "-m", "neuralode", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "usage: neuralode" in done.stdout and "reproduce" in done.stdout
+    for argv in (["train", "classify", "--help"], ["evaluate", "classify", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        assert f"usage: neuralode {argv[0]} classify" in capsys.readouterr().out
 
 
 DDP_WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -16,6 +16,7 @@ from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.memory import MemoryPoint  # noqa: E402
 from neuralode.experiments.protocols import PLANNERS  # noqa: E402
 from neuralode.experiments.protocols import classification as p1  # noqa: E402
+from neuralode.experiments.protocols import latent as p4  # noqa: E402
 from neuralode.experiments.protocols import memory as p2  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def tiny(monkeypatch):
     monkeypatch.setattr(p2, "points", lambda preset: small)
     # In-process measurement: the fresh-process path is tested once in test_memory.py.
     monkeypatch.setattr(p2, "measure", memory.measure_here)
+    monkeypatch.setitem(p4.SCALES, "demo", p4.Scale(60, 20, 10, 10, 10, 10, (10,), (0.3,)))
 
 
 def _reproduce(out, *extra):

@@ -105,15 +105,18 @@ def _mix(*parts: int) -> int:
 def solver_work(model: nn.Module) -> tuple[int, int]:
     """Forward and backward function evaluations of every solve in ``model``'s last step.
 
-    Counts every submodule with a :class:`~neuralode.Stats` ``stats`` attribute (ODE blocks
-    and the other models built on :func:`neuralode.solve`).
+    Counts every submodule with a :class:`~neuralode.Stats` ``stats`` attribute (ODE blocks)
+    or a ``solve_stats`` list of them (models that solve several ODEs per call, such as
+    :class:`~neuralode.nn.LatentODE`).
     """
     forward = backward = 0
     for module in model.modules():
         stats = getattr(module, "stats", None)
-        if isinstance(stats, Stats):
-            forward += stats.nfe
-            backward += stats.nfe_backward
+        found = [stats] if isinstance(stats, Stats) else getattr(module, "solve_stats", [])
+        for s in found:
+            if isinstance(s, Stats):
+                forward += s.nfe
+                backward += s.nfe_backward
     return forward, backward
 
 

@@ -2,8 +2,14 @@
 
 from .base import Context, Job, Planner
 from .classification import FigureThree, TableOne
+from .latent import TableTwo
 from .memory import MemoryTable
 
-PLANNERS: dict[str, Planner] = {"p1": TableOne(), "p2": MemoryTable(), "p3": FigureThree()}
+PLANNERS: dict[str, Planner] = {
+    "p1": TableOne(),
+    "p2": MemoryTable(),
+    "p3": FigureThree(),
+    "p4": TableTwo(),
+}
 
 __all__ = ["PLANNERS", "Context", "Job", "Planner"]

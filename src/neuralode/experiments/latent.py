@@ -1,0 +1,315 @@
+"""``neuralode train latent-ode``: the paper's Table 2 (latent ODE vs RNNs on spirals).
+
+Protocol P4 of shared/REFERENCE.md §4: noisy spirals (:func:`~neuralode.data.make_spirals`),
+``--n-obs`` of the first 100 points of each observed at random, the next 100 to
+extrapolate. The spirals are split into train / validation / test once, from
+``--data-seed``; the validation spirals (carved out of the training ones) select the
+checkpoint by their extrapolation RMSE, and the test spirals are scored once at the end.
+
+Iterations and epochs: the reference trains for a number of *iterations* (minibatches),
+not passes over the data. Here ``--iters`` iterations are cut into epochs of
+``--eval-every`` iterations each, the granularity of validation, checkpoints, metrics.csv
+rows and ``--resume``. Batches walk through seeded reshuffles of the training spirals
+(full batches only), so iteration ``k`` always sees the same spirals, whichever epoch
+it falls in and whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..data import IrregularSeries, make_spirals
+from ..nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
+from .config import RunOptions, check_positive
+from .distributed import World, unwrap
+from .runs import RunDir
+from .solving import GradientMethod, SolverOptions
+from .training import Task, epoch_generator
+
+Model = Literal["latent-ode", "rnn", "rnn-dt"]
+Encoder = Literal["rnn", "gru", "odernn"]
+# make_spirals' observation window: --n-obs points are drawn from its 100 grid points.
+WINDOW = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentConfig(SolverOptions, RunOptions):
+    """Train a latent ODE or an RNN baseline on noisy spirals (the paper's Table 2).
+
+    Defaults are protocol P4's quick preset (REFERENCE.md §4): 1000 spirals split
+    700 / 100 / 200 (train / validation / test), Adam at lr 1e-2 as in the reference,
+    dopri5 at tol 1e-5 with backpropagation through the solver.
+    """
+
+    model: Model = "latent-ode"
+    """latent-ode (the paper's), rnn (25-unit RNN fed the values), rnn-dt (also fed the
+    time gap to the next observation)."""
+    n_obs: int = 30
+    """Observed points per spiral, drawn at random from the first 100 (Table 2: 30, 50, 100)."""
+    noise: float = 0.3
+    """Standard deviation of the Gaussian noise on every point (torchdiffeq: 0.3)."""
+    spirals: int = 1000
+    """Spirals generated (train + validation + test)."""
+    test_size: int = 200
+    """Test spirals, scored once at the end."""
+    val_size: int = 100
+    """Validation spirals, split off the training spirals; they select the checkpoint."""
+    data_seed: int = 0
+    """Seed of the spirals and their split: the same data for every --seed and --model."""
+    encoder: Encoder = "rnn"
+    """latent-ode only: recognition network reading (x, Δt) backwards, rnn (the paper's),
+    gru, or odernn (Rubanova et al. 2019)."""
+    latent_dim: int = 4
+    """latent-ode only: size of z0."""
+    hidden: int = 25
+    """Hidden units of the recognition network (latent-ode) or of the RNN baselines."""
+    dynamics_hidden: tuple[int, ...] = (20,)
+    """latent-ode only: hidden widths of the dynamics MLP (20: the paper's 4→20→4;
+    20 20: torchdiffeq's)."""
+    decoder_hidden: tuple[int, ...] = (20,)
+    """latent-ode only: hidden widths of the decoder MLP."""
+    obs_std: float | None = None
+    """latent-ode only: σ of the observation likelihood (default: --noise)."""
+    cell: Literal["rnn", "gru"] = "rnn"
+    """rnn / rnn-dt only: recurrent cell."""
+    iters: int = 2000
+    """Training iterations (minibatches); torchdiffeq's example runs 2000."""
+    eval_every: int = 100
+    """Iterations per epoch: the granularity of validation, checkpoints and --resume.
+    Must divide --iters."""
+    batch_size: int = 100
+    """Spirals per iteration (global, split across processes under torchrun)."""
+    eval_batch_size: int = 500
+    """Spirals per batch when scoring validation and test."""
+    lr: float = 1e-2
+    """Adam's learning rate (the reference's 1e-2)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning rate: constant (the reference), or cosine decay to 0 over --iters."""
+    kl_warmup: int = 0
+    """latent-ode only: iterations over which the KL weight rises linearly from 0 to 1 (0: none)."""
+    tol: float = 1e-5
+    """Relative and absolute tolerance (the paper: 1.5e-8 in float64; 1e-5 suits float32)."""
+    adjoint: GradientMethod = "direct"
+    """Gradient method. direct (default): backprop through the ~40 evaluations of a 4-D MLP is
+    cheap and exact; backsolve (the paper's adjoint) costs about 20× more time here."""
+
+    def __post_init__(self) -> None:
+        RunOptions.__post_init__(self)
+        SolverOptions.__post_init__(self)
+        check_positive(self, "spirals", "test_size", "val_size", "latent_dim", "hidden")
+        check_positive(self, "iters", "eval_every", "batch_size", "eval_batch_size", "lr")
+        check_positive(self, "obs_std")
+        check_positive(self, "noise", "kl_warmup", allow_zero=True)
+        if not 1 <= self.n_obs <= WINDOW:
+            raise ValueError(f"--n-obs must lie in [1, {WINDOW}], got {self.n_obs}")
+        if self.iters % self.eval_every:
+            raise ValueError(
+                f"--iters {self.iters} must be a multiple of --eval-every {self.eval_every} "
+                f"(an epoch is --eval-every iterations); e.g. --iters "
+                f"{math.ceil(self.iters / self.eval_every) * self.eval_every}"
+            )
+        train = self.spirals - self.test_size - self.val_size
+        if train < 1:
+            raise ValueError(
+                f"--spirals {self.spirals} leaves no training spirals after --test-size "
+                f"{self.test_size} and --val-size {self.val_size}; raise --spirals"
+            )
+        if self.model == "latent-ode" and self.obs_std is None and self.noise == 0:
+            raise ValueError("--noise 0 needs --obs-std (the likelihood's σ must be > 0)")
+        if any(w < 1 for w in (*self.dynamics_hidden, *self.decoder_hidden)):
+            raise ValueError("--dynamics-hidden and --decoder-hidden widths must be >= 1")
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of --eval-every iterations."""
+        return self.iters // self.eval_every
+
+    def train_size(self) -> int:
+        """Training spirals left after the test and validation splits."""
+        return self.spirals - self.test_size - self.val_size
+
+
+class SequenceObjective(nn.Module):
+    """A sequence model whose ``forward`` is its loss.
+
+    DDP synchronises gradients only for work done inside ``forward``; the models' training
+    entry point is :meth:`~neuralode.nn.SequenceModel.loss`, so this wrapper routes it
+    through ``forward``.
+    """
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, batch: IrregularSeries, kl_weight: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``model.loss(batch, kl_weight=kl_weight)``."""
+        return self.model.loss(batch, kl_weight=kl_weight)
+
+
+def build_model(cfg: LatentConfig) -> SequenceModel:
+    """The model that ``--model`` names, with the config's sizes and solver options."""
+    if cfg.model == "latent-ode":
+        options = cfg.ode_options()
+        return LatentODE(
+            latent_dim=cfg.latent_dim, encoder=cfg.encoder, encoder_hidden=cfg.hidden,
+            dynamics_hidden=cfg.dynamics_hidden, decoder_hidden=cfg.decoder_hidden,
+            obs_std=cfg.obs_std if cfg.obs_std is not None else cfg.noise,
+            max_steps=cfg.max_steps, **options,
+        )  # fmt: skip
+    return RNNBaseline(hidden=cfg.hidden, use_dt=cfg.model == "rnn-dt", cell=cfg.cell)
+
+
+def load_spirals(cfg: LatentConfig) -> dict[str, IrregularSeries]:
+    """``{"train", "val", "test"}`` spirals, and ``"truth"``: the test spirals noise-free.
+
+    ``"truth"`` observes all 100 window points without noise, for the figures: the same
+    draws of ``make_spirals`` (window start, direction) come first in its random stream,
+    and ``split`` depends only on the count and the seed, so its rows are the test spirals.
+    """
+    data = make_spirals(cfg.spirals, cfg.n_obs, cfg.noise, seed=cfg.data_seed)
+    rest, test = data.split(cfg.test_size, seed=cfg.data_seed)
+    train, val = rest.split(cfg.val_size, seed=cfg.data_seed + 1)
+    truth = make_spirals(cfg.spirals, WINDOW, 0.0, seed=cfg.data_seed)
+    return {"train": train, "val": val, "test": test,
+            "truth": truth.split(cfg.test_size, seed=cfg.data_seed)[1]}  # fmt: skip
+
+
+class LatentTask(Task):
+    """Spiral extrapolation (the negative ELBO or the RNN's NLL; validation RMSE selects)."""
+
+    experiment = "latent-ode"
+    select = "rmse"
+    higher_is_better = False
+
+    def __init__(self, config: LatentConfig) -> None:
+        self.config = config
+        self.epochs = config.epochs
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def setup(self, world: World) -> None:
+        """Generate and split the spirals; build the model and Adam."""
+        cfg = self.config
+        self.device = world.device
+        self.splits = {k: v.to(world.device) for k, v in load_spirals(cfg).items()}
+        if cfg.batch_size > len(self.splits["train"]):
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is more than the {len(self.splits['train'])} "
+                "training spirals"
+            )
+        if cfg.batch_size < world.size:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} must be at least the number of processes "
+                f"({world.size})"
+            )
+        self.model = SequenceObjective(build_model(cfg)).to(world.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        if cfg.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.iters)
+
+    def steps_per_epoch(self) -> int:
+        """``--eval-every`` iterations."""
+        return self.config.eval_every
+
+    def _indices(self, iteration: int) -> torch.Tensor:
+        """The global batch of training spirals at ``iteration`` (0-based)."""
+        n, size = len(self.splits["train"]), self.config.batch_size
+        per_pass = n // size  # full batches; the remainder changes with each reshuffle
+        shuffle, position = divmod(iteration, per_pass)
+        if self._order is None or self._order[0] != shuffle:
+            gen = epoch_generator(self.config.seed, shuffle)
+            self._order = (shuffle, torch.randperm(n, generator=gen))
+        return self._order[1][position * size : (position + 1) * size]
+
+    def kl_weight(self, iteration: int) -> float:
+        """KL weight at ``iteration`` (0-based): linear warm-up over ``--kl-warmup``."""
+        warmup = self.config.kl_warmup
+        return min(1.0, (iteration + 1) / warmup) if warmup else 1.0
+
+    def train_batches(self, epoch: int, world: World) -> Iterator[tuple[IrregularSeries, float]]:
+        """This rank's share of each iteration's spirals, with that iteration's KL weight."""
+        first = epoch * self.config.eval_every
+        for iteration in range(first, first + self.config.eval_every):
+            idx = world.batch_share(self._indices(iteration))
+            yield self.splits["train"][idx.to(self.device)], self.kl_weight(iteration)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The model's loss; sums of loss, KL (latent ODE) and the fit to the observations.
+
+        ``obs_rmse`` is the RMSE of the reconstructed observations (latent ODE) or of the
+        one-step-ahead predictions (RNNs), averaged over batches.
+        """
+        series, kl_weight = batch
+        loss, metrics = model(series, kl_weight)
+        n = len(series)
+        sums = {"loss": metrics["loss"] * n, "obs_rmse": metrics["rmse"] * n, "n": float(n)}
+        if "kl" in metrics:
+            sums["kl"] = metrics["kl"] * n
+        return loss, sums
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, world: World) -> dict[str, float]:
+        """Extrapolation RMSE against the noisy and noise-free targets, and forward NFE."""
+        series = self.splits[split]
+        part = series[world.shard(torch.arange(len(series))).to(self.device)]
+        sums = {"sse": 0.0, "sse_clean": 0.0, "count": 0.0, "nfe": 0.0, "batches": 0.0}
+        if len(part):
+            scores = evaluate_extrapolation(
+                sequence_model(model), part, batch_size=self.config.eval_batch_size
+            )
+            count = float(part.target_mask.sum()) * part.channels  # type: ignore[union-attr]
+            batches = math.ceil(len(part) / self.config.eval_batch_size)
+            sums = {"sse": scores["rmse"] ** 2 * count, "count": count,
+                    "sse_clean": scores["rmse_clean"] ** 2 * count,
+                    "nfe": scores["nfe"] * batches, "batches": float(batches)}  # fmt: skip
+        totals = world.sum(sums)
+        return {
+            "rmse": math.sqrt(totals["sse"] / totals["count"]),
+            "rmse_clean": math.sqrt(totals["sse_clean"] / totals["count"]),
+            "nfe": totals["nfe"] / totals["batches"],
+        }
+
+    def plots(self, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
+        """Observations, reconstruction and extrapolation of four test spirals."""
+        from .latent_plots import plot_spirals
+
+        model = sequence_model(self.model)
+        return [plot_spirals(model, self.splits["test"], self.splits["truth"], run.plots,
+                             title=describe_model(self.config))]  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        """Model, data and budget facts."""
+        cfg = self.config
+        return {
+            "model": cfg.model,
+            "label": describe_model(cfg),
+            "n_obs": cfg.n_obs,
+            "noise": cfg.noise,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "split_sizes": {k: len(v) for k, v in self.splits.items() if k != "truth"},
+            "iters": cfg.iters,
+            "iters_per_epoch": cfg.eval_every,
+            "batch_size": cfg.batch_size,
+        }
+
+
+def sequence_model(model: nn.Module) -> SequenceModel:
+    """The :class:`SequenceModel` inside a (DDP-wrapped) :class:`SequenceObjective`."""
+    inner = unwrap(model)
+    if not isinstance(inner, SequenceObjective):
+        raise TypeError(f"expected a SequenceObjective, got {type(inner).__name__}")
+    return inner.model
+
+
+def describe_model(cfg: LatentConfig) -> str:
+    """A short label, e.g. ``latent ODE (rnn encoder), n = 30, noise 0.3``."""
+    name = {"latent-ode": f"latent ODE ({cfg.encoder} encoder)", "rnn": "RNN",
+            "rnn-dt": "RNN + Δt"}[cfg.model]  # fmt: skip
+    return f"{name}, n = {cfg.n_obs}, noise {cfg.noise:g}"

@@ -1,0 +1,173 @@
+"""`neuralode train latent-ode` and P4 of `neuralode reproduce` end to end on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("tyro")
+pytest.importorskip("matplotlib")
+
+from neuralode.experiments.cli import main  # noqa: E402
+from neuralode.experiments.distributed import World  # noqa: E402
+from neuralode.experiments.latent import LatentConfig, LatentTask  # noqa: E402
+from neuralode.experiments.protocols import latent as p4  # noqa: E402
+from neuralode.experiments.reproduce import ReproduceConfig, reproduce  # noqa: E402
+from neuralode.experiments.runs import RunDir  # noqa: E402
+
+TINY = [
+    "--spirals", "60", "--test-size", "20", "--val-size", "10", "--n-obs", "10",
+    "--iters", "20", "--eval-every", "10", "--batch-size", "10", "--tol", "1e-3",
+    "--no-progress", "--threads", "1",
+]  # fmt: skip
+
+
+def _train(out: Path, *extra: str) -> int:
+    return main(["train", "latent-ode", *TINY, "--out", str(out), *extra])
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("model", ["latent-ode", "rnn", "rnn-dt"])
+def test_train_writes_the_run_layout(tmp_path, model):
+    out = tmp_path / "run"
+    assert _train(out, "--model", model) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"} <= names
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split_sizes"] == {"train": 30, "val": 10, "test": 20}
+    assert summary["iters"] == 20 and summary["iters_per_epoch"] == 10
+    # Extrapolating 100 points after a window the model barely learnt: finite, not small.
+    assert 0.0 < summary["test_rmse_clean"] < 50 and 0.0 < summary["test_rmse"] < 50
+    assert summary["train_seconds"] > 0
+    assert "extrapolation.png" in summary["plots"]
+    for plot in summary["plots"]:
+        assert (out / "plots" / plot).stat().st_size > 10_000
+    ode = model == "latent-ode"
+    assert (float(rows[0]["nfe_forward"]) > 0) == ode
+    assert (summary["test_nfe"] > 0) == ode
+    assert ("train_kl" in rows[0]) == ode
+
+
+def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = ["--kl-warmup", "15"]
+    assert _train(straight, *args) == 0
+
+    save = RunDir.save_checkpoint
+
+    def save_then_die(self, state, name="checkpoint.pt"):
+        save(self, state, name)
+        if name == "checkpoint.pt" and state["epoch"] == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(killed, *args)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    assert RunDir(killed).load_checkpoint()["epoch"] == 1
+    assert _train(killed, *args, "--resume") == 0
+
+    a, b = RunDir(straight).load_checkpoint()["model"], RunDir(killed).load_checkpoint()["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop = ("train_seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(straight)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in _rows(killed)
+    ]
+
+
+def test_iterations_walk_through_reshuffles_and_warm_up_the_kl():
+    config = LatentConfig(spirals=60, test_size=20, val_size=10, batch_size=7, kl_warmup=4)
+    task = LatentTask(config)
+    task.setup(World())
+    per_pass = 30 // 7
+    first = torch.cat([task._indices(k) for k in range(per_pass)])
+    assert len(first) == len(set(first.tolist())) == 28  # a pass: no spiral twice
+    second = torch.cat([task._indices(k) for k in range(per_pass, 2 * per_pass)])
+    assert not torch.equal(first, second)  # a new shuffle each pass
+    again = LatentTask(config)
+    again.setup(World())
+    assert torch.equal(again._indices(5), task._indices(5))  # from the seed alone
+    assert [task.kl_weight(k) for k in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    # The test and validation spirals are disjoint from the training ones; the noise-free
+    # copy of the test spirals lies under their observations.
+    test, truth = task.splits["test"], task.splits["truth"]
+    assert torch.equal(test.target_clean, truth.target_clean)
+    on_grid = (truth.times[:, None, :] == test.times[:, :, None]).float().argmax(-1)
+    clean_at_obs = torch.gather(truth.values, 1, on_grid[..., None].expand(-1, -1, 2))
+    assert (test.values - clean_at_obs).std() == pytest.approx(0.3, rel=0.15)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--iters", "25"], "--iters 25 must be a multiple of --eval-every 10"),
+        (["--n-obs", "150"], "--n-obs must lie in [1, 100], got 150"),
+        (["--val-size", "40"], "--spirals 60 leaves no training spirals"),
+        (["--batch-size", "40"], "--batch-size 40 is more than the 30 training spirals"),
+        (["--noise", "0"], "--noise 0 needs --obs-std"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--seminorm"], "--seminorm needs --adjoint backsolve"),
+    ],
+)
+def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):
+    try:
+        status = _train(tmp_path / "run", *args)
+    except SystemExit as exc:  # tyro reports constructor errors itself, with exit code 2
+        status = exc.code
+    assert status != 0
+    captured = capsys.readouterr()
+    assert message in " ".join((captured.out + captured.err).split())
+
+
+def test_p4_planner_writes_its_report_section(tmp_path, monkeypatch):
+    tiny = p4.Scale(60, 20, 10, 10, 10, 10, (10,), (0.3,))
+    monkeypatch.setitem(p4.SCALES, "demo", tiny)
+    config = ReproduceConfig(preset="demo", only="p4", out=tmp_path, threads=1, progress=False)
+    report = reproduce(config).read_text()
+    assert "## P4 — Table 2" in report
+    assert "### Noise 0.3" in report
+    for model in ("latent ODE", "RNN", "RNN + Δt"):
+        assert f"| {model} | 10 |" in report
+    assert "Smaller than the protocol's 1000 spirals" in report
+    assert report.count("- n = 10: latent ODE") == 1
+    assert "Acceptance (latent ODE below both RNNs at every n" in report
+    assert "](p4/latent-ode-n10-noise0.3/plots/extrapolation.png)" in report
+    summary = json.loads((tmp_path / "p4" / "rnn-n10-noise0.3" / "summary.json").read_text())
+    assert f"{summary['test_rmse_clean']:.4f}" in report
+    walls = json.loads((tmp_path / "wall_times.json").read_text())
+    assert len(walls) == 3
+    # A second reproduce reuses every finished run.
+    reproduce(config)
+    assert json.loads((tmp_path / "wall_times.json").read_text()) == walls
+
+
+def _found(table: dict[str, dict[int, float]]) -> dict[tuple[str, int], dict[str, float]]:
+    return {(m, n): {"test_rmse_clean": v} for m, row in table.items() for n, v in row.items()}
+
+
+def test_p4_verdicts_follow_the_numbers():
+    paper = _found(p4.PAPER_TABLE2 | {"rnn-dt": {30: 0.30, 50: 0.25, 100: 0.17}})
+    lines = p4.verdicts(paper, (30, 50, 100))
+    assert lines[0].startswith("- n = 30: latent ODE 0.1642 vs the better RNN (RNN + Δt) 0.3000")
+    assert "below both RNNs: yes" in lines[2]
+    assert (
+        lines[-2] == "- The gap is widest at n = 30 (paper: at n = 30, the sparsest data): matches."
+    )
+    assert lines[-1].endswith(": met.")
+    worse = _found({"latent-ode": {30: 0.2, 50: 0.1}, "rnn": {30: 0.25, 50: 0.3}})
+    lines = p4.verdicts(worse, (30, 50))
+    assert "widest at n = 50" in lines[-2] and "does NOT match" in lines[-2]
+    assert lines[-1].endswith("NOT met.")
+    losing = _found({"latent-ode": {30: 0.4}, "rnn": {30: 0.3}, "rnn-dt": {30: 0.5}})
+    lines = p4.verdicts(losing, (30,))
+    assert "below both RNNs: NO" in lines[0] and lines[-1].endswith("NOT met.")
