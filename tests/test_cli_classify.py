@@ -99,6 +99,25 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
     ]
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = ["--model", "mlp", "--epochs", "2"]
+    assert _train(straight, *args) == 0
+
+    def die(self, state, name="checkpoint.pt"):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "save_checkpoint", die)
+        with pytest.raises(KeyboardInterrupt):
+            _train(killed, *args)
+    assert sorted(p.name for p in killed.iterdir()) == ["config.json"]
+    assert _train(killed, *args) == 1  # not silently overwritten without --resume ...
+    assert _train(killed, *args, "--resume") == 0  # ... but resumable, from scratch
+    a, b = _weights(straight), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     tmp_path, monkeypatch, capsys
 ):

@@ -94,6 +94,10 @@ class RunDir:
         """Whether a checkpoint exists to resume from."""
         return self.checkpoint.is_file()
 
+    def started(self) -> bool:
+        """Whether a run was started here (possibly killed before its first checkpoint)."""
+        return (self.path / "config.json").is_file()
+
     def prepare(self, config: Any, *, resume: bool) -> None:
         """Create the folder for a new run, or check that a resumed run is the same run.
 
@@ -106,11 +110,13 @@ class RunDir:
         given = config_dict(config)
         saved_path = self.path / "config.json"
         if resume:
-            if not self.has_checkpoint():
+            if not self.started():
                 raise FileNotFoundError(
-                    f"--resume: no {CHECKPOINT} in {self.path}; start the run without "
-                    "--resume, or point --out at the run folder to continue"
+                    f"--resume: no run in {self.path} (no config.json); start the run without "
+                    "--resume, or point --out at the folder of the run to continue"
                 )
+            # A run killed before its first checkpoint has only config.json: resuming it
+            # starts from scratch, which loses nothing.
             saved = read_json(saved_path)
             diffs = [
                 f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {v!r}"

@@ -166,7 +166,7 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
     start = 0
-    if options.resume:
+    if options.resume and run.has_checkpoint():
         state = run.load_checkpoint()
         task.model.load_state_dict(state["model"])
         task.optimizer.load_state_dict(state["optimizer"])

@@ -79,7 +79,7 @@ def _train_job(ctx: Context, model: str, width: int) -> Job:
     )  # fmt: skip
 
     def run() -> None:
-        resumed = dataclasses.replace(config, resume=RunDir(folder).has_checkpoint())
+        resumed = dataclasses.replace(config, resume=RunDir(folder).started())
         run_training(resumed, ClassifyTask(resumed))
 
     n_train = s.train_size or 50_000

@@ -71,7 +71,7 @@ def _train_job(ctx: Context, s: Scale, model: str, n_obs: int, noise: float) -> 
     assert folder is not None
 
     def run() -> None:
-        resumed = dataclasses.replace(config, resume=RunDir(folder).has_checkpoint())
+        resumed = dataclasses.replace(config, resume=RunDir(folder).started())
         run_training(resumed, LatentTask(resumed))
 
     cost = ITER_COST[model] * s.iters * s.batch_size / 100 * (0.6 + 0.4 * n_obs / 30)
