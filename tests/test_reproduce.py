@@ -8,6 +8,7 @@ pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
 from neuralode.experiments import (  # noqa: E402
+    cnf_plots,
     memory,  # noqa: E402
     reproduce,
     training,
@@ -16,6 +17,7 @@ from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.memory import MemoryPoint  # noqa: E402
 from neuralode.experiments.protocols import PLANNERS  # noqa: E402
 from neuralode.experiments.protocols import classification as p1  # noqa: E402
+from neuralode.experiments.protocols import flows as p5  # noqa: E402
 from neuralode.experiments.protocols import memory as p2  # noqa: E402
 
 
@@ -29,6 +31,10 @@ def tiny(monkeypatch):
     monkeypatch.setattr(p2, "points", lambda preset: small)
     # In-process measurement: the fresh-process path is tested once in test_memory.py.
     monkeypatch.setattr(p2, "measure", memory.measure_here)
+    tiny_p5 = p5.Scale(("U1",), (2,), ("moons",), {"cnf": 2, "nf": 2}, {"cnf": 2, "nf": 2}, 20, 40)
+    monkeypatch.setitem(p5.SCALES, "demo", tiny_p5)
+    for name, value in (("SAMPLES", 500), ("GRID", 16), ("SNAPSHOT_GRID", 8)):
+        monkeypatch.setattr(cnf_plots, name, value)
 
 
 def _reproduce(out, *extra):

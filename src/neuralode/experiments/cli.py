@@ -16,6 +16,7 @@ from .._solution import SolverError
 from ..data import DownloadError, IDXFormatError
 from ._extras import require
 from .classify import ClassifyConfig, ClassifyTask
+from .cnf import CNFConfig, CNFTask, summary_line
 from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
 from .reproduce import ReproduceConfig, reproduce
 from .training import TrainingDiverged, run_training
@@ -46,6 +47,7 @@ def _commands() -> Any:
     hidden = Annotated[_Never, tyro.conf.Suppress]
     train = Union[  # noqa: UP007 (tyro reads the Annotated members of a typing.Union)
         Annotated[ClassifyConfig, sub("classify")],
+        Annotated[CNFConfig, sub("cnf")],
         hidden,
     ]
     evaluate = Union[  # noqa: UP007
@@ -69,6 +71,10 @@ def run(command: Any) -> None:
                 f"({summary['parameters']:,} parameters, "
                 f"{summary['train_seconds']:.0f} s training)"
             )
+    elif isinstance(command, CNFConfig):
+        summary = run_training(command, CNFTask(command))
+        if summary is not None:
+            print(summary_line(summary))
     elif isinstance(command, EvaluateClassifyConfig):
         evaluate_classify(command)
     elif isinstance(command, ReproduceConfig):

@@ -2,8 +2,10 @@
 
 from .base import Context, Job, Planner
 from .classification import FigureThree, TableOne
+from .flows import FlowComparison
 from .memory import MemoryTable
 
 PLANNERS: dict[str, Planner] = {"p1": TableOne(), "p2": MemoryTable(), "p3": FigureThree()}
+PLANNERS["p5"] = FlowComparison()
 
 __all__ = ["PLANNERS", "Context", "Job", "Planner"]
