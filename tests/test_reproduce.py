@@ -7,15 +7,12 @@ import pytest
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
-from neuralode.experiments import (  # noqa: E402
-    memory,  # noqa: E402
-    reproduce,
-    training,
-)
+from neuralode.experiments import cnf_plots, memory, reproduce, training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.memory import MemoryPoint  # noqa: E402
 from neuralode.experiments.protocols import PLANNERS  # noqa: E402
 from neuralode.experiments.protocols import classification as p1  # noqa: E402
+from neuralode.experiments.protocols import flows as p5  # noqa: E402
 from neuralode.experiments.protocols import latent as p4  # noqa: E402
 from neuralode.experiments.protocols import memory as p2  # noqa: E402
 
@@ -31,6 +28,10 @@ def tiny(monkeypatch):
     # In-process measurement: the fresh-process path is tested once in test_memory.py.
     monkeypatch.setattr(p2, "measure", memory.measure_here)
     monkeypatch.setitem(p4.SCALES, "demo", p4.Scale(60, 20, 10, 10, 10, 10, (10,), (0.3,)))
+    tiny_p5 = p5.Scale(("U1",), (2,), ("moons",), {"cnf": 2, "nf": 2}, {"cnf": 2, "nf": 2}, 20, 40)
+    monkeypatch.setitem(p5.SCALES, "demo", tiny_p5)
+    for name, value in (("SAMPLES", 500), ("GRID", 16), ("SNAPSHOT_GRID", 8)):
+        monkeypatch.setattr(cnf_plots, name, value)
 
 
 def _reproduce(out, *extra):

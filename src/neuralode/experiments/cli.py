@@ -16,6 +16,7 @@ from .._solution import SolverError
 from ..data import DownloadError, IDXFormatError
 from ._extras import require
 from .classify import ClassifyConfig, ClassifyTask
+from .cnf import CNFConfig, CNFTask, summary_line
 from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
 from .latent import LatentConfig, LatentTask
 from .reproduce import ReproduceConfig, reproduce
@@ -48,6 +49,7 @@ def _commands() -> Any:
     train = Union[  # noqa: UP007 (tyro reads the Annotated members of a typing.Union)
         Annotated[ClassifyConfig, sub("classify")],
         Annotated[LatentConfig, sub("latent-ode")],
+        Annotated[CNFConfig, sub("cnf")],
     ]
     evaluate = Union[  # noqa: UP007
         Annotated[EvaluateClassifyConfig, sub("classify")],
@@ -78,6 +80,10 @@ def run(command: Any) -> None:
                 f"vs the noise-free spirals, {summary['test_rmse']:.4f} vs the noisy ones "
                 f"({summary['train_seconds']:.0f} s training)"
             )
+    elif isinstance(command, CNFConfig):
+        summary = run_training(command, CNFTask(command))
+        if summary is not None:
+            print(summary_line(summary))
     elif isinstance(command, EvaluateClassifyConfig):
         evaluate_classify(command)
     elif isinstance(command, ReproduceConfig):

@@ -29,7 +29,11 @@ from .traces import AbstractTrace, ExactTrace
 class BaseDistribution(Protocol):
     """What a flow needs from its base distribution (e.g. :class:`GaussianBase`)."""
 
-    dim: int
+    # Read-only, so that frozen dataclasses such as GaussianBase satisfy the protocol.
+    @property
+    def dim(self) -> int:
+        """Dimension of the samples."""
+        ...
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of each row of ``z`` ``(B, D)``, shape ``(B,)``."""

@@ -2,6 +2,7 @@
 
 from .base import Context, Job, Planner
 from .classification import FigureThree, TableOne
+from .flows import FlowComparison
 from .latent import TableTwo
 from .memory import MemoryTable
 
@@ -10,6 +11,7 @@ PLANNERS: dict[str, Planner] = {
     "p2": MemoryTable(),
     "p3": FigureThree(),
     "p4": TableTwo(),
+    "p5": FlowComparison(),
 }
 
 __all__ = ["PLANNERS", "Context", "Job", "Planner"]

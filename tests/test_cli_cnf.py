@@ -1,0 +1,204 @@
+"""`neuralode train cnf` and protocol P5 end to end at tiny sizes (seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("tyro")
+
+from neuralode.experiments import cnf_plots, training  # noqa: E402
+from neuralode.experiments.cli import main  # noqa: E402
+from neuralode.experiments.protocols import flows  # noqa: E402
+from neuralode.experiments.runs import RunDir  # noqa: E402
+
+TINY = ["--iters", "4", "--iters-per-epoch", "2", "--batch-size", "32", "--val-size", "40",
+        "--test-size", "60", "--eval-batch-size", "30", "--tol", "1e-3", "--no-progress",
+        "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def small_plots(monkeypatch):
+    """Coarse figures: drawing, not resolution, is under test here."""
+    monkeypatch.setattr(cnf_plots, "SAMPLES", 2_000)
+    monkeypatch.setattr(cnf_plots, "GRID", 24)
+    monkeypatch.setattr(cnf_plots, "SNAPSHOT_GRID", 12)
+    monkeypatch.setattr(cnf_plots, "SNAPSHOT_SAMPLES", 200)
+
+
+def _train(out: Path, *extra: str) -> int:
+    return main(["train", "cnf", *TINY, "--out", str(out), *extra])
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--task", "density", "--target", "U2", "--model", "cnf", "--width", "2"],
+        ["--task", "density", "--target", "U1", "--model", "nf", "--width", "2"],
+        ["--task", "ml", "--dataset", "moons", "--model", "cnf", "--width", "4", "--t1", "1"],
+        ["--task", "ml", "--dataset", "circles", "--model", "nf", "--width", "4"],
+    ],
+    ids=["density-cnf", "density-nf", "ml-cnf", "ml-nf"],
+)
+def test_train_writes_the_run_layout(tmp_path, args, capsys):
+    out = tmp_path / "run"
+    assert _train(out, *args) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"} <= names
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    summary = json.loads((out / "summary.json").read_text())
+    density, cnf = "density" in args, "cnf" in args
+    score = "kl" if density else "nll"
+    assert f"val_{score}" in rows[0] and summary["best_epoch"] in (1, 2)
+    assert summary[f"test_{score}_stderr"] > 0
+    if density:
+        # The true KL: log Z from quadrature is added, so it is ≥ 0 up to Monte Carlo error.
+        assert summary["test_kl"] > -3 * summary["test_kl_stderr"]
+        assert summary["test_log_z"] == pytest.approx(summary["log_z"])
+    assert (float(rows[0]["nfe_forward"]) > 0) == cnf
+    assert (float(rows[0]["nfe_backward"]) > 0) == cnf  # backsolve adjoint by default
+    assert (summary["test_nfe"] > 0) == cnf
+    assert {"fit.png", "flow.png", "learning_curves.png"} <= set(summary["plots"])
+    for plot in summary["plots"]:
+        assert (out / "plots" / plot).stat().st_size > 5_000
+    assert f"test {score.upper()}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--task", "density", "--model", "cnf", "--width", "2"],
+        ["--task", "ml", "--model", "cnf", "--width", "2", "--t1", "1", "--trace", "hutchinson"],
+    ],
+    ids=["density", "ml-hutchinson"],
+)
+def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch, args):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = [*args, "--iters", "6"]
+    assert _train(straight, *args) == 0
+
+    save = RunDir.save_checkpoint
+
+    def save_then_die(self, state, name="checkpoint.pt"):
+        save(self, state, name)
+        if name == "checkpoint.pt" and state["epoch"] == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(killed, *args)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    assert RunDir(killed).load_checkpoint()["epoch"] == 1
+    assert _train(killed, *args, "--resume") == 0
+
+    a, b = RunDir(straight).load_checkpoint()["model"], RunDir(killed).load_checkpoint()["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop = ("train_seconds",)
+    rows_a = [{k: v for k, v in r.items() if k not in drop} for r in _rows(straight)]
+    rows_b = [{k: v for k, v in r.items() if k not in drop} for r in _rows(killed)]
+    assert rows_a == rows_b and len(rows_a) == 3
+
+
+def test_every_epoch_draws_new_training_samples(tmp_path):
+    """Fresh data each iteration, and different draws in different epochs."""
+    from neuralode.experiments.cnf import CNFConfig, CNFTask
+    from neuralode.experiments.distributed import World
+
+    task = CNFTask(CNFConfig(task="ml", model="nf", width=2, iters=4, iters_per_epoch=2,
+                             batch_size=8, out=tmp_path))  # fmt: skip
+    task.setup(World())
+    first = [x for x, _ in task.train_batches(0, World())]
+    again = [x for x, _ in task.train_batches(0, World())]
+    later = [x for x, _ in task.train_batches(1, World())]
+    assert len(first) == 2 and not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], later[0])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--iters", "10", "--iters-per-epoch", "3"], "--iters 10 must be a multiple of"),
+        (["--model", "nf", "--trace", "hutchinson"], "--trace applies to --model cnf only"),
+        (["--model", "nf", "--t1", "2"], "--t1 applies to --model cnf only"),
+        (["--val-size", "1"], "--val-size must be ≥ 2"),
+        (["--width", "0"], "--width must be > 0"),
+        (["--base-std", "-1"], "--base-std must be > 0"),
+        (["--device", "cuda"], "--device must be cpu"),
+        (["--target", "U9"], "--target"),
+        (["--seminorm", "--adjoint", "direct"], "--seminorm needs --adjoint backsolve"),
+    ],
+)
+def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):
+    try:
+        status = _train(tmp_path / "run", *args)
+    except SystemExit as exc:  # tyro reports constructor errors itself, with exit code 2
+        status = exc.code
+    assert status != 0
+    captured = capsys.readouterr()
+    assert message in " ".join((captured.out + captured.err).split())
+
+
+def test_nan_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch, capsys):
+    from neuralode.experiments import cnf
+
+    forward = cnf.FlowObjective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, noise):
+        log_q, energy = forward(self, batch, noise)
+        calls["n"] += 1
+        return (log_q * float("nan") if calls["n"] == 3 else log_q), energy
+
+    monkeypatch.setattr(cnf.FlowObjective, "forward", poisoned)
+    assert _train(tmp_path / "run", "--model", "nf", "--width", "2") == 1
+    assert "loss became nan at epoch 2, step 1 of 2" in capsys.readouterr().err
+
+
+TINY_P5 = flows.Scale(("U1",), (2,), ("moons",), {"cnf": 2, "nf": 4}, {"cnf": 2, "nf": 2},
+                      val_size=20, test_size=40)  # fmt: skip
+
+
+def test_p5_writes_its_report_section(tmp_path, monkeypatch):
+    monkeypatch.setitem(flows.SCALES, "demo", TINY_P5)
+    started = []
+    real = training.run_training
+
+    def counting(config, task):
+        started.append(config.out.name)
+        return real(config, task)
+
+    monkeypatch.setattr(flows, "run_training", counting)
+    argv = ["reproduce", "--only", "p5", "--out", str(tmp_path), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    assert started == ["u1-nf-k2", "u1-cnf-m2", "moons-cnf", "moons-nf"]
+    report = (tmp_path / "REPORT.md").read_text()
+    assert f"## {flows.FlowComparison.title}" in report
+    assert "**Demo preset**" in report
+    kl_row = next(line for line in report.splitlines() if line.startswith("| U1 |"))
+    assert kl_row.count("±") == 2  # NF K = 2 and CNF M = 2
+    assert (
+        next(line for line in report.splitlines() if line.startswith("| moons |")).count("±") == 2
+    )
+    assert "cells (acceptance: most cells" in report
+    assert "(acceptance: lower on two moons):" in report
+    for link in ("p5/u1-cnf-m2/plots/fit.png", "p5/moons-cnf/plots/flow.png",
+                 "p5/moons-nf/plots/flow.png"):  # fmt: skip
+        assert f"]({link})" in report and (tmp_path / link).is_file()
+    summary = json.loads((tmp_path / "p5" / "u1-nf-k2" / "summary.json").read_text())
+    assert (
+        summary["iters"] == 4 and summary["epochs"] == 4
+    )  # iters // 10 rounds down to 1 per epoch
+    # A second run reuses every finished job.
+    assert main(argv) == 0
+    assert len(started) == 4
