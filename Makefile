@@ -33,8 +33,10 @@ data:
 	  else echo "could not install dataset-fashion-mnist: scikit-learn's digits will be used"; fi; \
 	else echo "no apt-get: scikit-learn's digits will be used"; fi
 
-demo: $(STAMP)
-	$(PY) examples/spiral.py --out runs/spiral
+# The paper's experiments at the demo scale (about 10 minutes on 2 cores): REPORT.md in runs/demo.
+# Re-running reuses finished runs and resumes interrupted ones.
+demo: $(STAMP) data
+	$(PY) -m neuralode reproduce --preset demo --out runs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
