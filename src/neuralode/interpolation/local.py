@@ -75,3 +75,48 @@ def interpolate_step(
     k_matrix = torch.stack(stages).reshape(len(stages), -1)
     out = torch.addmm(y0.reshape(1, -1), weights, k_matrix, alpha=dt)
     return out.reshape(len(thetas), *y0.shape)
+
+
+def _stage_polynomials(solver: AbstractSolver) -> list[list[float]]:
+    """``C`` with ``w_i(θ) = Σ_p C[i][p] θ^p``: :func:`stage_weights` as polynomials."""
+    kind = _kind(solver)
+    tableau = cast(ExplicitRK, solver).tableau
+    b = tableau.b_float
+    if kind == "dense":
+        return [[0.0, *row] for row in cast(tuple, tableau.dense_float)]
+    if kind == "linear":
+        return [[0.0, bi] for bi in b]
+    # Hermite, as in _hermite_weights: h01 = 3θ² − 2θ³ on every b_i, h10 = θ − 2θ² + θ³ on
+    # k_1, h11 = θ³ − θ² on f1.
+    rows = [[0.0, 0.0, 3.0 * bi, -2.0 * bi] for bi in b]
+    rows[0] = [x + y for x, y in zip(rows[0], [0.0, 1.0, -2.0, 1.0], strict=True)]
+    rows.append([0.0, 0.0, -1.0, 1.0])
+    return rows
+
+
+def interpolate_rows(
+    solver: AbstractSolver,
+    y0: torch.Tensor,
+    k: Sequence[torch.Tensor],
+    f1: torch.Tensor | None,
+    dt: torch.Tensor,
+    thetas: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample :func:`interpolate_step`: row ``b`` of ``y0`` at ``t0 + θ[b, m] dt[b]``.
+
+    ``y0`` and the stages are ``(B, N)``, ``dt`` is ``(B,)`` and ``thetas`` ``(B, M)``;
+    returns ``(B, M, N)``. The weights are evaluated with Horner on the whole ``(B, M)``
+    grid, then one batched matrix product per step applies them to the stages.
+    """
+    stages = list(k)
+    if needs_f1(solver):
+        if f1 is None:
+            raise ValueError("Hermite interpolation needs f(t1, y1)")
+        stages.append(f1)
+    coeffs = torch.tensor(_stage_polynomials(solver), dtype=y0.dtype, device=y0.device)
+    theta = thetas.to(y0.dtype).unsqueeze(-1)  # (B, M, 1)
+    weights = coeffs[:, -1].expand(*thetas.shape, -1)
+    for p in range(coeffs.shape[1] - 2, -1, -1):
+        weights = weights * theta + coeffs[:, p]  # (B, M, s)
+    weights = weights * dt.to(y0.dtype)[:, None, None]
+    return torch.baddbmm(y0.unsqueeze(1), weights, torch.stack(stages, dim=1))
