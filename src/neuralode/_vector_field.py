@@ -86,14 +86,14 @@ class VectorField:
         self.nfe = 0
         self.rows = 0
         self.args: tuple[torch.Tensor, ...] = ()
-        self._rows_args: tuple[torch.Tensor, ...] = ()
+        self.rows_args: tuple[torch.Tensor, ...] = ()
 
     def select(self, index: torch.Tensor | None) -> None:
         """Pass ``f`` the ``args`` rows of the samples at ``index`` (``None``: all)."""
         if index is None:
-            self._rows_args = self.args
+            self.rows_args = self.args
         else:
-            self._rows_args = tuple(a.index_select(0, index) for a in self.args)
+            self.rows_args = tuple(a.index_select(0, index) for a in self.args)
 
     def time(self, t: float) -> torch.Tensor:
         """``t`` as the 0-d tensor the user's function receives."""
@@ -104,7 +104,7 @@ class VectorField:
         self.nfe += 1
         if isinstance(t, torch.Tensor):
             self.rows += y.shape[0]
-            out = self.f(t.to(self.t_dtype), self.structure.unflatten(y), *self._rows_args)
+            out = self.f(t.to(self.t_dtype), self.structure.unflatten(y), *self.rows_args)
         else:
             out = self.f(self.time(t), self.structure.unflatten(y))
         return self.structure.flatten(out)
