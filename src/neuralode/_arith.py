@@ -21,15 +21,29 @@ def where(cond: Any, a: Any, b: Any) -> Any:
 
 
 def maximum(a: Any, b: Any) -> Any:
-    """Python's ``max(a, b)`` (``a`` unless ``b > a``, so NaN handling matches too)."""
+    """Python's ``max(a, b)`` (``a`` unless ``b > a``, so NaN handling matches too).
+
+    A tensor against a float is one ``torch.clamp`` (NaN in the tensor stays NaN there,
+    where Python would pick the float: callers pass finite tensors).
+    """
+    if isinstance(a, torch.Tensor) and isinstance(b, float):
+        return torch.clamp(a, min=b)
+    if isinstance(b, torch.Tensor) and isinstance(a, float):
+        return torch.clamp(b, min=a)
     return where(b > a, b, a)
 
 
 def minimum(a: Any, b: Any) -> Any:
-    """Python's ``min(a, b)`` (``a`` unless ``b < a``)."""
+    """Python's ``min(a, b)`` (``a`` unless ``b < a``); a tensor against a float clamps."""
+    if isinstance(a, torch.Tensor) and isinstance(b, float):
+        return torch.clamp(a, max=b)
+    if isinstance(b, torch.Tensor) and isinstance(a, float):
+        return torch.clamp(b, max=a)
     return where(b < a, b, a)
 
 
 def clip(x: Any, lo: float, hi: float) -> Any:
-    """``min(hi, max(lo, x))`` as Python evaluates it, elementwise for a tensor."""
-    return minimum(hi, maximum(lo, x))
+    """``min(hi, max(lo, x))`` as Python evaluates it; one ``torch.clamp`` for a tensor."""
+    if isinstance(x, torch.Tensor):
+        return torch.clamp(x, lo, hi)
+    return min(hi, max(lo, x))

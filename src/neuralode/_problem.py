@@ -29,6 +29,8 @@ class Problem:
             (``None``: the parameters of ``f`` if it is an ``nn.Module``).
         sample_taus: Per-sample mode only: ``(B, T)`` float64 output times of each sample
             in forward time (``taus`` is then empty). ``None`` in joint mode.
+        compiled: Per-sample mode only: run each step's tensor work through
+            ``torch.compile``.
     """
 
     f: VectorField
@@ -40,6 +42,7 @@ class Problem:
     structure: Structure
     params: tuple[torch.Tensor, ...] | None = None
     sample_taus: torch.Tensor | None = None
+    compiled: bool = False
 
     @property
     def batched(self) -> bool:

@@ -18,15 +18,17 @@ declares that by asking for the per-sample mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ._loop import _MAX_NONFINITE_STREAK, RawSolution, _broadcast_tolerance
 from ._problem import Problem
 from ._solution import Stats, Status
+from ._vector_field import VectorField
 from .controllers import AbstractController, SolveStart
 from .interpolation import interpolate_rows, needs_f1
 from .solvers._explicit_rk import AbstractSolver, StepResult
@@ -34,6 +36,11 @@ from .solvers._explicit_rk import AbstractSolver, StepResult
 # Drop finished samples from the batch (the point of the mode). Off only in the test that
 # proves compaction changes no number: finished samples are then frozen in place.
 COMPACT = True
+# Finished samples stay in the batch, frozen, until they are this share of it: compacting
+# costs an index_select per per-sample tensor, and with samples finishing a few at a time
+# compacting at every step measured a visible share of a small problem's wall time. The
+# frozen rows are then at most this share of the rows evaluated.
+COMPACT_SHARE = 0.1
 
 # Why a sample stopped: 0 = still running or succeeded.
 _ENDINGS: dict[int, tuple[Status, str]] = {
@@ -61,8 +68,9 @@ class _Rows:
         streak: Non-finite rejections in a row, ``(A,)``.
         steps: Steps attempted, ``(A,)``.
         accepted: Steps accepted, ``(A,)``.
-        live: Still stepping; ``False`` only for finished rows kept when not compacting.
+        live: Still stepping; ``False`` for finished rows not yet compacted away.
         cstate: The controller's state; its tensors with a leading dim are per-row.
+        n_live: Number of live rows (host-side, from the step's one sync).
     """
 
     idx: torch.Tensor
@@ -77,16 +85,17 @@ class _Rows:
     accepted: torch.Tensor
     live: torch.Tensor
     cstate: Any = ()
+    n_live: int = 0
 
-    def take(self, keep: torch.Tensor) -> _Rows:
-        """The rows at positions ``keep``."""
+    def take(self, keep: torch.Tensor, n_live: int) -> _Rows:
+        """The rows at positions ``keep`` (``n_live`` of them live)."""
         picked = {
             f.name: getattr(self, f.name).index_select(0, keep)
             for f in dataclasses.fields(self)
-            if f.name != "cstate"
+            if f.name not in ("cstate", "n_live")
         }
         cstate = tuple(_take(x, keep) for x in self.cstate)
-        return _Rows(**picked, cstate=cstate)
+        return _Rows(**picked, cstate=cstate, n_live=n_live)
 
 
 def _take(x: Any, keep: torch.Tensor) -> Any:
@@ -187,23 +196,26 @@ def integrate_samples(
         zeros.clone(),
         _Collector(batch, 0.0),
     )
+    # Fresh, unaliased tensors (clones, not views of the caller's): every later step sees
+    # the same kind of inputs, so a compiled step is not recompiled for the first one.
     rows = _Rows(
         index,
-        taus[:, 0],
+        taus[:, 0].clone(),
         torch.zeros_like(taus[:, 0]),
-        y0,
-        problem.f0,
-        taus,
+        y0.clone(),
+        problem.f0.clone(),
+        taus.clone(),
         torch.ones_like(zeros),
-        zeros,
-        zeros,
-        zeros,
+        zeros.clone(),
+        zeros.clone(),
+        zeros.clone(),
         torch.ones_like(zeros, dtype=torch.bool),
+        n_live=batch,
     )
     problem.f.select(None)
     if n_times > 1:
         rows = _start(problem, solver, controller, rows, ended)
-        while rows.idx.numel():
+        while rows.n_live:
             rows = _advance(problem, solver, controller, rows, ended, outputs, max_steps, records)
     else:
         ended.add(rows, zeros, problem.direction)
@@ -235,10 +247,92 @@ def _start(
     )
     rows.dt, rows.cstate = controller.init_rows(start)
     bad = ~torch.isfinite(rows.f0).all(dim=-1)
-    rows = _retire(rows, bad, torch.where(bad, 4, 0), ended, d)
-    if COMPACT:
-        problem.f.select(rows.idx)
+    n_bad = int(bad.sum())
+    if n_bad:
+        rows = _retire(rows, bad, torch.where(bad, 4, 0), n_bad, ended, d)
+        rows, _ = _compact(problem, rows)
     return rows
+
+
+class _Attempt(NamedTuple):
+    """One batched step attempt, before the host looks at it (see :func:`_attempt`)."""
+
+    tau0: torch.Tensor
+    dt: torch.Tensor
+    tau_new: torch.Tensor
+    y_new: torch.Tensor
+    dt_next: torch.Tensor
+    cstate: Any
+    n_next: torch.Tensor
+    streak: torch.Tensor
+    go: torch.Tensor
+    accept: torch.Tensor
+    code: torch.Tensor
+    count: torch.Tensor
+    leaving: torch.Tensor
+    y1: torch.Tensor
+    k: tuple[torch.Tensor, ...]
+    f1: torch.Tensor | None
+    summary: torch.Tensor
+
+
+def _attempt(
+    f: VectorField,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    rows: _Rows,
+    max_steps: int,
+    direction: float,
+) -> _Attempt:
+    """Every live row attempts its own step and is judged alone: tensors only, no sync.
+
+    This is the part of a step that ``torch.compile`` captures as one graph (vector
+    field included) when the solve asks for it.
+    """
+    tau, y, tau_end = rows.tau, rows.y, rows.taus[:, -1]
+    # As in the joint loop: the controller's proposal must respect dt_min; the step then
+    # lands exactly on the sample's last time, stretched by a hair rather than leave a sliver.
+    tau1 = torch.where(tau + rows.dt * (1 + 1e-10) >= tau_end, tau_end, tau + rows.dt)
+    dt = tau1 - tau
+    t_info = torch.finfo(f.t_dtype)
+    underflow = dt <= 4 * t_info.eps * torch.clamp(tau.abs(), min=t_info.tiny)
+    if controller.min_step():
+        underflow |= rows.dt < controller.min_step() * (1 - 1e-9)
+    code = torch.where(underflow, torch.where(rows.streak > 0, 3, 2), 0)
+    code = torch.where(rows.live, torch.where(rows.steps >= max_steps, 1, code), 0)
+    go = rows.live & (code == 0)
+    step = solver.step(f, direction * tau, y, rows.f0, direction * dt)
+    decision = controller.decide_rows(tau, dt, y, step, rows.cstate)
+    accept = decision.accept & go
+    nonfinite = decision.nonfinite & go
+    streak = torch.where(go, torch.where(nonfinite, rows.streak + 1, 0), rows.streak)
+    f0_bad = ~torch.isfinite(rows.f0).all(dim=-1)
+    code = torch.where(nonfinite & (streak == 1) & f0_bad, 6, code)
+    code = torch.where(nonfinite & (streak >= _MAX_NONFINITE_STREAK), 5, code)
+    tau_new = torch.where(accept, tau1, tau)
+    n_next = torch.searchsorted(rows.taus, tau_new.unsqueeze(-1), right=True).squeeze(-1)
+    count = n_next - rows.n_out
+    leaving = (go & (n_next == rows.taus.shape[1])) | (code != 0)
+    summary = torch.stack([count.max(), leaving.sum(), accept.sum()])
+    return _Attempt(
+        tau0=tau,
+        dt=dt,
+        tau_new=tau_new,
+        y_new=torch.where(accept.unsqueeze(-1), step.y1, y),
+        dt_next=decision.dt_next,
+        cstate=decision.state,
+        n_next=n_next,
+        streak=streak,
+        go=go,
+        accept=accept,
+        code=code,
+        count=count,
+        leaving=leaving,
+        y1=step.y1,
+        k=step.k,
+        f1=step.f1,
+        summary=summary,
+    )
 
 
 def _advance(
@@ -251,88 +345,108 @@ def _advance(
     max_steps: int,
     records: list[RowsRecord] | None,
 ) -> _Rows:
-    """One batched step: every live row attempts its own step and is judged alone."""
+    """One batched step: attempt, then outputs, retirements and the next ``f0``."""
     f, d = problem.f, problem.direction
-    tau, y, tau_end = rows.tau, rows.y, rows.taus[:, -1]
-    # As in the joint loop: the controller's proposal must respect dt_min; the step then
-    # lands exactly on the sample's last time, stretched by a hair rather than leave a sliver.
-    underflow = rows.dt < controller.min_step() * (1 - 1e-9)
-    tau1 = torch.where(tau + rows.dt * (1 + 1e-10) >= tau_end, tau_end, tau + rows.dt)
-    dt = tau1 - tau
-    t_info = torch.finfo(problem.ts.dtype)
-    underflow |= dt <= 4 * t_info.eps * torch.clamp(tau.abs(), min=t_info.tiny)
-    code = torch.where(underflow, torch.where(rows.streak > 0, 3, 2), 0)
-    code = torch.where(rows.live, torch.where(rows.steps >= max_steps, 1, code), 0)
-    go = rows.live & (code == 0)
-    step = solver.step(f, d * tau, y, rows.f0, d * dt)
-    decision = controller.decide_rows(tau, dt, y, step, rows.cstate)
-    accept = decision.accept & go
-    nonfinite = decision.nonfinite & go
-    streak = torch.where(go, torch.where(nonfinite, rows.streak + 1, 0), rows.streak)
-    f0_bad = ~torch.isfinite(rows.f0).all(dim=-1)
-    code = torch.where(nonfinite & (streak == 1) & f0_bad, 6, code)
-    code = torch.where(nonfinite & (streak >= _MAX_NONFINITE_STREAK), 5, code)
-    tau_new = torch.where(accept, tau1, tau)
-    n_next = torch.searchsorted(rows.taus, tau_new.unsqueeze(-1), right=True).squeeze(-1)
-    count = n_next - rows.n_out
-    leaving = (go & (n_next == rows.taus.shape[1])) | (code != 0)
+    if problem.compiled:
+        attempt = _compiled_step(f, solver, controller, rows, max_steps, d)
+    else:
+        attempt = _attempt(f, solver, controller, rows, max_steps, d)
     # The one host sync of the step: the output window, and whether the batch shrinks.
-    width, n_leaving, n_accepted = torch.stack([count.max(), leaving.sum(), accept.sum()]).tolist()
+    width, n_leaving, n_accepted = attempt.summary.tolist()
+    accept, tau, dt, count = attempt.accept, attempt.tau0, attempt.dt, attempt.count
     if records is not None and n_accepted:
         records.append(_record(rows, accept, tau, dt, count, width))
-    f1 = step.f1
+    f1 = attempt.f1
     if width:
         if f1 is None and needs_f1(solver):
-            f1 = f(d * tau_new, torch.where(accept.unsqueeze(-1), step.y1, y))
+            f1 = f(d * attempt.tau_new, attempt.y_new)
         window = _Window(rows.idx, rows.taus, rows.n_out, count, width)
+        step = StepResult(attempt.y1, None, attempt.f1, attempt.k)
         values, pos = _outputs(problem, solver, window, rows.y, tau, dt, step, f1)
         outputs.add(pos, values)
     rows = dataclasses.replace(
         rows,
-        tau=tau_new,
-        dt=decision.dt_next,
-        y=torch.where(accept.unsqueeze(-1), step.y1, y),
-        n_out=n_next,
-        streak=streak,
-        steps=rows.steps + go,
+        tau=attempt.tau_new,
+        dt=attempt.dt_next,
+        y=attempt.y_new,
+        n_out=attempt.n_next,
+        streak=attempt.streak,
+        steps=rows.steps + attempt.go,
         accepted=rows.accepted + accept,
-        cstate=decision.state,
+        cstate=attempt.cstate,
     )
     if n_leaving:
-        keep = (~leaving & rows.live).nonzero().squeeze(-1)
-        rows = _retire(rows, leaving, code, ended, d, keep)
-        if COMPACT:
-            f.select(rows.idx)
-            accept = accept.index_select(0, keep)
-            f1 = None if f1 is None else f1.index_select(0, keep)
-    if n_accepted and rows.idx.numel():
+        rows = _retire(rows, attempt.leaving, attempt.code, n_leaving, ended, d)
+        if rows.idx.numel() - rows.n_live > COMPACT_SHARE * rows.idx.numel():
+            rows, keep = _compact(problem, rows)
+            if keep is not None:
+                accept = accept.index_select(0, keep)
+                f1 = None if f1 is None else f1.index_select(0, keep)
+    if n_accepted and rows.n_live:
         if f1 is None:
             f1 = f(d * rows.tau, rows.y)
         rows.f0 = torch.where(accept.unsqueeze(-1), f1, rows.f0)
     return rows
 
 
+# torch.compile backend of the compiled step; the tests switch it to "eager" (dynamo's
+# tracing, no code generation) to check for graph breaks in seconds.
+COMPILE_BACKEND = "inductor"
+
+
+@functools.cache
+def _compiled_attempt(backend: str) -> Any:
+    # Compiled once per process: dynamo keys its cache on the function's code and guards
+    # on the vector field, solver and controller, so a training loop that keeps calling
+    # the same model reuses the graph. The batch dimension is dynamic from the start, as
+    # compaction shrinks it every few steps; a batch of one sample is its own graph
+    # (dynamo specialises sizes 0 and 1).
+    return torch.compile(_attempt, fullgraph=True, dynamic=True, backend=backend)
+
+
+def _compiled_step(
+    f: VectorField,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    rows: _Rows,
+    max_steps: int,
+    direction: float,
+) -> _Attempt:
+    f.counting = False
+    try:
+        attempt = _compiled_attempt(COMPILE_BACKEND)(
+            f, solver, controller, rows, max_steps, direction
+        )
+    finally:
+        f.counting = True
+    evaluations = len(attempt.k) - 1  # every stage after k[0] = f0 is one call of f
+    f.nfe += evaluations
+    f.rows += evaluations * rows.y.shape[0]
+    return attempt
+
+
 def _retire(
     rows: _Rows,
     leaving: torch.Tensor,
     code: torch.Tensor,
+    n_leaving: int,
     ended: _Ended,
     direction: float,
-    keep: torch.Tensor | None = None,
 ) -> _Rows:
-    """Record the rows in ``leaving`` as ended and drop them (or freeze them)."""
+    """Record the ``n_leaving`` rows in ``leaving`` as ended, and freeze them."""
     out = leaving.nonzero().squeeze(-1)
-    if not out.numel():
-        return rows
-    ended.add(rows.take(out), code.index_select(0, out), direction)
-    if not COMPACT:
-        rows.live = rows.live & ~leaving
-        if not bool(rows.live.any()):
-            return rows.take(rows.live.nonzero().squeeze(-1))
-        return rows
-    if keep is None:
-        keep = (~leaving).nonzero().squeeze(-1)
-    return rows.take(keep)
+    ended.add(rows.take(out, 0), code.index_select(0, out), direction)
+    return dataclasses.replace(rows, live=rows.live & ~leaving, n_live=rows.n_live - n_leaving)
+
+
+def _compact(problem: Problem, rows: _Rows) -> tuple[_Rows, torch.Tensor | None]:
+    """Drop the frozen rows (unless compaction is off); also return the kept positions."""
+    if not COMPACT or not rows.n_live:
+        return rows, None
+    keep = rows.live.nonzero().squeeze(-1)
+    rows = rows.take(keep, rows.n_live)
+    problem.f.select(rows.idx)
+    return rows, keep
 
 
 @dataclass(frozen=True)

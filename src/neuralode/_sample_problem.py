@@ -82,6 +82,8 @@ def make_sample_problem(
     ts: torch.Tensor,
     params: Sequence[torch.Tensor] | None,
     args: object = (),
+    *,
+    compiled: bool = False,
 ) -> Problem:
     """:func:`neuralode._solve.make_problem` for ``batch_dims=1``."""
     if not callable(f):
@@ -109,6 +111,7 @@ def make_sample_problem(
         structure=structure,
         params=None if params is None else tuple(params),
         sample_taus=taus,
+        compiled=compiled,
     )
 
 

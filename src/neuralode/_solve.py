@@ -35,6 +35,7 @@ def solve(
     params: Sequence[torch.Tensor] | None = None,
     batch_dims: int = 0,
     args: torch.Tensor | Sequence[torch.Tensor] = (),
+    compile_step: bool = False,
 ) -> Solution:
     """Solve ``dy/dt = f(t, y)``, ``y(ts[0]) = y0``, and return the state at every ``ts``.
 
@@ -71,6 +72,10 @@ def solve(
         args: Per-sample mode only: tensors with one row per sample (each sample's own
             constants, e.g. its ``mu``), passed on as ``f(t, y, *args)`` and restricted to
             the samples still in the batch, like ``y``.
+        compile_step: Per-sample mode only: compile each step's tensor work (the solver's
+            stages with ``f``, error control and bookkeeping) into one graph with
+            ``torch.compile``. Pays off for small vector fields over many steps; the first
+            solve pays the compilation (see the docs on per-sample mode).
 
     Returns:
         A :class:`Solution` with ``ys`` of shape ``(T, *y0.shape)``: in per-sample mode
@@ -85,8 +90,13 @@ def solve(
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     _check_config(solver, controller, adjoint, max_steps)
     _check_batch_dims(batch_dims, controller)
+    if compile_step and not batch_dims:
+        raise ValueError(
+            "compile_step=True needs batch_dims=1: the joint mode keeps its clock as Python "
+            "floats (one host sync per step), which would recompile every step"
+        )
     if batch_dims:
-        problem = make_sample_problem(f, y0, ts, params, args)
+        problem = make_sample_problem(f, y0, ts, params, args, compiled=compile_step)
     elif isinstance(args, torch.Tensor) or len(args):
         raise ValueError(
             "args= passes per-sample constants with batch_dims=1; with one joint problem, "

@@ -46,7 +46,7 @@ class Structure:
         """The solver's tensor for a state."""
         if self.batched:
             if isinstance(y, torch.Tensor):
-                return y.reshape(y.shape[0], -1)
+                return y if y.ndim == 2 else y.reshape(y.shape[0], -1)
             return torch.cat([part.reshape(part.shape[0], -1) for part in y], dim=-1)
         if isinstance(y, torch.Tensor):
             return y
@@ -55,7 +55,9 @@ class Structure:
     def unflatten(self, v: torch.Tensor) -> State:
         """A state (or a stack of states, leading dims kept) from solver tensor(s)."""
         if not self.is_tuple:
-            return v.reshape(*v.shape[:-1], *self.shapes[0]) if self.batched else v
+            if not self.batched or len(self.shapes[0]) == 1:
+                return v
+            return v.reshape(*v.shape[:-1], *self.shapes[0])
         lead = v.shape[:-1]
         parts = torch.split(v, self.sizes, dim=-1)
         return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
@@ -85,6 +87,9 @@ class VectorField:
         self.device = device
         self.nfe = 0
         self.rows = 0
+        # Off while torch.compile traces a step: a counter changing under the trace would
+        # be a guard that fails every step; the caller counts for the compiled step.
+        self.counting = True
         self.args: tuple[torch.Tensor, ...] = ()
         self.rows_args: tuple[torch.Tensor, ...] = ()
 
@@ -101,9 +106,11 @@ class VectorField:
 
     def __call__(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Evaluate ``f`` at time ``t`` (a float, or one time per row) on the flat ``y``."""
-        self.nfe += 1
+        if self.counting:
+            self.nfe += 1
         if isinstance(t, torch.Tensor):
-            self.rows += y.shape[0]
+            if self.counting:
+                self.rows += y.shape[0]
             out = self.f(t.to(self.t_dtype), self.structure.unflatten(y), *self.rows_args)
         else:
             out = self.f(self.time(t), self.structure.unflatten(y))

@@ -147,8 +147,9 @@ class PIDController(AbstractController):
         else:
             dt = self._initial_step(start, rows_norm(self.norm))
         dt = torch.minimum(torch.clamp(dt, self.dt_min, self.dt_max), tau_end - tau0)
-        ones = torch.ones_like(tau0)
-        return dt, (start.solver.error_order + 1, *self._folded(start), ones, ones)
+        # Two tensors, not one twice: aliased inputs would recompile a compiled step.
+        history = torch.ones_like(tau0), torch.ones_like(tau0)
+        return dt, (start.solver.error_order + 1, *self._folded(start), *history)
 
     def _initial_step(self, start: SolveStart, norm: Norm) -> Any:
         return select_initial_step(
@@ -217,7 +218,12 @@ class PIDController(AbstractController):
         beta1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
         beta2 = -(self.pcoeff + 2 * self.dcoeff) / k
         beta3 = self.dcoeff / k
-        factor = self.safety * ratio**-beta1 * prev1**-beta2 * prev2**-beta3
+        factor = self.safety * ratio**-beta1
+        # Zero exponents (the I controller's) skip two tensor powers per step per-sample.
+        if beta2:
+            factor = factor * prev1**-beta2
+        if beta3:
+            factor = factor * prev2**-beta3
         return _arith.clip(factor, self.factor_min, self.factor_max)
 
     def decide(

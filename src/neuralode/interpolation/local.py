@@ -7,6 +7,7 @@ the stages, ``y(t0 + θ dt) = y0 + dt Σ_i w_i(θ) k_i`` (Hermite adds ``f1`` as
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import cast
 
@@ -113,10 +114,21 @@ def interpolate_rows(
         if f1 is None:
             raise ValueError("Hermite interpolation needs f(t1, y1)")
         stages.append(f1)
-    coeffs = torch.tensor(_stage_polynomials(solver), dtype=y0.dtype, device=y0.device)
-    theta = thetas.to(y0.dtype).unsqueeze(-1)  # (B, M, 1)
-    weights = coeffs[:, -1].expand(*thetas.shape, -1)
-    for p in range(coeffs.shape[1] - 2, -1, -1):
-        weights = weights * theta + coeffs[:, p]  # (B, M, s)
-    weights = weights * dt.to(y0.dtype)[:, None, None]
+    coeffs = _polynomial_matrix(solver, y0.dtype, y0.device)  # (P, s)
+    # θ^p for p = 0..P-1 times dt, then one product with the coefficients: (B, M, s).
+    exponents = torch.arange(coeffs.shape[0], dtype=y0.dtype, device=y0.device)
+    powers = thetas.to(y0.dtype).unsqueeze(-1).pow(exponents)
+    powers = powers * dt.to(y0.dtype)[:, None, None]
+    weights = torch.matmul(powers, coeffs)
     return torch.baddbmm(y0.unsqueeze(1), weights, torch.stack(stages, dim=1))
+
+
+@functools.lru_cache(maxsize=64)
+def _polynomial_matrix(
+    solver: AbstractSolver, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``_stage_polynomials`` as a ``(P, s)`` tensor, zero-padded to a common degree."""
+    rows = _stage_polynomials(solver)
+    degree = max(len(r) for r in rows)
+    padded = [r + [0.0] * (degree - len(r)) for r in rows]
+    return torch.tensor(padded, dtype=dtype, device=device).T.contiguous()

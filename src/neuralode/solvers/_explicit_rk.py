@@ -180,7 +180,7 @@ class ExplicitRK(AbstractSolver):
             y_stage = combine(y0, k, row, h)
             # The last node of most tableaus is exactly 1: use t0 + dt, not t0 + 1.0 * dt,
             # so the FSAL stage is evaluated at exactly the step end.
-            t_stage = t0 + c[i] * dt
+            t_stage = t0 + c[i] * dt if isinstance(dt, float) else torch.add(t0, dt, alpha=c[i])
             if c[i] == 1.0:
                 t_stage = t0 + dt if t1_stage is None else t1_stage
             k.append(f(t_stage, y_stage))
