@@ -270,6 +270,23 @@ def test_compaction_changes_no_number_and_saves_the_work(monkeypatch):
     assert frozen.stats.rows == 6 * frozen.stats.nfe > compacted.stats.rows
 
 
+def test_deferred_compaction_bounds_the_wasted_rows(monkeypatch):
+    # 40 samples finishing a few at a time: finished ones wait, frozen, until they are
+    # COMPACT_SHARE of the batch, so the rows evaluated stay within 1 / (1 - share) of
+    # the samples' own work, and no number changes.
+    w = torch.logspace(-1, 1.5, 40, dtype=D)
+    y0 = torch.ones(40, 2, dtype=D)
+    ts = torch.linspace(0.0, 3.0, 7, dtype=D)
+    compacted = solve(forced, y0, ts, controller=TOL, batch_dims=1, args=w)
+    steps = compacted.stats.sample_steps
+    ideal = int((6 * steps + 2).sum())
+    assert ideal < compacted.stats.rows <= ideal / (1 - sample_loop.COMPACT_SHARE)
+    monkeypatch.setattr(sample_loop, "COMPACT", False)
+    frozen = solve(forced, y0, ts, controller=TOL, batch_dims=1, args=w)
+    torch.testing.assert_close(compacted.ys, frozen.ys, rtol=0, atol=0)
+    assert frozen.stats.rows > 1.5 * compacted.stats.rows
+
+
 def test_rows_counter_non_fsal_solver_with_hermite_outputs():
     mu, y0 = heterogeneous(batch=4)
     ts = per_sample_times(4)

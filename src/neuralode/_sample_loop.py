@@ -8,9 +8,10 @@ body rather than tensor time in the first: the joint loop keeps its clock as Pyt
 floats so that a step costs one host sync and no tensor arithmetic on time, which is most
 of a small neural ODE's solver overhead; tensor time there would slow the default path.
 
-Samples that finish (or fail) leave the batch: every per-sample tensor is compacted, so
-the vector field is only evaluated on the samples still running and the total work is the
-sum of each sample's own steps, not batch size × the slowest sample. This needs a vector
+Samples that finish (or fail) leave the batch: every per-sample tensor is compacted (once
+the finished ones are COMPACT_SHARE of the batch), so the vector field is evaluated on the
+samples still running and the total work tracks the sum of each sample's own steps, not
+batch size × the slowest sample. This needs a vector
 field whose rows are independent (no batch norm, no mixing across samples): the caller
 declares that by asking for the per-sample mode.
 """
@@ -20,17 +21,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
 from ._loop import _MAX_NONFINITE_STREAK, RawSolution, _broadcast_tolerance
 from ._problem import Problem
+from ._sample_rows import (
+    Collector,
+    Ended,
+    Rows,
+    RowsRecord,
+    Window,
+    record_rows,
+    step_outputs,
+)
 from ._solution import Stats, Status
 from ._vector_field import VectorField
 from .controllers import AbstractController, SolveStart
-from .interpolation import interpolate_rows, needs_f1
+from .interpolation import needs_f1
 from .solvers._explicit_rk import AbstractSolver, StepResult
 
 # Drop finished samples from the batch (the point of the mode). Off only in the test that
@@ -53,121 +62,6 @@ _ENDINGS: dict[int, tuple[Status, str]] = {
 }
 
 
-@dataclass
-class _Rows:
-    """Loop state of the samples still in the batch, one row each (compacted together).
-
-    Attributes:
-        idx: Position of each row in the caller's batch, ``(A,)``.
-        tau: Forward time reached, float64 ``(A,)``.
-        dt: Next step to attempt (forward time, positive), float64 ``(A,)``.
-        y: State at ``tau``, ``(A, N)``.
-        f0: ``f(tau, y)``, ``(A, N)``.
-        taus: Output times in forward time, float64 ``(A, T)``.
-        n_out: Outputs written so far (those at or before ``tau``), ``(A,)``.
-        streak: Non-finite rejections in a row, ``(A,)``.
-        steps: Steps attempted, ``(A,)``.
-        accepted: Steps accepted, ``(A,)``.
-        live: Still stepping; ``False`` for finished rows not yet compacted away.
-        cstate: The controller's state; its tensors with a leading dim are per-row.
-        n_live: Number of live rows (host-side, from the step's one sync).
-    """
-
-    idx: torch.Tensor
-    tau: torch.Tensor
-    dt: torch.Tensor
-    y: torch.Tensor
-    f0: torch.Tensor
-    taus: torch.Tensor
-    n_out: torch.Tensor
-    streak: torch.Tensor
-    steps: torch.Tensor
-    accepted: torch.Tensor
-    live: torch.Tensor
-    cstate: Any = ()
-    n_live: int = 0
-
-    def take(self, keep: torch.Tensor, n_live: int) -> _Rows:
-        """The rows at positions ``keep`` (``n_live`` of them live)."""
-        picked = {
-            f.name: getattr(self, f.name).index_select(0, keep)
-            for f in dataclasses.fields(self)
-            if f.name not in ("cstate", "n_live")
-        }
-        cstate = tuple(_take(x, keep) for x in self.cstate)
-        return _Rows(**picked, cstate=cstate, n_live=n_live)
-
-
-def _take(x: Any, keep: torch.Tensor) -> Any:
-    return x.index_select(0, keep) if isinstance(x, torch.Tensor) and x.ndim else x
-
-
-@dataclass(frozen=True)
-class RowsRecord:
-    """The accepted rows of one batched step, enough to replay them (checkpointing).
-
-    Attributes:
-        idx: Batch positions of the accepted rows, ``(a,)``.
-        tau0: Their start times (forward), ``(a,)``.
-        dt: Their step sizes (forward), ``(a,)``.
-        y0: Their states at the start, ``(a, N)``.
-        n_out: Index of the first output each produced, ``(a,)``.
-        count: Number of outputs each produced, ``(a,)``.
-        width: ``max(count)``, the output window of the step.
-    """
-
-    idx: torch.Tensor
-    tau0: torch.Tensor
-    dt: torch.Tensor
-    y0: torch.Tensor
-    n_out: torch.Tensor
-    count: torch.Tensor
-    width: int
-
-
-class _Collector:
-    """Scattered ``(position, value)`` rows assembled once at the end.
-
-    Writes go to a list and are placed with one out-of-place ``index_put``, so autograd
-    sees one op instead of an in-place write per step. Position ``size`` is a scratch row
-    that absorbs the padding of output windows.
-    """
-
-    def __init__(self, size: int, fill: float) -> None:
-        self.size, self.fill = size, fill
-        self.pos: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-
-    def add(self, pos: torch.Tensor, values: torch.Tensor) -> None:
-        self.pos.append(pos.reshape(-1))
-        self.values.append(values.reshape(pos.numel(), -1))
-
-    def assemble(self, like: torch.Tensor) -> torch.Tensor:
-        values = torch.cat(self.values)
-        shape = (self.size + 1, values.shape[-1])
-        base = torch.full(shape, self.fill, dtype=like.dtype, device=like.device)
-        out = base.index_put((torch.cat(self.pos),), values)
-        return out[: self.size]
-
-
-@dataclass
-class _Ended:
-    """What each sample left behind when it left the batch, ``(B, ...)``."""
-
-    code: torch.Tensor
-    t_last: torch.Tensor
-    steps: torch.Tensor
-    accepted: torch.Tensor
-    y_last: _Collector
-
-    def add(self, rows: _Rows, code: torch.Tensor, direction: float) -> None:
-        self.code[rows.idx] = code
-        self.t_last[rows.idx] = direction * rows.tau
-        self.steps[rows.idx] = rows.steps
-        self.accepted[rows.idx] = rows.accepted
-        self.y_last.add(rows.idx, rows.y)
-
-
 def integrate_samples(
     problem: Problem,
     solver: AbstractSolver,
@@ -185,20 +79,20 @@ def integrate_samples(
     assert taus is not None  # integrate() dispatches only per-sample problems here
     batch, n_times = taus.shape
     y0, device = problem.y0, problem.y0.device
-    outputs = _Collector(n_times * batch, math.nan)
+    outputs = Collector(n_times * batch, math.nan)
     index = torch.arange(batch, device=device)
     outputs.add(index, y0)  # ts[:, 0] is each sample's t0: the first output is y0 itself
     zeros = torch.zeros(batch, dtype=torch.long, device=device)
-    ended = _Ended(
+    ended = Ended(
         zeros.clone(),
         taus[:, 0] * problem.direction,
         zeros.clone(),
         zeros.clone(),
-        _Collector(batch, 0.0),
+        Collector(batch, 0.0),
     )
     # Fresh, unaliased tensors (clones, not views of the caller's): every later step sees
     # the same kind of inputs, so a compiled step is not recompiled for the first one.
-    rows = _Rows(
+    rows = Rows(
         index,
         taus[:, 0].clone(),
         torch.zeros_like(taus[:, 0]),
@@ -227,9 +121,9 @@ def _start(
     problem: Problem,
     solver: AbstractSolver,
     controller: AbstractController,
-    rows: _Rows,
-    ended: _Ended,
-) -> _Rows:
+    rows: Rows,
+    ended: Ended,
+) -> Rows:
     """First step sizes; samples whose ``f(t0, y0)`` is not finite fail at once."""
     d = problem.direction
     rtol, atol = controller.tolerances()
@@ -268,7 +162,7 @@ class _Attempt(NamedTuple):
     go: torch.Tensor
     accept: torch.Tensor
     code: torch.Tensor
-    count: torch.Tensor
+    n_outputs: torch.Tensor
     leaving: torch.Tensor
     y1: torch.Tensor
     k: tuple[torch.Tensor, ...]
@@ -280,7 +174,7 @@ def _attempt(
     f: VectorField,
     solver: AbstractSolver,
     controller: AbstractController,
-    rows: _Rows,
+    rows: Rows,
     max_steps: int,
     direction: float,
 ) -> _Attempt:
@@ -326,7 +220,7 @@ def _attempt(
         go=go,
         accept=accept,
         code=code,
-        count=count,
+        n_outputs=count,
         leaving=leaving,
         y1=step.y1,
         k=step.k,
@@ -339,30 +233,31 @@ def _advance(
     problem: Problem,
     solver: AbstractSolver,
     controller: AbstractController,
-    rows: _Rows,
-    ended: _Ended,
-    outputs: _Collector,
+    rows: Rows,
+    ended: Ended,
+    outputs: Collector,
     max_steps: int,
     records: list[RowsRecord] | None,
-) -> _Rows:
+) -> Rows:
     """One batched step: attempt, then outputs, retirements and the next ``f0``."""
     f, d = problem.f, problem.direction
     if problem.compiled:
         attempt = _compiled_step(f, solver, controller, rows, max_steps, d)
     else:
         attempt = _attempt(f, solver, controller, rows, max_steps, d)
-    # The one host sync of the step: the output window, and whether the batch shrinks.
+    # The host sync of the step: the output window, and whether the batch shrinks (steps
+    # where samples leave add one more, to find them).
     width, n_leaving, n_accepted = attempt.summary.tolist()
-    accept, tau, dt, count = attempt.accept, attempt.tau0, attempt.dt, attempt.count
+    accept, tau, dt, count = attempt.accept, attempt.tau0, attempt.dt, attempt.n_outputs
     if records is not None and n_accepted:
-        records.append(_record(rows, accept, tau, dt, count, width))
+        records.append(record_rows(rows, accept, tau, dt, count, width))
     f1 = attempt.f1
     if width:
         if f1 is None and needs_f1(solver):
             f1 = f(d * attempt.tau_new, attempt.y_new)
-        window = _Window(rows.idx, rows.taus, rows.n_out, count, width)
+        window = Window(rows.idx, rows.taus, rows.n_out, count, width)
         step = StepResult(attempt.y1, None, attempt.f1, attempt.k)
-        values, pos = _outputs(problem, solver, window, rows.y, tau, dt, step, f1)
+        values, pos = step_outputs(problem, solver, window, rows.y, tau, dt, step, f1)
         outputs.add(pos, values)
     rows = dataclasses.replace(
         rows,
@@ -408,7 +303,7 @@ def _compiled_step(
     f: VectorField,
     solver: AbstractSolver,
     controller: AbstractController,
-    rows: _Rows,
+    rows: Rows,
     max_steps: int,
     direction: float,
 ) -> _Attempt:
@@ -426,20 +321,20 @@ def _compiled_step(
 
 
 def _retire(
-    rows: _Rows,
+    rows: Rows,
     leaving: torch.Tensor,
     code: torch.Tensor,
     n_leaving: int,
-    ended: _Ended,
+    ended: Ended,
     direction: float,
-) -> _Rows:
+) -> Rows:
     """Record the ``n_leaving`` rows in ``leaving`` as ended, and freeze them."""
     out = leaving.nonzero().squeeze(-1)
     ended.add(rows.take(out, 0), code.index_select(0, out), direction)
     return dataclasses.replace(rows, live=rows.live & ~leaving, n_live=rows.n_live - n_leaving)
 
 
-def _compact(problem: Problem, rows: _Rows) -> tuple[_Rows, torch.Tensor | None]:
+def _compact(problem: Problem, rows: Rows) -> tuple[Rows, torch.Tensor | None]:
     """Drop the frozen rows (unless compaction is off); also return the kept positions."""
     if not COMPACT or not rows.n_live:
         return rows, None
@@ -449,101 +344,7 @@ def _compact(problem: Problem, rows: _Rows) -> tuple[_Rows, torch.Tensor | None]
     return rows, keep
 
 
-@dataclass(frozen=True)
-class _Window:
-    """Which outputs a batched step produced: ``count[a]`` from ``n_out[a]`` on, per row.
-
-    Attributes:
-        idx: Batch positions of the rows, ``(A,)``.
-        taus: Their output times (forward), ``(A, T)``.
-        n_out: First output index of each row's step, ``(A,)``.
-        count: Outputs inside each row's step, ``(A,)``.
-        width: ``max(count)``.
-    """
-
-    idx: torch.Tensor
-    taus: torch.Tensor
-    n_out: torch.Tensor
-    count: torch.Tensor
-    width: int
-
-
-def _outputs(
-    problem: Problem,
-    solver: AbstractSolver,
-    window: _Window,
-    y0: torch.Tensor,
-    tau0: torch.Tensor,
-    dt: torch.Tensor,
-    step: StepResult,
-    f1: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The outputs each row's step produced, ``width`` slots per row.
-
-    Returns values ``(A, width, N)`` and their flat positions ``(A, width)`` in the
-    ``(T, B)`` output grid; padding goes to the scratch position ``T * B``.
-    """
-    batch, n_times = problem.y0.shape[0], window.taus.shape[1]
-    slots = torch.arange(window.width, device=y0.device)
-    j = window.n_out.unsqueeze(-1) + slots  # (A, width)
-    valid = slots < window.count.unsqueeze(-1)
-    t_out = window.taus.gather(1, j.clamp(max=n_times - 1))
-    theta = torch.where(valid, (t_out - tau0.unsqueeze(-1)) / dt.unsqueeze(-1), 0.0)
-    values = interpolate_rows(solver, y0, step.k, f1, problem.direction * dt, theta)
-    # Outputs exactly at the step end are y1 itself, as in the joint loop.
-    at_end = (t_out >= (tau0 + dt).unsqueeze(-1)).unsqueeze(-1)
-    values = torch.where(at_end, step.y1.unsqueeze(1), values)
-    pos = torch.where(valid, j * batch + window.idx.unsqueeze(-1), n_times * batch)
-    return values, pos
-
-
-def _record(
-    rows: _Rows,
-    accept: torch.Tensor,
-    tau0: torch.Tensor,
-    dt: torch.Tensor,
-    count: torch.Tensor,
-    width: int,
-) -> RowsRecord:
-    a = accept.nonzero().squeeze(-1)
-    return RowsRecord(
-        idx=rows.idx[a],
-        tau0=tau0[a],
-        dt=dt[a],
-        y0=rows.y[a],
-        n_out=rows.n_out[a],
-        count=count[a],
-        width=width,
-    )
-
-
-def replay_rows(
-    problem: Problem, solver: AbstractSolver, record: RowsRecord, y0: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Recompute a record's steps from ``y0`` exactly as :func:`integrate_samples` did.
-
-    Returns ``y1`` and the outputs with their flat positions (``None`` if none), as
-    functions of ``y0`` (and of the vector field's parameters) for autograd.
-    """
-    f, d = problem.f, problem.direction
-    f.select(record.idx)
-    f0 = f(d * record.tau0, y0)
-    step = solver.step(f, d * record.tau0, y0, f0, d * record.dt)
-    if not record.width:
-        return step.y1, None, None
-    f1 = step.f1
-    if f1 is None and needs_f1(solver):
-        f1 = f(d * (record.tau0 + record.dt), step.y1)
-    taus = problem.sample_taus
-    assert taus is not None
-    window = _Window(
-        record.idx, taus.index_select(0, record.idx), record.n_out, record.count, record.width
-    )
-    values, pos = _outputs(problem, solver, window, y0, record.tau0, record.dt, step, f1)
-    return step.y1, values, pos
-
-
-def _result(problem: Problem, outputs: _Collector, ended: _Ended) -> RawSolution:
+def _result(problem: Problem, outputs: Collector, ended: Ended) -> RawSolution:
     batch, n_times = problem.sample_taus.shape  # type: ignore[union-attr]
     codes = ended.code.tolist()
     sample_status = tuple(_ENDINGS[c][0] if c else Status.SUCCESS for c in codes)

@@ -9,7 +9,7 @@ import torch
 
 from .._loop import RawSolution, integrate, replay_step
 from .._problem import Problem
-from .._sample_loop import RowsRecord, replay_rows
+from .._sample_rows import RowsRecord, replay_rows
 from ..controllers import AbstractController
 from ..solvers._explicit_rk import AbstractSolver
 from ._base import AbstractAdjoint, reject_dense
