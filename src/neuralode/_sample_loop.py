@@ -207,7 +207,7 @@ def _attempt(
     n_next = torch.searchsorted(rows.taus, tau_new.unsqueeze(-1), right=True).squeeze(-1)
     count = n_next - rows.n_out
     leaving = (go & (n_next == rows.taus.shape[1])) | (code != 0)
-    summary = torch.stack([count.max(), leaving.sum(), accept.sum()])
+    summary = torch.stack([count.sum(), leaving.sum(), accept.sum()])
     return _Attempt(
         tau0=tau,
         dt=dt,
@@ -247,15 +247,15 @@ def _advance(
         attempt = _attempt(f, solver, controller, rows, max_steps, d)
     # The host sync of the step: the output window, and whether the batch shrinks (steps
     # where samples leave add one more, to find them).
-    width, n_leaving, n_accepted = attempt.summary.tolist()
+    n_outputs, n_leaving, n_accepted = attempt.summary.tolist()
     accept, tau, dt, count = attempt.accept, attempt.tau0, attempt.dt, attempt.n_outputs
     if records is not None and n_accepted:
-        records.append(record_rows(rows, accept, tau, dt, count, width))
+        records.append(record_rows(rows, accept, tau, dt, count, n_outputs))
     f1 = attempt.f1
-    if width:
+    if n_outputs:
         if f1 is None and needs_f1(solver):
             f1 = f(d * attempt.tau_new, attempt.y_new)
-        window = Window(rows.idx, rows.taus, rows.n_out, count, width)
+        window = Window(rows.idx, rows.taus, rows.n_out, count, n_outputs)
         step = StepResult(attempt.y1, None, attempt.f1, attempt.k)
         values, pos = step_outputs(problem, solver, window, rows.y, tau, dt, step, f1)
         outputs.add(pos, values)

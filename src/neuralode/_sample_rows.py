@@ -77,7 +77,7 @@ class RowsRecord:
         y0: Their states at the start, ``(a, N)``.
         n_out: Index of the first output each produced, ``(a,)``.
         count: Number of outputs each produced, ``(a,)``.
-        width: ``max(count)``, the output window of the step.
+        total: ``sum(count)``.
     """
 
     idx: torch.Tensor
@@ -86,15 +86,14 @@ class RowsRecord:
     y0: torch.Tensor
     n_out: torch.Tensor
     count: torch.Tensor
-    width: int
+    total: int
 
 
 class Collector:
     """Scattered ``(position, value)`` rows assembled once at the end.
 
     Writes go to a list and are placed with one out-of-place ``index_put``, so autograd
-    sees one op instead of an in-place write per step. Position ``size`` is a scratch row
-    that absorbs the padding of output windows.
+    sees one op instead of an in-place write per step.
     """
 
     def __init__(self, size: int, fill: float) -> None:
@@ -108,10 +107,9 @@ class Collector:
 
     def assemble(self, like: torch.Tensor) -> torch.Tensor:
         values = torch.cat(self.values)
-        shape = (self.size + 1, values.shape[-1])
+        shape = (self.size, values.shape[-1])
         base = torch.full(shape, self.fill, dtype=like.dtype, device=like.device)
-        out = base.index_put((torch.cat(self.pos),), values)
-        return out[: self.size]
+        return base.index_put((torch.cat(self.pos),), values)
 
 
 @dataclass
@@ -141,14 +139,14 @@ class Window:
         taus: Their output times (forward), ``(A, T)``.
         n_out: First output index of each row's step, ``(A,)``.
         count: Outputs inside each row's step, ``(A,)``.
-        width: ``max(count)``.
+        total: ``sum(count)``.
     """
 
     idx: torch.Tensor
     taus: torch.Tensor
     n_out: torch.Tensor
     count: torch.Tensor
-    width: int
+    total: int
 
 
 def step_outputs(
@@ -161,23 +159,26 @@ def step_outputs(
     step: StepResult,
     f1: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The outputs each row's step produced, ``width`` slots per row.
+    """The outputs the rows' steps produced: ``total`` of them, ``count[a]`` for row ``a``.
 
-    Returns values ``(A, width, N)`` and their flat positions ``(A, width)`` in the
-    ``(T, B)`` output grid; padding goes to the scratch position ``T * B``.
+    Returns values ``(total, N)`` and their flat positions in the ``(T, B)`` output grid.
+    The work is proportional to the outputs produced: a slow sample that passes fifty
+    output times in one step does not make every other row pad to fifty.
     """
-    batch, n_times = problem.y0.shape[0], window.taus.shape[1]
-    slots = torch.arange(window.width, device=y0.device)
-    j = window.n_out.unsqueeze(-1) + slots  # (A, width)
-    valid = slots < window.count.unsqueeze(-1)
-    t_out = window.taus.gather(1, j.clamp(max=n_times - 1))
-    theta = torch.where(valid, (t_out - tau0.unsqueeze(-1)) / dt.unsqueeze(-1), 0.0)
-    values = interpolate_rows(solver, y0, step.k, f1, problem.direction * dt, theta)
+    batch, device = problem.y0.shape[0], y0.device
+    count = window.count
+    row = torch.repeat_interleave(
+        torch.arange(count.shape[0], device=device), count, output_size=window.total
+    )
+    first = torch.cumsum(count, 0) - count  # each row's first slot in the flat list
+    j = window.n_out[row] + torch.arange(window.total, device=device) - first[row]
+    t_out, t0, h = window.taus[row, j], tau0[row], dt[row]
+    theta = ((t_out - t0) / h).unsqueeze(-1)
+    values = interpolate_rows(solver, y0, step.k, f1, problem.direction * dt, theta, row)
     # Outputs exactly at the step end are y1 itself, as in the joint loop.
-    at_end = (t_out >= (tau0 + dt).unsqueeze(-1)).unsqueeze(-1)
-    values = torch.where(at_end, step.y1.unsqueeze(1), values)
-    pos = torch.where(valid, j * batch + window.idx.unsqueeze(-1), n_times * batch)
-    return values, pos
+    at_end = (t_out >= t0 + h).unsqueeze(-1)
+    values = torch.where(at_end, step.y1[row], values.squeeze(1))
+    return values, j * batch + window.idx[row]
 
 
 def record_rows(
@@ -186,7 +187,7 @@ def record_rows(
     tau0: torch.Tensor,
     dt: torch.Tensor,
     count: torch.Tensor,
-    width: int,
+    total: int,
 ) -> RowsRecord:
     a = accept.nonzero().squeeze(-1)
     return RowsRecord(
@@ -196,7 +197,7 @@ def record_rows(
         y0=rows.y[a],
         n_out=rows.n_out[a],
         count=count[a],
-        width=width,
+        total=total,
     )
 
 
@@ -212,7 +213,7 @@ def replay_rows(
     f.select(record.idx)
     f0 = f(d * record.tau0, y0)
     step = solver.step(f, d * record.tau0, y0, f0, d * record.dt)
-    if not record.width:
+    if not record.total:
         return step.y1, None, None
     f1 = step.f1
     if f1 is None and needs_f1(solver):
@@ -220,7 +221,7 @@ def replay_rows(
     taus = problem.sample_taus
     assert taus is not None
     window = Window(
-        record.idx, taus.index_select(0, record.idx), record.n_out, record.count, record.width
+        record.idx, taus.index_select(0, record.idx), record.n_out, record.count, record.total
     )
     values, pos = step_outputs(problem, solver, window, y0, record.tau0, record.dt, step, f1)
     return step.y1, values, pos

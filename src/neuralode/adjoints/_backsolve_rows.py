@@ -75,28 +75,28 @@ class _ParameterQuadrature(AbstractController):
     grads: list[torch.Tensor] = field(default_factory=list)
 
     @property
-    def adaptive(self) -> bool:  # noqa: D102
+    def adaptive(self) -> bool:
         return self.inner.adaptive
 
     @property
-    def per_sample(self) -> bool:  # noqa: D102
+    def per_sample(self) -> bool:
         return True
 
-    def init(self, start: SolveStart) -> tuple[float, Any]:  # noqa: D102
-        raise NotImplementedError
+    def init(self, start: SolveStart) -> tuple[float, Any]:
+        raise NotImplementedError("only the per-sample backward solve uses this controller")
 
     def decide(
         self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
-    ) -> Decision:  # noqa: D102
-        raise NotImplementedError
+    ) -> Decision:
+        raise NotImplementedError("only the per-sample backward solve uses this controller")
 
-    def tolerances(self) -> tuple[Any, Any]:  # noqa: D102
+    def tolerances(self) -> tuple[Any, Any]:
         return self.inner.tolerances()
 
-    def min_step(self) -> float:  # noqa: D102
+    def min_step(self) -> float:
         return self.inner.min_step()
 
-    def init_rows(self, start: SolveStart) -> tuple[torch.Tensor, Any]:  # noqa: D102
+    def init_rows(self, start: SolveStart) -> tuple[torch.Tensor, Any]:
         return self.inner.init_rows(start)
 
     def decide_rows(

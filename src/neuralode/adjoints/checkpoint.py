@@ -105,10 +105,7 @@ def _backward_rows(
     cotangent of just its rows back through their step; the other samples' cotangents
     wait untouched for their own records.
     """
-    # Output cotangents by flat (T, B) position, plus the zero scratch row for padding.
-    flat = torch.cat(
-        [grad_ys.reshape(-1, grad_ys.shape[-1]), grad_ys.new_zeros(1, grad_ys.shape[-1])]
-    )
+    flat = grad_ys.reshape(-1, grad_ys.shape[-1])  # output cotangents by (T, B) position
     grad_params = [torch.zeros_like(p) for p in params]
     a = torch.zeros_like(grad_ys[0])  # (B, N): cotangent of each sample's current state
     record: RowsRecord

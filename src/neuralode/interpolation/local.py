@@ -102,25 +102,31 @@ def interpolate_rows(
     f1: torch.Tensor | None,
     dt: torch.Tensor,
     thetas: torch.Tensor,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sample :func:`interpolate_step`: row ``b`` of ``y0`` at ``t0 + θ[b, m] dt[b]``.
 
     ``y0`` and the stages are ``(B, N)``, ``dt`` is ``(B,)`` and ``thetas`` ``(B, M)``;
-    returns ``(B, M, N)``. The weights are evaluated with Horner on the whole ``(B, M)``
-    grid, then one batched matrix product per step applies them to the stages.
+    returns ``(B, M, N)``. With ``rows`` (``(K,)`` indices), ``thetas`` is ``(K, M)`` and
+    row ``i`` of the result interpolates row ``rows[i]`` of the step. The weights are
+    powers of θ times a coefficient matrix, then one batched matrix product applies them
+    to the stages.
     """
-    stages = list(k)
+    parts = list(k)
     if needs_f1(solver):
         if f1 is None:
             raise ValueError("Hermite interpolation needs f(t1, y1)")
-        stages.append(f1)
+        parts.append(f1)
+    stages = torch.stack(parts, dim=1)  # (B, s, N)
+    if rows is not None:
+        stages, y0, dt = stages[rows], y0[rows], dt[rows]
     coeffs = _polynomial_matrix(solver, y0.dtype, y0.device)  # (P, s)
     # θ^p for p = 0..P-1 times dt, then one product with the coefficients: (B, M, s).
     exponents = torch.arange(coeffs.shape[0], dtype=y0.dtype, device=y0.device)
     powers = thetas.to(y0.dtype).unsqueeze(-1).pow(exponents)
     powers = powers * dt.to(y0.dtype)[:, None, None]
     weights = torch.matmul(powers, coeffs)
-    return torch.baddbmm(y0.unsqueeze(1), weights, torch.stack(stages, dim=1))
+    return torch.baddbmm(y0.unsqueeze(1), weights, stages)
 
 
 @functools.lru_cache(maxsize=64)
