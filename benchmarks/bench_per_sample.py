@@ -6,7 +6,9 @@ Problems (float64, dopri5, 200 evenly spaced outputs, every library the same f, 
   mu = 2, over one limit cycle (t in [0, 7.63]), atol = rtol = 1e-5;
 * ``vdp-mixed``: 256 Van der Pol oscillators with mu log-uniform in [1, 20], t in [0, 10];
 * ``rotations``: 1024 damped rotations ``y' = [[-g, -w], [w, -g]] y`` (g = 0.1) with
-  frequencies w log-uniform in [0.1, 100], t in [0, 10], at tol 1e-3 and 1e-5.
+  frequencies w log-uniform in [0.1, 100], t in [0, 10], at tol 1e-3 and 1e-5;
+* ``scaled-mlp``: 1024 samples of one 2-1024-2 tanh MLP field, each on its own time scale
+  w log-uniform in [0.3, 30], t in [0, 1], tol 1e-5: a field whose rows cost real work.
 
 For each library: wall time (median of interleaved rounds, IQR), calls of f, rows evaluated
 (calls × batch for libraries that always evaluate the whole batch), each sample's error in
@@ -110,6 +112,42 @@ def rotation_case(batch: int, tol: float) -> Case:
     x = decay * (c * y0[:, 0] - s * y0[:, 1])
     v = decay * (s * y0[:, 0] + c * y0[:, 1])
     case.reference = torch.stack((x, v), dim=-1)
+    return case
+
+
+class ScaledMLP(torch.nn.Module):
+    """``f(t, y, w) = w · MLP(y)``: one neural field, each sample on its own time scale ``w``.
+
+    2 → 1024 → 2 with tanh, weights N(0, 1/fan_in) from a fixed seed. A row costs a few
+    hundred kFLOP, so evaluating rows, not solver overhead, is the cost here.
+    """
+
+    def __init__(self, hidden: int = 1024) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.w1 = torch.randn(2, hidden, generator=gen, dtype=D) * 2.0 / 2**0.5
+        self.b1 = 0.5 * torch.randn(hidden, generator=gen, dtype=D)
+        self.w2 = torch.randn(hidden, 2, generator=gen, dtype=D) * 2.0 / hidden**0.5
+
+    def forward(self, t: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        return w[:, None] * (torch.tanh(y @ self.w1 + self.b1) @ self.w2)
+
+
+def mlp_case(batch: int, tol: float) -> Case:
+    """Reference: neuralode's per-sample solve at rtol = atol = 1e-10 (no closed form)."""
+    w = _log_uniform(batch, 0.3, 30.0, seed=6)
+    y0 = torch.randn(batch, 2, generator=torch.Generator().manual_seed(7), dtype=D)
+    field = ScaledMLP()
+    case = Case(f"scaled-mlp-{batch}", field, w, y0, torch.linspace(0.0, 1.0, 200, dtype=D), tol)
+    with torch.no_grad():
+        case.reference = no.solve(
+            field,
+            y0,
+            case.ts,
+            batch_dims=1,
+            args=w,
+            controller=no.PIDController(rtol=1e-10, atol=1e-10),
+        ).ys
     return case
 
 
@@ -303,6 +341,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats, fewer cases")
     parser.add_argument("--repeats", type=int, help="interleaved rounds (default 5, quick 3)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    parser.add_argument("--cases", help="comma-separated case indices (0-4), default all")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
     builders = [
@@ -312,9 +351,13 @@ def main() -> None:
         lambda: vdp_case("vdp-mixed", _log_uniform(256, 1.0, 20.0, seed=4), 10.0, 1e-5),
         lambda: rotation_case(1024, 1e-3),
         lambda: rotation_case(1024, 1e-5),
+        lambda: mlp_case(1024, 1e-5),
     ]
+    chosen = builders[:3] if args.quick else builders
+    if args.cases:
+        chosen = [builders[int(i)] for i in args.cases.split(",")]
     sections = []
-    for i, build in enumerate(builders[:3] if args.quick else builders, 1):
+    for i, build in enumerate(chosen, 1):
         case = build()
         print(f"[{i}] {case.label}", file=sys.stderr)
         sections.append(report(case, measure(case, repeats)))
