@@ -339,3 +339,23 @@ def test_time_is_one_value_per_row_and_rows_shrink():
     solve(f, torch.ones(2, 1, dtype=D), torch.tensor([0.0, 1.0], dtype=D), batch_dims=1, args=rate)
     assert all(t == (n,) for t, n in seen)
     assert seen[0][1] == 2 and seen[-1][1] == 1  # the fast-decaying... slow sample finishes last
+
+
+def test_float32_state_with_a_float64_clock():
+    # The clock is float64 whatever the state's dtype; f still receives t in ts's dtype.
+    mu, y0 = heterogeneous(batch=4)
+    mu, y0, ts = mu.float(), y0.float(), per_sample_times(4).float()
+    seen = set()
+
+    def f(t, y, mu):
+        seen.add((t.dtype, y.dtype))
+        return van_der_pol(t, y, mu)
+
+    controller = PIDController(rtol=1e-5, atol=1e-6)
+    sol = solve(f, y0, ts, controller=controller, batch_dims=1, args=mu)
+    assert sol.ys.dtype == torch.float32 and seen == {(torch.float32, torch.float32)}
+    for b in range(4):
+        alone = solve(
+            f, y0[b : b + 1], ts[b : b + 1], controller=controller, batch_dims=1, args=mu[b : b + 1]
+        )
+        torch.testing.assert_close(sol.ys[:, b], alone.ys[:, 0], rtol=1e-6, atol=1e-6)
