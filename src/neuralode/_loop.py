@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,16 +42,19 @@ class RawSolution:
         dt_last: Last attempted step (caller's sign).
         detail: Extra words for an error message.
         dense: The dense interpolant if asked for.
+        sample_status: Per-sample mode: how each sample ended (``t_last`` is then a
+            ``(B,)`` tensor and ``ys`` is ``(len(ts), B, N)``).
     """
 
     ys: torch.Tensor
     stats: Stats
     status: Status
-    t_last: float
+    t_last: float | torch.Tensor
     y_last: torch.Tensor
     dt_last: float
     detail: str = ""
     dense: DenseInterpolation | None = None
+    sample_status: tuple[Status, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,23 @@ def integrate(
     *,
     max_steps: int,
     dense: bool = False,
-    records: list[StepRecord] | None = None,
+    records: list[Any] | None = None,
 ) -> RawSolution:
     """Solve ``problem`` and return the outputs at ``problem.taus``.
 
     When ``records`` is a list, every accepted step is appended to it (see
-    :func:`replay_step`).
+    :func:`replay_step`). A per-sample problem runs the per-sample form of this loop
+    (:func:`neuralode._sample_loop.integrate_samples`, which records ``RowsRecord``s).
     """
+    if problem.batched:
+        from ._sample_loop import integrate_samples  # the per-sample loop imports this one
+
+        if dense:
+            raise ValueError(
+                "dense=True is not available in per-sample mode (batch_dims=1): each sample "
+                "has its own steps; pass the times you need in ts (shape (B, T)) instead"
+            )
+        return integrate_samples(problem, solver, controller, max_steps=max_steps, records=records)
     f, d, taus = problem.f, problem.direction, problem.taus
     tau, y, f0 = taus[0], problem.y0, problem.f0
     tau_end = taus[-1]

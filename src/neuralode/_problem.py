@@ -27,6 +27,10 @@ class Problem:
         structure: How to flatten and restore the state.
         params: Tensors to differentiate ``f`` with respect to, as given to ``solve``
             (``None``: the parameters of ``f`` if it is an ``nn.Module``).
+        sample_taus: Per-sample mode only: ``(B, T)`` float64 output times of each sample
+            in forward time (``taus`` is then empty). ``None`` in joint mode.
+        compiled: Per-sample mode only: run each step's tensor work through
+            ``torch.compile``.
     """
 
     f: VectorField
@@ -37,3 +41,10 @@ class Problem:
     direction: float
     structure: Structure
     params: tuple[torch.Tensor, ...] | None = None
+    sample_taus: torch.Tensor | None = None
+    compiled: bool = False
+
+    @property
+    def batched(self) -> bool:
+        """Whether this is a per-sample problem (the leading dim holds independent samples)."""
+        return self.sample_taus is not None

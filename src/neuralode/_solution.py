@@ -86,6 +86,14 @@ class Stats:
             included).
         nfe_backward: Vector-field (or vector-Jacobian) evaluations of the backward pass;
             filled in by gradient methods that solve an ODE backwards.
+        rows: Per-sample mode: rows (samples) evaluated by ``f`` in the forward solve,
+            summed over evaluations: the work done, since finished samples drop out of
+            the batch. ``0`` in joint mode.
+        sample_steps: Per-sample mode: steps attempted by each sample, ``(B,)``.
+        sample_accepted: Per-sample mode: steps accepted by each sample, ``(B,)``.
+
+    In per-sample mode ``steps``, ``accepted`` and ``rejected`` are sums over samples and
+    ``nfe`` counts batched calls of ``f`` (each on however many samples were left).
     """
 
     steps: int = 0
@@ -93,6 +101,9 @@ class Stats:
     rejected: int = 0
     nfe: int = 0
     nfe_backward: int = 0
+    rows: int = 0
+    sample_steps: torch.Tensor | None = None
+    sample_accepted: torch.Tensor | None = None
 
 
 @dataclass
@@ -105,18 +116,29 @@ class Solution:
             tensors for a tuple state). Outputs the solve did not reach are NaN.
         stats: Work counters (:class:`Stats`).
         status: How the solve ended (:class:`Status`).
-        t_last: The last time the solve reached with an accepted step.
+        t_last: The last time the solve reached with an accepted step (per-sample mode: a
+            ``(B,)`` tensor, one per sample).
         y_last: The state at ``t_last`` (the last good state).
         dense: A dense interpolant over the whole solve, when ``dense=True`` was asked for.
+        sample_status: Per-sample mode: how each sample ended; ``status`` is then
+            ``SUCCESS`` only if every sample succeeded, else the first failing sample's.
     """
 
     ts: torch.Tensor
     ys: State
     stats: Stats = field(default_factory=Stats)
     status: Status = Status.SUCCESS
-    t_last: float = float("nan")
+    t_last: float | torch.Tensor = float("nan")
     y_last: State | None = None
     dense: DenseInterpolation | None = None
+    sample_status: tuple[Status, ...] | None = None
+
+    @property
+    def failed_samples(self) -> list[int]:
+        """Per-sample mode: indices of the samples that did not succeed (else ``[]``)."""
+        if self.sample_status is None:
+            return []
+        return [i for i, s in enumerate(self.sample_status) if s is not Status.SUCCESS]
 
     @property
     def success(self) -> bool:

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+from ._checks import check_field_output, check_state
 from ._loop import RawSolution
 from ._problem import Problem
+from ._sample_problem import finish_samples, make_sample_problem
 from ._solution import Solution, SolverError, State, Status
 from ._vector_field import Structure, UserField, VectorField
 from .adjoints import AbstractAdjoint, DirectAdjoint
@@ -31,6 +33,9 @@ def solve(
     dense: bool = False,
     throw: bool = True,
     params: Sequence[torch.Tensor] | None = None,
+    batch_dims: int = 0,
+    args: torch.Tensor | Sequence[torch.Tensor] = (),
+    compile_step: bool = False,
 ) -> Solution:
     """Solve ``dy/dt = f(t, y)``, ``y(ts[0]) = y0``, and return the state at every ``ts``.
 
@@ -55,9 +60,26 @@ def solve(
         params: The tensors ``f`` depends on that need gradients, for the gradient methods
             that re-run ``f`` in their backward pass (backsolve, checkpoint). Not needed
             when ``f`` is an ``nn.Module`` (its parameters are used).
+        batch_dims: ``0`` (default): one problem, one step size for the whole state
+            (torchdiffeq's semantics). ``1``: per-sample mode. The leading dimension of
+            ``y0`` (of every part of a tuple ``y0``) holds ``B`` independent problems,
+            each with its own error norm, step size, accept/reject decision, status and,
+            if ``ts`` has shape ``(B, T)``, its own output times; samples that finish
+            leave the batch. ``f`` then receives ``t`` as a ``(b,)`` tensor, one time per
+            row of ``y``, and ``b`` shrinks as samples finish, so row ``i`` of
+            ``f(t, y)`` must depend on row ``i`` of ``y`` only (no batch norm, no mixing
+            across samples). ``max_steps`` is then each sample's budget.
+        args: Per-sample mode only: tensors with one row per sample (each sample's own
+            constants, e.g. its ``mu``), passed on as ``f(t, y, *args)`` and restricted to
+            the samples still in the batch, like ``y``.
+        compile_step: Per-sample mode only: compile each step's tensor work (the solver's
+            stages with ``f``, error control and bookkeeping) into one graph with
+            ``torch.compile``. Pays off for small vector fields over many steps; the first
+            solve pays the compilation (see the docs on per-sample mode).
 
     Returns:
-        A :class:`Solution` with ``ys`` of shape ``(len(ts), *y0.shape)``.
+        A :class:`Solution` with ``ys`` of shape ``(T, *y0.shape)``: in per-sample mode
+        ``ys[i, b]`` is sample ``b`` at ``ts[b, i]`` (or ``ts[i]`` for 1-D ``ts``).
     """
     solver = Dopri5() if solver is None else solver
     if not isinstance(solver, AbstractSolver):
@@ -67,7 +89,21 @@ def solve(
     controller = _default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     _check_config(solver, controller, adjoint, max_steps)
-    problem = make_problem(f, y0, ts, params)
+    _check_batch_dims(batch_dims, controller)
+    if compile_step and not batch_dims:
+        raise ValueError(
+            "compile_step=True needs batch_dims=1: the joint mode keeps its clock as Python "
+            "floats (one host sync per step), which would recompile every step"
+        )
+    if batch_dims:
+        problem = make_sample_problem(f, y0, ts, params, args, compiled=compile_step)
+    elif isinstance(args, torch.Tensor) or len(args):
+        raise ValueError(
+            "args= passes per-sample constants with batch_dims=1; with one joint problem, "
+            "let f close over them (e.g. functools.partial or an nn.Module attribute)"
+        )
+    else:
+        problem = make_problem(f, y0, ts, params)
     raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
     raw.ys = attach_output_times(problem, raw.ys)
     return finish(problem, raw, throw=throw)
@@ -103,6 +139,27 @@ def _check_config(
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
 
 
+def _check_batch_dims(batch_dims: object, controller: AbstractController) -> None:
+    if isinstance(batch_dims, bool) or batch_dims not in (0, 1):
+        raise ValueError(
+            f"batch_dims must be 0 (one joint problem) or 1 (the leading dim of y0 holds "
+            f"independent problems), got {batch_dims!r}"
+        )
+    if not batch_dims:
+        return
+    if not controller.per_sample:
+        raise ValueError(
+            f"batch_dims=1 steps every sample with its own adaptive step size, which "
+            f"{type(controller).__name__} does not do: use PIDController(rtol=..., atol=...), "
+            "or batch_dims=0 for fixed steps (they are the same for every sample anyway)"
+        )
+    if any(controller.stops()):
+        raise ValueError(
+            "step_ts/jump_ts are not supported with batch_dims=1 yet; use batch_dims=0, or "
+            "split the solve at those times"
+        )
+
+
 def _check_times(ts: object) -> list[float]:
     if not isinstance(ts, torch.Tensor):
         raise TypeError(
@@ -135,76 +192,24 @@ def _check_times(ts: object) -> list[float]:
     return values
 
 
-def _check_state(y0: object) -> tuple[torch.Tensor, ...]:
-    parts = (y0,) if isinstance(y0, torch.Tensor) else y0
-    if not isinstance(parts, tuple) or not parts:
-        raise TypeError(
-            f"y0 must be a tensor or a non-empty tuple of tensors, got {type(y0).__name__}"
-        )
-    for i, part in enumerate(parts):
-        name = "y0" if isinstance(y0, torch.Tensor) else f"y0[{i}]"
-        if not isinstance(part, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(part).__name__}")
-        if not part.is_floating_point():
-            raise TypeError(
-                f"{name} must be floating point, got dtype {part.dtype}; convert with .float()"
-            )
-        if not bool(torch.isfinite(part).all()):
-            bad = torch.nonzero(~torch.isfinite(part))[:5].tolist()
-            raise ValueError(f"{name} contains NaN or inf (at indices {bad}); fix the input")
-        if part.dtype != parts[0].dtype or part.device != parts[0].device:
-            raise TypeError(
-                f"all parts of y0 must share a dtype and device: y0[0] is {parts[0].dtype} on "
-                f"{parts[0].device}, {name} is {part.dtype} on {part.device}"
-            )
-    return parts
-
-
-def _check_field_output(out: object, y0: State) -> None:
-    expected = Structure.of(y0)
-    if isinstance(y0, torch.Tensor):
-        got = out if isinstance(out, torch.Tensor) else None
-        if got is None:
-            raise TypeError(f"f(t, y) must return a tensor like y0, got {type(out).__name__}")
-        pairs = [("f(t, y)", got, y0)]
-    else:
-        if not isinstance(out, (tuple, list)) or len(out) != len(expected.shapes):
-            raise TypeError(
-                f"f(t, y) must return a tuple of {len(expected.shapes)} tensors like y0, "
-                f"got {type(out).__name__}"
-            )
-        pairs = [(f"f(t, y)[{i}]", o, y) for i, (o, y) in enumerate(zip(out, y0, strict=False))]
-    for name, got, want in pairs:
-        if not isinstance(got, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(got).__name__}")
-        if got.shape != want.shape:
-            raise ValueError(
-                f"{name} returned shape {tuple(got.shape)} but the state has shape "
-                f"{tuple(want.shape)}; the vector field must return dy/dt with y's shape "
-                "(no broadcasting)"
-            )
-        if got.dtype != want.dtype:
-            raise TypeError(
-                f"{name} returned dtype {got.dtype} but the state is {want.dtype}; cast the "
-                "output (or y0) so both match"
-            )
-
-
 def make_problem(
-    f: UserField, y0: State, ts: torch.Tensor, params: Sequence[torch.Tensor] | None = None
+    f: UserField,
+    y0: State,
+    ts: torch.Tensor,
+    params: Sequence[torch.Tensor] | None = None,
 ) -> Problem:
     """Validate the inputs at the boundary and build the flat :class:`Problem`."""
     if not callable(f):
         raise TypeError(f"f must be callable as f(t, y), got {type(f).__name__}")
     values = _check_times(ts)
-    parts = _check_state(y0)
+    parts = check_state(y0)
     structure = Structure.of(y0)
     field = VectorField(f, structure, ts.dtype, parts[0].device)
     # Every use of y0 downstream, f0 included, must go through the t0-gradient hook.
     y0_flat = attach_initial_time(field, ts, structure.flatten(y0))
     out = f(field.time(values[0]), structure.unflatten(y0_flat))
     field.nfe += 1
-    _check_field_output(out, y0)
+    check_field_output(out, y0)
     direction = 1.0 if len(values) == 1 or values[-1] > values[0] else -1.0
     taus = tuple(direction * t for t in values)
     return Problem(
@@ -221,10 +226,12 @@ def make_problem(
 
 def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
     """Unflatten the loop's result and raise on failure when asked to."""
+    if problem.batched:
+        return finish_samples(problem, raw, throw=throw)
     if raw.status is not Status.SUCCESS and throw:
         raise SolverError(
             raw.status,
-            t=raw.t_last,
+            t=float(raw.t_last),
             dt=raw.dt_last,
             steps=raw.stats.steps,
             detail=raw.detail,

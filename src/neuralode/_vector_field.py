@@ -20,17 +20,22 @@ class Structure:
     of a small neural ODE step); a tuple is concatenated into a flat vector.
     ``flatten(x)`` accepts a state; ``unflatten(v)`` accepts a stack ``(..., *solver
     shape)`` of solver tensors and restores the state's structure.
+
+    In per-sample mode (``batched``) the leading dimension is a batch of independent
+    problems whose size shrinks as samples finish: the solver's tensor is ``(B, N)``,
+    ``shapes`` are the shapes of one sample, and the batch size is read off each tensor.
     """
 
     shapes: tuple[torch.Size, ...]
     is_tuple: bool
+    batched: bool = False
 
     @staticmethod
-    def of(y: State) -> Structure:
-        """Describe the structure of ``y``."""
-        if isinstance(y, torch.Tensor):
-            return Structure((y.shape,), False)
-        return Structure(tuple(part.shape for part in y), True)
+    def of(y: State, batched: bool = False) -> Structure:
+        """Describe the structure of ``y`` (``batched``: its leading dim is the batch)."""
+        parts = (y,) if isinstance(y, torch.Tensor) else y
+        shapes = tuple(part.shape[1:] if batched else part.shape for part in parts)
+        return Structure(shapes, not isinstance(y, torch.Tensor), batched)
 
     @property
     def sizes(self) -> list[int]:
@@ -39,6 +44,10 @@ class Structure:
 
     def flatten(self, y: State) -> torch.Tensor:
         """The solver's tensor for a state."""
+        if self.batched:
+            if isinstance(y, torch.Tensor):
+                return y if y.ndim == 2 else y.reshape(y.shape[0], -1)
+            return torch.cat([part.reshape(part.shape[0], -1) for part in y], dim=-1)
         if isinstance(y, torch.Tensor):
             return y
         return torch.cat([part.reshape(-1) for part in y])
@@ -46,7 +55,9 @@ class Structure:
     def unflatten(self, v: torch.Tensor) -> State:
         """A state (or a stack of states, leading dims kept) from solver tensor(s)."""
         if not self.is_tuple:
-            return v
+            if not self.batched or len(self.shapes[0]) == 1:
+                return v
+            return v.reshape(*v.shape[:-1], *self.shapes[0])
         lead = v.shape[:-1]
         parts = torch.split(v, self.sizes, dim=-1)
         return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
@@ -57,7 +68,10 @@ class VectorField:
 
     The user's function receives ``t`` as a 0-d tensor of the output times' dtype and ``y``
     in its own structure. Shape and dtype are checked once, at the boundary
-    (:func:`neuralode.solve`), not on every call.
+    (:func:`neuralode.solve`), not on every call. In per-sample mode ``t`` is a tensor
+    with one time per row of ``y``; ``rows`` counts the rows evaluated, the per-sample
+    mode's measure of work, and ``args`` are per-sample tensors passed on as
+    ``f(t, y, *args)``, restricted to the samples in the batch by :meth:`select`.
     """
 
     def __init__(
@@ -72,13 +86,32 @@ class VectorField:
         self.t_dtype = t_dtype
         self.device = device
         self.nfe = 0
+        self.rows = 0
+        # Off while torch.compile traces a step: a counter changing under the trace would
+        # be a guard that fails every step; the caller counts for the compiled step.
+        self.counting = True
+        self.args: tuple[torch.Tensor, ...] = ()
+        self.rows_args: tuple[torch.Tensor, ...] = ()
+
+    def select(self, index: torch.Tensor | None) -> None:
+        """Pass ``f`` the ``args`` rows of the samples at ``index`` (``None``: all)."""
+        if index is None:
+            self.rows_args = self.args
+        else:
+            self.rows_args = tuple(a.index_select(0, index) for a in self.args)
 
     def time(self, t: float) -> torch.Tensor:
         """``t`` as the 0-d tensor the user's function receives."""
         return torch.scalar_tensor(t, dtype=self.t_dtype, device=self.device)
 
-    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        """Evaluate ``f`` at float time ``t`` on the flat state ``y``."""
-        self.nfe += 1
-        out = self.f(self.time(t), self.structure.unflatten(y))
+    def __call__(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Evaluate ``f`` at time ``t`` (a float, or one time per row) on the flat ``y``."""
+        if self.counting:
+            self.nfe += 1
+        if isinstance(t, torch.Tensor):
+            if self.counting:
+                self.rows += y.shape[0]
+            out = self.f(t.to(self.t_dtype), self.structure.unflatten(y), *self.rows_args)
+        else:
+            out = self.f(self.time(t), self.structure.unflatten(y))
         return self.structure.flatten(out)

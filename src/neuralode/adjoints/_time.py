@@ -23,6 +23,21 @@ def _field_dot(field: VectorField, t: float, y: torch.Tensor, g: torch.Tensor) -
         return torch.sum(field(t, y.detach()) * g)
 
 
+def _row_dots(
+    field: VectorField, t: torch.Tensor, y: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample mode: ``⟨g_b, f(t_b, y_b)⟩`` for every sample ``b`` (``t`` shared or ``(B,)``)."""
+    field.select(None)
+    with torch.no_grad():
+        times = t.detach().expand(y.shape[0])
+        return (field(times, y.detach()) * g).sum(-1)
+
+
+def _per_sample_time_grad(dots: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` dots onto one time column: per sample for ``(B, T)`` times, else summed."""
+    return dots if ts.ndim == 2 else dots.sum()
+
+
 class _InitialTime(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, y0: torch.Tensor, ts: torch.Tensor, field: VectorField) -> torch.Tensor:
@@ -34,7 +49,11 @@ class _InitialTime(torch.autograd.Function):
     def backward(ctx: Any, grad_y0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         y0, ts = ctx.saved_tensors
         grad_ts = torch.zeros_like(ts)
-        grad_ts[0] = -_field_dot(ctx.field, float(ts[0]), y0, grad_y0)
+        if ctx.field.structure.batched:
+            dots = _row_dots(ctx.field, ts[..., 0], y0, grad_y0)
+            grad_ts[..., 0] = -_per_sample_time_grad(dots, ts)
+        else:
+            grad_ts[0] = -_field_dot(ctx.field, float(ts[0]), y0, grad_y0)
         return grad_y0, grad_ts, None
 
 
@@ -48,6 +67,12 @@ class _OutputTimes(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         ys, ts = ctx.saved_tensors
+        if ctx.field.structure.batched:  # ys: (T, B, N)
+            columns = [
+                _per_sample_time_grad(_row_dots(ctx.field, ts[..., i], ys[i], grad_ys[i]), ts)
+                for i in range(ys.shape[0])
+            ]
+            return grad_ys, torch.stack(columns, dim=-1).to(ts.dtype), None
         times = ts.tolist()
         grad_ts = torch.stack(
             [_field_dot(ctx.field, t, ys[i], grad_ys[i]) for i, t in enumerate(times)]

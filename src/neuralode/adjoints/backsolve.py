@@ -14,6 +14,7 @@ from .._problem import Problem
 from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController, PIDController
 from ..solvers._explicit_rk import AbstractSolver
+from ._backsolve_rows import solve_adjoint_rows
 from ._base import AbstractAdjoint, reject_dense
 from ._params import field_parameters
 
@@ -41,7 +42,10 @@ class BacksolveAdjoint(AbstractAdjoint):
             carry over to the augmented state: give a controller with float tolerances.
         seminorm: Leave the parameter block ``g`` out of error control (Kidger, Chen &
             Lyons, "Hey, that's not an ODE", ICML 2021): fewer backward steps, because
-            ``g`` is an integral that never feeds back into the dynamics.
+            ``g`` is an integral that never feeds back into the dynamics. In per-sample
+            mode (``batch_dims=1``) ``g`` is always left out: each sample solves its own
+            ``[y, a]`` backwards and ``g``, shared by all samples, is accumulated outside
+            their states.
     """
 
     solver: AbstractSolver | None = None
@@ -84,6 +88,9 @@ class BacksolveAdjoint(AbstractAdjoint):
                 "BacksolveAdjoint needs float tolerances for the augmented backward state; "
                 "pass BacksolveAdjoint(controller=PIDController(rtol=..., atol=...))"
             )
+        if problem.batched:
+            # One sample's [y, a]; g is outside every sample's state (see _backsolve_rows).
+            return dataclasses.replace(controller, norm=_augmented_norm(problem.y0.shape[-1], True))
         n = problem.y0.numel()
         return dataclasses.replace(controller, norm=_augmented_norm(n, self.seminorm))
 
@@ -122,7 +129,12 @@ class _Backsolve(torch.autograd.Function):
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[Any, ...]:
         setup: _BackwardSetup = ctx.setup
         ys, *params = ctx.saved_tensors
-        grad_y0, grad_params, nfe = _solve_adjoint(setup, ys, grad_ys, params)
+        if setup.problem.batched:
+            grad_y0, grad_params, nfe = solve_adjoint_rows(
+                setup.problem, setup.solver, setup.controller, setup.max_steps, ys, grad_ys, params
+            )
+        else:
+            grad_y0, grad_params, nfe = _solve_adjoint(setup, ys, grad_ys, params)
         setup.stats.nfe_backward += nfe
         return (None, None, grad_y0, *grad_params)
 

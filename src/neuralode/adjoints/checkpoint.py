@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from .._loop import RawSolution, StepRecord, integrate, replay_step
+from .._loop import RawSolution, integrate, replay_step
 from .._problem import Problem
+from .._sample_rows import RowsRecord, replay_rows
 from ..controllers import AbstractController
 from ..solvers._explicit_rk import AbstractSolver
 from ._base import AbstractAdjoint, reject_dense
@@ -39,7 +40,7 @@ class CheckpointAdjoint(AbstractAdjoint):
     ) -> RawSolution:
         """Forward solve without a graph, recording the accepted steps."""
         reject_dense(dense, "CheckpointAdjoint")
-        records: list[StepRecord] = []
+        records: list[Any] = []
         with torch.no_grad():
             raw = integrate(problem, solver, controller, max_steps=max_steps, records=records)
         params = field_parameters(problem.f.f, problem.params, "CheckpointAdjoint")
@@ -52,7 +53,7 @@ class CheckpointAdjoint(AbstractAdjoint):
 class _Replay:
     problem: Problem
     solver: AbstractSolver
-    records: list[StepRecord]
+    records: list[Any]
     stats: Any
 
 
@@ -71,6 +72,10 @@ class _Checkpointed(torch.autograd.Function):
         params = list(ctx.saved_tensors)
         field = setup.problem.f
         nfe_before = field.nfe
+        if setup.problem.batched:
+            grad_y0, grad_params = _backward_rows(setup, grad_ys, params)
+            setup.stats.nfe_backward += field.nfe - nfe_before
+            return (None, None, grad_y0, *grad_params)
         grad_params = [torch.zeros_like(p) for p in params]
         # Cotangent of the state at the end of the step being replayed.
         a = torch.zeros_like(grad_ys[0])
@@ -89,3 +94,34 @@ class _Checkpointed(torch.autograd.Function):
                     acc.add_(g)
         setup.stats.nfe_backward += field.nfe - nfe_before
         return (None, None, a + grad_ys[0], *grad_params)
+
+
+def _backward_rows(
+    setup: _Replay, grad_ys: torch.Tensor, params: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per-sample mode: replay each batched step's accepted rows, last step first.
+
+    A sample's state only changes in the steps it accepted, so each record carries the
+    cotangent of just its rows back through their step; the other samples' cotangents
+    wait untouched for their own records.
+    """
+    flat = grad_ys.reshape(-1, grad_ys.shape[-1])  # output cotangents by (T, B) position
+    grad_params = [torch.zeros_like(p) for p in params]
+    a = torch.zeros_like(grad_ys[0])  # (B, N): cotangent of each sample's current state
+    record: RowsRecord
+    for record in reversed(setup.records):
+        with torch.enable_grad():
+            y0 = record.y0.detach().requires_grad_(True)
+            y1, outputs, pos = replay_rows(setup.problem, setup.solver, record, y0)
+            targets, cotangents = [y1], [a.index_select(0, record.idx)]
+            if outputs is not None and pos is not None:
+                targets.append(outputs)
+                cotangents.append(flat[pos])
+            grads = torch.autograd.grad(targets, (y0, *params), cotangents, allow_unused=True)
+        if grads[0] is not None:
+            a = a.index_copy(0, record.idx, grads[0])
+        for acc, g in zip(grad_params, grads[1:], strict=True):
+            if g is not None:
+                acc.add_(g)
+    setup.problem.f.select(None)
+    return a + grad_ys[0], grad_params

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..solvers._explicit_rk import AbstractSolver, FlatField, StepResult
+from ..solvers._explicit_rk import AbstractSolver, FlatField, StepResult, Time
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,11 @@ class SolveStart:
 
     solver: AbstractSolver
     f: FlatField
-    t0: float
+    t0: Time
     y0: torch.Tensor
     f0: torch.Tensor
-    tau0: float
-    tau_end: float
+    tau0: Time
+    tau_end: Time
     direction: float
     rtol: torch.Tensor | float
     atol: torch.Tensor | float
@@ -52,10 +52,10 @@ class Decision:
         nonfinite: The step was rejected because it produced NaN or inf.
     """
 
-    accept: bool
-    dt_next: float
+    accept: Any
+    dt_next: Any
     state: Any
-    nonfinite: bool = False
+    nonfinite: Any = False
 
 
 class AbstractController(abc.ABC):
@@ -79,6 +79,25 @@ class AbstractController(abc.ABC):
         self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
     ) -> Decision:
         """Accept or reject the step of size ``dt`` from ``tau0`` and propose the next."""
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether this controller can drive the per-sample mode (``init_rows``...)."""
+        return False
+
+    def init_rows(self, start: SolveStart) -> tuple[torch.Tensor, Any]:
+        """Per-sample :meth:`init`: ``(B,)`` first steps and a state of per-row tensors.
+
+        Every tensor in the returned state with a leading dimension is per-row: the loop
+        drops finished samples from it by indexing that dimension.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-sample mode")
+
+    def decide_rows(
+        self, tau0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, step: StepResult, state: Any
+    ) -> Decision:
+        """Per-sample :meth:`decide`: one verdict per row, as ``(B,)`` tensors."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-sample mode")
 
     def min_step(self) -> float:
         """Smallest allowed step; a smaller proposal ends the solve with ``DT_MIN``."""

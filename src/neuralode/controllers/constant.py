@@ -48,7 +48,7 @@ class ConstantStepSize(AbstractController):
 
     def init(self, start: SolveStart) -> tuple[float, Any]:
         """State: ``(tau0, n)``, the grid origin and the index of the current grid point."""
-        return float(self.dt), (start.tau0, 0)
+        return float(self.dt), (float(start.tau0), 0)
 
     def decide(
         self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
@@ -96,7 +96,7 @@ class StepTo(AbstractController):
                 f"StepTo grid [{min(self.ts)}, {max(self.ts)}] does not cover the output times"
             )
         i = next(i for i, g in enumerate(grid) if g > start.tau0)
-        return grid[i] - start.tau0, (grid, i)
+        return grid[i] - float(start.tau0), (grid, i)
 
     def decide(
         self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from .. import _arith
 from .._norms import Norm
-from ..solvers._explicit_rk import FlatField
+from ..solvers._explicit_rk import FlatField, Time
+
+
+def _norm_value(norm: Norm, x: torch.Tensor, per_sample: bool) -> Any:
+    # Joint mode: a Python float (the host sync the formula needs anyway). Per-sample
+    # mode: one float64 value per row, kept on the device.
+    value = norm(x)
+    return value.double() if per_sample else float(value)
 
 
 def select_initial_step(
     f: FlatField,
-    t0: float,
+    t0: Time,
     y0: torch.Tensor,
     f0: torch.Tensor,
     *,
@@ -19,26 +29,34 @@ def select_initial_step(
     rtol: torch.Tensor | float,
     atol: torch.Tensor | float,
     norm: Norm,
-) -> float:
+) -> Any:
     """Hairer's starting step (Hairer, Nørsett & Wanner I, §II.4, algorithm on p. 169).
 
     Costs one evaluation of ``f``. Chooses ``dt`` so that an explicit Euler step would have
     a local error of about 1% of the tolerance, then corrects with a second-derivative
     estimate, exponent ``1 / (error_order + 1)`` as in Hairer's DOPRI5 and scipy.
-    Returns a positive step (the caller applies the direction).
+    Returns a positive step (the caller applies the direction): a float, or in per-sample
+    mode (``t0`` a ``(B,)`` tensor, ``norm`` a row-wise norm) a float64 ``(B,)`` tensor.
     """
+    per_sample = isinstance(t0, torch.Tensor)
     with torch.no_grad():
         scale = atol + torch.abs(y0) * rtol
-        d0 = float(norm(y0 / scale))
-        d1 = float(norm(f0 / scale))
-        dt0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        y1 = torch.add(y0, f0, alpha=direction * dt0)
+        d0 = _norm_value(norm, y0 / scale, per_sample)
+        d1 = _norm_value(norm, f0 / scale, per_sample)
+        tiny = (d0 < 1e-5) | (d1 < 1e-5)
+        dt0 = _arith.where(tiny, 1e-6, 0.01 * d0 / _arith.where(tiny, 1.0, d1))
+        if per_sample:
+            y1 = torch.addcmul(y0, (direction * dt0).to(y0.dtype).unsqueeze(-1), f0)
+        else:
+            y1 = torch.add(y0, f0, alpha=direction * dt0)
         f1 = f(t0 + direction * dt0, y1)
-        d2 = float(norm((f1 - f0) / scale)) / dt0
-    if not (d1 == d1 and d2 == d2):  # NaN: let the step loop report the non-finite field
-        return dt0
-    if max(d1, d2) <= 1e-15:
-        dt1 = max(1e-6, dt0 * 1e-3)
-    else:
-        dt1 = (0.01 / max(d1, d2)) ** (1.0 / (error_order + 1))
-    return min(100 * dt0, dt1)
+        d2 = _norm_value(norm, (f1 - f0) / scale, per_sample) / dt0
+    finite = (d1 == d1) & (d2 == d2)  # NaN: let the step loop report the non-finite field
+    d12 = _arith.maximum(d1, d2)
+    flat = d12 <= 1e-15
+    dt1 = _arith.where(
+        flat,
+        _arith.maximum(1e-6, dt0 * 1e-3),
+        (0.01 / _arith.where(flat, 1.0, d12)) ** (1.0 / (error_order + 1)),
+    )
+    return _arith.where(finite, _arith.minimum(100 * dt0, dt1), dt0)

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .._norms import Norm, rms_norm
+from .. import _arith
+from .._norms import Norm, rms_norm, rows_norm
 from ..solvers._explicit_rk import StepResult
 from ._base import AbstractController, Decision, SolveStart
 from .initial_step import select_initial_step
@@ -127,31 +128,52 @@ class PIDController(AbstractController):
         """``(step_ts, jump_ts)``."""
         return tuple(self.step_ts), tuple(self.jump_ts)
 
+    @property
+    def per_sample(self) -> bool:
+        """Every sample gets its own error norm, step size and controller history."""
+        return True
+
     def init(self, start: SolveStart) -> tuple[float, Any]:
         """First step (given or Hairer's) and the state ``(k, rtol, atol, ε_(n−1), ε_(n−2))``."""
-        k = start.solver.error_order + 1
+        dt = self.dt0 if self.dt0 is not None else self._initial_step(start, self.norm)
+        dt = min(max(dt, self.dt_min), self.dt_max, float(start.tau_end) - float(start.tau0))
+        return dt, (start.solver.error_order + 1, *self._folded(start), 1.0, 1.0)
+
+    def init_rows(self, start: SolveStart) -> tuple[torch.Tensor, Any]:
+        """Per-sample :meth:`init`: the same rule applied to every sample (row)."""
+        tau0, tau_end = torch.as_tensor(start.tau0), torch.as_tensor(start.tau_end)
         if self.dt0 is not None:
-            dt = self.dt0
+            dt = torch.full_like(tau0, self.dt0)
         else:
-            dt = select_initial_step(
-                start.f,
-                start.t0,
-                start.y0,
-                start.f0,
-                direction=start.direction,
-                error_order=start.solver.error_order,
-                rtol=start.rtol,
-                atol=start.atol,
-                norm=self.norm,
-            )
-        dt = min(max(dt, self.dt_min), self.dt_max, start.tau_end - start.tau0)
+            dt = self._initial_step(start, rows_norm(self.norm))
+        dt = torch.minimum(torch.clamp(dt, self.dt_min, self.dt_max), tau_end - tau0)
+        # Two tensors, not one twice: aliased inputs would recompile a compiled step.
+        history = torch.ones_like(tau0), torch.ones_like(tau0)
+        return dt, (start.solver.error_order + 1, *self._folded(start), *history)
+
+    def _initial_step(self, start: SolveStart, norm: Norm) -> Any:
+        return select_initial_step(
+            start.f,
+            start.t0,
+            start.y0,
+            start.f0,
+            direction=start.direction,
+            error_order=start.solver.error_order,
+            rtol=start.rtol,
+            atol=start.atol,
+            norm=norm,
+        )
+
+    def _folded(self, start: SolveStart) -> tuple[Any, Any]:
         rtol, atol = start.rtol, start.atol
         if self.norm is rms_norm:
             # Fold the RMS's 1/sqrt(n) into the tolerances once, so each step's error ratio
-            # is a plain 2-norm: two fewer tensor ops per step (see error_ratio).
-            root = math.sqrt(max(start.y0.numel(), 1))
+            # is a plain 2-norm: two fewer tensor ops per step (see error_ratio). In
+            # per-sample mode n is the size of one sample.
+            n = start.y0.shape[-1] if isinstance(start.tau0, torch.Tensor) else start.y0.numel()
+            root = math.sqrt(max(n, 1))
             rtol, atol = rtol * root, atol * root
-        return dt, (k, rtol, atol, 1.0, 1.0)
+        return rtol, atol
 
     def error_ratio(
         self,
@@ -172,6 +194,38 @@ class PIDController(AbstractController):
                 return float(torch.linalg.vector_norm(y_error / scale))
             return float(self.norm(y_error / scale))
 
+    def error_ratio_rows(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        y_error: torch.Tensor,
+        rtol: torch.Tensor | float,
+        atol: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """Per-sample :meth:`error_ratio`: one float64 ratio per row, no host sync."""
+        with torch.no_grad():
+            scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+            if self.norm is rms_norm:
+                return torch.linalg.vector_norm(y_error / scale, dim=-1).double()
+            return rows_norm(self.norm)(y_error / scale).double()
+
+    def _shrink(self, ratio: Any, k: int) -> Any:
+        """Step-size factor after a rejection (I part only, never growing)."""
+        return _arith.maximum(self.factor_min, self.safety * ratio ** (-1.0 / k))
+
+    def _grow(self, ratio: Any, prev1: Any, prev2: Any, k: int) -> Any:
+        """Step-size factor after an acceptance: the PID formula, clipped."""
+        beta1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
+        beta2 = -(self.pcoeff + 2 * self.dcoeff) / k
+        beta3 = self.dcoeff / k
+        factor = self.safety * ratio**-beta1
+        # Zero exponents (the I controller's) skip two tensor powers per step per-sample.
+        if beta2:
+            factor = factor * prev1**-beta2
+        if beta3:
+            factor = factor * prev2**-beta3
+        return _arith.clip(factor, self.factor_min, self.factor_max)
+
     def decide(
         self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
     ) -> Decision:
@@ -187,15 +241,39 @@ class PIDController(AbstractController):
         if ratio > 1.0 and not at_floor:
             # Not clamped to dt_min: a rejected step at dt_min must end the solve (DT_MIN)
             # instead of being retried at the same size until max_steps.
-            factor = max(self.factor_min, self.safety * ratio ** (-1.0 / k))
-            dt_next = max(dt * factor, self.dt_min) if self.force_dt_min else dt * factor
+            dt_next = dt * self._shrink(ratio, k)
+            dt_next = max(dt_next, self.dt_min) if self.force_dt_min else dt_next
             return Decision(False, dt_next, state)
         # ε = 0 (e.g. a constant solution) would make the factor infinite: cap it.
         ratio = max(ratio, 1e-10)
-        beta1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
-        beta2 = -(self.pcoeff + 2 * self.dcoeff) / k
-        beta3 = self.dcoeff / k
-        factor = self.safety * ratio**-beta1 * prev1**-beta2 * prev2**-beta3
-        factor = min(self.factor_max, max(self.factor_min, factor))
+        factor = self._grow(ratio, prev1, prev2, k)
         dt_next = min(self.dt_max, max(self.dt_min, dt * factor))
         return Decision(True, dt_next, (k, rtol, atol, ratio, prev1))
+
+    def decide_rows(
+        self, tau0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, step: StepResult, state: Any
+    ) -> Decision:
+        """:meth:`decide` for every row at once: the same rules, as ``(B,)`` tensors."""
+        k, rtol, atol, prev1, prev2 = state
+        if step.y_error is None:
+            raise TypeError("PIDController needs a solver with an embedded error estimate")
+        ratio = self.error_ratio_rows(y0, step.y1, step.y_error, rtol, atol)
+        finite = torch.isfinite(ratio)
+        ratio = torch.where(finite, ratio, 1.0)  # keeps the formulas below finite
+        accept = finite & (ratio <= 1.0)
+        if self.force_dt_min:
+            accept |= finite & (dt <= self.dt_min * (1 + 1e-9))
+        dt_reject = dt * self._shrink(ratio, k)
+        if self.force_dt_min:
+            dt_reject = torch.clamp(dt_reject, min=self.dt_min)
+        dt_reject = torch.where(finite, dt_reject, dt * self.factor_min)
+        ratio = _arith.maximum(ratio, 1e-10)
+        dt_accept = _arith.clip(dt * self._grow(ratio, prev1, prev2, k), self.dt_min, self.dt_max)
+        state = (
+            k,
+            rtol,
+            atol,
+            torch.where(accept, ratio, prev1),
+            torch.where(accept, prev1, prev2),
+        )
+        return Decision(accept, torch.where(accept, dt_accept, dt_reject), state, ~finite)

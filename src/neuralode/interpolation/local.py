@@ -7,6 +7,7 @@ the stages, ``y(t0 + θ dt) = y0 + dt Σ_i w_i(θ) k_i`` (Hermite adds ``f1`` as
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import cast
 
@@ -75,3 +76,65 @@ def interpolate_step(
     k_matrix = torch.stack(stages).reshape(len(stages), -1)
     out = torch.addmm(y0.reshape(1, -1), weights, k_matrix, alpha=dt)
     return out.reshape(len(thetas), *y0.shape)
+
+
+def _stage_polynomials(solver: AbstractSolver) -> list[list[float]]:
+    """``C`` with ``w_i(θ) = Σ_p C[i][p] θ^p``: :func:`stage_weights` as polynomials."""
+    kind = _kind(solver)
+    tableau = cast(ExplicitRK, solver).tableau
+    b = tableau.b_float
+    if kind == "dense":
+        return [[0.0, *row] for row in cast(tuple, tableau.dense_float)]
+    if kind == "linear":
+        return [[0.0, bi] for bi in b]
+    # Hermite, as in _hermite_weights: h01 = 3θ² − 2θ³ on every b_i, h10 = θ − 2θ² + θ³ on
+    # k_1, h11 = θ³ − θ² on f1.
+    rows = [[0.0, 0.0, 3.0 * bi, -2.0 * bi] for bi in b]
+    rows[0] = [x + y for x, y in zip(rows[0], [0.0, 1.0, -2.0, 1.0], strict=True)]
+    rows.append([0.0, 0.0, -1.0, 1.0])
+    return rows
+
+
+def interpolate_rows(
+    solver: AbstractSolver,
+    y0: torch.Tensor,
+    k: Sequence[torch.Tensor],
+    f1: torch.Tensor | None,
+    dt: torch.Tensor,
+    thetas: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample :func:`interpolate_step`: row ``b`` of ``y0`` at ``t0 + θ[b, m] dt[b]``.
+
+    ``y0`` and the stages are ``(B, N)``, ``dt`` is ``(B,)`` and ``thetas`` ``(B, M)``;
+    returns ``(B, M, N)``. With ``rows`` (``(K,)`` indices), ``thetas`` is ``(K, M)`` and
+    row ``i`` of the result interpolates row ``rows[i]`` of the step. The weights are
+    powers of θ times a coefficient matrix, then one batched matrix product applies them
+    to the stages.
+    """
+    parts = list(k)
+    if needs_f1(solver):
+        if f1 is None:
+            raise ValueError("Hermite interpolation needs f(t1, y1)")
+        parts.append(f1)
+    stages = torch.stack(parts, dim=1)  # (B, s, N)
+    if rows is not None:
+        stages, y0, dt = stages[rows], y0[rows], dt[rows]
+    coeffs = _polynomial_matrix(solver, y0.dtype, y0.device)  # (P, s)
+    # θ^p for p = 0..P-1 times dt, then one product with the coefficients: (B, M, s).
+    exponents = torch.arange(coeffs.shape[0], dtype=y0.dtype, device=y0.device)
+    powers = thetas.to(y0.dtype).unsqueeze(-1).pow(exponents)
+    powers = powers * dt.to(y0.dtype)[:, None, None]
+    weights = torch.matmul(powers, coeffs)
+    return torch.baddbmm(y0.unsqueeze(1), weights, stages)
+
+
+@functools.lru_cache(maxsize=64)
+def _polynomial_matrix(
+    solver: AbstractSolver, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``_stage_polynomials`` as a ``(P, s)`` tensor, zero-padded to a common degree."""
+    rows = _stage_polynomials(solver)
+    degree = max(len(r) for r in rows)
+    padded = [r + [0.0] * (degree - len(r)) for r in rows]
+    return torch.tensor(padded, dtype=dtype, device=device).T.contiguous()

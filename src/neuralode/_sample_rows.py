@@ -1,0 +1,227 @@
+"""The per-sample loop's state: rows of samples, what they leave behind, their outputs.
+
+Shared by the loop (:mod:`neuralode._sample_loop`) and by the replay of recorded steps
+(checkpointed gradients), so both evaluate a step's outputs with the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._problem import Problem
+from .interpolation import interpolate_rows, needs_f1
+from .solvers._explicit_rk import AbstractSolver, StepResult
+
+
+@dataclass
+class Rows:
+    """Loop state of the samples still in the batch, one row each (compacted together).
+
+    Attributes:
+        idx: Position of each row in the caller's batch, ``(A,)``.
+        tau: Forward time reached, float64 ``(A,)``.
+        dt: Next step to attempt (forward time, positive), float64 ``(A,)``.
+        y: State at ``tau``, ``(A, N)``.
+        f0: ``f(tau, y)``, ``(A, N)``.
+        taus: Output times in forward time, float64 ``(A, T)``.
+        n_out: Outputs written so far (those at or before ``tau``), ``(A,)``.
+        streak: Non-finite rejections in a row, ``(A,)``.
+        steps: Steps attempted, ``(A,)``.
+        accepted: Steps accepted, ``(A,)``.
+        live: Still stepping; ``False`` for finished rows not yet compacted away.
+        cstate: The controller's state; its tensors with a leading dim are per-row.
+        n_live: Number of live rows (host-side, from the step's one sync).
+    """
+
+    idx: torch.Tensor
+    tau: torch.Tensor
+    dt: torch.Tensor
+    y: torch.Tensor
+    f0: torch.Tensor
+    taus: torch.Tensor
+    n_out: torch.Tensor
+    streak: torch.Tensor
+    steps: torch.Tensor
+    accepted: torch.Tensor
+    live: torch.Tensor
+    cstate: Any = ()
+    n_live: int = 0
+
+    def take(self, keep: torch.Tensor, n_live: int) -> Rows:
+        """The rows at positions ``keep`` (``n_live`` of them live)."""
+        picked = {
+            f.name: getattr(self, f.name).index_select(0, keep)
+            for f in dataclasses.fields(self)
+            if f.name not in ("cstate", "n_live")
+        }
+        cstate = tuple(_take(x, keep) for x in self.cstate)
+        return Rows(**picked, cstate=cstate, n_live=n_live)
+
+
+def _take(x: Any, keep: torch.Tensor) -> Any:
+    return x.index_select(0, keep) if isinstance(x, torch.Tensor) and x.ndim else x
+
+
+@dataclass(frozen=True)
+class RowsRecord:
+    """The accepted rows of one batched step, enough to replay them (checkpointing).
+
+    Attributes:
+        idx: Batch positions of the accepted rows, ``(a,)``.
+        tau0: Their start times (forward), ``(a,)``.
+        dt: Their step sizes (forward), ``(a,)``.
+        y0: Their states at the start, ``(a, N)``.
+        n_out: Index of the first output each produced, ``(a,)``.
+        count: Number of outputs each produced, ``(a,)``.
+        total: ``sum(count)``.
+    """
+
+    idx: torch.Tensor
+    tau0: torch.Tensor
+    dt: torch.Tensor
+    y0: torch.Tensor
+    n_out: torch.Tensor
+    count: torch.Tensor
+    total: int
+
+
+class Collector:
+    """Scattered ``(position, value)`` rows assembled once at the end.
+
+    Writes go to a list and are placed with one out-of-place ``index_put``, so autograd
+    sees one op instead of an in-place write per step.
+    """
+
+    def __init__(self, size: int, fill: float) -> None:
+        self.size, self.fill = size, fill
+        self.pos: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def add(self, pos: torch.Tensor, values: torch.Tensor) -> None:
+        self.pos.append(pos.reshape(-1))
+        self.values.append(values.reshape(pos.numel(), -1))
+
+    def assemble(self, like: torch.Tensor) -> torch.Tensor:
+        values = torch.cat(self.values)
+        shape = (self.size, values.shape[-1])
+        base = torch.full(shape, self.fill, dtype=like.dtype, device=like.device)
+        return base.index_put((torch.cat(self.pos),), values)
+
+
+@dataclass
+class Ended:
+    """What each sample left behind when it left the batch, ``(B, ...)``."""
+
+    code: torch.Tensor
+    t_last: torch.Tensor
+    steps: torch.Tensor
+    accepted: torch.Tensor
+    y_last: Collector
+
+    def add(self, rows: Rows, code: torch.Tensor, direction: float) -> None:
+        self.code[rows.idx] = code
+        self.t_last[rows.idx] = direction * rows.tau
+        self.steps[rows.idx] = rows.steps
+        self.accepted[rows.idx] = rows.accepted
+        self.y_last.add(rows.idx, rows.y)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which outputs a batched step produced: ``count[a]`` from ``n_out[a]`` on, per row.
+
+    Attributes:
+        idx: Batch positions of the rows, ``(A,)``.
+        taus: Their output times (forward), ``(A, T)``.
+        n_out: First output index of each row's step, ``(A,)``.
+        count: Outputs inside each row's step, ``(A,)``.
+        total: ``sum(count)``.
+    """
+
+    idx: torch.Tensor
+    taus: torch.Tensor
+    n_out: torch.Tensor
+    count: torch.Tensor
+    total: int
+
+
+def step_outputs(
+    problem: Problem,
+    solver: AbstractSolver,
+    window: Window,
+    y0: torch.Tensor,
+    tau0: torch.Tensor,
+    dt: torch.Tensor,
+    step: StepResult,
+    f1: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs the rows' steps produced: ``total`` of them, ``count[a]`` for row ``a``.
+
+    Returns values ``(total, N)`` and their flat positions in the ``(T, B)`` output grid.
+    The work is proportional to the outputs produced: a slow sample that passes fifty
+    output times in one step does not make every other row pad to fifty.
+    """
+    batch, device = problem.y0.shape[0], y0.device
+    count = window.count
+    row = torch.repeat_interleave(
+        torch.arange(count.shape[0], device=device), count, output_size=window.total
+    )
+    first = torch.cumsum(count, 0) - count  # each row's first slot in the flat list
+    j = window.n_out[row] + torch.arange(window.total, device=device) - first[row]
+    t_out, t0, h = window.taus[row, j], tau0[row], dt[row]
+    theta = ((t_out - t0) / h).unsqueeze(-1)
+    values = interpolate_rows(solver, y0, step.k, f1, problem.direction * dt, theta, row)
+    # Outputs exactly at the step end are y1 itself, as in the joint loop.
+    at_end = (t_out >= t0 + h).unsqueeze(-1)
+    values = torch.where(at_end, step.y1[row], values.squeeze(1))
+    return values, j * batch + window.idx[row]
+
+
+def record_rows(
+    rows: Rows,
+    accept: torch.Tensor,
+    tau0: torch.Tensor,
+    dt: torch.Tensor,
+    count: torch.Tensor,
+    total: int,
+) -> RowsRecord:
+    a = accept.nonzero().squeeze(-1)
+    return RowsRecord(
+        idx=rows.idx[a],
+        tau0=tau0[a],
+        dt=dt[a],
+        y0=rows.y[a],
+        n_out=rows.n_out[a],
+        count=count[a],
+        total=total,
+    )
+
+
+def replay_rows(
+    problem: Problem, solver: AbstractSolver, record: RowsRecord, y0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Recompute a record's steps from ``y0`` exactly as :func:`integrate_samples` did.
+
+    Returns ``y1`` and the outputs with their flat positions (``None`` if none), as
+    functions of ``y0`` (and of the vector field's parameters) for autograd.
+    """
+    f, d = problem.f, problem.direction
+    f.select(record.idx)
+    f0 = f(d * record.tau0, y0)
+    step = solver.step(f, d * record.tau0, y0, f0, d * record.dt)
+    if not record.total:
+        return step.y1, None, None
+    f1 = step.f1
+    if f1 is None and needs_f1(solver):
+        f1 = f(d * (record.tau0 + record.dt), step.y1)
+    taus = problem.sample_taus
+    assert taus is not None
+    window = Window(
+        record.idx, taus.index_select(0, record.idx), record.n_out, record.count, record.total
+    )
+    values, pos = step_outputs(problem, solver, window, y0, record.tau0, record.dt, step, f1)
+    return step.y1, values, pos
