@@ -138,6 +138,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     assert RunDir(out).load_checkpoint()["epoch"] == 1
 
 
+def test_solver_failure_in_training_says_where(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--model", "odenet", "--epochs", "1", "--max-steps", "1") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the ODE solver failed at epoch 1, training step 1 of 2" in err
+    assert "step budget" in err or "max_steps" in err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -74,6 +74,26 @@ def test_rerun_after_a_kill_reuses_finished_runs(tmp_path, tiny, monkeypatch):
     assert started.count("odenet-w8") == 1  # P3's training run is P1's, already finished
 
 
+def test_a_failed_run_is_reported_and_retried(tmp_path, tiny, monkeypatch, capsys):
+    real = training.run_training
+
+    def flaky(config, task):
+        if config.out.name == "resnet1-w8":
+            raise training.TrainingDiverged("the training loss became nan (injected)")
+        return real(config, task)
+
+    monkeypatch.setattr(p1, "run_training", flaky)
+    assert _reproduce(tmp_path, "--only", "p1") == 1
+    assert "1 run(s) failed (p1/resnet1-w8)" in capsys.readouterr().err
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "- `p1/resnet1-w8`: TrainingDiverged: the training loss became nan" in report
+    assert "| odenet | 8 |" in report and "| mlp | 8 |" in report  # the others finished
+    monkeypatch.setattr(p1, "run_training", real)
+    assert _reproduce(tmp_path, "--only", "p1") == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "| resnet1 | 8 |" in report and "Runs that failed" not in report
+
+
 def test_only_names_unknown_protocols(capsys):
     try:
         status = main(["reproduce", "--only", "p1,p9"])

@@ -19,7 +19,7 @@ from .classify import ClassifyConfig, ClassifyTask
 from .cnf import CNFConfig, CNFTask, summary_line
 from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
 from .latent import LatentConfig, LatentTask
-from .reproduce import ReproduceConfig, reproduce
+from .reproduce import ReproduceConfig, ReproduceIncomplete, reproduce
 from .training import TrainingDiverged, run_training
 
 # Errors whose message is the whole story: print it, no traceback.
@@ -31,6 +31,7 @@ USER_ERRORS = (
     IDXFormatError,
     SolverError,
     TrainingDiverged,
+    ReproduceIncomplete,
 )
 
 

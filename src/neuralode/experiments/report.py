@@ -13,8 +13,13 @@ from .protocols import Context, Planner
 from .protocols.markdown import table
 
 
-def render(ctx: Context, planners: Sequence[Planner], walls: Mapping[str, float]) -> str:
-    """The whole report."""
+def render(
+    ctx: Context,
+    planners: Sequence[Planner],
+    walls: Mapping[str, float],
+    failures: Mapping[str, str] | None = None,
+) -> str:
+    """The whole report; runs in ``failures`` (job → error message) are listed first."""
     parts = [
         "# neuralode: the paper's experiments, reproduced",
         f"Preset **{ctx.preset}**, seed {ctx.seed}, written "
@@ -25,6 +30,13 @@ def render(ctx: Context, planners: Sequence[Planner], walls: Mapping[str, float]
         "paper's are quoted beside them.",
         _environment(walls),
     ]
+    if failures:
+        parts += [
+            "## Runs that failed",
+            "These runs stopped with an error and are missing from the tables below; "
+            "running the same command again retries them.",
+            "\n".join(f"- `{job}`: {message}" for job, message in failures.items()),
+        ]
     for planner in planners:
         parts += [f"## {planner.title}", planner.section(ctx, walls)]
     return "\n\n".join(parts) + "\n"

@@ -78,8 +78,19 @@ def choose_images(config: ReproduceConfig) -> tuple[str, str]:
     )
 
 
-def run_jobs(jobs: Sequence[Job], progress: bool) -> dict[str, float]:
-    """Run every unfinished job in order under one overall progress bar; return wall times."""
+class ReproduceIncomplete(RuntimeError):
+    """Some runs failed; the report was written without them, and re-running retries them."""
+
+
+def run_jobs(jobs: Sequence[Job], progress: bool) -> tuple[dict[str, float], dict[str, str]]:
+    """Run every unfinished job in order under one overall progress bar.
+
+    A job that raises is recorded and skipped, so that one diverging run does not cost the
+    others (a failed job is not done, so the next ``reproduce`` retries it).
+
+    Returns:
+        Wall seconds of the jobs that ran, and the error message of each that failed.
+    """
     bar: Any = None
     if progress:
         tqdm = require("tqdm").tqdm
@@ -87,6 +98,7 @@ def run_jobs(jobs: Sequence[Job], progress: bool) -> dict[str, float]:
         shape = "{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]"
         bar = tqdm(total=total, desc="reproduce", position=0, bar_format=shape)
     walls: dict[str, float] = {}
+    failures: dict[str, str] = {}
     for i, job in enumerate(jobs):
         label = f"{job.protocol.upper()} {job.name} ({i + 1}/{len(jobs)})"
         if job.done():
@@ -101,17 +113,27 @@ def run_jobs(jobs: Sequence[Job], progress: bool) -> dict[str, float]:
         else:
             print(f"reproduce: {label}", flush=True)
         t0 = time.perf_counter()
-        job.run()
-        walls[f"{job.protocol}/{job.name}"] = time.perf_counter() - t0
+        key = f"{job.protocol}/{job.name}"
+        try:
+            job.run()
+        except Exception as exc:  # any failure: recorded, reported, retried on the next run
+            failures[key] = f"{type(exc).__name__}: {exc}"
+            print(f"reproduce: {label} FAILED: {failures[key]}", flush=True)
+        else:
+            walls[key] = time.perf_counter() - t0
         if bar is not None:
             bar.update(job.cost)
     if bar is not None:
         bar.close()
-    return walls
+    return walls, failures
 
 
 def reproduce(config: ReproduceConfig) -> Path:
-    """Run the chosen protocols at the chosen preset and write ``OUT/REPORT.md``."""
+    """Run the chosen protocols at the chosen preset and write ``OUT/REPORT.md``.
+
+    Raises:
+        ReproduceIncomplete: After writing the report, if some runs failed.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     dataset, note = choose_images(config)
@@ -120,10 +142,16 @@ def reproduce(config: ReproduceConfig) -> Path:
     jobs = [job for p in config.protocols() for job in PLANNERS[p].jobs(ctx)]
     timings_path = config.out / "wall_times.json"
     walls = read_json(timings_path) if timings_path.is_file() else {}
-    walls.update(run_jobs(jobs, config.progress))
+    ran, failures = run_jobs(jobs, config.progress)
+    walls.update(ran)
     write_json(timings_path, walls)
-    text = render(ctx, [PLANNERS[p] for p in config.protocols()], walls)
+    text = render(ctx, [PLANNERS[p] for p in config.protocols()], walls, failures)
     path = config.out / "REPORT.md"
     atomic_write_text(path, text)
     print(f"report: {path}")
+    if failures:
+        raise ReproduceIncomplete(
+            f"{len(failures)} run(s) failed ({', '.join(failures)}); REPORT.md lists them and "
+            "leaves them out. Run the same command again to retry them (finished runs are reused)"
+        )
     return path

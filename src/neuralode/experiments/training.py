@@ -14,17 +14,18 @@ follows epoch ``e - 1`` in the same process or a ``--resume``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import os
 import platform
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._solution import Stats
+from .._solution import SolverError, Stats
 from .config import RunOptions
 from .distributed import World, unwrap
 from .progress import Progress
@@ -177,7 +178,9 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
     for epoch in range(start, epochs):
         torch.manual_seed(_mix(seed, epoch, 1 + world.rank))
         row = _train_epoch(task, model, world, epoch, epochs, progress)
-        row.update({f"val_{k}": v for k, v in task.evaluate(model, "val", world).items()})
+        with _solver_failures(f"epoch {epoch + 1}, validation", epoch):
+            val = task.evaluate(model, "val", world)
+        row.update({f"val_{k}": v for k, v in val.items()})
         history.append(row)
         score = row[f"val_{task.select}"]
         if not best or _better(score, best["score"], task.higher_is_better):
@@ -223,10 +226,11 @@ def _train_epoch(
                    description=f"epoch {epoch + 1}/{epochs}", enabled=show)  # fmt: skip
     t0 = time.perf_counter()
     for step, batch in enumerate(bar):
-        loss, metrics = task.loss(model, batch)
-        _check_finite(loss, world, epoch, step, steps)
-        task.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with _solver_failures(f"epoch {epoch + 1}, training step {step + 1} of {steps}", epoch):
+            loss, metrics = task.loss(model, batch)
+            _check_finite(loss, world, epoch, step, steps)
+            task.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         task.optimizer.step()
         if task.scheduler is not None:
             task.scheduler.step()
@@ -259,6 +263,23 @@ def _means(sums: Mapping[str, float]) -> dict[str, float]:
     return {k: v / n for k, v in sums.items() if k not in ("n", "steps")}
 
 
+@contextlib.contextmanager
+def _solver_failures(where: str, epoch: int) -> Iterator[None]:
+    """Turn a solver failure into :class:`TrainingDiverged` that says where training was."""
+    try:
+        yield
+    except SolverError as exc:
+        raise TrainingDiverged(
+            f"the ODE solver failed at {where}: {exc}. This epoch was not saved "
+            f"(last checkpoint: {_last_checkpoint(epoch)}). A lower --lr, a looser --tol or "
+            "a larger --max-steps may help"
+        ) from exc
+
+
+def _last_checkpoint(epoch: int) -> str:
+    return f"the end of epoch {epoch}" if epoch else "none (first epoch)"
+
+
 def _check_finite(loss: torch.Tensor, world: World, epoch: int, step: int, steps: int) -> None:
     value = float(loss.detach())
     finite = math.isfinite(value)
@@ -266,10 +287,10 @@ def _check_finite(loss: torch.Tensor, world: World, epoch: int, step: int, steps
     if world.size > 1:
         finite = world.sum({"bad": 0.0 if finite else 1.0})["bad"] == 0.0
     if not finite:
-        last = f"the end of epoch {epoch}" if epoch else "none (first epoch)"
         raise TrainingDiverged(
             f"the training loss became {value} at epoch {epoch + 1}, step {step + 1} of "
-            f"{steps}; this epoch was not saved (last checkpoint: {last}). Try a lower --lr "
+            f"{steps}; this epoch was not saved (last checkpoint: {_last_checkpoint(epoch)}). "
+            "Try a lower --lr "
             "or a tighter --tol, and start a new run"
         )
 
