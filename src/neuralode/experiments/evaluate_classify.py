@@ -25,7 +25,7 @@ from ..nn import ODEBlock, ODENet
 from ..solvers import Dopri5
 from .classify import ClassifyConfig, build_model, load_splits
 from .config import check_positive
-from .plots import pyplot, save
+from .plots import epoch_axis, pyplot, save
 from .runs import BEST, RunDir, atomic_write_text, read_json, write_json
 
 # The reference: Dopri5 in float64, 100× tighter than the tightest tolerance of the sweep
@@ -220,7 +220,8 @@ def plot_figure3(results: dict[str, Any], folder: Path) -> list[str]:
     ax = axes[3]
     per_epoch = results["nfe_forward_per_epoch"]
     ax.plot(range(1, len(per_epoch) + 1), per_epoch, marker="o")
-    ax.set(xlabel="epoch", ylabel="NFE forward per step", title="(d) NFE over training")
+    ax.set(ylabel="NFE forward per step", title="(d) NFE over training")
+    epoch_axis(ax)
     for ax in axes:
         ax.grid(alpha=0.3)
     twin = axes[0].twinx()

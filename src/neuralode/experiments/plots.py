@@ -16,6 +16,12 @@ def pyplot() -> Any:
     return require("matplotlib.pyplot")
 
 
+def epoch_axis(ax: Any) -> None:
+    """Label the x axis ``epoch`` with whole-number ticks only."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(require("matplotlib.ticker").MaxNLocator(integer=True))
+
+
 def save(fig: Any, folder: Path, name: str) -> str:
     """Save ``fig`` as ``folder/name`` (PNG, 120 dpi), close it, and return ``name``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -39,7 +45,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], folder: Path) -> list[str
             key = f"{split}_{metric}"
             if key in history[0]:
                 ax.plot(epochs, [row[key] for row in history], marker="o", label=split)
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.set_title(metric.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -50,7 +56,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], folder: Path) -> list[str
         ax.plot(epochs, [row["nfe_forward"] for row in history], marker="o", label="forward")
         if any(row.get("nfe_backward", 0) for row in history):
             ax.plot(epochs, [row["nfe_backward"] for row in history], marker="s", label="backward")
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.set_ylabel("function evaluations per step")
         ax.set_title("NFE per training step (Figure 3d)")
         ax.grid(alpha=0.3)
