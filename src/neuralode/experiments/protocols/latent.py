@@ -203,6 +203,12 @@ def verdicts(
         out.append(
             f"- The gap is widest at n = {widest} (paper: at n = 30, the sparsest data): {ok}."
         )
+    missing = [n for n in n_obs if any((m, n) not in found for m in MODELS)]
+    if missing:
+        out.append(
+            f"- Runs missing (failed or not finished) at n = {', '.join(map(str, missing))}: "
+            "the acceptance below covers only the n where all three models finished."
+        )
     if gaps:
         every = all(g > 0 for g in gaps.values())
         out.append(
