@@ -166,7 +166,9 @@ def test_p4_verdicts_follow_the_numbers():
     assert lines[-1].endswith(": met.")
     worse = _found({"latent-ode": {30: 0.2, 50: 0.1}, "rnn": {30: 0.25, 50: 0.3}})
     lines = p4.verdicts(worse, (30, 50))
-    assert "widest at n = 50" in lines[-2] and "does NOT match" in lines[-2]
+    widest = next(line for line in lines if "widest" in line)
+    assert "widest at n = 50" in widest and "does NOT match" in widest
+    assert "Runs missing (failed or not finished) at n = 30, 50" in lines[-2]
     assert lines[-1].endswith("NOT met.")
     losing = _found({"latent-ode": {30: 0.4}, "rnn": {30: 0.3}, "rnn-dt": {30: 0.5}})
     lines = p4.verdicts(losing, (30,))
