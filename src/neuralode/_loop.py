@@ -312,22 +312,27 @@ def _assemble(outputs: list[torch.Tensor], n: int) -> torch.Tensor:
 
 
 def _flat_tolerance(value: object, problem: Problem) -> torch.Tensor | float:
-    """A tolerance as a float or as a flat tensor matching the flat state."""
+    """A tolerance as a float, or as a tensor laid out like the solver's state.
+
+    Per-component tolerances give one tensor per state part, broadcast to that part's shape
+    (with the sample dimension in front in per-sample mode, so a ``(B, 1)`` tensor gives
+    each sample its own tolerance), then flattened exactly as the state is.
+    """
     if isinstance(value, (int, float)):
         return float(value)
     parts = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    shapes = problem.structure.shapes
-    if len(parts) != len(shapes):
+    structure = problem.structure
+    if len(parts) != len(structure.shapes):
         raise ValueError(
-            f"a per-component tolerance needs one tensor per state part ({len(shapes)}), "
-            f"got {len(parts)}"
+            f"a per-component tolerance needs one tensor per state part "
+            f"({len(structure.shapes)}), got {len(parts)}"
         )
-    if not problem.structure.is_tuple:
-        return _broadcast_tolerance(parts[0], shapes[0]).to(problem.y0)
-    flat = []
-    for part, shape in zip(parts, shapes, strict=True):
-        flat.append(_broadcast_tolerance(part, shape).reshape(-1))
-    return torch.cat(flat).to(problem.y0)
+    lead = (problem.y0.shape[0],) if structure.batched else ()
+    full = tuple(
+        _broadcast_tolerance(p, torch.Size((*lead, *s)))
+        for p, s in zip(parts, structure.shapes, strict=True)
+    )
+    return structure.flatten(full if structure.is_tuple else full[0]).to(problem.y0)
 
 
 def _broadcast_tolerance(part: object, shape: torch.Size) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._loop import _MAX_NONFINITE_STREAK, RawSolution, _broadcast_tolerance
+from ._loop import _MAX_NONFINITE_STREAK, RawSolution, _flat_tolerance
 from ._problem import Problem
 from ._sample_rows import (
     Collector,
@@ -136,8 +136,8 @@ def _start(
         tau0=rows.tau,
         tau_end=rows.taus[:, -1],
         direction=d,
-        rtol=_rows_tolerance(rtol, problem),
-        atol=_rows_tolerance(atol, problem),
+        rtol=_flat_tolerance(rtol, problem),
+        atol=_flat_tolerance(atol, problem),
     )
     rows.dt, rows.cstate = controller.init_rows(start)
     bad = ~torch.isfinite(rows.f0).all(dim=-1)
@@ -377,22 +377,3 @@ def _result(problem: Problem, outputs: Collector, ended: Ended) -> RawSolution:
         detail=detail,
         sample_status=sample_status,
     )
-
-
-def _rows_tolerance(value: Any, problem: Problem) -> torch.Tensor | float:
-    """A tolerance as a float or as a ``(B, N)`` tensor (per-component, or per-sample)."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    parts = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    shapes = problem.structure.shapes
-    if len(parts) != len(shapes):
-        raise ValueError(
-            f"a per-component tolerance needs one tensor per state part ({len(shapes)}), "
-            f"got {len(parts)}"
-        )
-    batch = problem.y0.shape[0]
-    full = [
-        _broadcast_tolerance(p, torch.Size((batch, *s))) for p, s in zip(parts, shapes, strict=True)
-    ]
-    flat = problem.structure.flatten(full[0] if len(full) == 1 else tuple(full))
-    return flat.to(problem.y0)
