@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import torch
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
+from cli_helpers import assert_resume_is_exact, metrics_rows, weights  # noqa: E402
 from neuralode.experiments import classify, training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.runs import RunDir  # noqa: E402
@@ -27,15 +27,6 @@ TINY = [
 
 def _train(out: Path, *extra: str) -> int:
     return main(["train", "classify", *TINY, "--out", str(out), *extra])
-
-
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _weights(run: Path, name: str = "checkpoint.pt") -> dict[str, torch.Tensor]:
-    return RunDir(run).load_checkpoint(name)["model"]
 
 
 @pytest.mark.parametrize(
@@ -53,13 +44,13 @@ def test_train_writes_the_run_layout(tmp_path, model):
     assert _train(out, "--epochs", "2", *model) == 0
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"} <= names
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert summary["split_sizes"] == {"train": 64, "val": 64, "test": 359}
     # No buffers in these models (group norm), so the state dict is the parameters.
-    assert summary["parameters"] == sum(v.numel() for v in _weights(out, "best.pt").values())
+    assert summary["parameters"] == sum(v.numel() for v in weights(out, "best.pt").values())
     for plot in summary["plots"]:
         assert (out / "plots" / plot).stat().st_size > 10_000
     ode = model[1] in ("odenet", "rknet")
@@ -69,34 +60,8 @@ def test_train_writes_the_run_layout(tmp_path, model):
 
 
 def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ["--model", "odenet", "--tol", "1e-2", "--epochs", "3"]
-    assert _train(straight, *args) == 0
-
-    save = RunDir.save_checkpoint
-    saved: list[str] = []
-
-    def save_then_die(self, state, name="checkpoint.pt"):
-        save(self, state, name)
-        saved.append(name)
-        if name == "checkpoint.pt" and state["epoch"] == 1:
-            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _train(killed, *args)
-    monkeypatch.setattr(RunDir, "save_checkpoint", save)
-    assert RunDir(killed).load_checkpoint()["epoch"] == 1
-    assert _train(killed, *args, "--resume") == 0
-
-    a, b = _weights(straight), _weights(killed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    rows_a = _rows(straight)
-    rows_b = _rows(killed)
-    drop = ("train_seconds",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
-        {k: v for k, v in r.items() if k not in drop} for r in rows_b
-    ]
+    assert len(assert_resume_is_exact(_train, tmp_path, monkeypatch, args)) == 3
 
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
@@ -114,7 +79,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
     assert sorted(p.name for p in killed.iterdir()) == ["config.json"]
     assert _train(killed, *args) == 1  # not silently overwritten without --resume ...
     assert _train(killed, *args, "--resume") == 0  # ... but resumable, from scratch
-    a, b = _weights(straight), _weights(killed)
+    a, b = weights(straight), weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

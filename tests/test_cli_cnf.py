@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import torch
 
 pytest.importorskip("tyro")
 
+from cli_helpers import assert_resume_is_exact, metrics_rows  # noqa: E402
 from neuralode.experiments import cnf_plots, training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.protocols import flows  # noqa: E402
-from neuralode.experiments.runs import RunDir  # noqa: E402
 
 TINY = ["--iters", "4", "--iters-per-epoch", "2", "--batch-size", "32", "--val-size", "40",
         "--test-size", "60", "--eval-batch-size", "30", "--tol", "1e-3", "--no-progress",
@@ -34,11 +33,6 @@ def _train(out: Path, *extra: str) -> int:
     return main(["train", "cnf", *TINY, "--out", str(out), *extra])
 
 
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -54,7 +48,7 @@ def test_train_writes_the_run_layout(tmp_path, args, capsys):
     assert _train(out, *args) == 0
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"} <= names
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     summary = json.loads((out / "summary.json").read_text())
     density, cnf = "density" in args, "cnf" in args
@@ -83,30 +77,8 @@ def test_train_writes_the_run_layout(tmp_path, args, capsys):
     ids=["density", "ml-hutchinson"],
 )
 def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch, args):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = [*args, "--iters", "6"]
-    assert _train(straight, *args) == 0
-
-    save = RunDir.save_checkpoint
-
-    def save_then_die(self, state, name="checkpoint.pt"):
-        save(self, state, name)
-        if name == "checkpoint.pt" and state["epoch"] == 1:
-            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _train(killed, *args)
-    monkeypatch.setattr(RunDir, "save_checkpoint", save)
-    assert RunDir(killed).load_checkpoint()["epoch"] == 1
-    assert _train(killed, *args, "--resume") == 0
-
-    a, b = RunDir(straight).load_checkpoint()["model"], RunDir(killed).load_checkpoint()["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    drop = ("train_seconds",)
-    rows_a = [{k: v for k, v in r.items() if k not in drop} for r in _rows(straight)]
-    rows_b = [{k: v for k, v in r.items() if k not in drop} for r in _rows(killed)]
-    assert rows_a == rows_b and len(rows_a) == 3
+    rows = assert_resume_is_exact(_train, tmp_path, monkeypatch, [*args, "--iters", "6"])
+    assert len(rows) == 3
 
 
 def test_every_epoch_draws_new_training_samples(tmp_path):

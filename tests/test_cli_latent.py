@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import torch
 pytest.importorskip("tyro")
 pytest.importorskip("matplotlib")
 
+from cli_helpers import assert_resume_is_exact, metrics_rows  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.distributed import World  # noqa: E402
 from neuralode.experiments.latent import LatentConfig, LatentTask  # noqa: E402
 from neuralode.experiments.protocols import latent as p4  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig, reproduce  # noqa: E402
-from neuralode.experiments.runs import RunDir  # noqa: E402
 
 TINY = [
     "--spirals", "60", "--test-size", "20", "--val-size", "10", "--n-obs", "10",
@@ -30,18 +29,13 @@ def _train(out: Path, *extra: str) -> int:
     return main(["train", "latent-ode", *TINY, "--out", str(out), *extra])
 
 
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
-
-
 @pytest.mark.parametrize("model", ["latent-ode", "rnn", "rnn-dt"])
 def test_train_writes_the_run_layout(tmp_path, model):
     out = tmp_path / "run"
     assert _train(out, "--model", model) == 0
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"} <= names
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["split_sizes"] == {"train": 30, "val": 10, "test": 20}
@@ -59,30 +53,7 @@ def test_train_writes_the_run_layout(tmp_path, model):
 
 
 def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = ["--kl-warmup", "15"]
-    assert _train(straight, *args) == 0
-
-    save = RunDir.save_checkpoint
-
-    def save_then_die(self, state, name="checkpoint.pt"):
-        save(self, state, name)
-        if name == "checkpoint.pt" and state["epoch"] == 1:
-            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _train(killed, *args)
-    monkeypatch.setattr(RunDir, "save_checkpoint", save)
-    assert RunDir(killed).load_checkpoint()["epoch"] == 1
-    assert _train(killed, *args, "--resume") == 0
-
-    a, b = RunDir(straight).load_checkpoint()["model"], RunDir(killed).load_checkpoint()["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    drop = ("train_seconds",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(straight)] == [
-        {k: v for k, v in r.items() if k not in drop} for r in _rows(killed)
-    ]
+    assert_resume_is_exact(_train, tmp_path, monkeypatch, ["--kl-warmup", "15"])
 
 
 def test_iterations_walk_through_reshuffles_and_warm_up_the_kl():

@@ -1,0 +1,57 @@
+"""Helpers shared by the tests of the training commands (test_cli_*.py)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralode.experiments.runs import RunDir
+
+
+def metrics_rows(run: Path) -> list[dict[str, str]]:
+    """A run's metrics.csv, one dict per epoch."""
+    with open(run / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def weights(run: Path, name: str = "checkpoint.pt") -> dict[str, torch.Tensor]:
+    """The model weights saved in a run's checkpoint."""
+    return RunDir(run).load_checkpoint(name)["model"]
+
+
+def assert_resume_is_exact(
+    train: Callable[..., int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: Sequence[str]
+) -> list[dict[str, str]]:
+    """Kill a run right after its first checkpoint, resume it, and compare it with a run
+    that was never interrupted: same weights, same metrics (wall times aside).
+
+    Returns the metrics rows of the uninterrupted run.
+    """
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train(straight, *args) == 0
+    save = RunDir.save_checkpoint
+
+    def save_then_die(self, state, name="checkpoint.pt"):
+        save(self, state, name)
+        if name == "checkpoint.pt" and state["epoch"] == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDir, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train(killed, *args)
+    assert RunDir(killed).load_checkpoint()["epoch"] == 1
+    assert train(killed, *args, "--resume") == 0
+
+    a, b = weights(straight), weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def timeless(run: Path) -> list[dict[str, str]]:
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in metrics_rows(run)]
+
+    assert timeless(straight) == timeless(killed)
+    return metrics_rows(straight)
