@@ -23,6 +23,7 @@ from ..adjoints import BacksolveAdjoint
 from ..controllers import PIDController
 from ..nn import ODEBlock, ODENet
 from ..solvers import Dopri5
+from ._extras import require
 from .classify import ClassifyConfig, build_model, load_splits
 from .config import check_positive
 from .plots import epoch_axis, pyplot, save
@@ -227,4 +228,10 @@ def plot_figure3(results: dict[str, Any], folder: Path) -> list[str]:
     twin = axes[0].twinx()
     twin.semilogx(nfe, [100 * r["accuracy"] for r in rows], color="tab:green", marker="x")
     twin.set_ylabel("test accuracy (%)", color="tab:green")
+    # Plain numbers at the decades only: log-axis minor labels (3×10¹, 4×10¹...) collide.
+    # Set after the twin, whose semilogx call resets the shared x axis's formatters.
+    ticker = require("matplotlib.ticker")
+    for axis in (axes[0].xaxis, twin.xaxis):
+        axis.set_major_formatter(ticker.ScalarFormatter())
+        axis.set_minor_formatter(ticker.NullFormatter())
     return [save(fig, folder, "figure3.png")]
