@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Union
 
 from .._solution import SolverError
@@ -20,7 +20,7 @@ from .cnf import CNFConfig, CNFTask, summary_line
 from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
 from .latent import LatentConfig, LatentTask
 from .reproduce import ReproduceConfig, ReproduceIncomplete, reproduce
-from .training import TrainingDiverged, run_training
+from .training import Task, TrainingDiverged, run_training
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (
@@ -63,28 +63,36 @@ def _commands() -> Any:
     ]
 
 
+def _classify_line(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
+        f"({summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s training)"
+    )
+
+
+def _latent_line(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary['label']}: test extrapolation RMSE {summary['test_rmse_clean']:.4f} "
+        f"vs the noise-free spirals, {summary['test_rmse']:.4f} vs the noisy ones "
+        f"({summary['train_seconds']:.0f} s training)"
+    )
+
+
+# Each training command: its config type → (its Task, the one-line result it prints).
+TRAINERS: dict[type, tuple[Callable[[Any], Task], Callable[[dict[str, Any]], str]]] = {
+    ClassifyConfig: (ClassifyTask, _classify_line),
+    LatentConfig: (LatentTask, _latent_line),
+    CNFConfig: (CNFTask, summary_line),
+}
+
+
 def run(command: Any) -> None:
     """Execute a parsed command."""
-    if isinstance(command, ClassifyConfig):
-        summary = run_training(command, ClassifyTask(command))
-        if summary is not None:
-            print(
-                f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
-                f"({summary['parameters']:,} parameters, "
-                f"{summary['train_seconds']:.0f} s training)"
-            )
-    elif isinstance(command, LatentConfig):
-        summary = run_training(command, LatentTask(command))
-        if summary is not None:
-            print(
-                f"{summary['label']}: test extrapolation RMSE {summary['test_rmse_clean']:.4f} "
-                f"vs the noise-free spirals, {summary['test_rmse']:.4f} vs the noisy ones "
-                f"({summary['train_seconds']:.0f} s training)"
-            )
-    elif isinstance(command, CNFConfig):
-        summary = run_training(command, CNFTask(command))
-        if summary is not None:
-            print(summary_line(summary))
+    if type(command) in TRAINERS:
+        make_task, line = TRAINERS[type(command)]
+        summary = run_training(command, make_task(command))
+        if summary is not None:  # rank 0 only
+            print(line(summary))
     elif isinstance(command, EvaluateClassifyConfig):
         evaluate_classify(command)
     elif isinstance(command, ReproduceConfig):
