@@ -56,6 +56,27 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
     assert_resume_is_exact(_train, tmp_path, monkeypatch, ["--kl-warmup", "15"])
 
 
+@pytest.mark.parametrize("clip", [None, 0.01])
+def test_grad_clip_bounds_every_step_the_optimiser_takes(tmp_path, monkeypatch, clip):
+    norms: list[float] = []
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"]]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads if g is not None]))))  # fmt: skip
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    flags = ["--grad-clip", str(clip)] if clip else ["--grad-clip", "None"]
+    assert _train(tmp_path / "run", *flags) == 0
+    assert len(norms) == 20
+    if clip:
+        assert max(norms) <= clip * (1 + 1e-5)
+    else:  # the bound above is not met by accident: unclipped norms are far larger
+        assert min(norms) > 100 * 0.01
+
+
 def test_iterations_walk_through_reshuffles_and_warm_up_the_kl():
     config = LatentConfig(spirals=60, test_size=20, val_size=10, batch_size=7, kl_warmup=4)
     task = LatentTask(config)
@@ -87,6 +108,7 @@ def test_iterations_walk_through_reshuffles_and_warm_up_the_kl():
         (["--batch-size", "40"], "--batch-size 40 is more than the 30 training spirals"),
         (["--noise", "0"], "--noise 0 needs --obs-std"),
         (["--lr", "0"], "--lr must be > 0"),
+        (["--grad-clip", "-1"], "--grad-clip must be > 0, got -1.0"),
         (["--seminorm"], "--seminorm needs --adjoint backsolve"),
     ],
 )

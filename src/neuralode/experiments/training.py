@@ -47,12 +47,15 @@ class Task(abc.ABC):
         epochs: Number of epochs (an epoch is ``steps_per_epoch()`` training steps).
         select: Validation metric that picks the best checkpoint (e.g. ``"accuracy"``).
         higher_is_better: Direction of ``select``.
+        max_grad_norm: If set, the gradient's global 2-norm is clipped to it before each
+            optimiser step (after DDP's all-reduce, so every rank clips alike).
     """
 
     experiment: str = "experiment"
     epochs: int = 1
     select: str = "loss"
     higher_is_better: bool = False
+    max_grad_norm: float | None = None
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -231,6 +234,8 @@ def _train_epoch(
             _check_finite(loss, world, epoch, step, steps)
             task.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        if task.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), task.max_grad_norm)
         task.optimizer.step()
         if task.scheduler is not None:
             task.scheduler.step()

@@ -116,6 +116,7 @@ class TableTwo(Planner):
 
 def _data_note(ctx: Context, s: Scale) -> str:
     train = s.spirals - s.test_size - s.val_size
+    d = LatentConfig()  # the optimiser settings every P4 run takes from the defaults
     scale_note = (
         "This is the protocol's scale (1000 spirals, 800 / 200)"
         if s.spirals == 1000
@@ -128,8 +129,10 @@ def _data_note(ctx: Context, s: Scale) -> str:
         f"train / {s.val_size} validation (split off the training spirals; selects the "
         f"checkpoint by extrapolation RMSE) / {s.test_size} test, the same spirals for every "
         f"model. n ∈ {{{', '.join(map(str, s.n_obs))}}} observed points per spiral, drawn "
-        f"at random from the window. {s.iters} iterations of Adam (lr 1e-2) on batches of "
-        f"{s.batch_size} spirals, validated every {s.eval_every}. Latent ODE: the paper's "
+        f"at random from the window. {s.iters} iterations of Adam (lr {d.lr:g}, {d.schedule} "
+        f"schedule, gradient norm clipped to {d.grad_clip:g}; the reference: constant lr, no "
+        f"clipping) on batches of {s.batch_size} spirals, validated every {s.eval_every}. "
+        "Latent ODE: the paper's "
         "architecture (25-unit RNN encoder reading (x, Δt) backwards, z0 ∈ R⁴, dynamics "
         "4→20→4, decoder 4→20→2), likelihood σ = the noise level, dopri5 at rtol = atol = "
         "1e-5 (the paper: 1.5e-8 in float64), backprop through the solver. RNNs: 25 tanh "
