@@ -71,7 +71,7 @@ def test_train_writes_the_run_layout(tmp_path, args, capsys):
 @pytest.mark.parametrize(
     "args",
     [
-        ["--task", "density", "--model", "cnf", "--width", "2"],
+        ["--task", "density", "--model", "cnf", "--width", "2", "--schedule", "cosine"],
         ["--task", "ml", "--model", "cnf", "--width", "2", "--t1", "1", "--trace", "hutchinson"],
     ],
     ids=["density", "ml-hutchinson"],
@@ -79,6 +79,8 @@ def test_train_writes_the_run_layout(tmp_path, args, capsys):
 def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch, args):
     rows = assert_resume_is_exact(_train, tmp_path, monkeypatch, [*args, "--iters", "6"])
     assert len(rows) == 3
+    lrs = [float(r["lr"]) for r in rows]  # the cosine's state survives the kill
+    assert lrs == sorted(lrs, reverse=True) and (lrs[0] > lrs[-1]) == ("cosine" in args)
 
 
 def test_every_epoch_draws_new_training_samples(tmp_path):

@@ -42,7 +42,7 @@ from .config import RunOptions, check_positive, flag
 from .distributed import World
 from .runs import RunDir
 from .solving import SolverOptions
-from .training import Task, epoch_generator
+from .training import Schedule, Task, epoch_generator, lr_scheduler
 
 Objective = Literal["density", "ml"]
 Target = Literal["U1", "U2", "U3", "U4"]
@@ -95,7 +95,9 @@ class CNFConfig(SolverOptions, RunOptions):
     batch_size: int = 512
     """Samples per iteration: model samples (density) or fresh data points (ml)."""
     lr: float = 1e-3
-    """Adam learning rate (constant)."""
+    """Adam's learning rate."""
+    schedule: Schedule = "constant"
+    """Learning rate: constant, or cosine decay to 0 over --iters."""
     val_size: int = 2_000
     """Held-out samples for validation (fixed seed), scored after every epoch."""
     test_size: int = 10_000
@@ -233,6 +235,7 @@ class CNFTask(Task):
         self.flow = build_flow(cfg)
         self.model = FlowObjective(self.flow, self.target)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scheduler = lr_scheduler(self.optimizer, cfg.schedule, cfg.iters)
 
     def steps_per_epoch(self) -> int:
         """``--iters-per-epoch`` (or ``--iters`` if smaller)."""

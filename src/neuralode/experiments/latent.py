@@ -30,7 +30,7 @@ from .config import RunOptions, check_positive
 from .distributed import World, unwrap
 from .runs import RunDir
 from .solving import GradientMethod, SolverOptions
-from .training import Task, epoch_generator
+from .training import Schedule, Task, epoch_generator, lr_scheduler
 
 Model = Literal["latent-ode", "rnn", "rnn-dt"]
 Encoder = Literal["rnn", "gru", "odernn"]
@@ -95,7 +95,7 @@ class LatentConfig(SolverOptions, RunOptions):
     reference does not clip; without it the n=50, noise 0.1 spirals diverged at iteration
     1128 (the latent dynamics turned stiff), and the loss's gradient norm is in the
     thousands at noise 0.1, so 100 clips most steps and only bounds their size."""
-    schedule: Literal["constant", "cosine"] = "cosine"
+    schedule: Schedule = "cosine"
     """Learning rate: cosine decay to 0 over --iters, or constant (the reference's)."""
     kl_warmup: int = 0
     """latent-ode only: iterations over which the KL weight rises linearly from 0 to 1 (0: none)."""
@@ -218,8 +218,7 @@ class LatentTask(Task):
             )
         self.model = SequenceObjective(build_model(cfg)).to(world.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        if cfg.schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.iters)
+        self.scheduler = lr_scheduler(self.optimizer, cfg.schedule, cfg.iters)
 
     def steps_per_epoch(self) -> int:
         """``--eval-every`` iterations."""

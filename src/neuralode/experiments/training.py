@@ -20,7 +20,7 @@ import os
 import platform
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -34,6 +34,18 @@ from .runs import BEST, RunDir, default_run_dir
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving the bad epoch."""
+
+
+Schedule = Literal["constant", "cosine"]
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: Schedule, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The scheduler of a ``--schedule`` flag: ``None`` (constant) or cosine to 0 over ``steps``."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    return None
 
 
 class Task(abc.ABC):
