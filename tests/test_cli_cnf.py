@@ -176,3 +176,25 @@ def test_p5_writes_its_report_section(tmp_path, monkeypatch):
     # A second run reuses every finished job.
     assert main(argv) == 0
     assert len(started) == 4
+
+
+def _summary(iters: int, scores: list[float], key: str = "kl") -> dict:
+    history = [{"epoch": i + 1, f"val_{key}": v} for i, v in enumerate(scores)]
+    return {"iters": iters, "epochs": len(scores), "history": history}
+
+
+def test_equal_budget_reads_the_nf_at_the_cnf_iterations():
+    cnf = _summary(1000, [0.9, 0.4, 0.6, 0.5])  # epochs of 250 iterations
+    nf = _summary(5000, [0.7, 0.35, 0.1, 0.05, 0.01])  # epochs of 1000: only the first counts
+    assert flows.equal_budget(cnf, nf, "kl") == (0.4, 0.7)
+    nf_late = _summary(5000, [0.7, 0.1])  # its first epoch ends at 2500 > 1000
+    assert flows.equal_budget(cnf, nf_late, "kl") is None
+    # The verdict counts the cells at equal iterations apart from the final test KLs.
+    runs = {
+        flows.density_name("U1", "cnf", 2): {**cnf, "test_kl": 0.5},
+        flows.density_name("U1", "nf", 2): {**nf, "test_kl": 0.02},
+    }
+    scale = flows.Scale(("U1",), (2,), (), {"cnf": 1000, "nf": 5000}, {})
+    lines = flows.density_verdicts(scale, runs)
+    assert "in 0 of 1 cells" in lines[0] and "does NOT match" in lines[0]
+    assert "At equal iterations" in lines[2] and "in 1 of 1 cells." in lines[2]

@@ -247,7 +247,42 @@ def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
         f"- (a) The NF had {ratio:.0f}× the CNF's iterations here (the paper: "
         f"{PAPER_NF_ITERS // PAPER_CNF_ITERS}×), at a fraction of the cost per iteration."
     )
+    even = []
+    for target, size in cells:
+        pair = equal_budget(runs[density_name(target, "cnf", size)],
+                            runs[density_name(target, "nf", size)], "kl")  # fmt: skip
+        if pair is not None:
+            even.append((f"{target} at {size}", *pair))
+    if even:
+        lost = [f"{cell} ({c:.3f} vs {n:.3f})" for cell, c, n in even if c > n]
+        out.append(
+            f"- (a) At equal iterations (each model's best validation KL within the CNF's "
+            f"budget, the NF's read from its epochs up to that point): the CNF's is at most "
+            f"the NF's in {len(even) - len(lost)} of {len(even)} cells"
+            + (f"; the NF is lower for {'; '.join(lost)}." if lost else ".")
+        )
     return out
+
+
+def equal_budget(
+    cnf: Mapping[str, Any], nf: Mapping[str, Any], key: str
+) -> tuple[float, float] | None:
+    """Best validation ``key`` of each model within the CNF's iterations, or ``None``.
+
+    ``None`` when either has no epoch that ends within that budget. The NF usually trains
+    for more iterations than the CNF (each costs far less); its per-epoch validation
+    history tells what it had reached at the CNF's budget.
+    """
+
+    def best_within(summary: Mapping[str, Any], iters: int) -> float | None:
+        per_epoch = summary["iters"] / summary["epochs"]
+        scores = [row[f"val_{key}"] for row in summary["history"]
+                  if row["epoch"] * per_epoch <= iters]  # fmt: skip
+        return min(scores) if scores else None
+
+    budget = cnf["iters"]
+    c, n = best_within(cnf, budget), best_within(nf, budget)
+    return None if c is None or n is None else (c, n)
 
 
 def ml_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
@@ -260,15 +295,20 @@ def ml_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
         gap = nf["test_nll"] - cnf["test_nll"]
         error = (cnf["test_nll_stderr"] ** 2 + nf["test_nll_stderr"] ** 2) ** 0.5
         better = "lower" if gap > 0 else "higher"
-        verdict = ""
+        verdict = "."
         if dataset == "moons":
             verdict = " (acceptance: lower on two moons): " + (
                 "matches." if gap > 0 else "does NOT match."
             )
+        even = equal_budget(cnf, nf, "nll")
+        at_budget = "" if even is None else (
+            f" At equal iterations ({cnf['iters']:,}), best validation NLL {even[0]:.3f} "
+            f"(CNF) vs {even[1]:.3f} (NF)."
+        )  # fmt: skip
         out.append(
             f"- (b) {dataset}: test NLL {cnf['test_nll']:.3f} (CNF) vs {nf['test_nll']:.3f} "
             f"(NF): the CNF's is {better} by {abs(gap):.3f} nats (standard error of the "
-            f"difference {error:.3f}){verdict}"
+            f"difference {error:.3f}){verdict}{at_budget}"
         )
     return out
 
