@@ -18,7 +18,6 @@ declares that by asking for the per-sample mode.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -99,11 +98,13 @@ def integrate_samples(
         y0.clone(),
         problem.f0.clone(),
         taus.clone(),
+        taus[:, -1].clone(),
         torch.ones_like(zeros),
         zeros.clone(),
         zeros.clone(),
         zeros.clone(),
         torch.ones_like(zeros, dtype=torch.bool),
+        zeros.clone(),
         n_live=batch,
     )
     problem.f.select(None)
@@ -111,8 +112,8 @@ def integrate_samples(
         rows = _start(problem, solver, controller, rows, ended)
         while rows.n_live:
             rows = _advance(problem, solver, controller, rows, ended, outputs, max_steps, records)
-    else:
-        ended.add(rows, zeros, problem.direction)
+    # The rows still in the batch are all finished (frozen), or never started.
+    ended.add(rows, None, problem.direction)
     problem.f.select(None)
     return _result(problem, outputs, ended)
 
@@ -143,27 +144,26 @@ def _start(
     bad = ~torch.isfinite(rows.f0).all(dim=-1)
     n_bad = int(bad.sum())
     if n_bad:
-        rows = _retire(rows, bad, torch.where(bad, 4, 0), n_bad, ended, d)
-        rows, _ = _compact(problem, rows)
+        rows.code, rows.live, rows.n_live = bad * 4, ~bad, rows.n_live - n_bad
+        rows, _ = _compact(problem, rows, ended)
     return rows
 
 
 class _Attempt(NamedTuple):
-    """One batched step attempt, before the host looks at it (see :func:`_attempt`)."""
+    """One batched step attempt, before the host looks at it (see :func:`_attempt`).
 
+    ``rows``: the rows' next state (``f0`` updated only when the solver returns ``f1``);
+    ``summary``: ``[outputs, leaving, accepted, trouble]`` row counts, the step's one sync.
+    """
+
+    rows: tuple[Any, ...]
     tau0: torch.Tensor
     dt: torch.Tensor
-    tau_new: torch.Tensor
-    y_new: torch.Tensor
-    dt_next: torch.Tensor
-    cstate: Any
-    n_next: torch.Tensor
-    streak: torch.Tensor
-    go: torch.Tensor
     accept: torch.Tensor
-    code: torch.Tensor
     n_outputs: torch.Tensor
     leaving: torch.Tensor
+    underflow: torch.Tensor
+    nonfinite: torch.Tensor
     y1: torch.Tensor
     k: tuple[torch.Tensor, ...]
     f1: torch.Tensor | None
@@ -181,52 +181,65 @@ def _attempt(
     """Every live row attempts its own step and is judged alone: tensors only, no sync.
 
     This is the part of a step that ``torch.compile`` captures as one graph (vector
-    field included) when the solve asks for it.
+    field and the rows' update included) when the solve asks for it. Why a row stopped
+    is worked out on the host, and only at steps where one may have failed
+    (:func:`_failures`): the common step computes no failure code.
     """
-    tau, y, tau_end = rows.tau, rows.y, rows.taus[:, -1]
+    tau, y, dt_proposed, tau_end = rows.tau, rows.y, rows.dt, rows.tau_end
     # As in the joint loop: the controller's proposal must respect dt_min; the step then
     # lands exactly on the sample's last time, stretched by a hair rather than leave a sliver.
-    tau1 = torch.where(tau + rows.dt * (1 + 1e-10) >= tau_end, tau_end, tau + rows.dt)
+    tau1 = torch.where(tau + dt_proposed * (1 + 1e-10) >= tau_end, tau_end, tau + dt_proposed)
     dt = tau1 - tau
-    t_info = torch.finfo(f.t_dtype)
-    underflow = dt <= 4 * t_info.eps * torch.clamp(tau.abs(), min=t_info.tiny)
-    if controller.min_step():
-        underflow |= rows.dt < controller.min_step() * (1 - 1e-9)
-    code = torch.where(underflow, torch.where(rows.streak > 0, 3, 2), 0)
-    code = torch.where(rows.live, torch.where(rows.steps >= max_steps, 1, code), 0)
-    go = rows.live & (code == 0)
-    step = solver.step(f, direction * tau, y, rows.f0, direction * dt)
+    underflow = _underflow(f, controller, tau, dt, dt_proposed)
+    go = rows.live & ~(underflow | (rows.steps >= max_steps))
+    # (direction * x is x itself going forwards: two tensor ops less per step.)
+    t0, h = (tau, dt) if direction == 1.0 else (direction * tau, direction * dt)
+    step = solver.step(f, t0, y, rows.f0, h)
     decision = controller.decide_rows(tau, dt, y, step, rows.cstate)
     accept = decision.accept & go
     nonfinite = decision.nonfinite & go
-    streak = torch.where(go, torch.where(nonfinite, rows.streak + 1, 0), rows.streak)
-    f0_bad = ~torch.isfinite(rows.f0).all(dim=-1)
-    code = torch.where(nonfinite & (streak == 1) & f0_bad, 6, code)
-    code = torch.where(nonfinite & (streak >= _MAX_NONFINITE_STREAK), 5, code)
     tau_new = torch.where(accept, tau1, tau)
     n_next = torch.searchsorted(rows.taus, tau_new.unsqueeze(-1), right=True).squeeze(-1)
     count = n_next - rows.n_out
-    leaving = (go & (n_next == rows.taus.shape[1])) | (code != 0)
-    summary = torch.stack([count.sum(), leaving.sum(), accept.sum()])
-    return _Attempt(
-        tau0=tau,
-        dt=dt,
-        tau_new=tau_new,
-        y_new=torch.where(accept.unsqueeze(-1), step.y1, y),
-        dt_next=decision.dt_next,
-        cstate=decision.state,
-        n_next=n_next,
-        streak=streak,
-        go=go,
-        accept=accept,
-        code=code,
-        n_outputs=count,
-        leaving=leaving,
-        y1=step.y1,
-        k=step.k,
-        f1=step.f1,
-        summary=summary,
+    # A row stays if it stepped, finitely, and has outputs left; the others leave, except
+    # the non-finite ones still allowed retries, which _failures takes back out. Trouble:
+    # rows that may fail (could not step, or were not finite), hence need _failures.
+    stays = (go ^ nonfinite) & (n_next < rows.taus.shape[1])
+    leaving = rows.live ^ stays
+    trouble = nonfinite | (rows.live ^ go)
+    summary = torch.stack([count, leaving, accept, trouble]).sum(dim=1)
+    accepted = accept.unsqueeze(-1)
+    f0 = rows.f0 if step.f1 is None else torch.where(accepted, step.f1, rows.f0)
+    updated = (
+        tau_new,
+        decision.dt_next,
+        torch.where(accepted, step.y1, y),
+        f0,
+        n_next,
+        (rows.streak + 1) * nonfinite,  # the streak of non-finite retries (of go rows)
+        rows.steps + go,
+        rows.accepted + accept,
+        decision.state,
     )
+    return _Attempt(
+        updated, tau, dt, accept, count, leaving, underflow, nonfinite, step.y1, step.k,
+        step.f1, summary,
+    )  # fmt: skip
+
+
+def _underflow(
+    f: VectorField,
+    controller: AbstractController,
+    tau: torch.Tensor,
+    dt: torch.Tensor,
+    dt_proposed: torch.Tensor,
+) -> torch.Tensor:
+    """Rows whose step is too small: lost in the clock's rounding, or below ``dt_min``."""
+    t_info = torch.finfo(f.t_dtype)
+    underflow = dt <= 4 * t_info.eps * torch.clamp(tau.abs(), min=t_info.tiny)
+    if controller.min_step():
+        underflow |= dt_proposed < controller.min_step() * (1 - 1e-9)
+    return underflow
 
 
 def _advance(
@@ -245,43 +258,93 @@ def _advance(
         attempt = _compiled_step(f, solver, controller, rows, max_steps, d)
     else:
         attempt = _attempt(f, solver, controller, rows, max_steps, d)
-    # The host sync of the step: the output window, and whether the batch shrinks (steps
-    # where samples leave add one more, to find them).
-    n_outputs, n_leaving, n_accepted = attempt.summary.tolist()
-    accept, tau, dt, count = attempt.accept, attempt.tau0, attempt.dt, attempt.n_outputs
+    # The host sync of the step: the output window, and whether the batch shrinks.
+    n_outputs, n_leaving, n_accepted, n_trouble = attempt.summary.tolist()
+    accept = attempt.accept
     if records is not None and n_accepted:
-        records.append(record_rows(rows, accept, tau, dt, count, n_outputs))
+        step = (attempt.tau0, attempt.dt, attempt.n_outputs)
+        records.append(record_rows(rows, accept, *step, n_outputs))
     f1 = attempt.f1
     if n_outputs:
-        if f1 is None and needs_f1(solver):
-            f1 = f(d * attempt.tau_new, attempt.y_new)
-        window = Window(rows.idx, rows.taus, rows.n_out, count, n_outputs)
-        step = StepResult(attempt.y1, None, attempt.f1, attempt.k)
-        values, pos = step_outputs(problem, solver, window, rows.y, tau, dt, step, f1)
-        outputs.add(pos, values)
-    rows = dataclasses.replace(
-        rows,
-        tau=attempt.tau_new,
-        dt=attempt.dt_next,
-        y=attempt.y_new,
-        n_out=attempt.n_next,
-        streak=attempt.streak,
-        steps=rows.steps + attempt.go,
-        accepted=rows.accepted + accept,
-        cstate=attempt.cstate,
-    )
-    if n_leaving:
-        rows = _retire(rows, attempt.leaving, attempt.code, n_leaving, ended, d)
-        if rows.idx.numel() - rows.n_live > COMPACT_SHARE * rows.idx.numel():
-            rows, keep = _compact(problem, rows)
-            if keep is not None:
-                accept = accept.index_select(0, keep)
-                f1 = None if f1 is None else f1.index_select(0, keep)
-    if n_accepted and rows.n_live:
+        f1 = _outputs(problem, solver, rows, attempt, outputs, n_outputs)
+    rows, keep = _next_rows(problem, rows, attempt, ended, max_steps, n_leaving, n_trouble)
+    if attempt.f1 is None and n_accepted and rows.n_live:
+        # Without FSAL, the next f0 of the accepted rows is one more call of f.
+        if keep is not None:
+            accept = accept.index_select(0, keep)
+            f1 = None if f1 is None else f1.index_select(0, keep)
         if f1 is None:
             f1 = f(d * rows.tau, rows.y)
         rows.f0 = torch.where(accept.unsqueeze(-1), f1, rows.f0)
     return rows
+
+
+def _outputs(
+    problem: Problem,
+    solver: AbstractSolver,
+    rows: Rows,
+    attempt: _Attempt,
+    outputs: Collector,
+    n_outputs: int,
+) -> torch.Tensor | None:
+    """Collect the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
+    f1 = attempt.f1
+    if f1 is None and needs_f1(solver):
+        f1 = problem.f(problem.direction * attempt.rows[0], attempt.rows[2])
+    window = Window(rows.idx, rows.taus, rows.n_out, attempt.n_outputs, n_outputs)
+    step = StepResult(attempt.y1, None, attempt.f1, attempt.k)
+    values, pos = step_outputs(problem, solver, window, rows.y, attempt.tau0, attempt.dt, step, f1)
+    outputs.add(pos, values)
+    return f1
+
+
+def _next_rows(
+    problem: Problem,
+    rows: Rows,
+    attempt: _Attempt,
+    ended: Ended,
+    max_steps: int,
+    n_leaving: int,
+    n_trouble: int,
+) -> tuple[Rows, torch.Tensor | None]:
+    """The rows after the step: leaving rows frozen, compacted when enough are frozen.
+
+    Also returns the positions kept by a compaction (``None`` when there was none).
+    """
+    tau, dt, y, f0, n_out, streak, steps, accepted, cstate = attempt.rows
+    new = Rows(
+        rows.idx, tau, dt, y, f0, rows.taus, rows.tau_end, n_out, streak, steps, accepted,
+        rows.live, rows.code, cstate, rows.n_live,
+    )  # fmt: skip
+    if not n_leaving:
+        return new, None
+    leaving = attempt.leaving
+    if n_trouble:
+        leaving, code = _failures(rows, attempt, max_steps)
+        n_leaving = int(leaving.sum())
+        new.code = torch.where(leaving, code, new.code)
+    # Leaving rows stay in the batch, frozen (live is False), until compaction.
+    new.live, new.n_live = new.live ^ leaving, new.n_live - n_leaving
+    if new.idx.numel() - new.n_live > COMPACT_SHARE * new.idx.numel():
+        return _compact(problem, new, ended)
+    return new, None
+
+
+def _failures(rows: Rows, attempt: _Attempt, max_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows that leave at a step where some may have failed, and why (``_ENDINGS``).
+
+    ``rows`` as they were before the step. A row stops when it could not step (out of
+    steps, step underflow) or when a non-finite step is not worth retrying: ``f`` itself
+    was not finite at the start, or the retries ran out.
+    """
+    streak = attempt.rows[5]
+    code = torch.where(attempt.underflow, torch.where(rows.streak > 0, 3, 2), 0)
+    code = torch.where(rows.live, torch.where(rows.steps >= max_steps, 1, code), 0)
+    f0_bad = ~torch.isfinite(rows.f0).all(dim=-1)
+    nonfinite = attempt.nonfinite
+    code = torch.where(nonfinite & (streak == 1) & f0_bad, 6, code)
+    code = torch.where(nonfinite & (streak >= _MAX_NONFINITE_STREAK), 5, code)
+    return attempt.leaving & ((code != 0) | ~nonfinite), code
 
 
 # torch.compile backend of the compiled step; the tests switch it to "eager" (dynamo's
@@ -320,24 +383,14 @@ def _compiled_step(
     return attempt
 
 
-def _retire(
-    rows: Rows,
-    leaving: torch.Tensor,
-    code: torch.Tensor,
-    n_leaving: int,
-    ended: Ended,
-    direction: float,
-) -> Rows:
-    """Record the ``n_leaving`` rows in ``leaving`` as ended, and freeze them."""
-    out = leaving.nonzero().squeeze(-1)
-    ended.add(rows.take(out, 0), code.index_select(0, out), direction)
-    return dataclasses.replace(rows, live=rows.live & ~leaving, n_live=rows.n_live - n_leaving)
+def _compact(problem: Problem, rows: Rows, ended: Ended) -> tuple[Rows, torch.Tensor | None]:
+    """Record the frozen rows and drop them (unless compaction is off).
 
-
-def _compact(problem: Problem, rows: Rows) -> tuple[Rows, torch.Tensor | None]:
-    """Drop the frozen rows (unless compaction is off); also return the kept positions."""
+    Returns the rows and the positions kept (``None`` if nothing was dropped).
+    """
     if not COMPACT or not rows.n_live:
         return rows, None
+    ended.add(rows, (~rows.live).nonzero().squeeze(-1), problem.direction)
     keep = rows.live.nonzero().squeeze(-1)
     rows = rows.take(keep, rows.n_live)
     problem.f.select(rows.idx)
