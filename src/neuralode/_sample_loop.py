@@ -141,6 +141,10 @@ def _start(
         atol=_flat_tolerance(atol, problem),
     )
     rows.dt, rows.cstate = controller.init_rows(start)
+    if problem.compiled:
+        # The compiled step takes Python numbers as constants (see _compiled_attempt), but
+        # a new tolerance should not recompile it: the state's floats go in as tensors.
+        rows.cstate = tuple(_as_input(x, rows.tau) for x in rows.cstate)
     bad = ~torch.isfinite(rows.f0).all(dim=-1)
     n_bad = int(bad.sum())
     if n_bad:
@@ -149,25 +153,37 @@ def _start(
     return rows
 
 
+def _as_input(x: Any, like: torch.Tensor) -> Any:
+    """A Python float as a 0-d float64 tensor (a graph input, not a constant)."""
+    return torch.tensor(x, dtype=torch.float64, device=like.device) if type(x) is float else x
+
+
 class _Attempt(NamedTuple):
     """One batched step attempt, before the host looks at it (see :func:`_attempt`).
+
+    As few tensors as the host needs: each output of a compiled step costs wrapper time
+    at every call, so inputs (``tau``, ``k[0] = f0``) and aliases (``f1 = k[-1]``) are not
+    returned but taken from the rows (:meth:`stages`).
 
     ``rows``: the rows' next state (``f0`` updated only when the solver returns ``f1``);
     ``summary``: ``[outputs, leaving, accepted, trouble]`` row counts, the step's one sync.
     """
 
     rows: tuple[Any, ...]
-    tau0: torch.Tensor
     dt: torch.Tensor
     accept: torch.Tensor
     n_outputs: torch.Tensor
     leaving: torch.Tensor
-    underflow: torch.Tensor
-    nonfinite: torch.Tensor
     y1: torch.Tensor
-    k: tuple[torch.Tensor, ...]
+    k_new: tuple[torch.Tensor, ...]
     f1: torch.Tensor | None
+    f1_is_last: bool
     summary: torch.Tensor
+
+    def stages(self, f0: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The step's stages ``k`` (given its ``f0``) and its ``f1`` (``None`` if none)."""
+        k = (f0, *self.k_new)
+        return k, k[-1] if self.f1_is_last else self.f1
 
 
 def _attempt(
@@ -221,10 +237,11 @@ def _attempt(
         rows.accepted + accept,
         decision.state,
     )
+    f1_is_last = step.f1 is step.k[-1]
+    f1 = None if f1_is_last else step.f1
     return _Attempt(
-        updated, tau, dt, accept, count, leaving, underflow, nonfinite, step.y1, step.k,
-        step.f1, summary,
-    )  # fmt: skip
+        updated, dt, accept, count, leaving, step.y1, step.k[1:], f1, f1_is_last, summary
+    )
 
 
 def _underflow(
@@ -260,16 +277,19 @@ def _advance(
         attempt = _attempt(f, solver, controller, rows, max_steps, d)
     # The host sync of the step: the output window, and whether the batch shrinks.
     n_outputs, n_leaving, n_accepted, n_trouble = attempt.summary.tolist()
-    accept = attempt.accept
+    k, f1 = attempt.stages(rows.f0)
+    step = StepResult(attempt.y1, None, f1, k)
     if records is not None and n_accepted:
-        step = (attempt.tau0, attempt.dt, attempt.n_outputs)
-        records.append(record_rows(rows, accept, *step, n_outputs))
-    f1 = attempt.f1
+        window = (rows.tau, attempt.dt, attempt.n_outputs)
+        records.append(record_rows(rows, attempt.accept, *window, n_outputs))
     if n_outputs:
-        f1 = _outputs(problem, solver, rows, attempt, outputs, n_outputs)
-    rows, keep = _next_rows(problem, rows, attempt, ended, max_steps, n_leaving, n_trouble)
-    if attempt.f1 is None and n_accepted and rows.n_live:
+        f1 = _outputs(problem, solver, rows, attempt, step, outputs, n_outputs)
+    rows, keep = _next_rows(
+        problem, controller, rows, attempt, ended, max_steps, n_leaving, n_trouble
+    )
+    if step.f1 is None and n_accepted and rows.n_live:
         # Without FSAL, the next f0 of the accepted rows is one more call of f.
+        accept = attempt.accept
         if keep is not None:
             accept = accept.index_select(0, keep)
             f1 = None if f1 is None else f1.index_select(0, keep)
@@ -284,22 +304,23 @@ def _outputs(
     solver: AbstractSolver,
     rows: Rows,
     attempt: _Attempt,
+    step: StepResult,
     outputs: Collector,
     n_outputs: int,
 ) -> torch.Tensor | None:
     """Collect the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
-    f1 = attempt.f1
+    f1 = step.f1
     if f1 is None and needs_f1(solver):
         f1 = problem.f(problem.direction * attempt.rows[0], attempt.rows[2])
     window = Window(rows.idx, rows.taus, rows.n_out, attempt.n_outputs, n_outputs)
-    step = StepResult(attempt.y1, None, attempt.f1, attempt.k)
-    values, pos = step_outputs(problem, solver, window, rows.y, attempt.tau0, attempt.dt, step, f1)
+    values, pos = step_outputs(problem, solver, window, rows.y, rows.tau, attempt.dt, step, f1)
     outputs.add(pos, values)
     return f1
 
 
 def _next_rows(
     problem: Problem,
+    controller: AbstractController,
     rows: Rows,
     attempt: _Attempt,
     ended: Ended,
@@ -320,7 +341,7 @@ def _next_rows(
         return new, None
     leaving = attempt.leaving
     if n_trouble:
-        leaving, code = _failures(rows, attempt, max_steps)
+        leaving, code = _failures(problem.f, controller, rows, attempt, max_steps)
         n_leaving = int(leaving.sum())
         new.code = torch.where(leaving, code, new.code)
     # Leaving rows stay in the batch, frozen (live is False), until compaction.
@@ -330,7 +351,13 @@ def _next_rows(
     return new, None
 
 
-def _failures(rows: Rows, attempt: _Attempt, max_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _failures(
+    f: VectorField,
+    controller: AbstractController,
+    rows: Rows,
+    attempt: _Attempt,
+    max_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows that leave at a step where some may have failed, and why (``_ENDINGS``).
 
     ``rows`` as they were before the step. A row stops when it could not step (out of
@@ -338,10 +365,11 @@ def _failures(rows: Rows, attempt: _Attempt, max_steps: int) -> tuple[torch.Tens
     was not finite at the start, or the retries ran out.
     """
     streak = attempt.rows[5]
-    code = torch.where(attempt.underflow, torch.where(rows.streak > 0, 3, 2), 0)
+    nonfinite = streak > 0  # the streak counts the step's non-finite rows, only them
+    underflow = _underflow(f, controller, rows.tau, attempt.dt, rows.dt)
+    code = torch.where(underflow, torch.where(rows.streak > 0, 3, 2), 0)
     code = torch.where(rows.live, torch.where(rows.steps >= max_steps, 1, code), 0)
     f0_bad = ~torch.isfinite(rows.f0).all(dim=-1)
-    nonfinite = attempt.nonfinite
     code = torch.where(nonfinite & (streak == 1) & f0_bad, 6, code)
     code = torch.where(nonfinite & (streak >= _MAX_NONFINITE_STREAK), 5, code)
     return attempt.leaving & ((code != 0) | ~nonfinite), code
@@ -359,7 +387,12 @@ def _compiled_attempt(backend: str) -> Any:
     # the same model reuses the graph. The batch dimension is dynamic from the start, as
     # compaction shrinks it every few steps; a batch of one sample is its own graph
     # (dynamo specialises sizes 0 and 1).
-    return torch.compile(_attempt, fullgraph=True, dynamic=True, backend=backend)
+    #   Python numbers (the tableau's weights, the controller's coefficients, max_steps,
+    # the vector field's float constants) are constants of the graph: dynamic=True would
+    # otherwise lift each to an input (about 45 0-d tensors for dopri5), wrapped and
+    # checked at every call. Changing one recompiles; tolerances are inputs (_start).
+    compiled = torch.compile(_attempt, fullgraph=True, dynamic=True, backend=backend)
+    return torch._dynamo.config.patch(specialize_float=True, specialize_int=True)(compiled)
 
 
 def _compiled_step(
@@ -377,7 +410,7 @@ def _compiled_step(
         )
     finally:
         f.counting = True
-    evaluations = len(attempt.k) - 1  # every stage after k[0] = f0 is one call of f
+    evaluations = len(attempt.k_new)  # every stage after k[0] = f0 is one call of f
     f.nfe += evaluations
     f.rows += evaluations * rows.y.shape[0]
     return attempt
