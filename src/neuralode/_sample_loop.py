@@ -33,13 +33,14 @@ from ._sample_rows import (
     RowsRecord,
     Window,
     record_rows,
+    stack_step,
     step_outputs,
 )
 from ._solution import Stats, Status
 from ._vector_field import VectorField
 from .controllers import AbstractController, SolveStart
 from .interpolation import needs_f1
-from .solvers._explicit_rk import AbstractSolver, StepResult
+from .solvers._explicit_rk import AbstractSolver
 
 # Drop finished samples from the batch (the point of the mode). Off only in the test that
 # proves compaction changes no number: finished samples are then frozen in place.
@@ -162,8 +163,8 @@ class _Attempt(NamedTuple):
     """One batched step attempt, before the host looks at it (see :func:`_attempt`).
 
     As few tensors as the host needs: each output of a compiled step costs wrapper time
-    at every call, so inputs (``tau``, ``k[0] = f0``) and aliases (``f1 = k[-1]``) are not
-    returned but taken from the rows (:meth:`stages`).
+    at every call, so the step comes as one :func:`stack_step` tensor (what the outputs
+    read), and ``f1`` only when it is not the last stage (FSAL: ``f1_is_last``).
 
     ``rows``: the rows' next state (``f0`` updated only when the solver returns ``f1``);
     ``summary``: ``[outputs, leaving, accepted, trouble]`` row counts, the step's one sync.
@@ -174,16 +175,14 @@ class _Attempt(NamedTuple):
     accept: torch.Tensor
     n_outputs: torch.Tensor
     leaving: torch.Tensor
-    y1: torch.Tensor
-    k_new: tuple[torch.Tensor, ...]
+    stacked: torch.Tensor
     f1: torch.Tensor | None
     f1_is_last: bool
     summary: torch.Tensor
 
-    def stages(self, f0: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
-        """The step's stages ``k`` (given its ``f0``) and its ``f1`` (``None`` if none)."""
-        k = (f0, *self.k_new)
-        return k, k[-1] if self.f1_is_last else self.f1
+    def step_f1(self) -> torch.Tensor | None:
+        """The step's ``f(t1, y1)`` if the solver returned it, else ``None``."""
+        return self.stacked[:, -2] if self.f1_is_last else self.f1
 
 
 def _attempt(
@@ -239,9 +238,8 @@ def _attempt(
     )
     f1_is_last = step.f1 is step.k[-1]
     f1 = None if f1_is_last else step.f1
-    return _Attempt(
-        updated, dt, accept, count, leaving, step.y1, step.k[1:], f1, f1_is_last, summary
-    )
+    stacked = stack_step(y, step)
+    return _Attempt(updated, dt, accept, count, leaving, stacked, f1, f1_is_last, summary)
 
 
 def _underflow(
@@ -277,17 +275,17 @@ def _advance(
         attempt = _attempt(f, solver, controller, rows, max_steps, d)
     # The host sync of the step: the output window, and whether the batch shrinks.
     n_outputs, n_leaving, n_accepted, n_trouble = attempt.summary.tolist()
-    k, f1 = attempt.stages(rows.f0)
-    step = StepResult(attempt.y1, None, f1, k)
+    f1 = attempt.step_f1()
+    has_f1 = f1 is not None
     if records is not None and n_accepted:
         window = (rows.tau, attempt.dt, attempt.n_outputs)
         records.append(record_rows(rows, attempt.accept, *window, n_outputs))
     if n_outputs:
-        f1 = _outputs(problem, solver, rows, attempt, step, outputs, n_outputs)
+        f1 = _outputs(problem, solver, rows, attempt, f1, outputs, n_outputs)
     rows, keep = _next_rows(
         problem, controller, rows, attempt, ended, max_steps, n_leaving, n_trouble
     )
-    if step.f1 is None and n_accepted and rows.n_live:
+    if not has_f1 and n_accepted and rows.n_live:
         # Without FSAL, the next f0 of the accepted rows is one more call of f.
         accept = attempt.accept
         if keep is not None:
@@ -304,16 +302,16 @@ def _outputs(
     solver: AbstractSolver,
     rows: Rows,
     attempt: _Attempt,
-    step: StepResult,
+    f1: torch.Tensor | None,
     outputs: Collector,
     n_outputs: int,
 ) -> torch.Tensor | None:
     """Collect the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
-    f1 = step.f1
     if f1 is None and needs_f1(solver):
         f1 = problem.f(problem.direction * attempt.rows[0], attempt.rows[2])
     window = Window(rows.idx, rows.taus, rows.n_out, attempt.n_outputs, n_outputs)
-    values, pos = step_outputs(problem, solver, window, rows.y, rows.tau, attempt.dt, step, f1)
+    stacked = attempt.stacked
+    values, pos = step_outputs(problem, solver, window, rows.tau, attempt.dt, stacked, f1)
     outputs.add(pos, values)
     return f1
 
@@ -410,7 +408,8 @@ def _compiled_step(
         )
     finally:
         f.counting = True
-    evaluations = len(attempt.k_new)  # every stage after k[0] = f0 is one call of f
+    # Every stage after k[0] = f0 is one call of f (stacked: y0, the stages, y1).
+    evaluations = attempt.stacked.shape[1] - 3
     f.nfe += evaluations
     f.rows += evaluations * rows.y.shape[0]
     return attempt

@@ -14,7 +14,7 @@ import torch
 
 from ._problem import Problem
 from .interpolation import needs_f1
-from .interpolation.local import interpolate_stacked, interpolation_stages
+from .interpolation.local import interpolate_stacked
 from .solvers._explicit_rk import AbstractSolver, StepResult
 
 
@@ -162,23 +162,31 @@ class Window:
     total: int
 
 
+def stack_step(y0: torch.Tensor, step: StepResult) -> torch.Tensor:
+    """``y0``, the stages ``k`` and ``y1`` of a batched step as one ``(A, s + 2, N)`` tensor.
+
+    What :func:`step_outputs` reads: one tensor to index instead of ``s + 2``.
+    """
+    return torch.stack([y0, *step.k, step.y1], dim=1)
+
+
 def step_outputs(
     problem: Problem,
     solver: AbstractSolver,
     window: Window,
-    y0: torch.Tensor,
     tau0: torch.Tensor,
     dt: torch.Tensor,
-    step: StepResult,
+    stacked: torch.Tensor,
     f1: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The outputs the rows' steps produced: ``total`` of them, ``count[a]`` for row ``a``.
 
+    ``stacked`` is the step's :func:`stack_step`; ``f1`` is needed for cubic Hermite.
     Returns values ``(total, N)`` and their flat positions in the ``(T, B)`` output grid.
     The work is proportional to the outputs produced: a slow sample that passes fifty
     output times in one step does not make every other row pad to fifty.
     """
-    batch, device = problem.y0.shape[0], y0.device
+    batch, device = problem.y0.shape[0], stacked.device
     count = window.count
     row = torch.repeat_interleave(count, output_size=window.total)  # a, count[a] times
     # The outputs of row a fill slots first[a] on of the flat list, first = cumsum - count,
@@ -187,9 +195,12 @@ def step_outputs(
     j = torch.arange(window.total, device=device) - offset[row]
     t_out, t0, h = window.taus[row, j], tau0[row], dt[row]
     theta = ((t_out - t0) / h).unsqueeze(-1)
-    # y0, the stages and y1 of the rows, gathered by one indexing of one stack.
-    parts = [y0, *interpolation_stages(solver, step.k, f1), step.y1]
-    gathered = torch.stack(parts, dim=1)[row]  # (total, s + 2, N)
+    if needs_f1(solver):
+        if f1 is None:
+            raise ValueError("Hermite interpolation needs f(t1, y1)")
+        # Hermite weighs f1 as one more stage, between the stages and y1.
+        stacked = torch.cat([stacked[:, :-1], f1.unsqueeze(1), stacked[:, -1:]], dim=1)
+    gathered = stacked[row]  # (total, s + 2, N): y0, the stages and y1 of each output's row
     h_signed = h if problem.direction == 1.0 else problem.direction * h
     values = interpolate_stacked(solver, gathered[:, :1], gathered[:, 1:-1], h_signed, theta)
     # Outputs exactly at the step end are y1 itself, as in the joint loop.
@@ -240,5 +251,6 @@ def replay_rows(
     window = Window(
         record.idx, taus.index_select(0, record.idx), record.n_out, record.count, record.total
     )
-    values, pos = step_outputs(problem, solver, window, y0, record.tau0, record.dt, step, f1)
+    stacked = stack_step(y0, step)
+    values, pos = step_outputs(problem, solver, window, record.tau0, record.dt, stacked, f1)
     return step.y1, values, pos
