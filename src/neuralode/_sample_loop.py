@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._loop import _MAX_NONFINITE_STREAK, RawSolution, _flat_tolerance
+from ._loop import RawSolution, _flat_tolerance
 from ._problem import Problem
+from ._sample_endings import failures, sample_result, step_underflow
 from ._sample_rows import (
     Collector,
     Ended,
@@ -36,7 +37,6 @@ from ._sample_rows import (
     stack_step,
     step_outputs,
 )
-from ._solution import Stats, Status
 from ._vector_field import VectorField
 from .controllers import AbstractController, SolveStart
 from .interpolation import needs_f1
@@ -50,16 +50,6 @@ COMPACT = True
 # compacting at every step measured a visible share of a small problem's wall time. The
 # frozen rows are then at most this share of the rows evaluated.
 COMPACT_SHARE = 0.1
-
-# Why a sample stopped: 0 = still running or succeeded.
-_ENDINGS: dict[int, tuple[Status, str]] = {
-    1: (Status.MAX_STEPS, ""),
-    2: (Status.DT_MIN, ""),
-    3: (Status.NONFINITE, "the step size underflowed while retrying non-finite steps"),
-    4: (Status.NONFINITE, "f(t0, y0) itself is not finite"),
-    5: (Status.NONFINITE, f"{_MAX_NONFINITE_STREAK} shrunken retries in a row were non-finite"),
-    6: (Status.NONFINITE, "f(t, y) itself is not finite at the start of the step"),
-}
 
 
 def integrate_samples(
@@ -116,7 +106,7 @@ def integrate_samples(
     # The rows still in the batch are all finished (frozen), or never started.
     ended.add(rows, None, problem.direction)
     problem.f.select(None)
-    return _result(problem, outputs, ended)
+    return sample_result(problem, outputs, ended)
 
 
 def _start(
@@ -198,14 +188,14 @@ def _attempt(
     This is the part of a step that ``torch.compile`` captures as one graph (vector
     field and the rows' update included) when the solve asks for it. Why a row stopped
     is worked out on the host, and only at steps where one may have failed
-    (:func:`_failures`): the common step computes no failure code.
+    (:func:`neuralode._sample_endings.failures`): the common step computes no failure code.
     """
     tau, y, dt_proposed, tau_end = rows.tau, rows.y, rows.dt, rows.tau_end
     # As in the joint loop: the controller's proposal must respect dt_min; the step then
     # lands exactly on the sample's last time, stretched by a hair rather than leave a sliver.
     tau1 = torch.where(tau + dt_proposed * (1 + 1e-10) >= tau_end, tau_end, tau + dt_proposed)
     dt = tau1 - tau
-    underflow = _underflow(f, controller, tau, dt, dt_proposed)
+    underflow = step_underflow(f.t_dtype, controller.min_step(), tau, dt, dt_proposed)
     go = rows.live & ~(underflow | (rows.steps >= max_steps))
     # (direction * x is x itself going forwards: two tensor ops less per step.)
     t0, h = (tau, dt) if direction == 1.0 else (direction * tau, direction * dt)
@@ -217,8 +207,8 @@ def _attempt(
     n_next = torch.searchsorted(rows.taus, tau_new.unsqueeze(-1), right=True).squeeze(-1)
     count = n_next - rows.n_out
     # A row stays if it stepped, finitely, and has outputs left; the others leave, except
-    # the non-finite ones still allowed retries, which _failures takes back out. Trouble:
-    # rows that may fail (could not step, or were not finite), hence need _failures.
+    # the non-finite ones still allowed retries, which failures() takes back out. Trouble:
+    # rows that may fail (could not step, or were not finite), hence need failures().
     stays = (go ^ nonfinite) & (n_next < rows.taus.shape[1])
     leaving = rows.live ^ stays
     trouble = nonfinite | (rows.live ^ go)
@@ -240,21 +230,6 @@ def _attempt(
     f1 = None if f1_is_last else step.f1
     stacked = stack_step(y, step)
     return _Attempt(updated, dt, accept, count, leaving, stacked, f1, f1_is_last, summary)
-
-
-def _underflow(
-    f: VectorField,
-    controller: AbstractController,
-    tau: torch.Tensor,
-    dt: torch.Tensor,
-    dt_proposed: torch.Tensor,
-) -> torch.Tensor:
-    """Rows whose step is too small: lost in the clock's rounding, or below ``dt_min``."""
-    t_info = torch.finfo(f.t_dtype)
-    underflow = dt <= 4 * t_info.eps * torch.clamp(tau.abs(), min=t_info.tiny)
-    if controller.min_step():
-        underflow |= dt_proposed < controller.min_step() * (1 - 1e-9)
-    return underflow
 
 
 def _advance(
@@ -339,7 +314,10 @@ def _next_rows(
         return new, None
     leaving = attempt.leaving
     if n_trouble:
-        leaving, code = _failures(problem.f, controller, rows, attempt, max_steps)
+        dt_min = controller.min_step()
+        underflow = step_underflow(problem.f.t_dtype, dt_min, rows.tau, attempt.dt, rows.dt)
+        streak = attempt.rows[5]
+        leaving, code = failures(rows, underflow, streak, attempt.leaving, max_steps)
         n_leaving = int(leaving.sum())
         new.code = torch.where(leaving, code, new.code)
     # Leaving rows stay in the batch, frozen (live is False), until compaction.
@@ -347,30 +325,6 @@ def _next_rows(
     if new.idx.numel() - new.n_live > COMPACT_SHARE * new.idx.numel():
         return _compact(problem, new, ended)
     return new, None
-
-
-def _failures(
-    f: VectorField,
-    controller: AbstractController,
-    rows: Rows,
-    attempt: _Attempt,
-    max_steps: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows that leave at a step where some may have failed, and why (``_ENDINGS``).
-
-    ``rows`` as they were before the step. A row stops when it could not step (out of
-    steps, step underflow) or when a non-finite step is not worth retrying: ``f`` itself
-    was not finite at the start, or the retries ran out.
-    """
-    streak = attempt.rows[5]
-    nonfinite = streak > 0  # the streak counts the step's non-finite rows, only them
-    underflow = _underflow(f, controller, rows.tau, attempt.dt, rows.dt)
-    code = torch.where(underflow, torch.where(rows.streak > 0, 3, 2), 0)
-    code = torch.where(rows.live, torch.where(rows.steps >= max_steps, 1, code), 0)
-    f0_bad = ~torch.isfinite(rows.f0).all(dim=-1)
-    code = torch.where(nonfinite & (streak == 1) & f0_bad, 6, code)
-    code = torch.where(nonfinite & (streak >= _MAX_NONFINITE_STREAK), 5, code)
-    return attempt.leaving & ((code != 0) | ~nonfinite), code
 
 
 # torch.compile backend of the compiled step; the tests switch it to "eager" (dynamo's
@@ -427,38 +381,3 @@ def _compact(problem: Problem, rows: Rows, ended: Ended) -> tuple[Rows, torch.Te
     rows = rows.take(keep, rows.n_live)
     problem.f.select(rows.idx)
     return rows, keep
-
-
-def _result(problem: Problem, outputs: Collector, ended: Ended) -> RawSolution:
-    batch, n_times = problem.sample_taus.shape  # type: ignore[union-attr]
-    codes = ended.code.tolist()
-    sample_status = tuple(_ENDINGS[c][0] if c else Status.SUCCESS for c in codes)
-    failed = [i for i, c in enumerate(codes) if c]
-    status, detail = Status.SUCCESS, ""
-    if failed:
-        status, detail = _ENDINGS[codes[failed[0]]]
-        shown = str(failed[:10])[:-1] + (", ...]" if len(failed) > 10 else "]")
-        detail = f"{len(failed)} of {batch} samples failed (samples {shown})" + (
-            f"; sample {failed[0]}: {detail}" if detail else ""
-        )
-    steps, accepted = int(ended.steps.sum()), int(ended.accepted.sum())
-    stats = Stats(
-        steps=steps,
-        accepted=accepted,
-        rejected=steps - accepted,
-        nfe=problem.f.nfe,
-        rows=problem.f.rows,
-        sample_steps=ended.steps,
-        sample_accepted=ended.accepted,
-    )
-    ys = outputs.assemble(problem.y0).view(n_times, batch, -1)
-    return RawSolution(
-        ys=ys,
-        stats=stats,
-        status=status,
-        t_last=ended.t_last.to(problem.ts.dtype),
-        y_last=ended.y_last.assemble(problem.y0),
-        dt_last=math.nan,
-        detail=detail,
-        sample_status=sample_status,
-    )

@@ -36,7 +36,7 @@ class Rows:
         accepted: Steps accepted, ``(A,)``.
         live: Still stepping; ``False`` for finished rows not yet compacted away (frozen:
             they keep the clock, state and counts they ended with).
-        code: Why a finished row stopped (0: success; see ``_sample_loop._ENDINGS``).
+        code: Why a finished row stopped (0: success; see ``_sample_endings.ENDINGS``).
         cstate: The controller's state; its tensors with a leading dim are per-row.
         n_live: Number of live rows (host-side, from the step's one sync).
     """
