@@ -108,8 +108,10 @@ class Collector:
         self.values: list[torch.Tensor] = []
 
     def add(self, pos: torch.Tensor, values: torch.Tensor) -> None:
-        self.pos.append(pos.reshape(-1))
-        self.values.append(values.reshape(pos.numel(), -1))
+        # (Reshaped only when needed: a reshape is one more tensor op at every step.)
+        self.pos.append(pos if pos.ndim == 1 else pos.reshape(-1))
+        rows_first = values.ndim == 2 and values.shape[0] == pos.numel()
+        self.values.append(values if rows_first else values.reshape(pos.numel(), -1))
 
     def assemble(self, like: torch.Tensor) -> torch.Tensor:
         values = torch.cat(self.values)
