@@ -90,3 +90,22 @@ def test_compile_step_needs_the_per_sample_mode():
             torch.tensor([0.0, 1.0], dtype=D),
             compile_step=True,
         )
+
+
+def test_a_new_tolerance_reuses_the_compiled_step(traced):
+    # The step's Python numbers are compiled in as constants, except the tolerances, which
+    # stay inputs: a tolerance sweep (or schedule) must not recompile at every value.
+    mu = torch.linspace(0.5, 6.0, 8, dtype=D)
+    y0 = torch.stack([torch.linspace(-2, 2, 8, dtype=D), torch.zeros(8, dtype=D)], -1)
+    ts = torch.linspace(0.0, 3.0, 11, dtype=D)
+    graphs = []
+    for tol in (1e-6, 1e-7, 3e-5):
+        controller = no.PIDController(rtol=tol, atol=tol / 10)
+        eager = no.solve(van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu)
+        compiled = no.solve(
+            van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu, compile_step=True
+        )
+        torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-13, atol=1e-13)
+        assert compiled.stats.nfe == eager.stats.nfe
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[-1] == graphs[0]

@@ -18,15 +18,15 @@ declares that by asking for the per-sample mode.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
 
 import torch
 
-from ._loop import _MAX_NONFINITE_STREAK, RawSolution, _flat_tolerance
+from ._loop import RawSolution, _flat_tolerance
 from ._problem import Problem
+from ._sample_endings import failures, sample_result, step_underflow
 from ._sample_rows import (
     Collector,
     Ended,
@@ -34,13 +34,13 @@ from ._sample_rows import (
     RowsRecord,
     Window,
     record_rows,
+    stack_step,
     step_outputs,
 )
-from ._solution import Stats, Status
 from ._vector_field import VectorField
 from .controllers import AbstractController, SolveStart
 from .interpolation import needs_f1
-from .solvers._explicit_rk import AbstractSolver, StepResult
+from .solvers._explicit_rk import AbstractSolver
 
 # Drop finished samples from the batch (the point of the mode). Off only in the test that
 # proves compaction changes no number: finished samples are then frozen in place.
@@ -50,16 +50,6 @@ COMPACT = True
 # compacting at every step measured a visible share of a small problem's wall time. The
 # frozen rows are then at most this share of the rows evaluated.
 COMPACT_SHARE = 0.1
-
-# Why a sample stopped: 0 = still running or succeeded.
-_ENDINGS: dict[int, tuple[Status, str]] = {
-    1: (Status.MAX_STEPS, ""),
-    2: (Status.DT_MIN, ""),
-    3: (Status.NONFINITE, "the step size underflowed while retrying non-finite steps"),
-    4: (Status.NONFINITE, "f(t0, y0) itself is not finite"),
-    5: (Status.NONFINITE, f"{_MAX_NONFINITE_STREAK} shrunken retries in a row were non-finite"),
-    6: (Status.NONFINITE, "f(t, y) itself is not finite at the start of the step"),
-}
 
 
 def integrate_samples(
@@ -99,11 +89,13 @@ def integrate_samples(
         y0.clone(),
         problem.f0.clone(),
         taus.clone(),
+        taus[:, -1].clone(),
         torch.ones_like(zeros),
         zeros.clone(),
         zeros.clone(),
         zeros.clone(),
         torch.ones_like(zeros, dtype=torch.bool),
+        zeros.clone(),
         n_live=batch,
     )
     problem.f.select(None)
@@ -111,10 +103,10 @@ def integrate_samples(
         rows = _start(problem, solver, controller, rows, ended)
         while rows.n_live:
             rows = _advance(problem, solver, controller, rows, ended, outputs, max_steps, records)
-    else:
-        ended.add(rows, zeros, problem.direction)
+    # The rows still in the batch are all finished (frozen), or never started.
+    ended.add(rows, None, problem.direction)
     problem.f.select(None)
-    return _result(problem, outputs, ended)
+    return sample_result(problem, outputs, ended)
 
 
 def _start(
@@ -140,34 +132,47 @@ def _start(
         atol=_flat_tolerance(atol, problem),
     )
     rows.dt, rows.cstate = controller.init_rows(start)
+    if problem.compiled:
+        # The compiled step takes Python numbers as constants (see _compiled_attempt), but
+        # a new tolerance should not recompile it: the state's floats go in as tensors.
+        rows.cstate = tuple(_as_input(x, rows.tau) for x in rows.cstate)
     bad = ~torch.isfinite(rows.f0).all(dim=-1)
     n_bad = int(bad.sum())
     if n_bad:
-        rows = _retire(rows, bad, torch.where(bad, 4, 0), n_bad, ended, d)
-        rows, _ = _compact(problem, rows)
+        rows.code, rows.live, rows.n_live = bad * 4, ~bad, rows.n_live - n_bad
+        rows, _ = _compact(problem, rows, ended)
     return rows
 
 
-class _Attempt(NamedTuple):
-    """One batched step attempt, before the host looks at it (see :func:`_attempt`)."""
+def _as_input(x: Any, like: torch.Tensor) -> Any:
+    """A Python float as a 0-d float64 tensor (a graph input, not a constant)."""
+    return torch.tensor(x, dtype=torch.float64, device=like.device) if type(x) is float else x
 
-    tau0: torch.Tensor
+
+class _Attempt(NamedTuple):
+    """One batched step attempt, before the host looks at it (see :func:`_attempt`).
+
+    As few tensors as the host needs: each output of a compiled step costs wrapper time
+    at every call, so the step comes as one :func:`stack_step` tensor (what the outputs
+    read), and ``f1`` only when it is not the last stage (FSAL: ``f1_is_last``).
+
+    ``rows``: the rows' next state (``f0`` updated only when the solver returns ``f1``);
+    ``summary``: ``[outputs, leaving, accepted, trouble]`` row counts, the step's one sync.
+    """
+
+    rows: tuple[Any, ...]
     dt: torch.Tensor
-    tau_new: torch.Tensor
-    y_new: torch.Tensor
-    dt_next: torch.Tensor
-    cstate: Any
-    n_next: torch.Tensor
-    streak: torch.Tensor
-    go: torch.Tensor
     accept: torch.Tensor
-    code: torch.Tensor
     n_outputs: torch.Tensor
     leaving: torch.Tensor
-    y1: torch.Tensor
-    k: tuple[torch.Tensor, ...]
+    stacked: torch.Tensor
     f1: torch.Tensor | None
+    f1_is_last: bool
     summary: torch.Tensor
+
+    def step_f1(self) -> torch.Tensor | None:
+        """The step's ``f(t1, y1)`` if the solver returned it, else ``None``."""
+        return self.stacked[:, -2] if self.f1_is_last else self.f1
 
 
 def _attempt(
@@ -181,52 +186,50 @@ def _attempt(
     """Every live row attempts its own step and is judged alone: tensors only, no sync.
 
     This is the part of a step that ``torch.compile`` captures as one graph (vector
-    field included) when the solve asks for it.
+    field and the rows' update included) when the solve asks for it. Why a row stopped
+    is worked out on the host, and only at steps where one may have failed
+    (:func:`neuralode._sample_endings.failures`): the common step computes no failure code.
     """
-    tau, y, tau_end = rows.tau, rows.y, rows.taus[:, -1]
+    tau, y, dt_proposed, tau_end = rows.tau, rows.y, rows.dt, rows.tau_end
     # As in the joint loop: the controller's proposal must respect dt_min; the step then
     # lands exactly on the sample's last time, stretched by a hair rather than leave a sliver.
-    tau1 = torch.where(tau + rows.dt * (1 + 1e-10) >= tau_end, tau_end, tau + rows.dt)
+    tau1 = torch.where(tau + dt_proposed * (1 + 1e-10) >= tau_end, tau_end, tau + dt_proposed)
     dt = tau1 - tau
-    t_info = torch.finfo(f.t_dtype)
-    underflow = dt <= 4 * t_info.eps * torch.clamp(tau.abs(), min=t_info.tiny)
-    if controller.min_step():
-        underflow |= rows.dt < controller.min_step() * (1 - 1e-9)
-    code = torch.where(underflow, torch.where(rows.streak > 0, 3, 2), 0)
-    code = torch.where(rows.live, torch.where(rows.steps >= max_steps, 1, code), 0)
-    go = rows.live & (code == 0)
-    step = solver.step(f, direction * tau, y, rows.f0, direction * dt)
+    underflow = step_underflow(f.t_dtype, controller.min_step(), tau, dt, dt_proposed)
+    go = rows.live & ~(underflow | (rows.steps >= max_steps))
+    # (direction * x is x itself going forwards: two tensor ops less per step.)
+    t0, h = (tau, dt) if direction == 1.0 else (direction * tau, direction * dt)
+    step = solver.step(f, t0, y, rows.f0, h)
     decision = controller.decide_rows(tau, dt, y, step, rows.cstate)
     accept = decision.accept & go
     nonfinite = decision.nonfinite & go
-    streak = torch.where(go, torch.where(nonfinite, rows.streak + 1, 0), rows.streak)
-    f0_bad = ~torch.isfinite(rows.f0).all(dim=-1)
-    code = torch.where(nonfinite & (streak == 1) & f0_bad, 6, code)
-    code = torch.where(nonfinite & (streak >= _MAX_NONFINITE_STREAK), 5, code)
     tau_new = torch.where(accept, tau1, tau)
     n_next = torch.searchsorted(rows.taus, tau_new.unsqueeze(-1), right=True).squeeze(-1)
     count = n_next - rows.n_out
-    leaving = (go & (n_next == rows.taus.shape[1])) | (code != 0)
-    summary = torch.stack([count.sum(), leaving.sum(), accept.sum()])
-    return _Attempt(
-        tau0=tau,
-        dt=dt,
-        tau_new=tau_new,
-        y_new=torch.where(accept.unsqueeze(-1), step.y1, y),
-        dt_next=decision.dt_next,
-        cstate=decision.state,
-        n_next=n_next,
-        streak=streak,
-        go=go,
-        accept=accept,
-        code=code,
-        n_outputs=count,
-        leaving=leaving,
-        y1=step.y1,
-        k=step.k,
-        f1=step.f1,
-        summary=summary,
+    # A row stays if it stepped, finitely, and has outputs left; the others leave, except
+    # the non-finite ones still allowed retries, which failures() takes back out. Trouble:
+    # rows that may fail (could not step, or were not finite), hence need failures().
+    stays = (go ^ nonfinite) & (n_next < rows.taus.shape[1])
+    leaving = rows.live ^ stays
+    trouble = nonfinite | (rows.live ^ go)
+    summary = torch.stack([count, leaving, accept, trouble]).sum(dim=1)
+    accepted = accept.unsqueeze(-1)
+    f0 = rows.f0 if step.f1 is None else torch.where(accepted, step.f1, rows.f0)
+    updated = (
+        tau_new,
+        decision.dt_next,
+        torch.where(accepted, step.y1, y),
+        f0,
+        n_next,
+        (rows.streak + 1) * nonfinite,  # the streak of non-finite retries (of go rows)
+        rows.steps + go,
+        rows.accepted + accept,
+        decision.state,
     )
+    f1_is_last = step.f1 is step.k[-1]
+    f1 = None if f1_is_last else step.f1
+    stacked = stack_step(y, step)
+    return _Attempt(updated, dt, accept, count, leaving, stacked, f1, f1_is_last, summary)
 
 
 def _advance(
@@ -245,43 +248,83 @@ def _advance(
         attempt = _compiled_step(f, solver, controller, rows, max_steps, d)
     else:
         attempt = _attempt(f, solver, controller, rows, max_steps, d)
-    # The host sync of the step: the output window, and whether the batch shrinks (steps
-    # where samples leave add one more, to find them).
-    n_outputs, n_leaving, n_accepted = attempt.summary.tolist()
-    accept, tau, dt, count = attempt.accept, attempt.tau0, attempt.dt, attempt.n_outputs
+    # The host sync of the step: the output window, and whether the batch shrinks.
+    n_outputs, n_leaving, n_accepted, n_trouble = attempt.summary.tolist()
+    f1 = attempt.step_f1()
+    has_f1 = f1 is not None
     if records is not None and n_accepted:
-        records.append(record_rows(rows, accept, tau, dt, count, n_outputs))
-    f1 = attempt.f1
+        window = (rows.tau, attempt.dt, attempt.n_outputs)
+        records.append(record_rows(rows, attempt.accept, *window, n_outputs))
     if n_outputs:
-        if f1 is None and needs_f1(solver):
-            f1 = f(d * attempt.tau_new, attempt.y_new)
-        window = Window(rows.idx, rows.taus, rows.n_out, count, n_outputs)
-        step = StepResult(attempt.y1, None, attempt.f1, attempt.k)
-        values, pos = step_outputs(problem, solver, window, rows.y, tau, dt, step, f1)
-        outputs.add(pos, values)
-    rows = dataclasses.replace(
-        rows,
-        tau=attempt.tau_new,
-        dt=attempt.dt_next,
-        y=attempt.y_new,
-        n_out=attempt.n_next,
-        streak=attempt.streak,
-        steps=rows.steps + attempt.go,
-        accepted=rows.accepted + accept,
-        cstate=attempt.cstate,
+        f1 = _outputs(problem, solver, rows, attempt, f1, outputs, n_outputs)
+    rows, keep = _next_rows(
+        problem, controller, rows, attempt, ended, max_steps, n_leaving, n_trouble
     )
-    if n_leaving:
-        rows = _retire(rows, attempt.leaving, attempt.code, n_leaving, ended, d)
-        if rows.idx.numel() - rows.n_live > COMPACT_SHARE * rows.idx.numel():
-            rows, keep = _compact(problem, rows)
-            if keep is not None:
-                accept = accept.index_select(0, keep)
-                f1 = None if f1 is None else f1.index_select(0, keep)
-    if n_accepted and rows.n_live:
+    if not has_f1 and n_accepted and rows.n_live:
+        # Without FSAL, the next f0 of the accepted rows is one more call of f.
+        accept = attempt.accept
+        if keep is not None:
+            accept = accept.index_select(0, keep)
+            f1 = None if f1 is None else f1.index_select(0, keep)
         if f1 is None:
             f1 = f(d * rows.tau, rows.y)
         rows.f0 = torch.where(accept.unsqueeze(-1), f1, rows.f0)
     return rows
+
+
+def _outputs(
+    problem: Problem,
+    solver: AbstractSolver,
+    rows: Rows,
+    attempt: _Attempt,
+    f1: torch.Tensor | None,
+    outputs: Collector,
+    n_outputs: int,
+) -> torch.Tensor | None:
+    """Collect the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
+    if f1 is None and needs_f1(solver):
+        f1 = problem.f(problem.direction * attempt.rows[0], attempt.rows[2])
+    window = Window(rows.idx, rows.taus, rows.n_out, attempt.n_outputs, n_outputs)
+    stacked = attempt.stacked
+    values, pos = step_outputs(problem, solver, window, rows.tau, attempt.dt, stacked, f1)
+    outputs.add(pos, values)
+    return f1
+
+
+def _next_rows(
+    problem: Problem,
+    controller: AbstractController,
+    rows: Rows,
+    attempt: _Attempt,
+    ended: Ended,
+    max_steps: int,
+    n_leaving: int,
+    n_trouble: int,
+) -> tuple[Rows, torch.Tensor | None]:
+    """The rows after the step: leaving rows frozen, compacted when enough are frozen.
+
+    Also returns the positions kept by a compaction (``None`` when there was none).
+    """
+    tau, dt, y, f0, n_out, streak, steps, accepted, cstate = attempt.rows
+    new = Rows(
+        rows.idx, tau, dt, y, f0, rows.taus, rows.tau_end, n_out, streak, steps, accepted,
+        rows.live, rows.code, cstate, rows.n_live,
+    )  # fmt: skip
+    if not n_leaving:
+        return new, None
+    leaving = attempt.leaving
+    if n_trouble:
+        dt_min = controller.min_step()
+        underflow = step_underflow(problem.f.t_dtype, dt_min, rows.tau, attempt.dt, rows.dt)
+        streak = attempt.rows[5]
+        leaving, code = failures(rows, underflow, streak, attempt.leaving, max_steps)
+        n_leaving = int(leaving.sum())
+        new.code = torch.where(leaving, code, new.code)
+    # Leaving rows stay in the batch, frozen (live is False), until compaction.
+    new.live, new.n_live = new.live ^ leaving, new.n_live - n_leaving
+    if new.idx.numel() - new.n_live > COMPACT_SHARE * new.idx.numel():
+        return _compact(problem, new, ended)
+    return new, None
 
 
 # torch.compile backend of the compiled step; the tests switch it to "eager" (dynamo's
@@ -296,7 +339,12 @@ def _compiled_attempt(backend: str) -> Any:
     # the same model reuses the graph. The batch dimension is dynamic from the start, as
     # compaction shrinks it every few steps; a batch of one sample is its own graph
     # (dynamo specialises sizes 0 and 1).
-    return torch.compile(_attempt, fullgraph=True, dynamic=True, backend=backend)
+    #   Python numbers (the tableau's weights, the controller's coefficients, max_steps,
+    # the vector field's float constants) are constants of the graph: dynamic=True would
+    # otherwise lift each to an input (about 45 0-d tensors for dopri5), wrapped and
+    # checked at every call. Changing one recompiles; tolerances are inputs (_start).
+    compiled = torch.compile(_attempt, fullgraph=True, dynamic=True, backend=backend)
+    return torch._dynamo.config.patch(specialize_float=True, specialize_int=True)(compiled)
 
 
 def _compiled_step(
@@ -314,66 +362,22 @@ def _compiled_step(
         )
     finally:
         f.counting = True
-    evaluations = len(attempt.k) - 1  # every stage after k[0] = f0 is one call of f
+    # Every stage after k[0] = f0 is one call of f (stacked: y0, the stages, y1).
+    evaluations = attempt.stacked.shape[1] - 3
     f.nfe += evaluations
     f.rows += evaluations * rows.y.shape[0]
     return attempt
 
 
-def _retire(
-    rows: Rows,
-    leaving: torch.Tensor,
-    code: torch.Tensor,
-    n_leaving: int,
-    ended: Ended,
-    direction: float,
-) -> Rows:
-    """Record the ``n_leaving`` rows in ``leaving`` as ended, and freeze them."""
-    out = leaving.nonzero().squeeze(-1)
-    ended.add(rows.take(out, 0), code.index_select(0, out), direction)
-    return dataclasses.replace(rows, live=rows.live & ~leaving, n_live=rows.n_live - n_leaving)
+def _compact(problem: Problem, rows: Rows, ended: Ended) -> tuple[Rows, torch.Tensor | None]:
+    """Record the frozen rows and drop them (unless compaction is off).
 
-
-def _compact(problem: Problem, rows: Rows) -> tuple[Rows, torch.Tensor | None]:
-    """Drop the frozen rows (unless compaction is off); also return the kept positions."""
+    Returns the rows and the positions kept (``None`` if nothing was dropped).
+    """
     if not COMPACT or not rows.n_live:
         return rows, None
+    ended.add(rows, (~rows.live).nonzero().squeeze(-1), problem.direction)
     keep = rows.live.nonzero().squeeze(-1)
     rows = rows.take(keep, rows.n_live)
     problem.f.select(rows.idx)
     return rows, keep
-
-
-def _result(problem: Problem, outputs: Collector, ended: Ended) -> RawSolution:
-    batch, n_times = problem.sample_taus.shape  # type: ignore[union-attr]
-    codes = ended.code.tolist()
-    sample_status = tuple(_ENDINGS[c][0] if c else Status.SUCCESS for c in codes)
-    failed = [i for i, c in enumerate(codes) if c]
-    status, detail = Status.SUCCESS, ""
-    if failed:
-        status, detail = _ENDINGS[codes[failed[0]]]
-        shown = str(failed[:10])[:-1] + (", ...]" if len(failed) > 10 else "]")
-        detail = f"{len(failed)} of {batch} samples failed (samples {shown})" + (
-            f"; sample {failed[0]}: {detail}" if detail else ""
-        )
-    steps, accepted = int(ended.steps.sum()), int(ended.accepted.sum())
-    stats = Stats(
-        steps=steps,
-        accepted=accepted,
-        rejected=steps - accepted,
-        nfe=problem.f.nfe,
-        rows=problem.f.rows,
-        sample_steps=ended.steps,
-        sample_accepted=ended.accepted,
-    )
-    ys = outputs.assemble(problem.y0).view(n_times, batch, -1)
-    return RawSolution(
-        ys=ys,
-        stats=stats,
-        status=status,
-        t_last=ended.t_last.to(problem.ts.dtype),
-        y_last=ended.y_last.assemble(problem.y0),
-        dt_last=math.nan,
-        detail=detail,
-        sample_status=sample_status,
-    )

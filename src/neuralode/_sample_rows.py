@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from ._problem import Problem
-from .interpolation import interpolate_rows, needs_f1
+from .interpolation import needs_f1
+from .interpolation.local import interpolate_stacked
 from .solvers._explicit_rk import AbstractSolver, StepResult
 
 
@@ -28,11 +29,14 @@ class Rows:
         y: State at ``tau``, ``(A, N)``.
         f0: ``f(tau, y)``, ``(A, N)``.
         taus: Output times in forward time, float64 ``(A, T)``.
+        tau_end: The last of them, ``taus[:, -1]`` (kept, not sliced at every step).
         n_out: Outputs written so far (those at or before ``tau``), ``(A,)``.
         streak: Non-finite rejections in a row, ``(A,)``.
         steps: Steps attempted, ``(A,)``.
         accepted: Steps accepted, ``(A,)``.
-        live: Still stepping; ``False`` for finished rows not yet compacted away.
+        live: Still stepping; ``False`` for finished rows not yet compacted away (frozen:
+            they keep the clock, state and counts they ended with).
+        code: Why a finished row stopped (0: success; see ``_sample_endings.ENDINGS``).
         cstate: The controller's state; its tensors with a leading dim are per-row.
         n_live: Number of live rows (host-side, from the step's one sync).
     """
@@ -43,11 +47,13 @@ class Rows:
     y: torch.Tensor
     f0: torch.Tensor
     taus: torch.Tensor
+    tau_end: torch.Tensor
     n_out: torch.Tensor
     streak: torch.Tensor
     steps: torch.Tensor
     accepted: torch.Tensor
     live: torch.Tensor
+    code: torch.Tensor
     cstate: Any = ()
     n_live: int = 0
 
@@ -102,8 +108,10 @@ class Collector:
         self.values: list[torch.Tensor] = []
 
     def add(self, pos: torch.Tensor, values: torch.Tensor) -> None:
-        self.pos.append(pos.reshape(-1))
-        self.values.append(values.reshape(pos.numel(), -1))
+        # (Reshaped only when needed: a reshape is one more tensor op at every step.)
+        self.pos.append(pos if pos.ndim == 1 else pos.reshape(-1))
+        rows_first = values.ndim == 2 and values.shape[0] == pos.numel()
+        self.values.append(values if rows_first else values.reshape(pos.numel(), -1))
 
     def assemble(self, like: torch.Tensor) -> torch.Tensor:
         values = torch.cat(self.values)
@@ -122,12 +130,19 @@ class Ended:
     accepted: torch.Tensor
     y_last: Collector
 
-    def add(self, rows: Rows, code: torch.Tensor, direction: float) -> None:
-        self.code[rows.idx] = code
-        self.t_last[rows.idx] = direction * rows.tau
-        self.steps[rows.idx] = rows.steps
-        self.accepted[rows.idx] = rows.accepted
-        self.y_last.add(rows.idx, rows.y)
+    def add(self, rows: Rows, at: torch.Tensor | None, direction: float) -> None:
+        """Record the finished rows at positions ``at`` of ``rows`` (``None``: all)."""
+        idx, tau, y = rows.idx, rows.tau, rows.y
+        code, steps, accepted = rows.code, rows.steps, rows.accepted
+        if at is not None:
+            idx, tau, y = idx.index_select(0, at), tau.index_select(0, at), y.index_select(0, at)
+            code, steps = code.index_select(0, at), steps.index_select(0, at)
+            accepted = accepted.index_select(0, at)
+        self.code[idx] = code
+        self.t_last[idx] = direction * tau
+        self.steps[idx] = steps
+        self.accepted[idx] = accepted
+        self.y_last.add(idx, y)
 
 
 @dataclass(frozen=True)
@@ -149,35 +164,50 @@ class Window:
     total: int
 
 
+def stack_step(y0: torch.Tensor, step: StepResult) -> torch.Tensor:
+    """``y0``, the stages ``k`` and ``y1`` of a batched step as one ``(A, s + 2, N)`` tensor.
+
+    What :func:`step_outputs` reads: one tensor to index instead of ``s + 2``.
+    """
+    return torch.stack([y0, *step.k, step.y1], dim=1)
+
+
 def step_outputs(
     problem: Problem,
     solver: AbstractSolver,
     window: Window,
-    y0: torch.Tensor,
     tau0: torch.Tensor,
     dt: torch.Tensor,
-    step: StepResult,
+    stacked: torch.Tensor,
     f1: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The outputs the rows' steps produced: ``total`` of them, ``count[a]`` for row ``a``.
 
+    ``stacked`` is the step's :func:`stack_step`; ``f1`` is needed for cubic Hermite.
     Returns values ``(total, N)`` and their flat positions in the ``(T, B)`` output grid.
     The work is proportional to the outputs produced: a slow sample that passes fifty
     output times in one step does not make every other row pad to fifty.
     """
-    batch, device = problem.y0.shape[0], y0.device
+    batch, device = problem.y0.shape[0], stacked.device
     count = window.count
-    row = torch.repeat_interleave(
-        torch.arange(count.shape[0], device=device), count, output_size=window.total
-    )
-    first = torch.cumsum(count, 0) - count  # each row's first slot in the flat list
-    j = window.n_out[row] + torch.arange(window.total, device=device) - first[row]
+    row = torch.repeat_interleave(count, output_size=window.total)  # a, count[a] times
+    # The outputs of row a fill slots first[a] on of the flat list, first = cumsum - count,
+    # and slot i holds output j = n_out[a] + i - first[a] = i - offset[a].
+    offset = torch.cumsum(count, 0) - count - window.n_out
+    j = torch.arange(window.total, device=device) - offset[row]
     t_out, t0, h = window.taus[row, j], tau0[row], dt[row]
     theta = ((t_out - t0) / h).unsqueeze(-1)
-    values = interpolate_rows(solver, y0, step.k, f1, problem.direction * dt, theta, row)
+    if needs_f1(solver):
+        if f1 is None:
+            raise ValueError("Hermite interpolation needs f(t1, y1)")
+        # Hermite weighs f1 as one more stage, between the stages and y1.
+        stacked = torch.cat([stacked[:, :-1], f1.unsqueeze(1), stacked[:, -1:]], dim=1)
+    gathered = stacked[row]  # (total, s + 2, N): y0, the stages and y1 of each output's row
+    h_signed = h if problem.direction == 1.0 else problem.direction * h
+    values = interpolate_stacked(solver, gathered[:, :1], gathered[:, 1:-1], h_signed, theta)
     # Outputs exactly at the step end are y1 itself, as in the joint loop.
     at_end = (t_out >= t0 + h).unsqueeze(-1)
-    values = torch.where(at_end, step.y1[row], values.squeeze(1))
+    values = torch.where(at_end, gathered[:, -1], values.squeeze(1))
     return values, j * batch + window.idx[row]
 
 
@@ -223,5 +253,6 @@ def replay_rows(
     window = Window(
         record.idx, taus.index_select(0, record.idx), record.n_out, record.count, record.total
     )
-    values, pos = step_outputs(problem, solver, window, y0, record.tau0, record.dt, step, f1)
+    stacked = stack_step(y0, step)
+    values, pos = step_outputs(problem, solver, window, record.tau0, record.dt, stacked, f1)
     return step.y1, values, pos

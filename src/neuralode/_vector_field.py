@@ -111,7 +111,8 @@ class VectorField:
         if isinstance(t, torch.Tensor):
             if self.counting:
                 self.rows += y.shape[0]
-            out = self.f(t.to(self.t_dtype), self.structure.unflatten(y), *self.rows_args)
+            t = t if t.dtype == self.t_dtype else t.to(self.t_dtype)
+            out = self.f(t, self.structure.unflatten(y), *self.rows_args)
         else:
             out = self.f(self.time(t), self.structure.unflatten(y))
         return self.structure.flatten(out)

@@ -13,7 +13,7 @@ from typing import cast
 
 import torch
 
-from ..solvers._explicit_rk import AbstractSolver, ExplicitRK
+from ..solvers._explicit_rk import AbstractSolver, ExplicitRK, as_dtype
 
 
 def _kind(solver: AbstractSolver) -> str:
@@ -112,29 +112,53 @@ def interpolate_rows(
     powers of θ times a coefficient matrix, then one batched matrix product applies them
     to the stages.
     """
-    parts = list(k)
-    if needs_f1(solver):
-        if f1 is None:
-            raise ValueError("Hermite interpolation needs f(t1, y1)")
-        parts.append(f1)
-    stages = torch.stack(parts, dim=1)  # (B, s, N)
+    stages = torch.stack(interpolation_stages(solver, k, f1), dim=1)  # (B, s, N)
     if rows is not None:
         stages, y0, dt = stages[rows], y0[rows], dt[rows]
-    coeffs = _polynomial_matrix(solver, y0.dtype, y0.device)  # (P, s)
+    return interpolate_stacked(solver, y0.unsqueeze(1), stages, dt, thetas)
+
+
+def interpolation_stages(
+    solver: AbstractSolver, k: Sequence[torch.Tensor], f1: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """The stages the interpolant weighs: ``k``, and ``f1`` for cubic Hermite."""
+    if not needs_f1(solver):
+        return list(k)
+    if f1 is None:
+        raise ValueError("Hermite interpolation needs f(t1, y1)")
+    return [*k, f1]
+
+
+def interpolate_stacked(
+    solver: AbstractSolver,
+    y0: torch.Tensor,
+    stages: torch.Tensor,
+    dt: torch.Tensor,
+    thetas: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`interpolate_rows` on stacked rows: ``y0`` ``(B, 1, N)``, stages ``(B, s, N)``.
+
+    For callers that have already gathered the rows they need (one indexing of one
+    stack of ``y0``, the stages and ``y1``, instead of one per tensor).
+    """
+    coeffs, exponents = _polynomial_matrix(solver, y0.dtype, y0.device)  # (P, s), (P,)
     # θ^p for p = 0..P-1 times dt, then one product with the coefficients: (B, M, s).
-    exponents = torch.arange(coeffs.shape[0], dtype=y0.dtype, device=y0.device)
-    powers = thetas.to(y0.dtype).unsqueeze(-1).pow(exponents)
-    powers = powers * dt.to(y0.dtype)[:, None, None]
+    powers = as_dtype(thetas, y0.dtype).unsqueeze(-1).pow(exponents)
+    powers = powers * as_dtype(dt, y0.dtype)[:, None, None]
     weights = torch.matmul(powers, coeffs)
-    return torch.baddbmm(y0.unsqueeze(1), weights, stages)
+    return torch.baddbmm(y0, weights, stages)
 
 
 @functools.lru_cache(maxsize=64)
 def _polynomial_matrix(
     solver: AbstractSolver, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """``_stage_polynomials`` as a ``(P, s)`` tensor, zero-padded to a common degree."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_stage_polynomials`` as a ``(P, s)`` tensor zero-padded to one degree; exponents.
+
+    The exponents ``0..P-1`` come with it so that they are built once, not at every step.
+    """
     rows = _stage_polynomials(solver)
     degree = max(len(r) for r in rows)
     padded = [r + [0.0] * (degree - len(r)) for r in rows]
-    return torch.tensor(padded, dtype=dtype, device=device).T.contiguous()
+    coeffs = torch.tensor(padded, dtype=dtype, device=device).T.contiguous()
+    return coeffs, torch.arange(degree, dtype=dtype, device=device)

@@ -71,6 +71,11 @@ def weighted_sum(k: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.T
     return acc
 
 
+def as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)`` without the call when it would return ``x`` (per-sample hot path)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 class AbstractSolver(abc.ABC):
     """A one-step method: advances ``(t0, y0)`` by ``dt`` and estimates its error."""
 
@@ -173,16 +178,23 @@ class ExplicitRK(AbstractSolver):
         tab = self.tableau
         c, a, b, error = tab.c_float, tab.a_float, tab.b_float, tab.error_float
         # Per-sample mode: the clock may be float64 while the state is float32.
-        h = dt if isinstance(dt, float) else dt.to(y0.dtype).unsqueeze(-1)  # (B, 1)
+        h = dt if isinstance(dt, float) else as_dtype(dt, y0.dtype).unsqueeze(-1)  # (B, 1)
         k = [f0]
         y_stage = y0
+        t_end = None
         for i, row in enumerate(a, start=1):
             y_stage = combine(y0, k, row, h)
-            # The last node of most tableaus is exactly 1: use t0 + dt, not t0 + 1.0 * dt,
-            # so the FSAL stage is evaluated at exactly the step end.
-            t_stage = t0 + c[i] * dt if isinstance(dt, float) else torch.add(t0, dt, alpha=c[i])
             if c[i] == 1.0:
-                t_stage = t0 + dt if t1_stage is None else t1_stage
+                # The last node of most tableaus is exactly 1: use t0 + dt, not t0 + 1.0 * dt,
+                # so the FSAL stage is evaluated at exactly the step end. Formed once, as
+                # tableaus often have two such nodes (one tensor op less per-sample).
+                if t_end is None:
+                    t_end = t0 + dt if t1_stage is None else t1_stage
+                t_stage = t_end
+            elif isinstance(dt, float):
+                t_stage = t0 + c[i] * dt
+            else:
+                t_stage = torch.add(t0, dt, alpha=c[i])
             k.append(f(t_stage, y_stage))
         if self.tableau.fsal:
             # The last stage was evaluated at y1 itself: reuse it instead of recombining.
