@@ -314,3 +314,39 @@ def test_solver_error_message_names_t_dt_and_steps():
     assert f"dt={err.dt:.3g}" in text
     assert "after 3 steps" in text
     assert err.status.message in text
+
+
+class _PoisonedAfterForward(torch.nn.Module):
+    """``-θ y`` in the forward solve; NaN for the flagged samples once ``poisoned`` is set,
+    which the test does between the forward solve and ``backward()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(1.0, dtype=D))
+        self.poisoned = False
+
+    def forward(self, t, y, flag=None):
+        out = -self.theta * y
+        if not self.poisoned:
+            return out
+        bad = torch.ones_like(y, dtype=torch.bool) if flag is None else flag[:, None].expand_as(y)
+        return torch.where(bad, torch.full_like(y, math.nan), out)
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["joint", "per-sample"])
+def test_a_failed_backward_solve_raises_instead_of_returning_nan_gradients(per_sample):
+    from neuralode import BacksolveAdjoint
+
+    f = _PoisonedAfterForward()
+    y0 = torch.ones(3, 2, dtype=D, requires_grad=True)
+    ts = torch.linspace(0.0, 1.0, 3, dtype=D)
+    kwargs = {"batch_dims": 1, "args": torch.tensor([False, True, False])} if per_sample else {}
+    sol = solve(f, y0, ts, adjoint=BacksolveAdjoint(), **kwargs)
+    f.poisoned = True
+    with pytest.raises(SolverError) as info:
+        sol.ys[-1].sum().backward()
+    error = info.value
+    assert error.status is Status.NONFINITE
+    assert "BacksolveAdjoint's backward solve" in str(error)
+    assert error.samples == ([1] if per_sample else None)
+    assert 0.0 <= error.t <= 1.0

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ._problem import Problem
-from ._solution import Stats, Status
+from ._solution import SolverError, Stats, Status
 from .controllers import AbstractController, Decision, SolveStart
 from .interpolation import DenseInterpolation, interpolate_step, needs_f1
 from .solvers._explicit_rk import AbstractSolver, StepResult
@@ -55,6 +55,25 @@ class RawSolution:
     detail: str = ""
     dense: DenseInterpolation | None = None
     sample_status: tuple[Status, ...] | None = None
+
+    def error(self, context: str = "") -> SolverError | None:
+        """The :class:`SolverError` of a failed solve (``None`` if it succeeded).
+
+        ``context`` says which solve failed when it is not the caller's own (e.g. an
+        adjoint's backward solve).
+        """
+        if self.status is Status.SUCCESS:
+            return None
+        detail = f"{context}: {self.detail}" if context and self.detail else context or self.detail
+        if self.sample_status is None:
+            t, samples = float(self.t_last), None
+        else:
+            samples = [i for i, s in enumerate(self.sample_status) if s is not Status.SUCCESS]
+            t = float(self.t_last[samples[0]])  # type: ignore[index]
+        return SolverError(
+            self.status, t=t, dt=self.dt_last, steps=self.stats.steps, detail=detail,
+            samples=samples,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

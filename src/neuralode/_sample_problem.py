@@ -9,7 +9,7 @@ import torch
 from ._checks import check_field_output, check_state
 from ._loop import RawSolution
 from ._problem import Problem
-from ._solution import Solution, SolverError, State, Status
+from ._solution import Solution, State
 from ._vector_field import Structure, UserField, VectorField
 from .adjoints._time import attach_initial_time
 
@@ -117,17 +117,9 @@ def make_sample_problem(
 
 def finish_samples(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
     """:func:`neuralode._solve.finish` for ``batch_dims=1``: per-sample status."""
-    statuses = raw.sample_status or ()
-    failed = [i for i, s in enumerate(statuses) if s is not Status.SUCCESS]
-    if failed and throw:
-        raise SolverError(
-            raw.status,
-            t=float(raw.t_last[failed[0]]),  # type: ignore[index]
-            dt=raw.dt_last,
-            steps=raw.stats.steps,
-            detail=raw.detail,
-            samples=failed,
-        )
+    error = raw.error()
+    if error is not None and throw:
+        raise error
     unflatten = problem.structure.unflatten
     return Solution(
         ts=problem.ts,

@@ -11,7 +11,7 @@ from ._checks import check_field_output, check_state
 from ._loop import RawSolution
 from ._problem import Problem
 from ._sample_problem import finish_samples, make_sample_problem
-from ._solution import Solution, SolverError, State, Status
+from ._solution import Solution, State
 from ._vector_field import Structure, UserField, VectorField
 from .adjoints import AbstractAdjoint, DirectAdjoint
 from .adjoints._time import attach_initial_time, attach_output_times
@@ -228,14 +228,9 @@ def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
     """Unflatten the loop's result and raise on failure when asked to."""
     if problem.batched:
         return finish_samples(problem, raw, throw=throw)
-    if raw.status is not Status.SUCCESS and throw:
-        raise SolverError(
-            raw.status,
-            t=float(raw.t_last),
-            dt=raw.dt_last,
-            steps=raw.stats.steps,
-            detail=raw.detail,
-        )
+    error = raw.error()
+    if error is not None and throw:
+        raise error
     unflatten = problem.structure.unflatten
     return Solution(
         ts=problem.ts,

@@ -23,6 +23,7 @@ from .._problem import Problem
 from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController, Decision, SolveStart
 from ..solvers._explicit_rk import AbstractSolver, ExplicitRK, StepResult
+from ._base import check_backward
 
 
 class _AdjointRows:
@@ -172,6 +173,7 @@ def solve_adjoint_rows(
             quadrature.grads if quadrature is not None else [],
         )
         raw = integrate(back, solver, quadrature, max_steps=max_steps)
+        check_backward(raw)
         nfe += back.f.nfe
         n = y.shape[-1]
         # Restart y from the forward solution (as in joint mode): the backward

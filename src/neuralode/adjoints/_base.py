@@ -19,6 +19,21 @@ def reject_dense(dense: bool, method: str) -> None:
         )
 
 
+def check_backward(raw: RawSolution) -> None:
+    """Raise the :class:`~neuralode.SolverError` of a failed backward (adjoint) solve.
+
+    Without this a failed backward solve would hand autograd NaN (or a partial sum)
+    as the gradient, silently.
+    """
+    error = raw.error(
+        "in BacksolveAdjoint's backward solve of the adjoint ODE (t counts down from the "
+        "last output time), so no gradient was computed; CheckpointAdjoint() does not "
+        "solve backwards and gives exact gradients"
+    )
+    if error is not None:
+        raise error
+
+
 class AbstractAdjoint(abc.ABC):
     """How gradients of a solve are computed. Holds configuration only."""
 

@@ -15,7 +15,7 @@ from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController, PIDController
 from ..solvers._explicit_rk import AbstractSolver
 from ._backsolve_rows import solve_adjoint_rows
-from ._base import AbstractAdjoint, reject_dense
+from ._base import AbstractAdjoint, check_backward, reject_dense
 from ._params import field_parameters
 
 
@@ -156,6 +156,7 @@ def _solve_adjoint(
         segment = torch.tensor([times[i], times[i - 1]], dtype=problem.ts.dtype)
         back = augmented.problem(state, segment)
         raw = integrate(back, setup.solver, setup.controller, max_steps=setup.max_steps)
+        check_backward(raw)
         nfe += back.f.nfe
         end = raw.ys[-1]
         n = y.numel()
