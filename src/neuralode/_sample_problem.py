@@ -1,4 +1,4 @@
-"""The per-sample mode at the boundary: validate a batch of problems, report per sample."""
+"""The per-sample mode at the boundary: validate a batch of independent problems."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch
 
 from ._checks import check_field_output, check_state
-from ._loop import RawSolution
 from ._problem import Problem
-from ._solution import Solution, State
+from ._solution import State
 from ._vector_field import Structure, UserField, VectorField
 from .adjoints._time import attach_initial_time
 
@@ -112,21 +111,4 @@ def make_sample_problem(
         params=None if params is None else tuple(params),
         sample_taus=taus,
         compiled=compiled,
-    )
-
-
-def finish_samples(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
-    """:func:`neuralode._solve.finish` for ``batch_dims=1``: per-sample status."""
-    error = raw.error()
-    if error is not None and throw:
-        raise error
-    unflatten = problem.structure.unflatten
-    return Solution(
-        ts=problem.ts,
-        ys=unflatten(raw.ys),
-        stats=raw.stats,
-        status=raw.status,
-        t_last=raw.t_last,
-        y_last=unflatten(raw.y_last),
-        sample_status=raw.sample_status,
     )

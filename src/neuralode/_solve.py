@@ -10,7 +10,7 @@ import torch
 from ._checks import check_field_output, check_state
 from ._loop import RawSolution
 from ._problem import Problem
-from ._sample_problem import finish_samples, make_sample_problem
+from ._sample_problem import make_sample_problem
 from ._solution import Solution, State
 from ._vector_field import Structure, UserField, VectorField
 from .adjoints import AbstractAdjoint, DirectAdjoint
@@ -226,18 +226,20 @@ def make_problem(
 
 def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
     """Unflatten the loop's result and raise on failure when asked to."""
-    if problem.batched:
-        return finish_samples(problem, raw, throw=throw)
     error = raw.error()
     if error is not None and throw:
         raise error
+    t_last = raw.t_last  # per-sample: a (B,) tensor, NaN where a sample never started
+    if isinstance(t_last, float) and not math.isfinite(t_last):
+        t_last = float("nan")
     unflatten = problem.structure.unflatten
     return Solution(
         ts=problem.ts,
         ys=unflatten(raw.ys),
         stats=raw.stats,
         status=raw.status,
-        t_last=raw.t_last if math.isfinite(raw.t_last) else float("nan"),
+        t_last=t_last,
         y_last=unflatten(raw.y_last),
         dense=raw.dense,
+        sample_status=raw.sample_status,
     )
