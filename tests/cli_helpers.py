@@ -12,6 +12,19 @@ import torch
 from neuralode.experiments.runs import RunDir
 
 
+def assert_refused(
+    run: Callable[[], int], capsys: pytest.CaptureFixture[str], message: str
+) -> None:
+    """``run()`` (a CLI call) fails and prints ``message`` (whitespace-normalised)."""
+    try:
+        status = run()
+    except SystemExit as exc:  # tyro reports constructor errors itself, with exit code 2
+        status = exc.code
+    assert status != 0
+    captured = capsys.readouterr()
+    assert message in " ".join((captured.out + captured.err).split())
+
+
 def metrics_rows(run: Path) -> list[dict[str, str]]:
     """A run's metrics.csv, one dict per epoch."""
     with open(run / "metrics.csv") as fh:

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
-from cli_helpers import assert_resume_is_exact, metrics_rows, weights  # noqa: E402
+from cli_helpers import assert_refused, assert_resume_is_exact, metrics_rows, weights  # noqa: E402
 from neuralode.experiments import classify, training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.runs import RunDir  # noqa: E402
@@ -125,13 +125,7 @@ def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):
     argv = ["train", "classify", *TINY, *args]
     if "--resume" not in args:
         argv += ["--out", str(tmp_path / "run")]
-    try:
-        status = main(argv)
-    except SystemExit as exc:  # tyro reports constructor errors itself, with exit code 2
-        status = exc.code
-    assert status != 0
-    captured = capsys.readouterr()
-    assert message in " ".join((captured.out + captured.err).split())
+    assert_refused(lambda: main(argv), capsys, message)
 
 
 def test_existing_run_and_mismatched_resume_are_refused(tmp_path, capsys):
