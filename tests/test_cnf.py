@@ -97,18 +97,43 @@ def test_exact_trace_log_prob_matches_brute_force_jacobian_log_det(make):
         torch.testing.assert_close(cnf.log_prob(x), expected, rtol=0, atol=1e-7)
 
 
-def test_exact_trace_matches_planar_closed_form_divergence():
-    # tr ∂f/∂z of (1/M) Σ û_n tanh(w_nᵀz + b_n) is (1/M) Σ (1 − h_n²) w_nᵀû_n.
+def test_planar_closed_form_trace_matches_autograd_traces(monkeypatch):
+    # PlanarDynamics.forward_with_trace against the D-pass autograd estimators, and
+    # ExactTrace routes to it (no autograd pass at all) unless closed_form=False.
     torch.manual_seed(2)
     dynamics = PlanarDynamics(3, 5).double()
     t = torch.tensor(0.3, dtype=torch.float64)
     z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     f = dynamics(t, z)
-    w, b, u = dynamics.units(t)
-    h = torch.tanh(z @ w.T + b)
-    expected = ((1 - h**2) * (w * u).sum(-1)).sum(-1) / 5
+    f_closed, closed = dynamics.forward_with_trace(t, z)
+    torch.testing.assert_close(f_closed, f, rtol=0, atol=0)
+    assert closed.abs().min() > 1e-3
     for trace in EXACT_TRACES:
-        torch.testing.assert_close(trace(f, z, None, create_graph=False), expected)
+        torch.testing.assert_close(trace(f, z, None, create_graph=False), closed)
+    calls = []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(
+        torch.autograd, "grad", lambda *a, **k: calls.append(1) or real_grad(*a, **k)
+    )
+    for trace, autograd_passes in ((ExactTrace(), 0), (ExactTrace(closed_form=False), 3)):
+        calls.clear()
+        _, got = trace.field_and_trace(dynamics, t, z, None, create_graph=False)
+        torch.testing.assert_close(got, closed)
+        assert len(calls) == autograd_passes
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS, ids=lambda a: type(a).__name__)
+def test_closed_form_and_autograd_traces_give_the_same_density_and_gradient(adjoint):
+    x = torch.randn(6, 2, generator=seeded(4), dtype=torch.float64)
+    results = []
+    for trace in (ExactTrace(), ExactTrace(closed_form=False)):
+        loss, grads, _ = _nll_grads(adjoint, trace, x)
+        results.append((loss, grads))
+    (loss, grads), (loss_ref, grads_ref) = results
+    torch.testing.assert_close(loss, loss_ref, rtol=0, atol=1e-12)
+    for g, r in zip(grads, grads_ref, strict=True):
+        assert r.abs().max() > 1e-4
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])

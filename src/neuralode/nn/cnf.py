@@ -157,16 +157,14 @@ class _AugmentedDynamics(nn.Module):
     def forward(
         self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        z = state[0]
         # Whether this evaluation is being differentiated: backprop through the solver,
         # or an adjoint's backward pass (both run with grad enabled). A forward solve
-        # under no_grad (adjoint forward, evaluation) still needs autograd for ∂f/∂z, but
-        # must neither keep the graph nor return tensors attached to it.
+        # under no_grad (adjoint forward, evaluation) may still need autograd for ∂f/∂z,
+        # but must neither keep the graph nor return tensors attached to it.
         differentiate = torch.is_grad_enabled()
-        with torch.enable_grad():
-            z_in = z if z.requires_grad else z.detach().requires_grad_(True)
-            f = self.dynamics(t, z_in)
-            trace = self.trace(f, z_in, self.noise, create_graph=differentiate)
+        f, trace = self.trace.field_and_trace(
+            self.dynamics, t, state[0], self.noise, create_graph=differentiate
+        )
         if not differentiate:
             return f.detach(), -trace.detach()
         return f, -trace

@@ -88,6 +88,20 @@ class PlanarDynamics(nn.Module):
         h = torch.tanh(z @ w.T + b)  # (B, M)
         return h @ u / self.width
 
+    def forward_with_trace(
+        self, t: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dz/dt`` and its exact trace ``(1/M) Σ_n (1 − h_n²) (w_n · û_n)``, ``(B,)``.
+
+        ``∂f/∂z = (1/M) Σ_n û_n (1 − h_n²) w_nᵀ`` is a sum of rank-one matrices, whose
+        traces are ``û_n · w_n``: one extra matrix-vector product instead of ``D``
+        backward passes (:class:`~neuralode.nn.ExactTrace` uses this).
+        """
+        w, b, u = self.units(t.to(z.dtype))
+        h = torch.tanh(z @ w.T + b)  # (B, M)
+        slopes = 1 - h.square()
+        return h @ u / self.width, slopes @ (w * u).sum(-1) / self.width
+
 
 class ConcatLinear(nn.Module):
     """``Linear([x, t])``: a linear layer that sees time as one extra input.
