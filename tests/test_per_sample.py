@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import neuralode._sample_loop as sample_loop
+import neuralode._sample_rows as sample_rows
 from neuralode import (
     Bosh3,
     ConstantStepSize,
@@ -285,6 +286,36 @@ def test_deferred_compaction_bounds_the_wasted_rows(monkeypatch):
     frozen = solve(forced, y0, ts, controller=TOL, batch_dims=1, args=w)
     torch.testing.assert_close(compacted.ys, frozen.ys, rtol=0, atol=0)
     assert frozen.stats.rows > 1.5 * compacted.stats.rows
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [Dopri5(), Bosh3(interpolation="hermite")],
+    ids=["dopri5", "hermite"],
+)
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["forward", "reverse"])
+def test_batching_the_output_interpolation_changes_no_number(monkeypatch, solver, direction):
+    # Outputs are interpolated in batches of pending steps (PendingOutputs): at the end by
+    # default, every step with a budget of one element (the loop as it was before), and
+    # every few steps in between. Values and gradients must not depend on it.
+    w = torch.linspace(0.5, 6.0, 5, dtype=D)
+    y0 = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=D)
+    ts = direction * per_sample_times(5, n=9)
+
+    def run():
+        params = w.clone().requires_grad_(True)
+        sol = solve(forced, y0, ts, solver=solver, controller=TOL, batch_dims=1, args=params)
+        (grad,) = torch.autograd.grad(sol.ys.square().sum(), params)
+        return sol, grad
+
+    reference, grad = run()
+    assert reference.success and torch.isfinite(reference.ys).all()
+    for budget in (1, 300):
+        monkeypatch.setattr(sample_rows, "PENDING_ELEMENTS", budget)
+        sol, g = run()
+        torch.testing.assert_close(sol.ys, reference.ys, rtol=0, atol=1e-15)
+        torch.testing.assert_close(g, grad, rtol=1e-13, atol=0)
+        assert sol.stats.sample_steps.tolist() == reference.stats.sample_steps.tolist()
 
 
 def test_rows_counter_non_fsal_solver_with_hermite_outputs():

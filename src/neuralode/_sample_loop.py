@@ -30,12 +30,12 @@ from ._sample_endings import failures, sample_result, step_underflow
 from ._sample_rows import (
     Collector,
     Ended,
+    PendingOutputs,
     Rows,
     RowsRecord,
     Window,
     record_rows,
     stack_step,
-    step_outputs,
 )
 from ._vector_field import VectorField
 from .controllers import AbstractController, SolveStart
@@ -99,13 +99,15 @@ def integrate_samples(
         n_live=batch,
     )
     problem.f.select(None)
+    pending = PendingOutputs(problem, solver, outputs)
     if n_times > 1:
         rows = _start(problem, solver, controller, rows, ended)
         while rows.n_live:
-            rows = _advance(problem, solver, controller, rows, ended, outputs, max_steps, records)
+            rows = _advance(problem, solver, controller, rows, ended, pending, max_steps, records)
     # The rows still in the batch are all finished (frozen), or never started.
     ended.add(rows, None, problem.direction)
     problem.f.select(None)
+    pending.flush()
     return sample_result(problem, outputs, ended)
 
 
@@ -238,7 +240,7 @@ def _advance(
     controller: AbstractController,
     rows: Rows,
     ended: Ended,
-    outputs: Collector,
+    outputs: PendingOutputs,
     max_steps: int,
     records: list[RowsRecord] | None,
 ) -> Rows:
@@ -278,16 +280,14 @@ def _outputs(
     rows: Rows,
     attempt: _Attempt,
     f1: torch.Tensor | None,
-    outputs: Collector,
+    outputs: PendingOutputs,
     n_outputs: int,
 ) -> torch.Tensor | None:
-    """Collect the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
+    """Queue the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
     if f1 is None and needs_f1(solver):
         f1 = problem.f(problem.direction * attempt.rows[0], attempt.rows[2])
-    window = Window(rows.idx, rows.taus, rows.n_out, attempt.n_outputs, n_outputs)
-    stacked = attempt.stacked
-    values, pos = step_outputs(problem, solver, window, rows.tau, attempt.dt, stacked, f1)
-    outputs.add(pos, values)
+    window = Window(rows.idx, outputs.taus, rows.n_out, attempt.n_outputs, n_outputs)
+    outputs.add(window, rows.tau, attempt.dt, attempt.stacked, f1 if needs_f1(solver) else None)
     return f1
 
 

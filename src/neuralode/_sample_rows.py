@@ -151,7 +151,8 @@ class Window:
 
     Attributes:
         idx: Batch positions of the rows, ``(A,)``.
-        taus: Their output times (forward), ``(A, T)``.
+        taus: The output times (forward) of the whole batch, ``(B, T)``: row ``a``'s are
+            ``taus[idx[a]]`` (indexed per output, rather than copied per row).
         n_out: First output index of each row's step, ``(A,)``.
         count: Outputs inside each row's step, ``(A,)``.
         total: ``sum(count)``.
@@ -195,7 +196,7 @@ def step_outputs(
     # and slot i holds output j = n_out[a] + i - first[a] = i - offset[a].
     offset = torch.cumsum(count, 0) - count - window.n_out
     j = torch.arange(window.total, device=device) - offset[row]
-    t_out, t0, h = window.taus[row, j], tau0[row], dt[row]
+    t_out, t0, h = window.taus[window.idx[row], j], tau0[row], dt[row]
     theta = ((t_out - t0) / h).unsqueeze(-1)
     if needs_f1(solver):
         if f1 is None:
@@ -209,6 +210,63 @@ def step_outputs(
     at_end = (t_out >= t0 + h).unsqueeze(-1)
     values = torch.where(at_end, gathered[:, -1], values.squeeze(1))
     return values, j * batch + window.idx[row]
+
+
+# Pending steps are interpolated once their stacks hold this many elements (and at the
+# end): 32 MiB in float64, whatever the problem's size.
+PENDING_ELEMENTS = 1 << 22
+
+
+class PendingOutputs:
+    """Steps whose outputs are not interpolated yet: kept whole, done many at a time.
+
+    Interpolating each step's outputs as it is taken costs some 30 small tensor ops at
+    nearly every step (in a batch, some sample passes an output time at most steps), a
+    third of a compiled step's wall time on a batch of 1024 rotations. Instead a step's
+    window and stack are kept as they are, without even selecting the rows that have
+    outputs (that would be ops again), and :func:`step_outputs` runs on the concatenation
+    once :data:`PENDING_ELEMENTS` are pending, and at the end: the same formula per
+    output, on more rows at once. The rows without outputs cost memory until then, bounded
+    by that budget, and nothing else (``step_outputs`` skips them).
+    """
+
+    def __init__(self, problem: Problem, solver: AbstractSolver, outputs: Collector) -> None:
+        assert problem.sample_taus is not None  # a per-sample problem
+        self.problem, self.solver, self.outputs = problem, solver, outputs
+        self.taus = problem.sample_taus
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+        self.f1: list[torch.Tensor] = []
+        self.total = self.elements = 0
+
+    def add(
+        self,
+        window: Window,
+        tau0: torch.Tensor,
+        dt: torch.Tensor,
+        stacked: torch.Tensor,
+        f1: torch.Tensor | None,
+    ) -> None:
+        """A step's outputs, as :func:`step_outputs` takes them (``f1`` if Hermite)."""
+        self.parts.append((window.idx, window.n_out, window.count, tau0, dt, stacked))
+        if f1 is not None:
+            self.f1.append(f1)
+        self.total += window.total
+        self.elements += stacked.numel()
+        if self.elements >= PENDING_ELEMENTS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Interpolate every pending output into the collector."""
+        if self.total:
+            idx, n_out, count, tau0, dt, stacked = (
+                torch.cat(c) for c in zip(*self.parts, strict=True)
+            )
+            window = Window(idx, self.taus, n_out, count, self.total)
+            f1 = torch.cat(self.f1) if self.f1 else None
+            values, pos = step_outputs(self.problem, self.solver, window, tau0, dt, stacked, f1)
+            self.outputs.add(pos, values)
+        self.parts, self.f1 = [], []
+        self.total = self.elements = 0
 
 
 def record_rows(
@@ -250,9 +308,7 @@ def replay_rows(
         f1 = f(d * (record.tau0 + record.dt), step.y1)
     taus = problem.sample_taus
     assert taus is not None
-    window = Window(
-        record.idx, taus.index_select(0, record.idx), record.n_out, record.count, record.total
-    )
+    window = Window(record.idx, taus, record.n_out, record.count, record.total)
     stacked = stack_step(y0, step)
     values, pos = step_outputs(problem, solver, window, record.tau0, record.dt, stacked, f1)
     return step.y1, values, pos
