@@ -101,3 +101,34 @@ def test_only_names_unknown_protocols(capsys):
         status = exc.code
     assert status != 0
     assert "--only must list protocols from" in capsys.readouterr().err
+
+
+def test_runs_split_a_preset_and_report_only_runs_nothing(tmp_path, tiny, monkeypatch):
+    started = []
+    real = training.run_training
+
+    def counting(config, task):
+        started.append(config.out.name)
+        return real(config, task)
+
+    monkeypatch.setattr(p5, "run_training", counting)
+    assert _reproduce(tmp_path, "--only", "p5", "--runs", "u1-nf-k2,moons-nf") == 0
+    assert started == ["u1-nf-k2", "moons-nf"]
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "| U1 | " in report and "–" in report  # the CNF's cells are not run yet
+    assert _reproduce(tmp_path, "--only", "p5", "--report-only") == 0
+    assert started == ["u1-nf-k2", "moons-nf"]
+    assert _reproduce(tmp_path, "--only", "p5", "--runs", "u1-cnf-m2") == 0
+    assert started[-1] == "u1-cnf-m2"
+    wall_times = (tmp_path / "wall_times.json").read_text()
+    assert "p5/u1-nf-k2" in wall_times and "p5/u1-cnf-m2" in wall_times
+
+
+def test_runs_names_unknown_runs(capsys):
+    try:
+        status = main(["reproduce", "--only", "p5", "--runs", "u9-cnf-m2", "--out", "/nonexistent"])
+    except SystemExit as exc:
+        status = exc.code
+    assert status != 0
+    err = capsys.readouterr().err
+    assert "--runs names u9-cnf-m2" in err and "u1-cnf-m8" in err

@@ -50,6 +50,11 @@ class ReproduceConfig:
     """torch CPU threads (default: torch's choice)."""
     progress: bool = True
     """Show the overall progress bar and each run's bars."""
+    runs: str = ""
+    """Comma-separated run names to run (e.g. u2-cnf-m8; default all planned runs), so that
+    several processes or machines sharing --out can split a long preset."""
+    report_only: bool = False
+    """Run nothing: write REPORT.md from the runs finished in --out (the others show as –)."""
 
     def __post_init__(self) -> None:
         check_positive(self, "threads")
@@ -64,6 +69,21 @@ class ReproduceConfig:
                 f"--only must list protocols from {', '.join(PROTOCOLS)}, got {self.only!r}"
             )
         return [p for p in PROTOCOLS if p in names]
+
+
+def select_jobs(jobs: Sequence[Job], runs: str) -> list[Job]:
+    """The jobs that ``--runs`` names (all of them when it is empty), checked."""
+    names = [n.strip() for n in runs.split(",") if n.strip()]
+    if not names:
+        return list(jobs)
+    known = [j.name for j in jobs]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"--runs names {', '.join(unknown)}, which the chosen protocols and preset do not "
+            f"plan; their runs are: {', '.join(known)}"
+        )
+    return [j for j in jobs if j.name in names]
 
 
 def choose_images(config: ReproduceConfig) -> tuple[str, str]:
@@ -139,12 +159,15 @@ def reproduce(config: ReproduceConfig) -> Path:
     dataset, note = choose_images(config)
     ctx = Context(config.preset, config.out, config.seed, config.data_dir, config.progress,
                   dataset, note)  # fmt: skip
-    jobs = [job for p in config.protocols() for job in PLANNERS[p].jobs(ctx)]
+    jobs = select_jobs([job for p in config.protocols() for job in PLANNERS[p].jobs(ctx)],
+                       config.runs)  # fmt: skip
+    ran, failures = ({}, {}) if config.report_only else run_jobs(jobs, config.progress)
+    # Read after the runs, not before: another process sharing --out may have added its own.
     timings_path = config.out / "wall_times.json"
     walls = read_json(timings_path) if timings_path.is_file() else {}
-    ran, failures = run_jobs(jobs, config.progress)
     walls.update(ran)
-    write_json(timings_path, walls)
+    if ran:
+        write_json(timings_path, walls)
     text = render(ctx, [PLANNERS[p] for p in config.protocols()], walls, failures)
     path = config.out / "REPORT.md"
     atomic_write_text(path, text)
