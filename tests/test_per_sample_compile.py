@@ -109,3 +109,33 @@ def test_a_new_tolerance_reuses_the_compiled_step(traced):
         assert compiled.stats.nfe == eager.stats.nfe
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] >= 1 and graphs[-1] == graphs[0]
+
+
+def test_python_numbers_are_graph_constants_in_every_graph(monkeypatch):
+    # The config patch that makes the tableau's and controller's numbers constants is
+    # entered only by the calls that may trace (a solve's first step, a batch of one row);
+    # both graphs a solve compiles (batch dynamic, and one row) must still have them as
+    # constants. Lifted, each would be one more 0-d tensor input (36 here); the only 0-d
+    # inputs are the two tolerances, which stay inputs on purpose.
+    inputs = []
+
+    def recording(gm, example_inputs):
+        inputs.append(list(example_inputs))
+        return gm.forward
+
+    monkeypatch.setattr(sample_loop, "COMPILE_BACKEND", recording)
+    torch._dynamo.reset()
+    try:
+        mu = torch.linspace(0.5, 6.0, 8, dtype=D)
+        y0 = torch.stack([torch.linspace(-2, 2, 8, dtype=D), torch.zeros(8, dtype=D)], -1)
+        ts = torch.linspace(0.0, 3.0, 11, dtype=D)
+        controller = no.PIDController(rtol=1e-6, atol=1e-7)
+        for _ in range(2):
+            no.solve(van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu,
+                     compile_step=True)  # fmt: skip
+    finally:
+        torch._dynamo.reset()
+    assert len(inputs) == 2  # batch dynamic, then one row left; the second solve reuses both
+    for graph in inputs:
+        scalars = [x for x in graph if isinstance(x, torch.Tensor) and x.ndim == 0]
+        assert len(scalars) == 2 and len(graph) < 20

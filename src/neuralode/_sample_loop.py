@@ -102,8 +102,12 @@ def integrate_samples(
     pending = PendingOutputs(problem, solver, outputs)
     if n_times > 1:
         rows = _start(problem, solver, controller, rows, ended)
+        first = True
         while rows.n_live:
-            rows = _advance(problem, solver, controller, rows, ended, pending, max_steps, records)
+            rows = _advance(
+                problem, solver, controller, rows, ended, pending, max_steps, records, first
+            )
+            first = False
     # The rows still in the batch are all finished (frozen), or never started.
     ended.add(rows, None, problem.direction)
     problem.f.select(None)
@@ -243,11 +247,12 @@ def _advance(
     outputs: PendingOutputs,
     max_steps: int,
     records: list[RowsRecord] | None,
+    first: bool,
 ) -> Rows:
-    """One batched step: attempt, then outputs, retirements and the next ``f0``."""
+    """One batched step (``first`` of the solve?): attempt, outputs, retirements, next ``f0``."""
     f, d = problem.f, problem.direction
     if problem.compiled:
-        attempt = _compiled_step(f, solver, controller, rows, max_steps, d)
+        attempt = _compiled_step(f, solver, controller, rows, max_steps, d, first)
     else:
         attempt = _attempt(f, solver, controller, rows, max_steps, d)
     # The host sync of the step: the output window, and whether the batch shrinks.
@@ -343,8 +348,13 @@ def _compiled_attempt(backend: str) -> Any:
     # the vector field's float constants) are constants of the graph: dynamic=True would
     # otherwise lift each to an input (about 45 0-d tensors for dopri5), wrapped and
     # checked at every call. Changing one recompiles; tolerances are inputs (_start).
+    #   Returns the compiled step bare and inside that config patch. The patch matters only
+    # when dynamo traces, but entering it costs ~20 µs a call (~5% of a small step), so
+    # only the calls that may trace go through it (see _compiled_step). A call that traces
+    # without it anyway still gets a correct graph, with the numbers as inputs.
     compiled = torch.compile(_attempt, fullgraph=True, dynamic=True, backend=backend)
-    return torch._dynamo.config.patch(specialize_float=True, specialize_int=True)(compiled)
+    patch = torch._dynamo.config.patch(specialize_float=True, specialize_int=True)
+    return compiled, patch(compiled)
 
 
 def _compiled_step(
@@ -354,12 +364,16 @@ def _compiled_step(
     rows: Rows,
     max_steps: int,
     direction: float,
+    first: bool,
 ) -> _Attempt:
+    # Dynamo traces at a solve's first step (a new field, solver, controller, dtype or
+    # grad mode fails its guards) and when one row is left (it specialises size 1); the
+    # other steps reuse those graphs, so they skip the config patch.
+    bare, patched = _compiled_attempt(COMPILE_BACKEND)
+    step = patched if first or rows.y.shape[0] < 2 else bare
     f.counting = False
     try:
-        attempt = _compiled_attempt(COMPILE_BACKEND)(
-            f, solver, controller, rows, max_steps, direction
-        )
+        attempt = step(f, solver, controller, rows, max_steps, direction)
     finally:
         f.counting = True
     # Every stage after k[0] = f0 is one call of f (stacked: y0, the stages, y1).
