@@ -25,6 +25,19 @@ def assert_refused(
     assert message in " ".join((captured.out + captured.err).split())
 
 
+def record_runs(monkeypatch: pytest.MonkeyPatch, protocol: object) -> list[str]:
+    """Record the run names a protocol module trains (its ``run_training``, still run)."""
+    started: list[str] = []
+    real = protocol.run_training  # type: ignore[attr-defined]
+
+    def recording(config: object, task: object) -> object:
+        started.append(config.out.name)  # type: ignore[attr-defined]
+        return real(config, task)
+
+    monkeypatch.setattr(protocol, "run_training", recording)
+    return started
+
+
 def metrics_rows(run: Path) -> list[dict[str, str]]:
     """A run's metrics.csv, one dict per epoch."""
     with open(run / "metrics.csv") as fh:

@@ -10,8 +10,13 @@ import torch
 
 pytest.importorskip("tyro")
 
-from cli_helpers import assert_refused, assert_resume_is_exact, metrics_rows  # noqa: E402
-from neuralode.experiments import cnf_plots, training  # noqa: E402
+from cli_helpers import (  # noqa: E402
+    assert_refused,
+    assert_resume_is_exact,
+    metrics_rows,
+    record_runs,
+)
+from neuralode.experiments import cnf_plots  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.protocols import flows  # noqa: E402
 
@@ -139,14 +144,7 @@ TINY_P5 = flows.Scale(("U1",), (2,), ("moons",), {"cnf": 2, "nf": 4}, {"cnf": 2,
 
 def test_p5_writes_its_report_section(tmp_path, monkeypatch):
     monkeypatch.setitem(flows.SCALES, "demo", TINY_P5)
-    started = []
-    real = training.run_training
-
-    def counting(config, task):
-        started.append(config.out.name)
-        return real(config, task)
-
-    monkeypatch.setattr(flows, "run_training", counting)
+    started = record_runs(monkeypatch, flows)
     argv = ["reproduce", "--only", "p5", "--out", str(tmp_path), "--no-progress", "--threads", "1"]
     assert main(argv) == 0
     assert started == ["u1-nf-k2", "u1-cnf-m2", "moons-cnf", "moons-nf"]

@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
+from cli_helpers import record_runs  # noqa: E402
 from neuralode.experiments import cnf_plots, memory, reproduce, training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.memory import MemoryPoint  # noqa: E402
@@ -104,14 +105,7 @@ def test_only_names_unknown_protocols(capsys):
 
 
 def test_runs_split_a_preset_and_report_only_runs_nothing(tmp_path, tiny, monkeypatch):
-    started = []
-    real = training.run_training
-
-    def counting(config, task):
-        started.append(config.out.name)
-        return real(config, task)
-
-    monkeypatch.setattr(p5, "run_training", counting)
+    started = record_runs(monkeypatch, p5)
     assert _reproduce(tmp_path, "--only", "p5", "--runs", "u1-nf-k2,moons-nf") == 0
     assert started == ["u1-nf-k2", "moons-nf"]
     report = (tmp_path / "REPORT.md").read_text()
