@@ -217,7 +217,8 @@ def _runs_table(runs: Mapping[str, Any], walls: Mapping[str, float]) -> str:
                      f"{train:.0f}", f"{1e3 * train / summary['iters']:.1f}",
                      "–" if wall is None else f"{wall:.0f}"])  # fmt: skip
     headers = ["run", "iterations", "parameters", "NFE-F / NFE-B per step (epoch 1 → last)",
-               "train s", "ms / iteration", "wall s (with evaluation and figures)"]  # fmt: skip
+               "train s", "ms / iteration",
+               "wall s (last invocation, with evaluation and figures)"]  # fmt: skip
     return "**Budgets, solver work and times** (one thread)\n\n" + table(headers, rows)
 
 
