@@ -43,10 +43,11 @@ def _train(out: Path, *extra: str) -> int:
     [
         ["--task", "density", "--target", "U2", "--model", "cnf", "--width", "2"],
         ["--task", "density", "--target", "U1", "--model", "nf", "--width", "2"],
-        ["--task", "ml", "--dataset", "moons", "--model", "cnf", "--width", "4", "--t1", "1"],
+        ["--task", "ml", "--dataset", "moons", "--model", "cnf", "--width", "4", "--t1", "1",
+         "--adjoint", "backsolve"],
         ["--task", "ml", "--dataset", "circles", "--model", "nf", "--width", "4"],
     ],
-    ids=["density-cnf", "density-nf", "ml-cnf", "ml-nf"],
+    ids=["density-cnf", "density-nf", "ml-cnf-backsolve", "ml-nf"],
 )
 def test_train_writes_the_run_layout(tmp_path, args, capsys):
     out = tmp_path / "run"
@@ -65,7 +66,8 @@ def test_train_writes_the_run_layout(tmp_path, args, capsys):
         assert summary["test_kl"] > -3 * summary["test_kl_stderr"]
         assert summary["test_log_z"] == pytest.approx(summary["log_z"])
     assert (float(rows[0]["nfe_forward"]) > 0) == cnf
-    assert (float(rows[0]["nfe_backward"]) > 0) == cnf  # backsolve adjoint by default
+    # Direct backprop by default replays no field; the backsolve adjoint solves backwards.
+    assert (float(rows[0]["nfe_backward"]) > 0) == ("backsolve" in args)
     assert (summary["test_nfe"] > 0) == cnf
     assert {"fit.png", "flow.png", "learning_curves.png"} <= set(summary["plots"])
     for plot in summary["plots"]:

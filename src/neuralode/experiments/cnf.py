@@ -41,7 +41,7 @@ from ..nn import (
 from .config import RunOptions, check_positive, flag
 from .distributed import World
 from .runs import RunDir
-from .solving import SolverOptions
+from .solving import GradientMethod, SolverOptions
 from .training import Schedule, Task, epoch_generator, lr_scheduler
 
 Objective = Literal["density", "ml"]
@@ -66,6 +66,10 @@ class CNFConfig(SolverOptions, RunOptions):
     iterations (validation, checkpoint and metrics row after each).
     """
 
+    adjoint: GradientMethod = "direct"
+    """Gradient method: direct (backprop through the solver, torchdiffeq's cnf.py default;
+    in 2-D its graph is small and an iteration costs 0.57-0.63x the backsolve adjoint's,
+    docs/cnf.md), backsolve (O(1) memory) or checkpoint (exact, O(1) in the steps)."""
     task: Objective = "density"
     """density: reverse KL to --target; ml: maximum likelihood on --dataset."""
     target: Target = "U1"
