@@ -164,7 +164,8 @@ def _intro(ctx: Context, s: Scale) -> str:
         f"layers (normalizing direction, base N(0, I)); {s.ml_iters['cnf']:,} CNF and "
         f"{s.ml_iters['nf']:,} NF iterations, batch 512, lr 1e-3; test NLL in nats on "
         f"{s.test_size:,} fresh points. Every CNF: dopri5, rtol = atol = 1e-5, gradients by "
-        "backprop through the solver (torchdiffeq's cnf.py default), exact trace in closed form (PlanarDynamics.forward_with_trace). Exact vs Hutchinson "
+        "backprop through the solver (torchdiffeq's cnf.py default), exact trace in closed "
+        "form (PlanarDynamics.forward_with_trace). Exact vs Hutchinson "
         'trace costs at D = 2 and D = 64 are measured in docs/cnf.md ("Measured costs").'
     )
 
