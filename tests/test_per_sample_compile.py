@@ -7,6 +7,8 @@ tens of seconds. The benchmark (benchmarks/bench_per_sample.py) times the induct
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -54,7 +56,12 @@ def test_the_compiled_step_has_no_graph_breaks_and_changes_no_number(traced):
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] >= 1
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-13, atol=1e-13)
-    assert compiled.stats.nfe == eager.stats.nfe and compiled.stats.rows == eager.stats.rows
+    assert compiled.stats.nfe == eager.stats.nfe
+    assert torch.equal(compiled.stats.sample_steps, eager.stats.sample_steps)
+    # FUSED_STEPS steps per compiled call: a sample that finishes inside a call stays in
+    # the batch, frozen, for at most FUSED_STEPS - 1 steps more than between single steps.
+    extra = len(mu) * (sample_loop.FUSED_STEPS - 1) * 6
+    assert eager.stats.rows <= compiled.stats.rows <= eager.stats.rows + extra
     # Samples finish at different times: the batch shrinks many times, and with a dynamic
     # batch dimension that costs no recompilation beyond the batch of one.
     assert counters["stats"]["unique_graphs"] <= 2
@@ -139,3 +146,56 @@ def test_python_numbers_are_graph_constants_in_every_graph(monkeypatch):
     for graph in inputs:
         scalars = [x for x in graph if isinstance(x, torch.Tensor) and x.ndim == 0]
         assert len(scalars) == 2 and len(graph) < 20
+
+
+def blows_up(t, y, k):
+    return k[:, None] * y**2  # y = 1 / (1 - k t): sample k > 0 blows up at t = 1 / k
+
+
+def nan_after(t, y, t_bad):
+    return torch.where((t > t_bad)[:, None], torch.full_like(y, math.nan), -y)
+
+
+FAILURES = {
+    "blow-up": (blows_up, torch.ones(4, 1, dtype=D), torch.linspace(0.0, 2.0, 9, dtype=D),
+                torch.tensor([-1.0, 2.0, -0.5, -3.0], dtype=D), {}),
+    "nan": (nan_after, torch.ones(3, 2, dtype=D), torch.linspace(0.0, 1.0, 5, dtype=D),
+            torch.tensor([math.inf, 0.3, math.inf], dtype=D), {}),
+    "max-steps": (van_der_pol, torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=D),
+                  torch.tensor([0.0, 1.0], dtype=D), torch.tensor([1.0, 1000.0], dtype=D),
+                  {"max_steps": 200}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FAILURES)
+def test_failures_inside_fused_steps_end_as_in_the_eager_loop(traced, case):
+    # A fused call whose steps meet trouble (a non-finite step, a step size underflow, a
+    # spent budget) is dropped and its steps taken one at a time, where the host judges
+    # the failure: every status, time, value and count must equal the eager loop's.
+    f, y0, ts, args, extra = FAILURES[case]
+    controller = no.PIDController(rtol=1e-6, atol=1e-8)
+    sols = [no.solve(f, y0, ts, controller=controller, batch_dims=1, args=args, throw=False,
+                     compile_step=compile_step, **extra)
+            for compile_step in (False, True)]  # fmt: skip
+    eager, compiled = sols
+    assert compiled.sample_status == eager.sample_status
+    assert any(s is not no.Status.SUCCESS for s in eager.sample_status)
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-13, atol=1e-13, equal_nan=True)
+    torch.testing.assert_close(compiled.t_last, eager.t_last, rtol=0, atol=0)
+    assert torch.equal(compiled.stats.sample_steps, eager.stats.sample_steps)
+    assert compiled.stats.nfe == eager.stats.nfe
+
+
+def test_fused_steps_change_no_number(traced, monkeypatch):
+    mu = torch.linspace(0.5, 6.0, 8, dtype=D)
+    y0 = torch.stack([torch.linspace(-2, 2, 8, dtype=D), torch.zeros(8, dtype=D)], -1)
+    ts = torch.linspace(0.0, 3.0, 11, dtype=D)
+    controller = no.PIDController(rtol=1e-6, atol=1e-8)
+    sols = []
+    for fused in (1, 3, 4):
+        monkeypatch.setattr(sample_loop, "FUSED_STEPS", fused)
+        sols.append(no.solve(van_der_pol, y0, ts, controller=controller, batch_dims=1,
+                             args=mu, compile_step=True))  # fmt: skip
+    for sol in sols[1:]:
+        torch.testing.assert_close(sol.ys, sols[0].ys, rtol=0, atol=0)
+        assert torch.equal(sol.stats.sample_steps, sols[0].stats.sample_steps)

@@ -50,6 +50,11 @@ COMPACT = True
 # compacting at every step measured a visible share of a small problem's wall time. The
 # frozen rows are then at most this share of the rows evaluated.
 COMPACT_SHARE = 0.1
+# A compiled solve takes this many steps per call of the compiled graph (see _fused).
+# Each call costs some 200 µs of dynamo, guard and allocation overhead on the host,
+# whatever the batch, which on small states is most of a step's time; unrolling the
+# steps in one graph pays it once for all of them. 1 turns fusion off.
+FUSED_STEPS = 4
 
 
 def integrate_samples(
@@ -102,12 +107,29 @@ def integrate_samples(
     pending = PendingOutputs(problem, solver, outputs)
     if n_times > 1:
         rows = _start(problem, solver, controller, rows, ended)
-        first = True
+        fusable = problem.compiled and records is None and FUSED_STEPS > 1
+        fusable = fusable and not needs_f1(solver) and solver.fsal
+        first = {"single": True, "fused": True}  # a graph not yet called in this solve
+        # Steps still to take one at a time after fused steps met trouble, and how many
+        # to take after the next trouble: doubled while fused calls keep meeting it (a
+        # sample creeping up to a singularity), so few fused calls are wasted.
+        single, backoff = 0, FUSED_STEPS
         while rows.n_live:
+            if fusable and not single:
+                fused = _advance_fused(
+                    problem, solver, controller, rows, ended, pending, max_steps, first["fused"]
+                )
+                first["fused"] = False
+                if fused is not None:
+                    rows, backoff = fused, FUSED_STEPS
+                    continue
+                single, backoff = backoff, min(2 * backoff, 64 * FUSED_STEPS)
             rows = _advance(
-                problem, solver, controller, rows, ended, pending, max_steps, records, first
-            )
-            first = False
+                problem, solver, controller, rows, ended, pending, max_steps, records,
+                first["single"],
+            )  # fmt: skip
+            first["single"] = False
+            single = max(single - 1, 0)
     # The rows still in the batch are all finished (frozen), or never started.
     ended.add(rows, None, problem.direction)
     problem.f.select(None)
@@ -139,7 +161,7 @@ def _start(
     )
     rows.dt, rows.cstate = controller.init_rows(start)
     if problem.compiled:
-        # The compiled step takes Python numbers as constants (see _compiled_attempt), but
+        # The compiled step takes Python numbers as constants (see _compiled_graphs), but
         # a new tolerance should not recompile it: the state's floats go in as tensors.
         rows.cstate = tuple(_as_input(x, rows.tau) for x in rows.cstate)
     bad = ~torch.isfinite(rows.f0).all(dim=-1)
@@ -296,6 +318,111 @@ def _outputs(
     return f1
 
 
+def _stepped(rows: Rows, updated: tuple[Any, ...], live: torch.Tensor, n_live: int) -> Rows:
+    """``rows`` after a step: its ``updated`` state (see :class:`_Attempt`) and ``live``."""
+    tau, dt, y, f0, n_out, streak, steps, accepted, cstate = updated
+    return Rows(
+        rows.idx, tau, dt, y, f0, rows.taus, rows.tau_end, n_out, streak, steps, accepted,
+        live, rows.code, cstate, n_live,
+    )  # fmt: skip
+
+
+class _Fused(NamedTuple):
+    """:data:`FUSED_STEPS` steps in one graph (see :func:`_fused`), stacked per step.
+
+    ``rows`` and ``live``: the rows' state after the last step; ``tau``, ``n_out``: each
+    step's start, ``(K, A)``; ``dt``, ``n_outputs``, ``stacked``: as :class:`_Attempt`'s,
+    ``(K, A)``, ``(K, A)``, ``(K, A, s + 2, N)``; ``summary``: each step's
+    ``[outputs, leaving, accepted, trouble, live at the start]`` row counts, ``(K, 5)``.
+    """
+
+    rows: tuple[Any, ...]
+    live: torch.Tensor
+    tau: torch.Tensor
+    n_out: torch.Tensor
+    dt: torch.Tensor
+    n_outputs: torch.Tensor
+    stacked: torch.Tensor
+    summary: torch.Tensor
+
+
+def _fused(
+    f: VectorField,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    rows: Rows,
+    max_steps: int,
+    direction: float,
+    n_steps: int,
+) -> _Fused:
+    """``n_steps`` of :func:`_attempt` in a row, with no host in between (compiled).
+
+    A row that leaves at one step is frozen (``live`` False) for the next ones, exactly
+    as the host freezes it between single steps: it keeps its clock, state and counts.
+    What the host does between single steps that these steps cannot do, a failure's
+    verdict, is not done here: a step with ``trouble`` rows makes the host discard the
+    whole result and take those steps one at a time (:func:`_advance_fused`).
+    """
+    parts: list[list[torch.Tensor]] = [[], [], [], [], [], []]
+    live = rows.live
+    for _ in range(n_steps):
+        attempt = _attempt(f, solver, controller, rows, max_steps, direction)
+        n_live = live.sum().unsqueeze(0)
+        summary = torch.cat([attempt.summary, n_live])
+        for part, x in zip(parts, (rows.tau, rows.n_out, attempt.dt, attempt.n_outputs,
+                                   attempt.stacked, summary), strict=True):  # fmt: skip
+            part.append(x)
+        live = live ^ attempt.leaving
+        rows = _stepped(rows, attempt.rows, live, 0)
+    tau, n_out, dt, n_outputs, stacked, summary = (torch.stack(p) for p in parts)
+    updated = (rows.tau, rows.dt, rows.y, rows.f0, rows.n_out, rows.streak, rows.steps,
+               rows.accepted, rows.cstate)  # fmt: skip
+    return _Fused(updated, live, tau, n_out, dt, n_outputs, stacked, summary)
+
+
+def _advance_fused(
+    problem: Problem,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    rows: Rows,
+    ended: Ended,
+    outputs: PendingOutputs,
+    max_steps: int,
+    first: bool,
+) -> Rows | None:
+    """:data:`FUSED_STEPS` batched steps in one compiled call (``first`` in this solve?).
+
+    Returns the rows after them, or ``None`` if some row met trouble (could not step, or
+    was not finite) in one of them: nothing is kept then, and the caller takes the steps
+    one at a time, where :func:`_next_rows` judges the failures.
+    """
+    f = problem.f
+    bare, patched = _compiled_graphs(COMPILE_BACKEND)["fused"]
+    call = patched if first or rows.y.shape[0] < 2 else bare
+    f.counting = False
+    try:
+        fused = call(f, solver, controller, rows, max_steps, problem.direction, FUSED_STEPS)
+    finally:
+        f.counting = True
+    summary = fused.summary.tolist()  # the call's one host sync
+    if any(step[3] for step in summary):
+        return None
+    # Every stage after k[0] = f0 is one call of f, on every row of the batch. Steps
+    # after the last row left are not counted as calls, but their rows are.
+    evaluations = fused.stacked.shape[2] - 3
+    f.nfe += evaluations * sum(1 for step in summary if step[4])
+    f.rows += evaluations * FUSED_STEPS * rows.y.shape[0]
+    for k, (n_outputs, *_) in enumerate(summary):
+        if n_outputs:
+            window = Window(rows.idx, outputs.taus, fused.n_out[k], fused.n_outputs[k], n_outputs)
+            outputs.add(window, fused.tau[k], fused.dt[k], fused.stacked[k], None)
+    n_live = rows.n_live - sum(step[1] for step in summary)
+    new = _stepped(rows, fused.rows, fused.live, n_live)
+    if new.idx.numel() - new.n_live > COMPACT_SHARE * new.idx.numel():
+        new, _ = _compact(problem, new, ended)
+    return new
+
+
 def _next_rows(
     problem: Problem,
     controller: AbstractController,
@@ -310,11 +437,7 @@ def _next_rows(
 
     Also returns the positions kept by a compaction (``None`` when there was none).
     """
-    tau, dt, y, f0, n_out, streak, steps, accepted, cstate = attempt.rows
-    new = Rows(
-        rows.idx, tau, dt, y, f0, rows.taus, rows.tau_end, n_out, streak, steps, accepted,
-        rows.live, rows.code, cstate, rows.n_live,
-    )  # fmt: skip
+    new = _stepped(rows, attempt.rows, rows.live, rows.n_live)
     if not n_leaving:
         return new, None
     leaving = attempt.leaving
@@ -338,7 +461,7 @@ COMPILE_BACKEND = "inductor"
 
 
 @functools.cache
-def _compiled_attempt(backend: str) -> Any:
+def _compiled_graphs(backend: str) -> dict[str, tuple[Any, Any]]:
     # Compiled once per process: dynamo keys its cache on the function's code and guards
     # on the vector field, solver and controller, so a training loop that keeps calling
     # the same model reuses the graph. The batch dimension is dynamic from the start, as
@@ -348,13 +471,17 @@ def _compiled_attempt(backend: str) -> Any:
     # the vector field's float constants) are constants of the graph: dynamic=True would
     # otherwise lift each to an input (about 45 0-d tensors for dopri5), wrapped and
     # checked at every call. Changing one recompiles; tolerances are inputs (_start).
-    #   Returns the compiled step bare and inside that config patch. The patch matters only
-    # when dynamo traces, but entering it costs ~20 µs a call (~5% of a small step), so
-    # only the calls that may trace go through it (see _compiled_step). A call that traces
-    # without it anyway still gets a correct graph, with the numbers as inputs.
-    compiled = torch.compile(_attempt, fullgraph=True, dynamic=True, backend=backend)
+    #   Returns each compiled function (one step, and FUSED_STEPS steps) bare and inside
+    # that config patch. The patch matters only when dynamo traces, but entering it costs
+    # ~20 µs a call (~5% of a small step), so only the calls that may trace go through it
+    # (see _compiled_step). A call that traces without it anyway still gets a correct
+    # graph, with the numbers as inputs.
     patch = torch._dynamo.config.patch(specialize_float=True, specialize_int=True)
-    return compiled, patch(compiled)
+    graphs = {}
+    for name, fn in (("single", _attempt), ("fused", _fused)):
+        compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend=backend)
+        graphs[name] = (compiled, patch(compiled))
+    return graphs
 
 
 def _compiled_step(
@@ -369,7 +496,7 @@ def _compiled_step(
     # Dynamo traces at a solve's first step (a new field, solver, controller, dtype or
     # grad mode fails its guards) and when one row is left (it specialises size 1); the
     # other steps reuse those graphs, so they skip the config patch.
-    bare, patched = _compiled_attempt(COMPILE_BACKEND)
+    bare, patched = _compiled_graphs(COMPILE_BACKEND)["single"]
     step = patched if first or rows.y.shape[0] < 2 else bare
     f.counting = False
     try:
