@@ -68,8 +68,8 @@ class CNFConfig(SolverOptions, RunOptions):
 
     adjoint: GradientMethod = "direct"
     """Gradient method: direct (backprop through the solver, torchdiffeq's cnf.py default;
-    in 2-D its graph is small and an iteration costs 0.57-0.63x the backsolve adjoint's,
-    docs/cnf.md), backsolve (O(1) memory) or checkpoint (exact, O(1) in the steps)."""
+    in 2-D its graph is small and an iteration costs about 0.6x the backsolve adjoint's,
+    benchmarks/RESULTS.md), backsolve (O(1) memory) or checkpoint (exact, O(1) in the steps)."""
     task: Objective = "density"
     """density: reverse KL to --target; ml: maximum likelihood on --dataset."""
     target: Target = "U1"
