@@ -397,13 +397,9 @@ def _advance_fused(
     one at a time, where :func:`_next_rows` judges the failures.
     """
     f = problem.f
-    bare, patched = _compiled_graphs(COMPILE_BACKEND)["fused"]
-    call = patched if first or rows.y.shape[0] < 2 else bare
-    f.counting = False
-    try:
-        fused = call(f, solver, controller, rows, max_steps, problem.direction, FUSED_STEPS)
-    finally:
-        f.counting = True
+    fused: _Fused = _call_compiled(
+        "fused", first, f, solver, controller, rows, max_steps, problem.direction, FUSED_STEPS
+    )
     summary = fused.summary.tolist()  # the call's one host sync
     if any(step[3] for step in summary):
         return None
@@ -484,6 +480,31 @@ def _compiled_graphs(backend: str) -> dict[str, tuple[Any, Any]]:
     return graphs
 
 
+def _call_compiled(
+    name: str,
+    first: bool,
+    f: VectorField,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    rows: Rows,
+    *rest: Any,
+) -> Any:
+    """Call compiled graph ``name`` (``first`` call of it in this solve?) on the arguments.
+
+    Dynamo traces at a solve's first call (a new field, solver, controller, dtype or grad
+    mode fails its guards) and when one row is left (it specialises size 1); the other
+    calls reuse those graphs, so they skip the config patch. ``f`` counts its own calls
+    only outside the graph: the callers count them from what the graph returns.
+    """
+    bare, patched = _compiled_graphs(COMPILE_BACKEND)[name]
+    call = patched if first or rows.y.shape[0] < 2 else bare
+    f.counting = False
+    try:
+        return call(f, solver, controller, rows, *rest)
+    finally:
+        f.counting = True
+
+
 def _compiled_step(
     f: VectorField,
     solver: AbstractSolver,
@@ -493,16 +514,9 @@ def _compiled_step(
     direction: float,
     first: bool,
 ) -> _Attempt:
-    # Dynamo traces at a solve's first step (a new field, solver, controller, dtype or
-    # grad mode fails its guards) and when one row is left (it specialises size 1); the
-    # other steps reuse those graphs, so they skip the config patch.
-    bare, patched = _compiled_graphs(COMPILE_BACKEND)["single"]
-    step = patched if first or rows.y.shape[0] < 2 else bare
-    f.counting = False
-    try:
-        attempt = step(f, solver, controller, rows, max_steps, direction)
-    finally:
-        f.counting = True
+    attempt: _Attempt = _call_compiled(
+        "single", first, f, solver, controller, rows, max_steps, direction
+    )
     # Every stage after k[0] = f0 is one call of f (stacked: y0, the stages, y1).
     evaluations = attempt.stacked.shape[1] - 3
     f.nfe += evaluations
