@@ -204,3 +204,28 @@ def test_equal_budget_reads_the_nf_at_the_cnf_iterations():
     lines = flows.density_verdicts(scale, runs)
     assert "in 0 of 1 cells" in lines[0] and "does NOT match" in lines[0]
     assert "At equal iterations" in lines[2] and "in 1 of 1 cells." in lines[2]
+
+
+def test_the_most_cells_verdict_waits_for_the_cells_not_run():
+    # Of 3 planned cells: one CNF win decides nothing, two decide "matches"; two NF wins
+    # decide "does NOT match" whatever the third cell gives.
+    scale = flows.Scale(("U1", "U2", "U3"), (2,), (), {"cnf": 1000, "nf": 5000}, {})
+
+    def verdict(*cells: tuple[str, float, float]) -> str:
+        runs = {}
+        for target, cnf_kl, nf_kl in cells:
+            runs[flows.density_name(target, "cnf", 2)] = {
+                **_summary(1000, [1.0]),
+                "test_kl": cnf_kl,
+            }
+            runs[flows.density_name(target, "nf", 2)] = {**_summary(5000, [1.0]), "test_kl": nf_kl}
+        return flows.density_verdicts(scale, runs)[0]
+
+    one = verdict(("U1", 0.1, 0.2))
+    assert "1 of 1 cells run (3 planned)" in one and "undecided, 2 of 3 cells not run yet" in one
+    assert verdict(("U1", 0.1, 0.2), ("U2", 0.1, 0.2)).endswith("matches.")
+    lost = verdict(("U1", 0.3, 0.2), ("U3", 0.3, 0.2))
+    assert "does NOT match" in lost and "The NF is lower for U1 at 2" in lost
+    assert "(acceptance: most cells, after Fig. 4): matches." in verdict(
+        ("U1", 0.1, 0.2), ("U2", 0.1, 0.2), ("U3", 0.3, 0.2)
+    )
