@@ -14,9 +14,10 @@ from .markdown import figure, table
 
 # The paper's budgets (Fig. 4): CNF 10k Adam iterations, NF 500k RMSprop iterations.
 PAPER_CNF_ITERS, PAPER_NF_ITERS = 10_000, 500_000
-# One-thread seconds per iteration, measured (docs/cnf.md "Measured costs"): only for the
-# overall ETA. Density: batch 256; the CNF's cost grows with its NFE during training.
-CNF_DENSITY_STEP, NF_LAYER_STEP = 0.1, 0.0013
+# One-thread seconds per iteration, measured (density: the full preset's runs in
+# docs/results/p5-full, batch 256; ML: docs/cnf.md "Measured costs"): only for the overall
+# ETA. The CNF's cost grows with its NFE during training; the NF's with its layers.
+CNF_DENSITY_STEP, NF_STEP, NF_LAYER_STEP = 0.06, 0.001, 0.00027
 CNF_ML_STEP, NF_ML_STEP = 0.12, 0.05
 # Figures, evaluation and log Z: seconds per run, for the ETA.
 RUN_OVERHEAD = 10.0
@@ -111,7 +112,7 @@ class FlowComparison(Planner):
             for size in s.sizes:
                 for model in ("nf", "cnf"):
                     iters = s.density_iters[model]
-                    step = CNF_DENSITY_STEP if model == "cnf" else NF_LAYER_STEP * size
+                    step = CNF_DENSITY_STEP if model == "cnf" else NF_STEP + NF_LAYER_STEP * size
                     jobs.append(_job(ctx, density_name(target, model, size), step * iters,
                                      task="density", target=target, model=model, width=size,
                                      iters=iters, iters_per_epoch=_epoch(iters),
