@@ -194,7 +194,9 @@ def test_idx_count_mismatch(tmp_path):
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
 def test_load_images_from_data_dir(isolated, subfolder, gz):
     images, labels = write_split(isolated / "data" / subfolder, "test", gz=gz)
-    got_images, got_labels = load_images("fashion-mnist", "test", data_dir=isolated / "data")
+    got_images, got_labels = load_images(
+        "fashion-mnist", "test", data_dir=isolated / "data", verify=False
+    )
     assert torch.equal(got_images, images) and torch.equal(got_labels, labels)
 
 
@@ -202,15 +204,19 @@ def test_load_images_prefers_the_named_subfolder(isolated):
     # MNIST and Fashion-MNIST share file names; <data_dir>/<name>/ must win over <data_dir>/.
     write_split(isolated / "data", "train", seed=1)
     images, _ = write_split(isolated / "data" / "mnist", "train", seed=2)
-    assert torch.equal(load_images("mnist", "train", data_dir=isolated / "data")[0], images)
+    got = load_images("mnist", "train", data_dir=isolated / "data", verify=False)[0]
+    assert torch.equal(got, images)
 
 
 def test_load_images_default_dir_from_environment(isolated):
     images, _ = write_split(isolated / "default" / "mnist", "train")
-    assert torch.equal(load_images("mnist", "train")[0], images)
+    assert torch.equal(load_images("mnist", "train", verify=False)[0], images)
 
 
 def test_load_images_falls_back_to_system_package_dir(isolated, monkeypatch):
+    # Only when no folder is named: neither data_dir nor $NEURALODE_DATA_DIR.
+    monkeypatch.delenv("NEURALODE_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(isolated / "empty-cache"))
     system = isolated / "usr-share-datasets-fashion-mnist"
     images, _ = write_split(system, "train")
     source = images_module.SOURCES["fashion-mnist"]
@@ -219,7 +225,7 @@ def test_load_images_falls_back_to_system_package_dir(isolated, monkeypatch):
         "fashion-mnist",
         dataclasses.replace(source, system_dirs=(str(system),)),
     )
-    got, _ = load_images("fashion-mnist", "train", data_dir=isolated / "empty")
+    got, _ = load_images("fashion-mnist", "train", verify=False)
     assert torch.equal(got, images)
 
 
@@ -263,7 +269,7 @@ def test_load_images_rejects_out_of_range_labels(isolated):
         gz=True,
     )
     with pytest.raises(IDXFormatError, match=r"labels must lie in \[0, 10\)"):
-        load_images("mnist", "test", data_dir=folder)
+        load_images("mnist", "test", data_dir=folder, verify=False)
 
 
 # Download (file:// mirrors; no network)
@@ -277,10 +283,16 @@ def _mirror(tmp_path: Path, split: str = "train") -> tuple[Path, dict[str, str]]
 
 
 def _use_source(monkeypatch, name, mirrors, sums):
+    # The mirror's files are synthetic: pin their content too, so loads verify them.
     source = images_module.SOURCES[name]
-    monkeypatch.setitem(
-        images_module.SOURCES, name, dataclasses.replace(source, mirrors=mirrors, sha256=sums)
-    )
+    mirror = Path(mirrors[-1].removeprefix("file://"))
+    content = {
+        p.name.removesuffix(".gz"): hashlib.sha256(gzip.decompress(p.read_bytes())).hexdigest()
+        for p in mirror.glob("*.gz")
+    }
+    pins = {**source.content_sha256, **content}
+    replaced = dataclasses.replace(source, mirrors=mirrors, sha256=sums, content_sha256=pins)
+    monkeypatch.setitem(images_module.SOURCES, name, replaced)
 
 
 def test_download_with_correct_checksum(isolated, monkeypatch):
@@ -323,10 +335,11 @@ def test_download_without_network_explains_every_mirror(isolated, monkeypatch):
 
 def test_canonical_sources_are_well_formed():
     for source in images_module.SOURCES.values():
-        assert set(source.sha256) == {
-            f"{s}.gz" for pair in images_module.SPLITS.values() for s in pair
-        }
-        assert all(re.fullmatch("[0-9a-f]{64}", h) for h in source.sha256.values())
+        stems = {s for pair in images_module.SPLITS.values() for s in pair}
+        assert set(source.sha256) == {f"{s}.gz" for s in stems}
+        assert set(source.content_sha256) == stems
+        digests = [*source.sha256.values(), *source.content_sha256.values()]
+        assert all(re.fullmatch("[0-9a-f]{64}", h) for h in digests)
         assert all(m.endswith("/") for m in source.mirrors)
 
 
@@ -473,7 +486,8 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
     reason="needs the Debian package dataset-fashion-mnist",
 )
 def test_real_fashion_mnist_from_debian_package(monkeypatch, tmp_path):
-    monkeypatch.setenv("NEURALODE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("NEURALODE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     images, labels = load_images("fashion-mnist", "train")
     assert images.shape == (60000, 28, 28) and images.dtype == torch.uint8
     assert torch.bincount(labels).tolist() == [6000] * 10

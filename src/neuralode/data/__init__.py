@@ -15,7 +15,14 @@ from .densities import (
     log_normalizer,
     wall,
 )
-from .idx import IDXFormatError, read_idx, read_idx_images, read_idx_labels, read_idx_pair
+from .idx import (
+    IDXChecksumError,
+    IDXFormatError,
+    read_idx,
+    read_idx_images,
+    read_idx_labels,
+    read_idx_pair,
+)
 from .images import (
     SOURCES,
     ImageSource,
@@ -38,6 +45,7 @@ __all__ = [
     "TOY_DATASETS",
     "DownloadError",
     "EnergyTarget",
+    "IDXChecksumError",
     "IDXFormatError",
     "ImageSource",
     "IrregularSeries",

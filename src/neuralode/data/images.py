@@ -2,24 +2,32 @@
 
 Where ``load_images`` looks, in order:
 
-1. ``data_dir/<name>/`` and ``data_dir/`` itself (``data_dir`` defaults to
-   :func:`default_data_dir`), then torchvision's layout ``data_dir/FashionMNIST/raw/`` or
-   ``data_dir/MNIST/raw/``, for the standard file names, gzip-compressed or raw.
-2. For Fashion-MNIST, the Debian/Ubuntu package ``dataset-fashion-mnist``, which installs
-   the four upstream ``.gz`` files in ``/usr/share/datasets/fashion-mnist/``. (Debian
-   recompresses them, so the ``.gz`` bytes differ from upstream; the decompressed IDX
-   payloads are identical.)
-3. With ``download=True``, the official mirrors, into ``data_dir/<name>/``. The per-name
+1. A folder you name, with ``data_dir=`` (``--data-dir``) or else ``$NEURALODE_DATA_DIR``:
+   ``<folder>/<name>/``, ``<folder>/`` itself and torchvision's layout
+   ``<folder>/FashionMNIST/raw/`` or ``<folder>/MNIST/raw/``, for the standard file names,
+   gzip-compressed or raw. A named folder is the only place searched: if it does not hold
+   the files, that is an error (a mistyped path must not quietly load other data).
+2. With no folder named: the same layout under the cache folder
+   (``$XDG_CACHE_HOME/neuralode/datasets``, else ``~/.cache/neuralode/datasets``), then,
+   for Fashion-MNIST, the Debian/Ubuntu package ``dataset-fashion-mnist``, which installs
+   the four upstream ``.gz`` files in ``/usr/share/datasets/fashion-mnist/``.
+3. With ``download=True``, the official mirrors, into ``<folder>/<name>/``. The per-name
    subfolder matters: MNIST and Fashion-MNIST use the same file names.
 
-Downloads are checked against SHA-256 digests of the upstream ``.gz`` files (see
-``SOURCES``); files found locally are trusted, since users legitimately hold recompressed
-or raw copies.
+Every file is verified when it is read: the SHA-256 of its IDX content (the raw file, or
+the decompressed stream of a ``.gz``) must be the pinned digest of the official file
+(``ImageSource.content_sha256``). Pinning the content rather than the ``.gz`` bytes
+accepts every faithful copy: Debian recompresses the ``.gz`` files (other bytes, the same
+IDX payload), torchvision keeps raw copies. Downloads are checked once more against the
+digests of the upstream ``.gz`` files (``ImageSource.sha256``) before they are renamed
+into place. Your own data under the standard names loads with ``verify=False``
+(``--no-verify-data``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +35,10 @@ from pathlib import Path
 import torch
 
 from ._download import download_verified
-from .idx import IDXFormatError, read_idx_pair
+from .idx import IDXChecksumError, IDXFormatError, read_idx_pair
 
 __all__ = [
+    "DATA_DIR_ENV",
     "SOURCES",
     "SPLITS",
     "ImageSource",
@@ -52,7 +61,10 @@ class ImageSource:
     Attributes:
         title: Display name for messages.
         mirrors: Base URLs, each ending in ``/``, tried in order.
-        sha256: Hex SHA-256 of each upstream ``.gz`` file, keyed by its file name.
+        sha256: Hex SHA-256 of each upstream ``.gz`` file, keyed by its file name: checks
+            downloads.
+        content_sha256: Hex SHA-256 of each file's IDX content (the decompressed file),
+            keyed by the name without ``.gz``: checks every file that is loaded.
         homepage: Where a person can read about and fetch the files by hand.
         torchvision_dir: Folder name torchvision uses under its root (files in ``raw/``).
         system_dirs: Folders a system package installs the files into.
@@ -63,6 +75,7 @@ class ImageSource:
     title: str
     mirrors: tuple[str, ...]
     sha256: dict[str, str]
+    content_sha256: dict[str, str]
     homepage: str
     torchvision_dir: str
     system_dirs: tuple[str, ...] = ()
@@ -80,6 +93,11 @@ class ImageSource:
 #   Bazel http_file pins and other projects for the yann.lecun.com, ossci-datasets and
 #   CVDF (storage.googleapis.com/cvdf-datasets) copies, which are byte-identical.
 # We could not download the files here (no network) to recompute them ourselves.
+# Digests of the decompressed IDX content: Fashion-MNIST's we computed from the Debian
+# package's files, whose payloads it keeps unchanged, and they equal the values several
+# independent projects pin for the upstream files; MNIST's are the values that many
+# independent projects pin for the decompressed yann.lecun.com / CVDF files (the same
+# projects pin the .gz digests above next to them).
 SOURCES: dict[str, ImageSource] = {
     "fashion-mnist": ImageSource(
         title="Fashion-MNIST",
@@ -99,6 +117,20 @@ SOURCES: dict[str, ImageSource] = {
             ),
             "t10k-labels-idx1-ubyte.gz": (
                 "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+            ),
+        },
+        content_sha256={
+            "train-images-idx3-ubyte": (
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+            ),
+            "train-labels-idx1-ubyte": (
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+            ),
+            "t10k-images-idx3-ubyte": (
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+            ),
+            "t10k-labels-idx1-ubyte": (
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
             ),
         },
         homepage="https://github.com/zalandoresearch/fashion-mnist",
@@ -126,10 +158,64 @@ SOURCES: dict[str, ImageSource] = {
                 "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
             ),
         },
+        content_sha256={
+            "train-images-idx3-ubyte": (
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+            ),
+            "train-labels-idx1-ubyte": (
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
+            ),
+            "t10k-images-idx3-ubyte": (
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
+            ),
+            "t10k-labels-idx1-ubyte": (
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+            ),
+        },
         homepage="http://yann.lecun.com/exdb/mnist/",
         torchvision_dir="MNIST",
     ),
 }
+
+
+#: The environment variable that names the data folder when no ``data_dir`` is given.
+DATA_DIR_ENV = "NEURALODE_DATA_DIR"
+# `train classify --help` once documented $NEURALODE_DATA, which nothing read. It is still
+# honoured, with a warning, so that whoever followed that help gets the folder they named.
+_OLD_DATA_DIR_ENV = "NEURALODE_DATA"
+
+
+def _named_data_dir(data_dir: str | os.PathLike[str] | None) -> tuple[Path, str] | None:
+    """The folder the user named and where they named it, or ``None`` if they did not."""
+    if data_dir is not None:
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"data_dir must be a folder path (str or os.PathLike), got "
+                f"{type(data_dir).__name__} {data_dir!r}"
+            )
+        # Path("") is the current folder: an empty value is a mistake, not a choice.
+        if not os.fspath(data_dir):
+            raise ValueError(
+                "data_dir is an empty path; pass the folder that holds the IDX files (on the "
+                "command line: --data-dir FOLDER), or leave it out"
+            )
+        return Path(data_dir).expanduser(), "data_dir (--data-dir)"
+    if env := os.environ.get(DATA_DIR_ENV):
+        return Path(env).expanduser(), f"${DATA_DIR_ENV}"
+    if env := os.environ.get(_OLD_DATA_DIR_ENV):
+        warnings.warn(
+            f"${_OLD_DATA_DIR_ENV} is deprecated and will be ignored in a future release; "
+            f"rename it to ${DATA_DIR_ENV}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return Path(env).expanduser(), f"${_OLD_DATA_DIR_ENV}"
+    return None
+
+
+def _cache_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "neuralode" / "datasets"
 
 
 def default_data_dir() -> Path:
@@ -139,10 +225,8 @@ def default_data_dir() -> Path:
         ``$NEURALODE_DATA_DIR`` if set, else ``$XDG_CACHE_HOME/neuralode/datasets``, else
         ``~/.cache/neuralode/datasets``.
     """
-    if env := os.environ.get("NEURALODE_DATA_DIR"):
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "neuralode" / "datasets"
+    named = _named_data_dir(None)
+    return named[0] if named else _cache_dir()
 
 
 def _check_choice(argument: str, value: str, choices: Mapping[str, object]) -> None:
@@ -150,11 +234,19 @@ def _check_choice(argument: str, value: str, choices: Mapping[str, object]) -> N
         raise ValueError(f"{argument} must be one of {sorted(choices)}, got {value!r}")
 
 
-def _search_dirs(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+def _search_dirs(
+    name: str, data_dir: str | os.PathLike[str] | None
+) -> tuple[list[Path], str | None]:
+    """The folders to search, first the download target, and where the base was named."""
     source = SOURCES[name]
-    base = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    named = _named_data_dir(data_dir)
+    base, origin = named if named else (_cache_dir(), None)
     dirs = [base / name, base, base / source.torchvision_dir / "raw"]
-    return dirs + [Path(d) for d in source.system_dirs]
+    if origin is None:
+        # Only when no folder is named: a named folder that lacks the files is an error,
+        # never a reason to load the system copy instead.
+        dirs += [Path(d) for d in source.system_dirs]
+    return dirs, origin
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -162,6 +254,12 @@ def _find(folder: Path, stem: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _find_split(folder: Path, split: str) -> tuple[Path, Path] | None:
+    images_stem, labels_stem = SPLITS[split]
+    images, labels = _find(folder, images_stem), _find(folder, labels_stem)
+    return (images, labels) if images is not None and labels is not None else None
 
 
 def find_image_files(
@@ -172,26 +270,55 @@ def find_image_files(
     Args:
         name: ``"fashion-mnist"`` or ``"mnist"``.
         split: ``"train"`` or ``"test"``.
-        data_dir: Folder to search first; see the module docstring for the search order.
+        data_dir: The folder to search (else ``$NEURALODE_DATA_DIR``); when neither is
+            given, the cache folder and the system package folder. See the module
+            docstring for the layouts.
 
     Returns:
         ``(images_path, labels_path)`` from the first folder that holds both, else ``None``.
     """
     _check_choice("name", name, SOURCES)
     _check_choice("split", split, SPLITS)
-    images_stem, labels_stem = SPLITS[split]
-    for folder in _search_dirs(name, data_dir):
-        images, labels = _find(folder, images_stem), _find(folder, labels_stem)
-        if images is not None and labels is not None:
-            return images, labels
+    for folder in _search_dirs(name, data_dir)[0]:
+        if found := _find_split(folder, split):
+            return found
     return None
+
+
+def _describe_named(base: Path, origin: str) -> str:
+    if not base.exists():
+        state = "does not exist"
+    elif not base.is_dir():
+        state = "is not a folder"
+    else:
+        names = sorted(p.name for p in base.iterdir())
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        state = f"holds {len(names)} entries ({shown})" if names else "is empty"
+    return (
+        f"{base}, named by {origin}, {state}. Only the folder you name is searched: "
+        "check its spelling."
+    )
 
 
 def _how_to_get(name: str, split: str, data_dir: str | os.PathLike[str] | None) -> str:
     source = SOURCES[name]
     images_stem, labels_stem = SPLITS[split]
-    searched = "\n".join(f"  {d}" for d in _search_dirs(name, data_dir))
-    target = _search_dirs(name, data_dir)[0]
+    dirs, origin = _search_dirs(name, data_dir)
+    searched = "\n".join(f"  {d}" for d in dirs)
+    lines = [
+        f"{source.title} {split} split not found: looked for {images_stem}[.gz] and "
+        f"{labels_stem}[.gz] in\n{searched}"
+    ]
+    if origin is not None:
+        lines.append(_describe_named(dirs[1], origin))
+        for system in source.system_dirs:
+            if _find_split(Path(system), split):
+                unset = f", or unset {origin}" if origin.startswith("$") else ""
+                lines.append(
+                    f"{source.title} is installed in {system}: pass data_dir={system} (on "
+                    f"the command line: --data-dir {system}){unset}."
+                )
+                break
     ways = []
     if source.apt_package:
         where = f"; installs the files in {source.system_dirs[0]}/" if source.system_dirs else ""
@@ -201,24 +328,20 @@ def _how_to_get(name: str, split: str, data_dir: str | os.PathLike[str] | None) 
         "data_dir=FOLDER (on the command line: --data-dir FOLDER)"
     )
     ways.append(
-        f"  - pass download=True to download them into {target}/ from {source.mirrors[0]} "
-        "(SHA-256 checked)"
+        f"  - pass download=True (--download) to download them into {dirs[0]}/ from "
+        f"{source.mirrors[0]} (SHA-256 checked)"
     )
-    return (
-        f"{source.title} {split} split not found: looked for {images_stem}[.gz] and "
-        f"{labels_stem}[.gz] in\n{searched}\nGet the files in one of these ways:\n"
-        + "\n".join(ways)
-    )
+    return "\n".join(lines) + "\nGet the files in one of these ways:\n" + "\n".join(ways)
 
 
 def _download(name: str, split: str, data_dir: str | os.PathLike[str] | None) -> tuple[Path, Path]:
     source = SOURCES[name]
-    target = _search_dirs(name, data_dir)[0]
+    target = _search_dirs(name, data_dir)[0][0]
     paths = []
     for stem in SPLITS[split]:
         path = target / f"{stem}.gz"
-        # One file of the pair may already be there from an interrupted earlier call; it was
-        # verified before it was renamed into place, so it need not be fetched again.
+        # One file of the pair may already be there from an interrupted earlier call; it is
+        # not fetched again, and like every file it is verified when it is read.
         if not path.is_file():
             urls = [mirror + path.name for mirror in source.mirrors]
             download_verified(urls, path, source.sha256[path.name])
@@ -226,11 +349,54 @@ def _download(name: str, split: str, data_dir: str | os.PathLike[str] | None) ->
     return paths[0], paths[1]
 
 
+def _not_official(name: str, error: IDXChecksumError) -> IDXChecksumError:
+    """``error`` again, with advice that fits a loaded data set."""
+    source = SOURCES[name]
+    path = Path(error.path)
+    if source.apt_package and str(path.parent) in source.system_dirs:
+        fix = f"reinstall it (sudo apt-get install --reinstall {source.apt_package})"
+    else:
+        fix = (
+            f"delete it and get it again (download=True, on the command line --download, "
+            f"fetches a verified copy; or from {source.homepage})"
+        )
+    advice = (
+        f"it is not the official {source.title} file {path.name}: damaged, modified, or "
+        f"other data under that name. If it should be the official file, {fix}. To load "
+        "your own data under the standard file names on purpose, pass verify=False (on "
+        "the command line: --no-verify-data)."
+    )
+    return IDXChecksumError(path, error.expected, error.actual, advice)
+
+
+def _check_contents(
+    name: str, found: tuple[Path, Path], images: torch.Tensor, labels: torch.Tensor
+) -> None:
+    """What a classifier needs beyond a well-formed pair: images and labels in range."""
+    if images.shape[0] == 0:
+        raise IDXFormatError(f"{found[0]}: holds no images; a data set needs at least one")
+    rows, cols = images.shape[1:]
+    if rows == 0 or cols == 0:
+        raise IDXFormatError(
+            f"{found[0]}: its images are {rows}x{cols} pixels; the header is corrupt or the "
+            "file is not an image file"
+        )
+    num_classes = SOURCES[name].num_classes
+    # Labels come from uint8, so only the upper end can be wrong.
+    if int(labels.max()) >= num_classes:
+        raise IDXFormatError(
+            f"{found[1]}: labels must lie in [0, {num_classes}), found a {int(labels.max())}; "
+            f"is this a {SOURCES[name].title} label file?"
+        )
+
+
 def load_images(
     name: str,
     split: str,
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
+    *,
+    verify: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load MNIST or Fashion-MNIST.
 
@@ -240,34 +406,44 @@ def load_images(
         data_dir: Folder holding the standard IDX files (``train-images-idx3-ubyte.gz``,
             ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
             ``t10k-labels-idx1-ubyte.gz``; ``.gz`` or raw), directly or in a ``<name>/``
-            subfolder. Defaults to :func:`default_data_dir`.
-        download: If the files are found nowhere, download them (SHA-256 checked) into
-            ``data_dir/<name>/``.
+            subfolder. Defaults to ``$NEURALODE_DATA_DIR``; a folder named either way is
+            the only place searched. With neither, the cache folder and then the system
+            package folder are searched (see the module docstring).
+        download: If the files are not found, download them (SHA-256 checked) into
+            ``<folder>/<name>/``.
+        verify: Check each file's IDX content against the pinned SHA-256 of the official
+            file. ``False`` loads your own data under the standard names (still checked
+            for format, matching counts and labels in ``[0, 10)``).
 
     Returns:
         ``(images, labels)``: uint8 ``(N, 28, 28)`` and int64 ``(N,)``. Use
         :func:`~neuralode.data.to_float` for network input.
 
     Raises:
-        ValueError: For an unknown ``name`` or ``split``.
-        FileNotFoundError: If the files are nowhere and ``download`` is false; the message
-            says how to get them.
+        ValueError: For an unknown ``name`` or ``split``, or an empty ``data_dir``.
+        TypeError: If ``data_dir`` is not a path or ``download``/``verify`` not a bool.
+        FileNotFoundError: If the files are not found and ``download`` is false; the
+            message names the folders searched and says how to get the files.
         DownloadError: If ``download`` is true and no mirror delivered the right bytes.
-        IDXFormatError: If a file is corrupt or the labels are out of range.
+        IDXChecksumError: If ``verify`` and a file is not the official one.
+        IDXFormatError: If a file is corrupt, the counts differ, or a label is out of range.
     """
+    for flag, value in (("download", download), ("verify", verify)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
     found = find_image_files(name, split, data_dir)
     if found is None:
         if not download:
             raise FileNotFoundError(_how_to_get(name, split, data_dir))
         found = _download(name, split, data_dir)
-    images, labels = read_idx_pair(*found)
-    num_classes = SOURCES[name].num_classes
-    # Labels come from uint8, so only the upper end can be wrong.
-    if labels.numel() and int(labels.max()) >= num_classes:
-        raise IDXFormatError(
-            f"{found[1]}: labels must lie in [0, {num_classes}), found a {int(labels.max())}; "
-            f"is this a {SOURCES[name].title} label file?"
-        )
+    pins = SOURCES[name].content_sha256
+    images_stem, labels_stem = SPLITS[split]
+    digests = (pins[images_stem], pins[labels_stem]) if verify else (None, None)
+    try:
+        images, labels = read_idx_pair(*found, sha256=digests)
+    except IDXChecksumError as error:
+        raise _not_official(name, error) from None
+    _check_contents(name, found, images, labels)
     return images, labels
 
 

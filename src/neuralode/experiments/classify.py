@@ -53,9 +53,11 @@ class ClassifyConfig(SolverOptions, RunOptions):
     """fashion-mnist (Debian package or download), mnist (--data-dir or --download),
     digits (scikit-learn's 8x8 digits, for runs of seconds)."""
     data_dir: Path | None = None
-    """Folder with the IDX files (default: $NEURALODE_DATA or ~/.cache/neuralode/datasets)."""
+    """Folder with the IDX files, the only one searched (default: $NEURALODE_DATA_DIR)."""
     download: bool = False
     """Download missing MNIST / Fashion-MNIST files (SHA-256 checked)."""
+    verify_data: bool = True
+    """Check the IDX files against the official SHA-256s (--no-verify-data: your own data)."""
     width: int = 32
     """Channels C of every convolution (the paper: 64)."""
     blocks: int = 6
@@ -193,9 +195,13 @@ def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tens
         test_set = (images[test], labels[test])
         images, labels = images[rest], labels[rest]
     else:
-        raw, labels = load_images(cfg.dataset, "train", cfg.data_dir, cfg.download)
+        raw, labels = load_images(
+            cfg.dataset, "train", cfg.data_dir, cfg.download, verify=cfg.verify_data
+        )
         images = to_float(raw)
-        raw_test, labels_test = load_images(cfg.dataset, "test", cfg.data_dir, cfg.download)
+        raw_test, labels_test = load_images(
+            cfg.dataset, "test", cfg.data_dir, cfg.download, verify=cfg.verify_data
+        )
         test_set = (to_float(raw_test), labels_test)
     if cfg.val_size >= len(labels):
         raise ValueError(
