@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import math
 import re
 import shutil
 import struct
@@ -24,13 +25,23 @@ import test_data  # the helpers and the `isolated` fixture of the IDX tests
 from neuralode.data import (
     IDXChecksumError,
     IDXFormatError,
+    IrregularSeries,
     default_data_dir,
     find_image_files,
+    from_arrays,
     load_images,
+    make_circles,
+    make_moons,
+    make_spirals,
+    random_crop,
     read_idx,
     read_idx_images,
     read_idx_labels,
     read_idx_pair,
+    sample_toy,
+    stratified_subset,
+    to_float,
+    train_val_split,
 )
 from neuralode.data import images as images_module
 from test_data import idx_bytes, write, write_split
@@ -390,3 +401,82 @@ def test_fuzz_corrupt_idx_files_give_only_our_typed_error(fuzz_dir, kind, gz, ed
 @given(**_fuzz_args)
 def test_fuzz_corrupt_idx_files_many(fuzz_dir, kind, gz, edits):
     _fuzz_one(fuzz_dir, kind, gz, edits)
+
+
+# 5. Sizes and counts of the other data entry points: a ValueError/TypeError naming them.
+
+
+@pytest.mark.parametrize("fn", [make_circles, make_moons], ids=["circles", "moons"])
+@pytest.mark.parametrize("n", [-1, 0, 2.5, True])
+def test_toy_makers_reject_bad_counts(fn, n):
+    with pytest.raises((ValueError, TypeError), match=f"n must be a positive integer.*got {n!r}"):
+        fn(n)
+
+
+@pytest.mark.parametrize("argument", ["noise", "factor"])
+@pytest.mark.parametrize("value", [-0.1, math.nan, math.inf, "0.1"])
+def test_circles_reject_bad_noise_and_factor(argument, value):
+    with pytest.raises((ValueError, TypeError), match=f"{argument} must be"):
+        make_circles(10, **{argument: value})
+
+
+def test_sample_toy_rejects_bad_dtype_and_generator():
+    with pytest.raises(
+        TypeError, match="dtype must be a floating dtype such as torch.float32, got 'float32'"
+    ):
+        sample_toy("moons", 5, dtype="float32")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        sample_toy("moons", 5, generator=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"noise_std": "a"}, "noise_std must be a finite number >= 0, got 'a'"),
+        ({"noise_std": math.inf}, "noise_std must be a finite number >= 0, got inf"),
+        ({"t_end": 0.0}, "t_end must be a finite number > 0, got 0.0"),
+        ({"t_end": math.nan}, "t_end must be a finite number > 0, got nan"),
+        ({"seed": "x"}, "seed must be an int, got str"),
+        ({"seed": 1.5}, "seed must be an int, got float"),
+        (
+            {"dtype": torch.int64},
+            "dtype must be a floating dtype such as torch.float32, got torch.int64",
+        ),
+    ],
+)
+def test_make_spirals_rejects_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=re.escape(match)):
+        make_spirals(**{"n_spirals": 4, "n_observed": 10, "seed": 0, **kwargs})
+
+
+@pytest.mark.parametrize("val_size", [-1, 11])
+def test_train_val_split_names_val_size(val_size):
+    with pytest.raises(ValueError, match=rf"val_size must lie in \[0, 10\].*got {val_size}"):
+        train_val_split(torch.arange(10) % 2, val_size, seed=0)
+
+
+def test_splits_reject_bad_labels_and_seed():
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor, got list"):
+        stratified_subset([0, 1], 1, seed=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        stratified_subset(torch.arange(4), 2, seed="a")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed must be an int, got float"):
+        train_val_split(torch.arange(4), 2, seed=0.5)  # type: ignore[arg-type]
+
+
+def test_transforms_reject_non_tensors():
+    with pytest.raises(TypeError, match="images must be a torch.Tensor, got list"):
+        to_float([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="images must be a torch.Tensor, got list"):
+        random_crop([1, 2])  # type: ignore[arg-type]
+
+
+def test_irregular_series_entry_points_name_their_arguments():
+    with pytest.raises(ValueError, match=r"values must have at least one point per series"):
+        from_arrays(torch.zeros(2, 0), torch.zeros(2, 0, 1))
+    series = make_spirals(4, 10, seed=0)
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        series.split(1, seed="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        list(series.batches(2.0))  # type: ignore[arg-type]
+    assert isinstance(series[[0, 3]], IrregularSeries)

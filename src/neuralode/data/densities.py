@@ -135,6 +135,19 @@ def _midpoint_log_integral(energy: Energy, bounds: Bounds, points: int) -> float
     return float(torch.logsumexp(torch.stack(rows), dim=0)) + math.log(hx * hy)
 
 
+def _check_bounds(bounds: object) -> None:
+    shape = "((z1_min, z1_max), (z2_min, z2_max))"
+    try:
+        pairs = [(float(lo), float(hi)) for lo, hi in bounds]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        pairs = []
+    if len(pairs) != 2:
+        raise TypeError(f"bounds must be {shape}, got {bounds!r}")
+    for axis, (lo, hi) in enumerate(pairs):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"bounds[{axis}] must be a finite (low, high), got {(lo, hi)}")
+
+
 def log_normalizer(
     energy: Energy, bounds: Bounds = QUADRATURE_BOUNDS, points: int = 1600
 ) -> Normalizer:
@@ -149,9 +162,7 @@ def log_normalizer(
     """
     if isinstance(points, bool) or not isinstance(points, int) or points < 4 or points % 2:
         raise ValueError(f"points must be an even integer >= 4, got {points!r}")
-    for axis, (lo, hi) in enumerate(bounds):
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"bounds[{axis}] must be a finite (low, high), got {(lo, hi)}")
+    _check_bounds(bounds)
     with torch.no_grad():
         fine = _midpoint_log_integral(energy, bounds, points)
         coarse = _midpoint_log_integral(energy, bounds, points // 2)

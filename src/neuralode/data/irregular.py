@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ._checks import check_seed
+
 __all__ = [
     "IrregularSeries",
     "check_times",
@@ -237,7 +239,8 @@ class IrregularSeries:
             raise TypeError(f"test_size must be an int, got {type(test_size).__name__}")
         if not 0 < test_size < len(self):
             raise ValueError(f"test_size must lie in [1, {len(self) - 1}], got {test_size}")
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(check_seed(seed))
+        perm = torch.randperm(len(self), generator=generator)
         return self[perm[test_size:].sort().values], self[perm[:test_size].sort().values]
 
     def batches(
@@ -331,6 +334,10 @@ def from_arrays(
         raise ValueError(
             f"values must have shape (series, points, channels), got {tuple(values_t.shape)}; "
             "add a channel axis with values[..., None] for 1-D data"
+        )
+    if values_t.shape[1] == 0:
+        raise ValueError(
+            f"values must have at least one point per series, got shape {tuple(values_t.shape)}"
         )
     rows = values_t.shape[0]
     times_t = _as_times("times", times, rows, dtype)

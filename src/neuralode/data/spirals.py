@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ._checks import check_float_dtype, check_int, check_real, check_seed
 from .irregular import IrregularSeries
 
 __all__ = ["make_spirals", "spiral_curves"]
@@ -42,15 +43,6 @@ def spiral_curves(grid: torch.Tensor, b: float = 0.3) -> tuple[torch.Tensor, tor
     r_ccw = b * grid
     ccw = torch.stack([r_ccw * torch.cos(grid) + 5.0, r_ccw * torch.sin(grid)], dim=-1)
     return cw, ccw
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 def make_spirals(
@@ -85,17 +77,23 @@ def make_spirals(
         An :class:`IrregularSeries` with ``(S, n_observed)`` observations and
         ``(S, horizon)`` targets (noisy ``target_values`` and noise-free
         ``target_clean``), no padding.
+
+    Raises:
+        TypeError: An argument has the wrong type (the message names it).
+        ValueError: A count or size is out of range (e.g. ``n_observed > window``),
+            ``noise_std`` is negative or ``t_end`` not positive, or either is not finite.
     """
-    _check_int("n_spirals", n_spirals, 1)
-    _check_int("window", window, 1)
-    _check_int("n_observed", n_observed, 1, window)
-    _check_int("horizon", horizon, 1)
+    check_int("n_spirals", n_spirals, 1)
+    check_int("window", window, 1)
+    check_int("n_observed", n_observed, 1, window)
+    check_int("horizon", horizon, 1)
     # torchdiffeq starts windows no earlier than one window length into the grid ("don't
     # sample t0 very near the start": the counter-clockwise radius is ~0 there).
-    _check_int("grid_points", grid_points, 2 * window + horizon)
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-    gen = torch.Generator().manual_seed(seed)
+    check_int("grid_points", grid_points, 2 * window + horizon)
+    check_real("noise_std", noise_std, 0)
+    check_real("t_end", t_end, 0, strict=True)
+    check_float_dtype(dtype)
+    gen = torch.Generator().manual_seed(check_seed(seed))
     grid = torch.linspace(0.0, t_end, grid_points, dtype=torch.float64)
     cw, ccw = spiral_curves(grid)
     length = window + horizon

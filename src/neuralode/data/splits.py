@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_seed, check_tensor
+
 __all__ = ["stratified_subset", "train_val_split"]
 
 
 def _check_labels(labels: torch.Tensor) -> None:
+    check_tensor("labels", labels)
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -35,6 +38,14 @@ def _apportion(counts: list[int], size: int) -> list[int]:
     return take
 
 
+def _check_size(name: str, size: object, n: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be an int, got {type(size).__name__}")
+    if not 0 <= size <= n:
+        raise ValueError(f"{name} must lie in [0, {n}] (the number of labels), got {size}")
+    return size
+
+
 def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     """Pick ``size`` indices at random with the class proportions of ``labels`` preserved.
 
@@ -53,14 +64,12 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
 
     Raises:
         ValueError: If ``labels`` is not 1-D or ``size`` is out of range.
-        TypeError: If ``labels`` is not an integer tensor or ``size`` not an int.
+        TypeError: If ``labels`` is not an integer tensor, ``size`` or ``seed`` not an int.
     """
     _check_labels(labels)
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"size must be an int, got {type(size).__name__}")
+    seed = check_seed(seed)
     n = labels.shape[0]
-    if not 0 <= size <= n:
-        raise ValueError(f"size must lie in [0, {n}] (the number of labels), got {size}")
+    _check_size("size", size, n)
     cpu = labels.cpu()
     if size == 0:
         return torch.empty(0, dtype=torch.int64, device=labels.device)
@@ -96,8 +105,8 @@ def train_val_split(
         ``(train_indices, val_indices)``, each sorted int64.
 
     Raises:
-        ValueError: If ``val_size`` is out of range.
-        TypeError: If ``val_size`` is neither an int nor a float.
+        ValueError: If ``val_size`` is out of range (more than the labels, or negative).
+        TypeError: If ``val_size`` is neither an int nor a float, or ``seed`` not an int.
     """
     _check_labels(labels)
     n = labels.shape[0]
@@ -107,7 +116,7 @@ def train_val_split(
         val_size = round(val_size * n)
     elif isinstance(val_size, bool) or not isinstance(val_size, int):
         raise TypeError(f"val_size must be an int or a float, got {type(val_size).__name__}")
-    val = stratified_subset(labels, val_size, seed)
+    val = stratified_subset(labels, _check_size("val_size", val_size, n), seed)
     in_val = torch.zeros(n, dtype=torch.bool, device=labels.device)
     in_val[val] = True
     train = torch.nonzero(~in_val).squeeze(1)

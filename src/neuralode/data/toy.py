@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 
+from ._checks import check_float_dtype, check_generator, check_real
+
 Sampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 
 
@@ -42,13 +44,27 @@ def _unit_circle(angles: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+def _check_count(n: object, generator: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer number of points, got {n!r}")
+    check_generator(generator)
+
+
 def make_circles(
     n: int, generator: torch.Generator | None = None, *, noise: float = 0.06, factor: float = 0.5
 ) -> torch.Tensor:
     """Two concentric circles (radii 1 and ``factor``) as ``sklearn``'s ``make_circles``.
 
     The defaults are torchdiffeq ``cnf.py``'s (noise 0.06, factor 0.5).
+
+    Raises:
+        ValueError: If ``n < 1``, ``noise < 0`` or ``factor`` is outside ``[0, 1)``
+            (as in scikit-learn), or a value is not finite.
+        TypeError: If an argument has the wrong type.
     """
+    _check_count(n, generator)
+    check_real("noise", noise, 0)
+    check_real("factor", factor, 0, high=1)
     n_out = n // 2
     outer = _unit_circle(_arc(0, 2 * math.pi, n_out, endpoint=False))
     inner = factor * _unit_circle(_arc(0, 2 * math.pi, n - n_out, endpoint=False))
@@ -59,7 +75,14 @@ def make_circles(
 def make_moons(
     n: int, generator: torch.Generator | None = None, *, noise: float = 0.1
 ) -> torch.Tensor:
-    """Two interleaved half circles as ``sklearn``'s ``make_moons`` (no rescaling)."""
+    """Two interleaved half circles as ``sklearn``'s ``make_moons`` (no rescaling).
+
+    Raises:
+        ValueError: If ``n < 1`` or ``noise`` is negative or not finite.
+        TypeError: If an argument has the wrong type.
+    """
+    _check_count(n, generator)
+    check_real("noise", noise, 0)
     n_out = n // 2
     outer = _unit_circle(_arc(0, math.pi, n_out, endpoint=True))
     inner = 1 - _unit_circle(_arc(0, math.pi, n - n_out, endpoint=True))
@@ -156,8 +179,6 @@ def sample_toy(
     """
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer number of points, got {n!r}")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    _check_count(n, generator)
+    check_float_dtype(dtype)
     return TOY_DATASETS[name](n, generator).to(dtype)

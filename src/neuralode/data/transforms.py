@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_tensor
+
 __all__ = ["random_crop", "to_float"]
 
 
@@ -26,7 +28,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
         TypeError: If ``images`` is not uint8.
         ValueError: If ``images`` is not 3- or 4-dimensional.
     """
-    if images.dtype != torch.uint8:
+    if check_tensor("images", images).dtype != torch.uint8:
         raise TypeError(
             f"images must be uint8 (as load_images returns them), got {images.dtype}; "
             "float images are taken to be converted already"
@@ -62,7 +64,7 @@ def random_crop(
     Raises:
         ValueError: If ``images`` is not 3- or 4-dimensional or ``padding`` is negative.
     """
-    if images.dim() not in (3, 4):
+    if check_tensor("images", images).dim() not in (3, 4):
         raise ValueError(
             f"images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}"
         )
