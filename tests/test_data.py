@@ -291,6 +291,7 @@ def _use_source(monkeypatch, name, mirrors, sums):
         for p in mirror.glob("*.gz")
     }
     pins = {**source.content_sha256, **content}
+    sums = {**source.sha256, **sums}
     replaced = dataclasses.replace(source, mirrors=mirrors, sha256=sums, content_sha256=pins)
     monkeypatch.setitem(images_module.SOURCES, name, replaced)
 

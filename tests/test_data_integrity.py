@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import test_data  # the helpers and the `isolated` fixture of the IDX tests
 from neuralode.data import (
+    DownloadError,
     IDXChecksumError,
     IDXFormatError,
     IrregularSeries,
@@ -76,7 +77,6 @@ def test_named_data_dir_without_the_files_is_an_error_not_the_system_copy(
     typo = isolated / "fashoin-mnist"
     if exists:
         typo.mkdir()
-    assert find_image_files("fashion-mnist", "train", typo) is None
     with pytest.raises(FileNotFoundError) as info:
         load_images("fashion-mnist", "train", data_dir=typo, verify=False)
     message = str(info.value)
@@ -118,6 +118,41 @@ def test_mistyped_data_dir_does_not_load_the_debian_package(tmp_path, monkeypatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match=re.escape(f"installed in {DEBIAN_FASHION}")):
         load_images("fashion-mnist", "test", data_dir=tmp_path / "fashoin")
+
+
+def test_find_image_files_refuses_a_named_folder_without_the_files(isolated):
+    # A caller that picks other data when the files are "not installed" (reproduce falls
+    # back to the 8x8 digits) must not take a mistyped folder for "not installed".
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_image_files("fashion-mnist", "train", isolated / "typo")
+    pytest.importorskip("sklearn")
+    from neuralode.experiments.reproduce import ReproduceConfig, choose_images
+
+    with pytest.raises(FileNotFoundError, match=re.escape(str(isolated / "typo"))):
+        choose_images(ReproduceConfig(data_dir=isolated / "typo"))
+
+
+def test_find_image_files_without_a_named_folder_may_find_nothing(isolated, monkeypatch):
+    monkeypatch.delenv("NEURALODE_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(isolated / "cache"))
+    assert find_image_files("mnist", "train") is None
+
+
+def test_download_into_a_folder_that_cannot_be_created(isolated):
+    blocker = isolated / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(DownloadError, match="cannot create the folder .*--data-dir FOLDER"):
+        load_images("mnist", "test", data_dir=blocker / "sub", download=True)
+
+
+def test_bad_source_and_choice_values(isolated):
+    source = images_module.SOURCES["mnist"]
+    pins = dict(source.content_sha256)
+    del pins["t10k-images-idx3-ubyte"]
+    with pytest.raises(ValueError, match="content_sha256 has no digest for"):
+        dataclasses.replace(source, content_sha256=pins)
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_images(["mnist"], "test")  # type: ignore[arg-type]
 
 
 def test_data_dir_must_be_a_nonempty_path(isolated):
@@ -480,3 +515,7 @@ def test_irregular_series_entry_points_name_their_arguments():
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         list(series.batches(2.0))  # type: ignore[arg-type]
     assert isinstance(series[[0, 3]], IrregularSeries)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype.*got torch.int64"):
+        series.to(dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype.*got torch.int32"):
+        from_arrays(torch.arange(3.0), torch.zeros(2, 3, 1), dtype=torch.int32)

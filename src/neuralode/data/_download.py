@@ -61,11 +61,18 @@ def download_verified(
         ``dest`` as a ``Path``.
 
     Raises:
-        DownloadError: If no mirror delivered the expected bytes; the message lists what
-            went wrong with each.
+        DownloadError: If no mirror delivered the expected bytes (the message lists what
+            went wrong with each), or the destination folder cannot be created.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot create the folder {dest.parent} for {dest.name} ({exc.strerror}); "
+            "download into a folder you can write to (data_dir=FOLDER, on the command line "
+            "--data-dir FOLDER)"
+        ) from exc
     failures = []
     for url in urls:
         _log.info("downloading %s to %s", url, dest)

@@ -82,6 +82,14 @@ class ImageSource:
     apt_package: str | None = None
     num_classes: int = 10
 
+    def __post_init__(self) -> None:
+        # A missing pin would surface as a KeyError deep in load_images; say it here.
+        stems = {stem for pair in SPLITS.values() for stem in pair}
+        for field, want in (("sha256", {f"{s}.gz" for s in stems}), ("content_sha256", stems)):
+            missing = sorted(want - set(getattr(self, field)))
+            if missing:
+                raise ValueError(f"ImageSource {self.title!r}: {field} has no digest for {missing}")
+
 
 # SHA-256 digests of the upstream .gz files. Sources, checked against each other:
 # - Fashion-MNIST: torchvision's prototype datasets (pytorch/vision,
@@ -230,7 +238,7 @@ def default_data_dir() -> Path:
 
 
 def _check_choice(argument: str, value: str, choices: Mapping[str, object]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{argument} must be one of {sorted(choices)}, got {value!r}")
 
 
@@ -262,6 +270,17 @@ def _find_split(folder: Path, split: str) -> tuple[Path, Path] | None:
     return (images, labels) if images is not None and labels is not None else None
 
 
+def _locate(
+    name: str, split: str, data_dir: str | os.PathLike[str] | None
+) -> tuple[Path, Path] | None:
+    _check_choice("name", name, SOURCES)
+    _check_choice("split", split, SPLITS)
+    for folder in _search_dirs(name, data_dir)[0]:
+        if found := _find_split(folder, split):
+            return found
+    return None
+
+
 def find_image_files(
     name: str, split: str, data_dir: str | os.PathLike[str] | None = None
 ) -> tuple[Path, Path] | None:
@@ -275,14 +294,18 @@ def find_image_files(
             docstring for the layouts.
 
     Returns:
-        ``(images_path, labels_path)`` from the first folder that holds both, else ``None``.
+        ``(images_path, labels_path)`` from the first folder that holds both, or ``None``
+        when no folder was named and the files are not installed.
+
+    Raises:
+        FileNotFoundError: If a folder was named (``data_dir`` or
+            ``$NEURALODE_DATA_DIR``) and does not hold the files: a mistyped path must
+            not read as "not installed" to a caller that then picks other data.
     """
-    _check_choice("name", name, SOURCES)
-    _check_choice("split", split, SPLITS)
-    for folder in _search_dirs(name, data_dir)[0]:
-        if found := _find_split(folder, split):
-            return found
-    return None
+    found = _locate(name, split, data_dir)
+    if found is None and _named_data_dir(data_dir) is not None:
+        raise FileNotFoundError(_how_to_get(name, split, data_dir))
+    return found
 
 
 def _describe_named(base: Path, origin: str) -> str:
@@ -431,7 +454,7 @@ def load_images(
     for flag, value in (("download", download), ("verify", verify)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
-    found = find_image_files(name, split, data_dir)
+    found = _locate(name, split, data_dir)
     if found is None:
         if not download:
             raise FileNotFoundError(_how_to_get(name, split, data_dir))

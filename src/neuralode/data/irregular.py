@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_seed
+from ._checks import check_float_dtype, check_seed
 
 __all__ = [
     "IrregularSeries",
@@ -222,6 +222,8 @@ class IrregularSeries:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> IrregularSeries:
         """The same series on ``device`` with floating tensors in ``dtype`` (masks stay bool)."""
+        if dtype is not None:
+            check_float_dtype(dtype)
         moved = {}
         for f in dataclasses.fields(self):
             x = getattr(self, f.name)
@@ -329,6 +331,7 @@ def from_arrays(
             increasing in time, a series has no observation, or a time is before its
             origin.
     """
+    check_float_dtype(dtype)
     values_t = _as_tensor("values", values, dtype)
     if values_t.ndim != 3:
         raise ValueError(
