@@ -90,6 +90,7 @@ def test_named_data_dir_without_the_files_is_an_error_not_the_system_copy(
         f"--data-dir {system}",
     ):
         assert needle in message, f"{needle!r} missing from:\n{message}"
+    assert "apt-get" not in message, "no advice to install what is installed"
 
 
 def test_named_data_dir_with_other_files_lists_them(isolated):
@@ -259,6 +260,16 @@ def test_synthetic_files_fail_verification_and_load_without_it(isolated):
     )
     got_images, got_labels = load_images("mnist", "test", data_dir=isolated / "data", verify=False)
     assert torch.equal(got_images, images) and torch.equal(got_labels, labels)
+
+
+def test_a_damaged_system_copy_says_reinstall(isolated, monkeypatch):
+    monkeypatch.delenv("NEURALODE_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(isolated / "cache"))
+    system = isolated / "system-fashion-mnist"
+    write_split(system, "test")
+    _with_system_copy(monkeypatch, system)
+    with pytest.raises(IDXChecksumError, match="apt-get install --reinstall dataset-fashion"):
+        load_images("fashion-mnist", "test")
 
 
 def test_a_file_already_in_the_download_folder_is_verified(isolated, monkeypatch):

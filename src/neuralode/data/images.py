@@ -332,18 +332,17 @@ def _how_to_get(name: str, split: str, data_dir: str | os.PathLike[str] | None) 
         f"{source.title} {split} split not found: looked for {images_stem}[.gz] and "
         f"{labels_stem}[.gz] in\n{searched}"
     ]
+    installed = next((d for d in source.system_dirs if _find_split(Path(d), split)), None)
     if origin is not None:
         lines.append(_describe_named(dirs[1], origin))
-        for system in source.system_dirs:
-            if _find_split(Path(system), split):
-                unset = f", or unset {origin}" if origin.startswith("$") else ""
-                lines.append(
-                    f"{source.title} is installed in {system}: pass data_dir={system} (on "
-                    f"the command line: --data-dir {system}){unset}."
-                )
-                break
+        if installed:
+            unset = f", or unset {origin}" if origin.startswith("$") else ""
+            lines.append(
+                f"{source.title} is installed in {installed}: pass data_dir={installed} (on "
+                f"the command line: --data-dir {installed}){unset}."
+            )
     ways = []
-    if source.apt_package:
+    if source.apt_package and not installed:
         where = f"; installs the files in {source.system_dirs[0]}/" if source.system_dirs else ""
         ways.append(f"  - sudo apt-get install {source.apt_package}   (Debian/Ubuntu{where})")
     ways.append(
