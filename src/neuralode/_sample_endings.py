@@ -27,21 +27,6 @@ ENDINGS: dict[int, tuple[Status, str]] = {
 }
 
 
-def step_underflow(
-    t_dtype: torch.dtype,
-    dt_min: float,
-    tau: torch.Tensor,
-    dt: torch.Tensor,
-    dt_proposed: torch.Tensor,
-) -> torch.Tensor:
-    """Rows whose step is too small: lost in the clock's rounding, or below ``dt_min``."""
-    t_info = torch.finfo(t_dtype)
-    underflow = dt <= 4 * t_info.eps * torch.clamp(tau.abs(), min=t_info.tiny)
-    if dt_min:
-        underflow |= dt_proposed < dt_min * (1 - 1e-9)
-    return underflow
-
-
 def failures(
     rows: Rows,
     underflow: torch.Tensor,
@@ -51,8 +36,10 @@ def failures(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows that leave at a step where some may have failed, and why (``ENDINGS``).
 
-    ``rows`` as they were before the step; ``underflow``, the new ``streak`` of
-    non-finite retries and the ``leaving`` candidates from the step. A row stops when it
+    ``rows`` as they were before the step; ``underflow``, the rows that did not step (a
+    live row with steps left that did not step had its step underflow); the new
+    ``streak`` of non-finite retries and the ``leaving`` candidates from the step. A row
+    stops when it
     could not step (out of steps, step underflow) or when a non-finite step is not worth
     retrying: ``f`` itself was not finite at the start, or the retries ran out.
     """
@@ -95,7 +82,7 @@ def sample_result(problem: Problem, outputs: Collector, ended: Ended) -> RawSolu
         status=status,
         t_last=ended.t_last.to(problem.ts.dtype),
         y_last=ended.y_last.assemble(problem.y0),
-        dt_last=math.nan,
+        dt_last=float(ended.dt_last[failed[0]]) if failed else math.nan,
         detail=detail,
         sample_status=sample_status,
     )
