@@ -9,6 +9,8 @@ the solution missing at ``t1`` (about 1 sample in 10^5 of a random Van der Pol b
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 
@@ -189,16 +191,41 @@ def test_huge_times_in_float32_succeed_where_steps_are_resolvable():
         torch.testing.assert_close(sol.ys[-1], torch.full((4, 2), math.exp(-0.25)))
 
 
-def test_huge_times_in_float32_fail_cleanly_where_steps_are_not():
+@pytest.mark.parametrize("batch_dims", [0, 1])
+def test_huge_times_in_float32_fail_cleanly_where_steps_are_not(batch_dims):
     # Van der Pol needs steps of ~0.05: below what float32 time resolves at 1e6. That is
-    # DT_MIN, with the step size reported (not NaN); float64 time solves it.
+    # DT_MIN, with the step size reported (not NaN) and the cause and fix named: float64
+    # output times (the state stays float32) solve it.
     y0, mu = random_batch(4, seed=3)
     ts = torch.tensor([1e6, 1e6 + 5.0], dtype=F32)
-    with pytest.raises(no.SolverError, match="DT_MIN|dt_min") as err:
-        solve_vdp(y0, ts, mu)
+    controller = no.PIDController(rtol=RTOL, atol=ATOL)
+
+    # (Per-sample, mu goes in args: it follows the samples as they leave the batch.)
+    field = van_der_pol if batch_dims else functools.partial(van_der_pol, mu=mu)
+    args = (mu,) if batch_dims else ()
+    for times in (ts, ts.to(F64)):
+        with contextlib.ExitStack() as stack:
+            if times.dtype == F32:
+                err = stack.enter_context(pytest.raises(no.SolverError, match=CLOCK))
+            sol = no.solve(field, y0, times, controller=controller, batch_dims=batch_dims,
+                           args=args)  # fmt: skip
+            assert sol.ys.dtype == F32
+    assert err.value.status is no.Status.DT_MIN
     assert math.isfinite(err.value.dt) and 0 < err.value.dt < 0.5
-    sol = solve_vdp(y0, ts.to(F64), mu)
-    assert sol.ys.dtype == F32
+
+
+CLOCK = (
+    r"t is float32, which resolves steps only down to 0\.477 at t=1e\+06: if the solution "
+    r"is smooth there, pass ts as float64 \(the state keeps its own dtype\) or shift time"
+)
+
+
+def test_an_underflow_in_float64_time_keeps_the_plain_message():
+    # In float64 the clock's underflow is a blow-up (or stiffness), as the status says.
+    with pytest.raises(no.SolverError) as err:
+        no.solve(lambda t, y: y**2, torch.ones(1, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64))
+    assert "resolves steps only" not in str(err.value)
+    assert err.value.status is no.Status.DT_MIN
 
 
 def test_a_failed_sample_reports_its_last_step():

@@ -109,6 +109,22 @@ def resolution(tau: Any, dtype: torch.dtype) -> Any:
     return 4 * info.eps * _arith.maximum(abs(tau), info.tiny)
 
 
+def coarse_clock(t: float, dtype: torch.dtype) -> str:
+    """Why a step underflowed against the resolution of ``t`` when ``dtype`` is coarse.
+
+    In float64 such an underflow means a blow-up or stiffness, as the status says (empty
+    string). In float32 or lower it may be the time's dtype alone (t = 1e6 in float32
+    resolves only steps of 0.5), which float64 output times fix.
+    """
+    if dtype == torch.float64:
+        return ""
+    return (
+        f"t is {str(dtype).removeprefix('torch.')}, which resolves steps only down to "
+        f"{resolution(t, dtype):.3g} at t={t:.6g}: if the solution is smooth there, pass ts "
+        "as float64 (the state keeps its own dtype) or shift time to start near 0"
+    )
+
+
 def landing(tau_stop: Any, dtype: torch.dtype) -> Any:
     """The earliest end of a step that :func:`step_to` stretches onto ``tau_stop``.
 
@@ -235,6 +251,8 @@ def integrate(
         tau1, dt, lost = step_to(tau, dt, tau_stop, landing(tau_stop, t_dtype), t_dtype)
         if underflow or lost:
             status = Status.NONFINITE if nonfinite_streak else Status.DT_MIN
+            if not (underflow or nonfinite_streak):
+                detail = coarse_clock(d * tau, t_dtype)
             break
         # A step that ends on a jump of f evaluates its end stages just before the jump
         # (the left limit), as torchdiffeq does; the step after restarts just past it.

@@ -445,7 +445,9 @@ def _next_rows(
         # Read from the step's own count, not recomputed, so the verdict is the one the
         # (possibly compiled) step made.
         streak, stuck = attempt.rows[5], attempt.rows[6] == rows.steps
-        leaving, code = failures(rows, stuck, streak, attempt.leaving, max_steps)
+        dt_min = controller.min_step()
+        clock = rows.dt >= dt_min * (1 - 1e-9) if dt_min else torch.ones_like(stuck)
+        leaving, code = failures(rows, stuck, clock, streak, attempt.leaving, max_steps)
         n_leaving = int(leaving.sum())
         new.code = torch.where(leaving, code, new.code)
         failed = leaving & (code != 0)
