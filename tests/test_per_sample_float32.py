@@ -258,3 +258,24 @@ def test_a_million_random_float32_samples_have_no_false_failure():
         failed += [(y0[i].tolist(), float(mu[i]), sol.sample_status[i].name) for i in bad]
     print(f"{n} float32 samples, {len(failed)} failed, {time.perf_counter() - start:.1f} s")
     assert failed == []
+
+
+@pytest.mark.slow
+def test_random_float32_time_windows_have_no_false_failure():
+    # Each sample its own window: t0 in [-100, 100], length in [0.01, 10], forwards and
+    # backwards (with -mu, so the backward problem is well-posed). Before the fix 39 of
+    # these 200,000 failed (the clock's resolution grows with |t|).
+    g = torch.Generator().manual_seed(7)
+    failed = []
+    for chunk in range(8):
+        y0, mu = random_batch(25_000, seed=200 + chunk)
+        direction = 1.0 if chunk % 2 == 0 else -1.0
+        t0 = torch.rand(25_000, generator=g, dtype=F64) * 200 - 100
+        length = direction * (torch.rand(25_000, generator=g, dtype=F64) * 10 + 1e-2)
+        share = 0.05 + 0.9 * torch.rand(25_000, generator=g, dtype=F64)
+        ts = torch.stack([t0, t0 + share * length, t0 + length], -1).to(F32)
+        sol = solve_vdp(y0, ts, direction * mu, throw=False, max_steps=100_000)
+        ok = torch.tensor([s is no.Status.SUCCESS for s in sol.sample_status])
+        bad = (~ok | (sol.t_last != ts[:, -1])).nonzero().flatten().tolist()
+        failed += [(ts[i].tolist(), y0[i].tolist(), float(mu[i])) for i in bad]
+    assert failed == []
