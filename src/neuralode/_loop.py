@@ -142,8 +142,10 @@ def step_to(tau: Any, dt: Any, tau_stop: Any, tau_land: Any, dtype: torch.dtype)
     ``tau_land`` (see :func:`landing`); a step is stretched by a hair (1e-10 relative) or
     by at most two resolutions rather than leave a sliver. Without the resolution term a
     float32 clock ended one step short of ``t1`` about once in 10^5 samples, 4e-7 short at
-    ``t1 = 5``, and that remainder failed as an underflow. Diffrax clips to the end with
-    a dtype-dependent tolerance for the same reason. ``dt1 = tau1 - tau``.
+    ``t1 = 5``, and that remainder failed as an underflow. Diffrax clips to the end for
+    the same reason, within an absolute 1e-10 (float64) or 1e-6 (otherwise); relative to
+    ``t``, as here, the margin also holds far from 0 (at 1e6 a float32 ulp is 0.06).
+    ``dt1 = tau1 - tau``.
 
     ``lost``: the step is below the clock's resolution and the proposal does not reach
     the stop (the step size has collapsed). A proposal that reaches the stop is never

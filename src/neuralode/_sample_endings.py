@@ -42,9 +42,8 @@ def failures(
     live row with steps left that did not step had its step underflow), ``clock``, the
     rows whose proposal respected ``dt_min`` (so their underflow is the clock's); the new
     ``streak`` of non-finite retries and the ``leaving`` candidates from the step. A row
-    stops when it
-    could not step (out of steps, step underflow) or when a non-finite step is not worth
-    retrying: ``f`` itself was not finite at the start, or the retries ran out.
+    stops when it could not step (out of steps, step underflow) or when a non-finite step
+    is not worth retrying: ``f`` itself was not finite at the start, or the retries ran out.
     """
     nonfinite = streak > 0  # the streak counts the step's non-finite rows, only them
     code = torch.where(underflow, torch.where(rows.streak > 0, 3, torch.where(clock, 7, 2)), 0)
