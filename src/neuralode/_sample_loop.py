@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._loop import RawSolution, _flat_tolerance
+from ._loop import RawSolution, _flat_tolerance, landing, step_to
 from ._problem import Problem
-from ._sample_endings import failures, sample_result, step_underflow
+from ._sample_endings import failures, sample_result
 from ._sample_rows import (
     Collector,
     Ended,
@@ -81,6 +81,7 @@ def integrate_samples(
     ended = Ended(
         zeros.clone(),
         taus[:, 0] * problem.direction,
+        torch.zeros_like(taus[:, 0]),
         zeros.clone(),
         zeros.clone(),
         Collector(batch, 0.0),
@@ -95,6 +96,7 @@ def integrate_samples(
         problem.f0.clone(),
         taus.clone(),
         taus[:, -1].clone(),
+        landing(taus[:, -1], problem.f.t_dtype),
         torch.ones_like(zeros),
         zeros.clone(),
         zeros.clone(),
@@ -218,12 +220,13 @@ def _attempt(
     is worked out on the host, and only at steps where one may have failed
     (:func:`neuralode._sample_endings.failures`): the common step computes no failure code.
     """
-    tau, y, dt_proposed, tau_end = rows.tau, rows.y, rows.dt, rows.tau_end
-    # As in the joint loop: the controller's proposal must respect dt_min; the step then
-    # lands exactly on the sample's last time, stretched by a hair rather than leave a sliver.
-    tau1 = torch.where(tau + dt_proposed * (1 + 1e-10) >= tau_end, tau_end, tau + dt_proposed)
-    dt = tau1 - tau
-    underflow = step_underflow(f.t_dtype, controller.min_step(), tau, dt, dt_proposed)
+    tau, y, dt_proposed = rows.tau, rows.y, rows.dt
+    # As in the joint loop: the step lands exactly on the sample's last time rather than
+    # leave a sliver, and the controller's proposal must respect dt_min.
+    tau1, dt, underflow = step_to(tau, dt_proposed, rows.tau_end, rows.tau_land, f.t_dtype)
+    dt_min = controller.min_step()
+    if dt_min:
+        underflow = underflow | (dt_proposed < dt_min * (1 - 1e-9))
     go = rows.live & ~(underflow | (rows.steps >= max_steps))
     # (direction * x is x itself going forwards: two tensor ops less per step.)
     t0, h = (tau, dt) if direction == 1.0 else (direction * tau, direction * dt)
@@ -322,8 +325,8 @@ def _stepped(rows: Rows, updated: tuple[Any, ...], live: torch.Tensor, n_live: i
     """``rows`` after a step: its ``updated`` state (see :class:`_Attempt`) and ``live``."""
     tau, dt, y, f0, n_out, streak, steps, accepted, cstate = updated
     return Rows(
-        rows.idx, tau, dt, y, f0, rows.taus, rows.tau_end, n_out, streak, steps, accepted,
-        live, rows.code, cstate, n_live,
+        rows.idx, tau, dt, y, f0, rows.taus, rows.tau_end, rows.tau_land, n_out, streak,
+        steps, accepted, live, rows.code, cstate, n_live,
     )  # fmt: skip
 
 
@@ -438,12 +441,17 @@ def _next_rows(
         return new, None
     leaving = attempt.leaving
     if n_trouble:
+        # A live row with steps left that did not step could not: its step underflowed.
+        # Read from the step's own count, not recomputed, so the verdict is the one the
+        # (possibly compiled) step made.
+        streak, stuck = attempt.rows[5], attempt.rows[6] == rows.steps
         dt_min = controller.min_step()
-        underflow = step_underflow(problem.f.t_dtype, dt_min, rows.tau, attempt.dt, rows.dt)
-        streak = attempt.rows[5]
-        leaving, code = failures(rows, underflow, streak, attempt.leaving, max_steps)
+        clock = rows.dt >= dt_min * (1 - 1e-9) if dt_min else torch.ones_like(stuck)
+        leaving, code = failures(rows, stuck, clock, streak, attempt.leaving, max_steps)
         n_leaving = int(leaving.sum())
         new.code = torch.where(leaving, code, new.code)
+        failed = leaving & (code != 0)
+        ended.dt_last[rows.idx[failed]] = problem.direction * attempt.dt[failed]
     # Leaving rows stay in the batch, frozen (live is False), until compaction.
     new.live, new.n_live = new.live ^ leaving, new.n_live - n_leaving
     if new.idx.numel() - new.n_live > COMPACT_SHARE * new.idx.numel():

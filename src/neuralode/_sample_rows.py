@@ -30,6 +30,8 @@ class Rows:
         f0: ``f(tau, y)``, ``(A, N)``.
         taus: Output times in forward time, float64 ``(A, T)``.
         tau_end: The last of them, ``taus[:, -1]`` (kept, not sliced at every step).
+        tau_land: Where a step starts landing on ``tau_end``, ``landing(tau_end)`` (see
+            :func:`neuralode._loop.landing`; kept, as it is the same at every step).
         n_out: Outputs written so far (those at or before ``tau``), ``(A,)``.
         streak: Non-finite rejections in a row, ``(A,)``.
         steps: Steps attempted, ``(A,)``.
@@ -48,6 +50,7 @@ class Rows:
     f0: torch.Tensor
     taus: torch.Tensor
     tau_end: torch.Tensor
+    tau_land: torch.Tensor
     n_out: torch.Tensor
     streak: torch.Tensor
     steps: torch.Tensor
@@ -122,10 +125,14 @@ class Collector:
 
 @dataclass
 class Ended:
-    """What each sample left behind when it left the batch, ``(B, ...)``."""
+    """What each sample left behind when it left the batch, ``(B, ...)``.
+
+    ``dt_last`` is the step a failed sample last attempted (caller's sign; 0 if none).
+    """
 
     code: torch.Tensor
     t_last: torch.Tensor
+    dt_last: torch.Tensor
     steps: torch.Tensor
     accepted: torch.Tensor
     y_last: Collector
