@@ -25,8 +25,12 @@ def render(
     planners: Sequence[Planner],
     walls: Mapping[str, float],
     failures: Mapping[str, str] | None = None,
+    parallel: int = 1,
 ) -> str:
-    """The whole report; runs in ``failures`` (job → error message) are listed first."""
+    """The whole report; runs in ``failures`` (job → error message) are listed first.
+
+    ``parallel`` is how many runs went at a time (for reading the wall times).
+    """
     parts = [
         "# neuralode: the paper's experiments, reproduced",
         f"Preset **{ctx.preset}**, seed {ctx.seed}, written "
@@ -38,7 +42,7 @@ def render(
         "of the neuralode repository.",
         "## What this run shows",
         summary(ctx, planners),
-        _environment(walls),
+        _environment(walls, parallel),
     ]
     if failures:
         parts += [
@@ -85,18 +89,19 @@ def summary(ctx: Context, planners: Sequence[Planner]) -> str:
     return lead + "\n\n" + table(["", "claim", "ours", "paper", "verdict", "figure"], rows)
 
 
-def _environment(walls: Mapping[str, float]) -> str:
+def _environment(walls: Mapping[str, float], parallel: int) -> str:
     by_protocol: dict[str, float] = {}
     for key, seconds in walls.items():
         protocol = key.split("/", 1)[0]
         by_protocol[protocol] = by_protocol.get(protocol, 0.0) + seconds
     rows: list[list[object]] = [
         ["machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"],
-        ["torch threads", torch.get_num_threads()],
+        ["torch threads per run", torch.get_num_threads()],
+        ["runs at a time", parallel],
         ["python / torch", f"{platform.python_version()} / {torch.__version__}"],
     ]
     rows += [
         [f"wall time {p.upper()}", f"{s / 60:.1f} min"] for p, s in sorted(by_protocol.items())
     ]
-    rows.append(["wall time, all runs", f"{sum(walls.values()) / 60:.1f} min"])
+    rows.append(["wall time, all runs (summed)", f"{sum(walls.values()) / 60:.1f} min"])
     return table(["", ""], rows)

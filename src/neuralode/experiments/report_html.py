@@ -141,10 +141,13 @@ class _Page:
             return [c.strip() for c in row.strip().strip("|").split("|")]
 
         head = "".join(f"<th>{self.inline(c)}</th>" for c in cells(header))
+        if not any(cells(header)):  # a key-value table: no empty header row
+            head = ""
         body = "".join(
             "<tr>" + "".join(f"<td>{self.inline(c)}</td>" for c in cells(r)) + "</tr>" for r in rows
         )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+        return f"<table>{thead}<tbody>{body}</tbody></table>"
 
     def list(self, lines: list[str], i: int, out: list[str]) -> int:
         tag = "ol" if NUMBERED.fullmatch(lines[i]) else "ul"
