@@ -153,6 +153,11 @@ class Progress:
         print(f"reproduce: {len(jobs)} run(s), {parallel} at a time, about {minutes:.0f} min "
               "of one-core work", flush=True)  # fmt: skip
 
+    def start(self, job: Job) -> None:
+        """Without a bar, say which run starts."""
+        if self.bar is None:
+            print(f"reproduce: {job.protocol.upper()} {job.name}", flush=True)
+
     def show(self, running: Mapping[str, tuple[Job, float]]) -> None:
         """Credit the running jobs for their elapsed time and name them."""
         names = ", ".join(f"{job.protocol.upper()} {job.name}" for job, _ in running.values())
@@ -274,9 +279,8 @@ def run_jobs(
             while (job := ready()) is not None:
                 del waiting[job.key]
                 running[job.key] = (job, time.perf_counter())
+                bar.start(job)
                 bar.show(running)
-                if not progress:
-                    print(f"reproduce: {job.protocol.upper()} {job.name}", flush=True)
                 t0 = time.perf_counter()
                 try:
                     job.run()
@@ -315,6 +319,7 @@ def _run_in_pool(ctx: Context, waiting: dict[str, Job], running: dict[str, tuple
             while len(futures) < parallel and (job := ready()) is not None:
                 del waiting[job.key]
                 running[job.key] = (job, time.perf_counter())
+                bar.start(job)
                 futures[pool.submit(run_planned, ctx, job.key)] = job
             if not futures:  # nothing runnable left: the rest waited on failed jobs
                 break
