@@ -218,7 +218,7 @@ def run_planned(ctx: Context, key: str) -> tuple[float | None, str | None]:
             # A worker's output would interleave with the other runs' and the overall bar.
             log = _log_path(ctx, key)
             log.parent.mkdir(parents=True, exist_ok=True)
-            f = stack.enter_context(open(log, "w"))
+            f = stack.enter_context(open(log, "w", buffering=1))  # lines survive a kill
             stack.enter_context(contextlib.redirect_stdout(f))
             stack.enter_context(contextlib.redirect_stderr(f))
         try:
