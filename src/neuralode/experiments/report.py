@@ -25,11 +25,12 @@ def render(
     planners: Sequence[Planner],
     walls: Mapping[str, float],
     failures: Mapping[str, str] | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
 ) -> str:
     """The whole report; runs in ``failures`` (job → error message) are listed first.
 
-    ``parallel`` is how many runs went at a time (for reading the wall times).
+    ``parallel`` is how many runs went at a time (for reading the wall times; ``None`` when
+    this invocation ran nothing).
     """
     parts = [
         "# neuralode: the paper's experiments, reproduced",
@@ -89,7 +90,7 @@ def summary(ctx: Context, planners: Sequence[Planner]) -> str:
     return lead + "\n\n" + table(["", "claim", "ours", "paper", "verdict", "figure"], rows)
 
 
-def _environment(walls: Mapping[str, float], parallel: int) -> str:
+def _environment(walls: Mapping[str, float], parallel: int | None) -> str:
     by_protocol: dict[str, float] = {}
     for key, seconds in walls.items():
         protocol = key.split("/", 1)[0]
@@ -97,9 +98,10 @@ def _environment(walls: Mapping[str, float], parallel: int) -> str:
     rows: list[list[object]] = [
         ["machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"],
         ["torch threads per run", torch.get_num_threads()],
-        ["runs at a time", parallel],
         ["python / torch", f"{platform.python_version()} / {torch.__version__}"],
     ]
+    if parallel is not None:
+        rows.append(["runs at a time", parallel])
     rows += [
         [f"wall time {p.upper()}", f"{s / 60:.1f} min"] for p, s in sorted(by_protocol.items())
     ]

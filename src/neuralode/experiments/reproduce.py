@@ -365,7 +365,8 @@ def reproduce(config: ReproduceConfig) -> Path:
     walls.update(ran)
     if ran:
         write_json(timings_path, walls)
-    text = render(ctx, [PLANNERS[p] for p in config.protocols()], walls, failures, parallel)
+    text = render(ctx, [PLANNERS[p] for p in config.protocols()], walls, failures,
+                  None if config.report_only else parallel)  # fmt: skip
     path = config.out / "REPORT.md"
     atomic_write_text(path, text)
     # The same report as one page that opens anywhere: figures embedded, nothing loaded.

@@ -164,6 +164,11 @@ class FlowComparison(Planner):
                 for t, k in f.cells
             )
             ours = f"KL CNF vs NF {kl}: CNF at most the NF's in {f.wins} of {len(f.cells)}"
+            even = equal_budget_cells(f, runs)
+            if even:
+                won = sum(c <= n for _, c, n in even)
+                ours += (f" (at equal iterations, by validation KL: in {won} of {len(even)}; "
+                         "not judged)")  # fmt: skip
             target, size = f.cells[-1]
             plot = ctx.folder("p5", density_name(target, "cnf", size)) / "plots" / "fit.png"
             out.append(Claim(claim, ours, paper, f.holds, plot if plot.is_file() else None,
@@ -176,6 +181,10 @@ class FlowComparison(Planner):
                 out.append(Claim(claim, "not run", paper, None, note="not run"))
             else:
                 ours = f"test NLL {cnf['test_nll']:.3f} (CNF) vs {nf['test_nll']:.3f} (NF)"
+                pair = equal_budget(cnf, nf, "nll")
+                if pair is not None:
+                    ours += (f" (at equal iterations, {cnf['iters']:,}, best validation NLL "
+                             f"{pair[0]:.3f} vs {pair[1]:.3f}; not judged)")  # fmt: skip
                 plot = ctx.folder("p5", ml_name("moons", "cnf")) / "plots" / "fit.png"
                 out.append(Claim(claim, ours, paper, moons_holds(cnf, nf),
                                  plot if plot.is_file() else None))  # fmt: skip
@@ -335,12 +344,7 @@ def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
         f"- (a) The NF had {ratio:.0f}× the CNF's iterations here (the paper: "
         f"{PAPER_NF_ITERS // PAPER_CNF_ITERS}×), at a fraction of the cost per iteration."
     )
-    even = []
-    for target, size in f.cells:
-        pair = equal_budget(runs[density_name(target, "cnf", size)],
-                            runs[density_name(target, "nf", size)], "kl")  # fmt: skip
-        if pair is not None:
-            even.append((f"{target} at {size}", *pair))
+    even = equal_budget_cells(f, runs)
     if even:
         lost = [f"{cell} ({c:.3f} vs {n:.3f})" for cell, c, n in even if c > n]
         out.append(
@@ -350,6 +354,18 @@ def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
             + (f"; the NF is lower for {'; '.join(lost)}." if lost else ".")
         )
     return out
+
+
+def equal_budget_cells(f: DensityFindings, runs: Mapping[str, Any]
+                       ) -> list[tuple[str, float, float]]:  # fmt: skip
+    """Part (a) at equal iterations: (cell, CNF's best validation KL, NF's) where both have one."""
+    even = []
+    for target, size in f.cells:
+        pair = equal_budget(runs[density_name(target, "cnf", size)],
+                            runs[density_name(target, "nf", size)], "kl")  # fmt: skip
+        if pair is not None:
+            even.append((f"{target} at {size}", *pair))
+    return even
 
 
 def equal_budget(
