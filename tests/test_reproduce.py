@@ -20,7 +20,7 @@ from cli_helpers import record_runs  # noqa: E402
 from neuralode.experiments import cnf_plots, memory, reproduce, training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.memory import MemoryPoint  # noqa: E402
-from neuralode.experiments.protocols import PLANNERS  # noqa: E402
+from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
 from neuralode.experiments.protocols import classification as p1  # noqa: E402
 from neuralode.experiments.protocols import flows as p5  # noqa: E402
 from neuralode.experiments.protocols import latent as p4  # noqa: E402
@@ -326,3 +326,55 @@ def test_parallel_runs_in_worker_processes(tmp_path):
         assert (tmp_path / "p2" / f"{name.replace(' ', '-')}.json").is_file()
     assert len(list((tmp_path / "logs").glob("p2-*rk4-n-4.log"))) == 2
     assert (tmp_path / "REPORT.html").is_file()
+
+
+def _write_p4(ctx, table):
+    for model, row in table.items():
+        for n, rmse in row.items():
+            folder = ctx.folder("p4", p4.run_name(model, n, 0.3))
+            folder.mkdir(parents=True)
+            (folder / "summary.json").write_text(f'{{"test_rmse_clean": {rmse}}}')
+
+
+@pytest.mark.parametrize(
+    ("table", "holds"),
+    [
+        ({"latent-ode": {30: 0.16, 50: 0.15}, "rnn": {30: 0.39, 50: 0.32}}, True),
+        ({"latent-ode": {30: 0.2, 50: 0.1}, "rnn": {30: 0.25, 50: 0.3}}, False),  # widest at 50
+        ({"latent-ode": {30: 0.4, 50: 0.1}, "rnn-dt": {30: 0.3, 50: 0.3}}, False),  # loses at 30
+    ],
+)
+def test_p4_claim_is_the_sections_acceptance(tmp_path, monkeypatch, table, holds):
+    monkeypatch.setitem(p4.SCALES, "demo", p4.Scale(60, 20, 10, 10, 10, 10, (30, 50), (0.3,)))
+    ctx = Context("demo", tmp_path, 0, None, False, "digits", "")
+    _write_p4(ctx, table)
+    (claim,) = p4.TableTwo().claims(ctx)
+    acceptance = p4.verdicts(p4._summaries(ctx, p4.SCALES["demo"], 0.3), (30, 50))[-1]
+    assert claim.holds is holds and acceptance.endswith("NOT met." if not holds else ": met.")
+    assert claim.ours.startswith("n = 30: ") and "n = 30: 0.1642 vs 0.3937" in claim.paper
+
+
+def test_p5_findings_wait_like_the_section(tmp_path):
+    """With cells missing that could still change the answer, neither decides."""
+    scale = p5.Scale(("U1", "U2"), (8,), (), {"cnf": 10, "nf": 10}, {"cnf": 10, "nf": 10})
+
+    def run(kl):
+        return {"test_kl": kl, "iters": 10, "epochs": 1, "history": [{"epoch": 1, "val_kl": kl}]}
+
+    runs = {p5.density_name("U1", "cnf", 8): run(0.1), p5.density_name("U1", "nf", 8): run(0.2)}
+    assert p5.density_findings(scale, runs).holds is None
+    assert "undecided, 1 of 2 cells not run yet" in p5.density_verdicts(scale, runs)[0]
+
+
+def test_p1_claim_needs_the_gap_and_the_parameter_share():
+    def run(error, parameters):
+        history = [{"epoch": 1, "nfe_forward": 26.0, "nfe_backward": 26.0}]
+        return {"test_accuracy": 1 - error / 100, "parameters": parameters, "history": history}
+
+    close = {("odenet", 32): run(12.0, 52_938), ("resnet6", 32): run(11.2, 145_034)}
+    assert p1.compare(close, 32).holds
+    far = close | {("odenet", 32): run(12.3, 52_938)}
+    assert not p1.compare(far, 32).holds  # 1.1 points above
+    big = close | {("odenet", 32): run(11.0, 60_000)}
+    assert not p1.compare(big, 32).holds  # 41% of the parameters
+    assert "does NOT match" in p1.verdicts(big)[0] and p1.compare(close, 64) is None
