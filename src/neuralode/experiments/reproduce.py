@@ -55,12 +55,12 @@ class ReproduceConfig:
     seed: int = 0
     """Seed of every run."""
     parallel: int | None = None
-    """Runs at a time, each in its own process (default: the usable CPU cores divided by
-    --threads). 1 runs them one after the other in this process."""
+    """Runs at a time, each in its own process (default: usable CPU cores / threads per run).
+    1 runs them one after the other in this process."""
     threads: int | None = None
     """torch CPU threads per run (default: 1 when runs go in parallel, else torch's choice)."""
     progress: bool = True
-    """Show the overall progress bar and each run's bars."""
+    """Show the overall progress bar (with --parallel 1, also each run's own bars)."""
     runs: str = ""
     """Comma-separated run names to run (e.g. u2-cnf-m8; default all planned runs), so that
     several processes or machines sharing --out can split a long preset."""
