@@ -1,8 +1,8 @@
-"""Peak memory of one training step of an ODE block (REFERENCE.md §4 P2).
+"""Peak memory of one training step of an ODE block (protocol P2, docs/protocols.md).
 
 One step = forward solve + backward of a scalar loss, for
 
-* a conv ODE block (the ODE-Net of the paper, REFERENCE.md §2): batch 64, state 64×6×6,
+* a conv ODE block (the ODE-Net of the paper, docs/protocols.md): batch 64, state 64×6×6,
   f = GN → ReLU → ConcatConv → GN → ReLU → ConcatConv → GN;
 * an MLP neural ODE (bench_forward's MLPField): dim 64, hidden 256, batch 1024;
 

@@ -9,7 +9,7 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# shared/REFERENCE.md §2 (torchdiffeq's odenet_mnist.py architectures).
+# docs/protocols.md, P1 (torchdiffeq's odenet_mnist.py architectures).
 @pytest.mark.parametrize(
     ("model", "expected"),
     [

@@ -8,7 +8,7 @@ default of 500 points on ``[0, 6π]``; spiral parameters ``a = 0, b = 0.3``. Clo
 window of consecutive grid points; its times are measured from the window's start, as in
 torchdiffeq (the dynamics are time-invariant).
 
-The protocol of shared/REFERENCE.md §4 (P4) extends torchdiffeq's window from 100 to 200
+Protocol P4 (docs/protocols.md) extends torchdiffeq's window from 100 to 200
 points: the first 100 are the observation window, of which ``n_observed`` are drawn
 without replacement (different points for every spiral), and the next 100 are the
 extrapolation targets, kept both noisy and noise-free.

@@ -1,6 +1,6 @@
 """``neuralode train classify``: the paper's Table 1 (ODE-Net vs ResNet vs RK-Net vs MLP).
 
-Protocol P1 of shared/REFERENCE.md §4: a seeded stratified training subset, a validation
+Protocol P1 of docs/protocols.md: a seeded stratified training subset, a validation
 split taken from the training set for model selection (the reference selects on the test
 set; we do not), the test set used once at the end. Adam with a one-cycle schedule.
 """
@@ -42,7 +42,7 @@ DIGITS_TEST_SEED = 1797
 class ClassifyConfig(SolverOptions, RunOptions):
     """Train an image classifier: ODE-Net, ResNet, RK-Net or MLP (the paper's Table 1).
 
-    Defaults are protocol P1's quick preset (REFERENCE.md §4): Fashion-MNIST, 20k training
+    Defaults are protocol P1's quick preset (docs/protocols.md): Fashion-MNIST, 20k training
     images, 5k validation images, width 32, 6 epochs of Adam with a one-cycle schedule.
     """
 

@@ -1,6 +1,6 @@
 """``neuralode train latent-ode``: the paper's Table 2 (latent ODE vs RNNs on spirals).
 
-Protocol P4 of shared/REFERENCE.md §4: noisy spirals (:func:`~neuralode.data.make_spirals`),
+Protocol P4 of docs/protocols.md: noisy spirals (:func:`~neuralode.data.make_spirals`),
 ``--n-obs`` of the first 100 points of each observed at random, the next 100 to
 extrapolate. The spirals are split into train / validation / test once, from
 ``--data-seed``; the validation spirals (carved out of the training ones) select the
@@ -42,7 +42,7 @@ WINDOW = 100
 class LatentConfig(SolverOptions, RunOptions):
     """Train a latent ODE or an RNN baseline on noisy spirals (the paper's Table 2).
 
-    Defaults are protocol P4's quick preset (REFERENCE.md §4): 1000 spirals split
+    Defaults are protocol P4's quick preset (docs/protocols.md): 1000 spirals split
     700 / 100 / 200 (train / validation / test), Adam at lr 1e-2 as in the reference but
     decayed by a cosine and with the gradient clipped, dopri5 at tol 1e-5 with
     backpropagation through the solver.

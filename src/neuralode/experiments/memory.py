@@ -1,6 +1,6 @@
 """Peak memory of one training step of the ODE-Net's ODE block, one fresh process per point.
 
-Protocol P2 (shared/REFERENCE.md §4): the block of the paper's ODE-Net (width 64, batch 64,
+Protocol P2 (docs/protocols.md): the block of the paper's ODE-Net (width 64, batch 64,
 state 64×6×6), one step = solve from t = 0 to 1 + backward of mean(h(1)²), with backprop
 (:class:`~neuralode.DirectAdjoint`), the adjoint (:class:`~neuralode.BacksolveAdjoint`) and
 :class:`~neuralode.CheckpointAdjoint`, under RK4 with a fixed number of steps and dopri5

@@ -2,7 +2,7 @@
 
 All convolutional models share the downsampling stem (28 → 26 → 13 → 6) and the head; they
 differ only in the feature block between them. Parameter counts at width 64: ResNet-6
-576,778, ODE-Net 208,266, ResNet-1 206,858 (shared/REFERENCE.md §2).
+576,778, ODE-Net 208,266, ResNet-1 206,858 (docs/protocols.md, P1).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ observation is ``x_i ~ N(decoder(z(t_i)), σ²)`` with a fixed ``σ``. Inference
 recognition network reads the observations backwards in time and returns ``q(z0)``; the
 model is trained by maximising the ELBO with the reparameterisation trick. Architecture
 and defaults follow the paper and torchdiffeq's ``examples/latent_ode.py`` (see
-shared/REFERENCE.md §2).
+docs/protocols.md, P4).
 """
 
 from __future__ import annotations

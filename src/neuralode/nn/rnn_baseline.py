@@ -1,7 +1,7 @@
 """The recurrent baselines of the paper's Table 2: next-observation Gaussian forecasters.
 
 Chen et al. 2018 (§5.1) compare the latent ODE with "an RNN" of 25 hidden units on the
-same spirals; shared/REFERENCE.md §4 (P4) runs two: one fed the observations alone, one
+same spirals; protocol P4 (docs/protocols.md) runs two: one fed the observations alone, one
 also fed the time gap to the next observation, so that it can know when the next value
 is due. Both are trained by the Gaussian negative log-likelihood of each observation
 given the ones before it, and extrapolate autoregressively from their own predicted

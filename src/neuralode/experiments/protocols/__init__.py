@@ -1,6 +1,6 @@
-"""The protocols of ``neuralode reproduce`` (shared/REFERENCE.md §4), in report order."""
+"""The protocols of ``neuralode reproduce`` (docs/protocols.md), in report order."""
 
-from .base import Context, Job, Planner
+from .base import Claim, Context, Job, Planner
 from .classification import FigureThree, TableOne
 from .flows import FlowComparison
 from .latent import TableTwo
@@ -14,4 +14,4 @@ PLANNERS: dict[str, Planner] = {
     "p5": FlowComparison(),
 }
 
-__all__ = ["PLANNERS", "Context", "Job", "Planner"]
+__all__ = ["PLANNERS", "Claim", "Context", "Job", "Planner"]

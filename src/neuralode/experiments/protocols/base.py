@@ -44,7 +44,9 @@ class Job:
         name: Short name, unique within the protocol (the run folder's name).
         run: Does the work, resuming whatever an earlier, interrupted attempt left.
         done: Whether the finished result already exists.
-        cost: Rough relative cost (about seconds on a 2-core CPU), for the overall ETA.
+        cost: Rough cost in seconds of one free core (the run uses one thread), for the
+            overall ETA.
+        after: Keys (``protocol/name``) of jobs that must finish before this one starts.
     """
 
     protocol: str
@@ -52,6 +54,34 @@ class Job:
     run: Callable[[], None]
     done: Callable[[], bool]
     cost: float = 1.0
+    after: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """``protocol/name``: unique across protocols (the key of wall_times.json)."""
+        return f"{self.protocol}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One line of the report's "What this run shows": a claim of the paper, checked.
+
+    Attributes:
+        claim: What the paper claims, in a few words.
+        ours: Our number(s), as printed in the protocol's section.
+        paper: The paper's number(s), or what it shows where it gives none.
+        holds: The verdict by the protocol's own threshold; ``None`` where it is not
+            decided (runs missing) or the claim is reported without a verdict.
+        figure: The figure that shows it (``None`` where the protocol draws none).
+        note: Why ``holds`` is ``None`` (e.g. "not run", "reported, not judged").
+    """
+
+    claim: str
+    ours: str
+    paper: str
+    holds: bool | None
+    figure: Path | None = None
+    note: str = ""
 
 
 class Planner(abc.ABC):
@@ -67,3 +97,7 @@ class Planner(abc.ABC):
     @abc.abstractmethod
     def section(self, ctx: Context, walls: Mapping[str, float]) -> str:
         """This protocol's REPORT.md section (Markdown), from the finished runs."""
+
+    @abc.abstractmethod
+    def claims(self, ctx: Context) -> list[Claim]:
+        """The paper's claims this protocol checks, from the same numbers as its section."""

@@ -9,7 +9,7 @@ from typing import Any
 from ..cnf import CNFConfig, CNFTask
 from ..runs import RunDir, read_json
 from ..training import run_training
-from .base import Context, Job, Planner
+from .base import Claim, Context, Job, Planner
 from .markdown import figure, table
 
 # The paper's budgets (Fig. 4): CNF 10k Adam iterations, NF 500k RMSprop iterations.
@@ -133,11 +133,7 @@ class FlowComparison(Planner):
     def section(self, ctx: Context, walls: Mapping[str, float]) -> str:
         """The KL and NLL tables, budgets, NFE, wall times, figures and verdicts."""
         s = SCALES[ctx.preset]
-        runs = {}
-        for job in self.jobs(ctx):
-            path = ctx.folder("p5", job.name) / "summary.json"
-            if path.is_file():
-                runs[job.name] = read_json(path)
+        runs = self._runs(ctx)
         if not runs:
             return "(not run)"
         parts = [_intro(ctx, s)]
@@ -149,6 +145,58 @@ class FlowComparison(Planner):
             parts += [nll, *ml_verdicts(s, runs)]
         parts += [_runs_table(runs, walls), _figures(ctx, s, runs)]
         return "\n\n".join(parts)
+
+    def claims(self, ctx: Context) -> list[Claim]:
+        """(a) CNF at least as good as the NF at K = M; (b) CNF better on two moons."""
+        s = SCALES[ctx.preset]
+        runs = self._runs(ctx)
+        out = []
+        f = density_findings(s, runs)
+        claim = "CNF with M units at least as good as planar NF with K = M layers (Fig. 4)"
+        paper = (f"CNF fits at least as well ({PAPER_CNF_ITERS:,} CNF vs {PAPER_NF_ITERS:,} NF "
+                 "iterations; no numbers)")  # fmt: skip
+        if not f.cells:
+            out.append(Claim(claim, "not run", paper, None, note="not run"))
+        else:
+            kl = "; ".join(
+                f"{t} at {k}: {runs[density_name(t, 'cnf', k)]['test_kl']:.3f} vs "
+                f"{runs[density_name(t, 'nf', k)]['test_kl']:.3f}"
+                for t, k in f.cells
+            )
+            ours = f"KL CNF vs NF {kl}: CNF at most the NF's in {f.wins} of {len(f.cells)}"
+            even = equal_budget_cells(f, runs)
+            if even:
+                won = sum(c <= n for _, c, n in even)
+                ours += (f" (at equal iterations, by validation KL: in {won} of {len(even)}; "
+                         "not judged)")  # fmt: skip
+            target, size = f.cells[-1]
+            plot = ctx.folder("p5", density_name(target, "cnf", size)) / "plots" / "fit.png"
+            out.append(Claim(claim, ours, paper, f.holds, plot if plot.is_file() else None,
+                             "" if f.holds is not None else "cells missing"))  # fmt: skip
+        if "moons" in s.datasets:
+            claim = "CNF fits two moons better than the planar NF by maximum likelihood (Fig. 5)"
+            paper = "the CNF fits, the NF struggles (no numbers)"
+            cnf, nf = runs.get(ml_name("moons", "cnf")), runs.get(ml_name("moons", "nf"))
+            if cnf is None or nf is None:
+                out.append(Claim(claim, "not run", paper, None, note="not run"))
+            else:
+                ours = f"test NLL {cnf['test_nll']:.3f} (CNF) vs {nf['test_nll']:.3f} (NF)"
+                pair = equal_budget(cnf, nf, "nll")
+                if pair is not None:
+                    ours += (f" (at equal iterations, {cnf['iters']:,}, best validation NLL "
+                             f"{pair[0]:.3f} vs {pair[1]:.3f}; not judged)")  # fmt: skip
+                plot = ctx.folder("p5", ml_name("moons", "cnf")) / "plots" / "fit.png"
+                out.append(Claim(claim, ours, paper, moons_holds(cnf, nf),
+                                 plot if plot.is_file() else None))  # fmt: skip
+        return out
+
+    def _runs(self, ctx: Context) -> dict[str, Any]:
+        runs = {}
+        for job in self.jobs(ctx):
+            path = ctx.folder("p5", job.name) / "summary.json"
+            if path.is_file():
+                runs[job.name] = read_json(path)
+        return runs
 
 
 def _intro(ctx: Context, s: Scale) -> str:
@@ -234,8 +282,34 @@ def _runs_table(runs: Mapping[str, Any], walls: Mapping[str, float]) -> str:
     return "**Budgets, solver work and times** (one thread)\n\n" + table(headers, rows)
 
 
-def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
-    """Part (a)'s acceptance: CNF KL ≤ NF KL at K = M in most cells, computed."""
+@dataclasses.dataclass(frozen=True)
+class DensityFindings:
+    """Part (a) computed: the cells run, those the NF won, and the verdict."""
+
+    cells: list[tuple[str, int]]
+    losses: list[str]
+    planned: int
+
+    @property
+    def wins(self) -> int:
+        """Cells where the CNF's KL is at most the NF's."""
+        return len(self.cells) - len(self.losses)
+
+    @property
+    def holds(self) -> bool | None:
+        """Most planned cells won; ``None`` while the cells not run could change it."""
+        # "Most" of the planned cells: a partial report (--runs, --report-only) decides only
+        # once the cells still missing cannot change the answer.
+        missing = self.planned - len(self.cells)
+        if self.wins > self.planned / 2:
+            return True
+        if self.wins + missing <= self.planned / 2:
+            return False
+        return None
+
+
+def density_findings(s: Scale, runs: Mapping[str, Any]) -> DensityFindings:
+    """Part (a)'s cells where both models finished, and where the NF's KL is lower."""
     cells, losses = [], []
     for target in s.targets:
         for size in s.sizes:
@@ -246,36 +320,31 @@ def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
             cells.append((target, size))
             if cnf["test_kl"] > nf["test_kl"]:
                 losses.append(f"{target} at {size} ({cnf['test_kl']:.3f} vs {nf['test_kl']:.3f})")
-    if not cells:
+    return DensityFindings(cells, losses, len(s.targets) * len(s.sizes))
+
+
+def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
+    """Part (a)'s acceptance: CNF KL ≤ NF KL at K = M in most cells, computed."""
+    f = density_findings(s, runs)
+    if not f.cells:
         return []
-    wins = len(cells) - len(losses)
-    # "Most" of the planned cells: a partial report (--runs, --report-only) decides only
-    # once the cells still missing cannot change the answer.
-    planned = len(s.targets) * len(s.sizes)
-    missing = planned - len(cells)
-    if wins > planned / 2:
-        ok = "matches"
-    elif wins + missing <= planned / 2:
-        ok = "does NOT match"
+    missing = f.planned - len(f.cells)
+    if f.holds is None:
+        ok = f"undecided, {missing} of {f.planned} cells not run yet"
     else:
-        ok = f"undecided, {missing} of {planned} cells not run yet"
+        ok = "matches" if f.holds else "does NOT match"
     out = [
-        f"- (a) The CNF's KL is at most the NF's at K = M in {wins} of {len(cells)} cells"
-        + (f" run ({planned} planned)" if missing else "")
+        f"- (a) The CNF's KL is at most the NF's at K = M in {f.wins} of {len(f.cells)} cells"
+        + (f" run ({f.planned} planned)" if missing else "")
         + f" (acceptance: most cells, after Fig. 4): {ok}."
-        + (f" The NF is lower for {'; '.join(losses)}." if losses else "")
+        + (f" The NF is lower for {'; '.join(f.losses)}." if f.losses else "")
     ]
     ratio = s.density_iters["nf"] / s.density_iters["cnf"]
     out.append(
         f"- (a) The NF had {ratio:.0f}× the CNF's iterations here (the paper: "
         f"{PAPER_NF_ITERS // PAPER_CNF_ITERS}×), at a fraction of the cost per iteration."
     )
-    even = []
-    for target, size in cells:
-        pair = equal_budget(runs[density_name(target, "cnf", size)],
-                            runs[density_name(target, "nf", size)], "kl")  # fmt: skip
-        if pair is not None:
-            even.append((f"{target} at {size}", *pair))
+    even = equal_budget_cells(f, runs)
     if even:
         lost = [f"{cell} ({c:.3f} vs {n:.3f})" for cell, c, n in even if c > n]
         out.append(
@@ -285,6 +354,18 @@ def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
             + (f"; the NF is lower for {'; '.join(lost)}." if lost else ".")
         )
     return out
+
+
+def equal_budget_cells(f: DensityFindings, runs: Mapping[str, Any]
+                       ) -> list[tuple[str, float, float]]:  # fmt: skip
+    """Part (a) at equal iterations: (cell, CNF's best validation KL, NF's) where both have one."""
+    even = []
+    for target, size in f.cells:
+        pair = equal_budget(runs[density_name(target, "cnf", size)],
+                            runs[density_name(target, "nf", size)], "kl")  # fmt: skip
+        if pair is not None:
+            even.append((f"{target} at {size}", *pair))
+    return even
 
 
 def equal_budget(
@@ -321,7 +402,7 @@ def ml_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
         verdict = "."
         if dataset == "moons":
             verdict = " (acceptance: lower on two moons): " + (
-                "matches." if gap > 0 else "does NOT match."
+                "matches." if moons_holds(cnf, nf) else "does NOT match."
             )
         even = equal_budget(cnf, nf, "nll")
         at_budget = "" if even is None else (
@@ -334,6 +415,11 @@ def ml_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
             f"difference {error:.3f}){verdict}{at_budget}"
         )
     return out
+
+
+def moons_holds(cnf: Mapping[str, Any], nf: Mapping[str, Any]) -> bool:
+    """Part (b)'s acceptance: the CNF's test NLL on two moons below the NF's."""
+    return bool(cnf["test_nll"] < nf["test_nll"])
 
 
 def _figures(ctx: Context, s: Scale, runs: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from ..latent import LatentConfig, LatentTask
 from ..runs import RunDir, read_json
 from ..training import Schedule, run_training
-from .base import Context, Job, Planner
+from .base import Claim, Context, Job, Planner
 from .markdown import figure, table
 
 # The paper's Table 2: predictive RMSE on the 100 points after the window (its noise level
@@ -51,7 +51,8 @@ SCALES = {
     # clipping): over 800 iterations the clipped, cosine-decayed one has not yet learnt
     # to extrapolate (latent ODE at n = 30, noise 0.3: RMSE 5.7 clipped, 2.3 not).
     "demo": Scale(400, 100, 50, 800, 200, 50, (30,), (0.3, 0.1), "constant", None),
-    # Quick: REFERENCE.md's P4 sizes, 800 / 200 with 100 of the 800 for validation.
+    # Quick: the protocol's sizes (docs/protocols.md#p4-table-2-latent-ode-on-spirals),
+    # 800 / 200 with 100 of the 800 for validation.
     "quick": Scale(1000, 200, 100, 2000, 200, 100, (30, 50, 100), (0.3, 0.1)),
     # Full: the same data, five times the iterations.
     "full": Scale(1000, 200, 100, 10_000, 500, 100, (30, 50, 100), (0.3, 0.1)),
@@ -121,6 +122,28 @@ class TableTwo(Planner):
                 parts.append(figure(ctx.out, path, caption))
         return "\n\n".join(parts)
 
+    def claims(self, ctx: Context) -> list[Claim]:
+        """Per noise level: the latent ODE below both RNNs at every n."""
+        s = self.scale(ctx)
+        out = []
+        for noise in s.noises:
+            claim = f"Latent ODE extrapolates better than both RNNs (noise {noise:g})"
+            paper = "; ".join(f"n = {n}: {PAPER_TABLE2['latent-ode'][n]:.4f} vs "
+                              f"{PAPER_TABLE2['rnn'][n]:.4f}"
+                              for n in s.n_obs if n in PAPER_TABLE2["rnn"]) or "–"  # fmt: skip
+            found = _summaries(ctx, s, noise)
+            by_n = gaps(found, s.n_obs)
+            if not by_n:
+                out.append(Claim(claim, "not run", paper, None, note="not run"))
+                continue
+            ours = "; ".join(f"n = {n}: {ode:.4f} vs {rnn:.4f} ({LABELS[best]})"
+                             for n, (ode, best, rnn) in by_n.items())  # fmt: skip
+            plot = (ctx.folder("p4", run_name("latent-ode", min(s.n_obs), noise))
+                    / "plots" / "extrapolation.png")  # fmt: skip
+            out.append(Claim(claim, ours, paper, accepted(found, s.n_obs),
+                             plot if plot.is_file() else None))  # fmt: skip
+        return out
+
 
 def _data_note(ctx: Context, s: Scale) -> str:
     train = s.spirals - s.test_size - s.val_size
@@ -188,30 +211,46 @@ def _table(ctx: Context, s: Scale, noise: float,
                   "NFE train / test (per batch)"], rows)  # fmt: skip
 
 
-def verdicts(
-    found: Mapping[tuple[str, int], Mapping[str, Any]], n_obs: tuple[int, ...]
-) -> list[str]:
-    """Table 2's claims checked on the runs: the latent ODE wins at every n, most at small n."""
-    out, gaps = [], {}
+def gaps(found: Mapping[tuple[str, int], Mapping[str, Any]], n_obs: tuple[int, ...]
+         ) -> dict[int, tuple[float, str, float]]:  # fmt: skip
+    """Per n where the latent ODE and an RNN finished: (latent ODE RMSE, better RNN, its RMSE)."""
+    out = {}
     for n in n_obs:
         rmse = {m: found[(m, n)]["test_rmse_clean"] for m in MODELS if (m, n) in found}
         if "latent-ode" not in rmse or len(rmse) < 2:
             continue
         best_rnn = min((m for m in rmse if m != "latent-ode"), key=rmse.__getitem__)
-        gaps[n] = rmse[best_rnn] - rmse["latent-ode"]
-        ok = "yes" if gaps[n] > 0 else "NO"
+        out[n] = (rmse["latent-ode"], best_rnn, rmse[best_rnn])
+    return out
+
+
+def accepted(found: Mapping[tuple[str, int], Mapping[str, Any]], n_obs: tuple[int, ...]
+             ) -> bool | None:  # fmt: skip
+    """Latent ODE below both RNNs at every n, the gap largest at the smallest (``None``: no n)."""
+    by_n = {n: rnn - ode for n, (ode, _, rnn) in gaps(found, n_obs).items()}
+    if not by_n:
+        return None
+    return all(g > 0 for g in by_n.values()) and max(by_n, key=by_n.__getitem__) == min(by_n)
+
+
+def verdicts(
+    found: Mapping[tuple[str, int], Mapping[str, Any]], n_obs: tuple[int, ...]
+) -> list[str]:
+    """Table 2's claims checked on the runs: the latent ODE wins at every n, most at small n."""
+    out = []
+    by_n = gaps(found, n_obs)
+    for n, (ode, best_rnn, rnn) in by_n.items():
+        gap = rnn - ode
+        ok = "yes" if gap > 0 else "NO"
+        paper = (f" (paper: {PAPER_TABLE2['rnn'][n] - PAPER_TABLE2['latent-ode'][n]:+.4f} "
+                 "against its RNN)" if n in PAPER_TABLE2["rnn"] else "")  # fmt: skip
         out.append(
-            f"- n = {n}: latent ODE {rmse['latent-ode']:.4f} vs the better RNN "
-            f"({LABELS[best_rnn]}) {rmse[best_rnn]:.4f}: gap {gaps[n]:+.4f} (paper: "
-            f"{PAPER_TABLE2['rnn'][n] - PAPER_TABLE2['latent-ode'][n]:+.4f} against its "
-            f"RNN); latent ODE below both RNNs: {ok}."
-            if n in PAPER_TABLE2["rnn"]
-            else f"- n = {n}: latent ODE {rmse['latent-ode']:.4f} vs the better RNN "
-            f"({LABELS[best_rnn]}) {rmse[best_rnn]:.4f}: gap {gaps[n]:+.4f}; below both: {ok}."
+            f"- n = {n}: latent ODE {ode:.4f} vs the better RNN ({LABELS[best_rnn]}) "
+            f"{rnn:.4f}: gap {gap:+.4f}{paper}; latent ODE below both RNNs: {ok}."
         )
-    if len(gaps) > 1:
-        widest = max(gaps, key=gaps.__getitem__)
-        ok = "matches" if widest == min(gaps) else "does NOT match"
+    if len(by_n) > 1:
+        widest = max(by_n, key=lambda n: by_n[n][2] - by_n[n][0])
+        ok = "matches" if widest == min(by_n) else "does NOT match"
         out.append(
             f"- The gap is widest at n = {widest} (paper: at n = 30, the sparsest data): {ok}."
         )
@@ -221,16 +260,12 @@ def verdicts(
             f"- Runs missing (failed or not finished) at n = {', '.join(map(str, missing))}: "
             "the acceptance below covers only the n where all three models finished."
         )
-    if gaps:
-        every = all(g > 0 for g in gaps.values())
+    verdict = accepted(found, n_obs)
+    if verdict is not None:
         out.append(
             "- Acceptance (latent ODE below both RNNs at every n"
-            + (", gap largest at the smallest n" if len(gaps) > 1 else "")
+            + (", gap largest at the smallest n" if len(by_n) > 1 else "")
             + "): "
-            + (
-                "met."
-                if every and (len(gaps) == 1 or max(gaps, key=gaps.__getitem__) == min(gaps))
-                else "NOT met."
-            )  # fmt: skip
+            + ("met." if verdict else "NOT met.")
         )
     return out

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..memory import METHODS, MemoryPoint, measure
 from ..runs import read_json, write_json
-from .base import Context, Job, Planner
+from .base import Claim, Context, Job, Planner
 from .markdown import table
 
 GRIDS = {
@@ -16,7 +18,8 @@ GRIDS = {
     "quick": ((4, 16, 64, 256), (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)),
     "full": ((4, 16, 64, 256), (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)),
 }
-# The paper: backprop grows about 7 MB per evaluation at this size (REFERENCE §1).
+# The paper: backprop grows about 7 MB per evaluation at this size
+# (docs/protocols.md#p2-training-memory).
 PAPER_MB_PER_NFE = 7.0
 
 
@@ -37,9 +40,9 @@ class MemoryTable(Planner):
         """One job per point."""
         jobs = []
         for point in points(ctx.preset):
-            path = ctx.folder("p2") / f"{point.method}-{point.label.replace(' ', '-')}.json"
+            path = _path(ctx, point)
 
-            def run(point: MemoryPoint = point, path: Any = path) -> None:
+            def run(point: MemoryPoint = point, path: Path = path) -> None:
                 write_json(path, measure(point))
 
             cost = 3.0 + (point.param if point.solver == "rk4" else 10.0) * 0.2
@@ -48,11 +51,7 @@ class MemoryTable(Planner):
 
     def section(self, ctx: Context, walls: Mapping[str, float]) -> str:
         """Peak MB per method and configuration, and the verdicts."""
-        results: dict[tuple[str, str], dict[str, Any]] = {}
-        for point in points(ctx.preset):
-            path = ctx.folder("p2") / f"{point.method}-{point.label.replace(' ', '-')}.json"
-            if path.is_file():
-                results[(point.method, point.label)] = read_json(path)
+        results = _results(ctx)
         labels = list(dict.fromkeys(p.label for p in points(ctx.preset)))
         rows = []
         for label in labels:
@@ -71,6 +70,24 @@ class MemoryTable(Planner):
         headers = ["configuration", *[f"{m} MB" for m in METHODS], "NFE-F"]
         return "\n\n".join([intro, table(headers, rows), *verdicts(results)])
 
+    def claims(self, ctx: Context) -> list[Claim]:
+        """Adjoint flat, backprop growing."""
+        return claims(_results(ctx))
+
+
+def _path(ctx: Context, point: MemoryPoint) -> Path:
+    return ctx.folder("p2") / f"{point.method}-{point.label.replace(' ', '-')}.json"
+
+
+def _results(ctx: Context) -> dict[tuple[str, str], dict[str, Any]]:
+    """The measured points of the preset's grid, by (method, configuration)."""
+    results = {}
+    for point in points(ctx.preset):
+        path = _path(ctx, point)
+        if path.is_file():
+            results[(point.method, point.label)] = read_json(path)
+    return results
+
 
 def _slope(xs: list[float], ys: list[float]) -> float:
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
@@ -78,37 +95,115 @@ def _slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
-def verdicts(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[str]:
-    """The acceptance of P2, computed: adjoint flat within ±10%, backprop growing with NFE."""
-    out = []
+# P2's acceptance (docs/protocols.md#p2-training-memory): the adjoint's peaks within this
+# share of their median, per solver; backprop's growing (positive slope, beyond that band).
+FLAT_WITHIN = 0.10
+
+
+def spread(peaks: list[float]) -> float:
+    """Largest distance of a peak from the median peak, as a share of the median."""
+    mid = statistics.median(peaks)
+    return max(abs(p - mid) for p in peaks) / mid
+
+
+class Flatness(NamedTuple):
+    """The adjoint's peaks under one solver: range in MB, spread around the median, NFE-F."""
+
+    low: float
+    high: float
+    spread: float
+    nfe_low: int
+    nfe_high: int
+
+    def describe(self) -> str:
+        """``"38–41 MB (±4%) over NFE 16–256"``."""
+        return (f"{self.low:.0f}–{self.high:.0f} MB (±{100 * self.spread:.0f}%) over NFE "
+                f"{self.nfe_low}–{self.nfe_high}")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    """P2's claims computed from the measured points (``None`` where too few ran)."""
+
+    flat: dict[str, Flatness]  # by solver
+    backprop_slope: float | None
+    backprop_spread: float | None
+    checkpoint_slope: float | None
+
+    @property
+    def backprop_grows(self) -> bool | None:
+        """Backprop's memory grows with NFE: positive slope and not flat."""
+        if self.backprop_slope is None or self.backprop_spread is None:
+            return None
+        return self.backprop_slope > 0 and self.backprop_spread > FLAT_WITHIN
+
+
+def findings(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> Findings:
+    """Slopes and spreads of every method, from the measured points."""
     by = {m: [r for (mm, _), r in results.items() if mm == m] for m in METHODS}
+    flat = {}
     for solver in ("rk4", "dopri5"):
         # Flat in NFE for a given method; a 7-stage step holds more tensors than a 4-stage
         # one, so the two solvers' levels differ by a constant.
         runs = [r for r in by["backsolve"] if r["solver"] == solver]
-        if len(runs) < 2:
-            continue
-        peaks = [r["peak_mb"] for r in runs]
-        mid = statistics.median(peaks)
-        spread = max(abs(p - mid) for p in peaks) / mid
-        nfe = [r["nfe_forward"] for r in runs]
-        verdict = "flat within ±10%: matches" if spread <= 0.10 else "NOT flat within ±10%"
-        out.append(
-            f"- Adjoint, {solver}: {min(peaks):.0f}–{max(peaks):.0f} MB while NFE-F ranges "
-            f"{min(nfe)}–{max(nfe)}: within ±{100 * spread:.0f}% of its median ({verdict})."
-        )
+        if len(runs) >= 2:
+            peaks = [r["peak_mb"] for r in runs]
+            nfe = [r["nfe_forward"] for r in runs]
+            flat[solver] = Flatness(min(peaks), max(peaks), spread(peaks), min(nfe), max(nfe))
+    slope = width = ckpt = None
     if len(by["direct"]) >= 2:
-        xs = [float(r["nfe_forward"]) for r in by["direct"]]
-        slope = _slope(xs, [r["peak_mb"] for r in by["direct"]])
-        out.append(
-            f"- Backprop: {slope:.2f} MB per function evaluation (least squares over the grid; "
-            f"the paper: about {PAPER_MB_PER_NFE:.0f} MB): memory grows linearly with NFE."
-        )
+        peaks = [r["peak_mb"] for r in by["direct"]]
+        slope = _slope([float(r["nfe_forward"]) for r in by["direct"]], peaks)
+        width = spread(peaks)
     if len(by["checkpoint"]) >= 2:
         xs = [float(r["accepted"]) for r in by["checkpoint"]]
-        slope = _slope(xs, [r["peak_mb"] for r in by["checkpoint"]])
+        ckpt = _slope(xs, [r["peak_mb"] for r in by["checkpoint"]])
+    return Findings(flat, slope, width, ckpt)
+
+
+def verdicts(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[str]:
+    """The acceptance of P2, computed: adjoint flat within ±10%, backprop growing with NFE."""
+    f = findings(results)
+    out = []
+    for solver, flat in f.flat.items():
+        verdict = (f"flat within ±{100 * FLAT_WITHIN:.0f}%: matches" if flat.spread <= FLAT_WITHIN
+                   else f"NOT flat within ±{100 * FLAT_WITHIN:.0f}%")  # fmt: skip
         out.append(
-            f"- Checkpoint (exact gradients): {slope:.2f} MB per accepted step, one state per "
-            "step instead of every stage's graph."
+            f"- Adjoint, {solver}: {flat.low:.0f}–{flat.high:.0f} MB while NFE-F ranges "
+            f"{flat.nfe_low}–{flat.nfe_high}: within ±{100 * flat.spread:.0f}% of its median "
+            f"({verdict})."
+        )
+    if f.backprop_slope is not None:
+        grows = "matches" if f.backprop_grows else "does NOT match"
+        out.append(
+            f"- Backprop: {f.backprop_slope:.2f} MB per function evaluation (least squares "
+            f"over the grid; the paper: about {PAPER_MB_PER_NFE:.0f} MB); its peaks spread "
+            f"±{100 * (f.backprop_spread or 0):.0f}% around their median (acceptance: a positive "
+            f"slope and beyond ±{100 * FLAT_WITHIN:.0f}%, memory growing with NFE): {grows}."
+        )
+    if f.checkpoint_slope is not None:
+        out.append(
+            f"- Checkpoint (exact gradients): {f.checkpoint_slope:.2f} MB per accepted step, one "
+            "state per step instead of every stage's graph."
         )
     return out
+
+
+def claims(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[Claim]:
+    """The "What this run shows" lines of P2, from the same findings as its verdicts."""
+    f = findings(results)
+    if not f.flat:
+        adjoint = Claim("Adjoint training memory is constant in NFE", "not run", "O(1)", None,
+                        note="not run")  # fmt: skip
+    else:
+        ours = "; ".join(f"{solver} {flat.describe()}" for solver, flat in f.flat.items())
+        holds = all(flat.spread <= FLAT_WITHIN for flat in f.flat.values())
+        adjoint = Claim("Adjoint training memory is constant in NFE", ours, "O(1)", holds)
+    backprop = Claim(
+        "Backprop through the solver grows linearly in NFE",
+        "not run" if f.backprop_slope is None else f"{f.backprop_slope:.2f} MB per evaluation",
+        f"about {PAPER_MB_PER_NFE:.0f} MB per evaluation",
+        f.backprop_grows,
+        note="" if f.backprop_slope is not None else "not run",
+    )
+    return [adjoint, backprop]
