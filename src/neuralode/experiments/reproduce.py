@@ -19,9 +19,9 @@ import torch
 from ..data import find_image_files
 from ._extras import require
 from .config import check_positive
+from .files import NUMBERS, atomic_write_text, read_json, write_json
 from .protocols import PLANNERS, Context, Job
 from .report import render
-from .runs import atomic_write_text, read_json, write_json
 
 Preset = Literal["demo", "quick", "full"]
 PROTOCOLS = tuple(PLANNERS)
@@ -164,7 +164,7 @@ def reproduce(config: ReproduceConfig) -> Path:
     ran, failures = ({}, {}) if config.report_only else run_jobs(jobs, config.progress)
     # Read after the runs, not before: another process sharing --out may have added its own.
     timings_path = config.out / "wall_times.json"
-    walls = read_json(timings_path) if timings_path.is_file() else {}
+    walls = read_json(timings_path, NUMBERS) if timings_path.exists() else {}
     walls.update(ran)
     if ran:
         write_json(timings_path, walls)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..classify import ClassifyConfig, ClassifyTask
 from ..evaluate_classify import EvaluateClassifyConfig, evaluate_classify
-from ..runs import RunDir, read_json
+from ..files import NUMBER, POSITIVE, TEXT, read_json
+from ..runs import RunDir
 from ..training import run_training
 from .base import Context, Job, Planner
 from .markdown import figure, table
@@ -32,6 +34,21 @@ MODELS = {
 # Rough seconds per training step at width 32, batch 128, on one core of the reference
 # machine: only for the overall ETA.
 STEP_COST = {"odenet": 1.0, "rknet": 0.6, "resnet6": 0.15, "resnet1": 0.05, "mlp": 0.01}
+# What the report reads from a P1 run's summary.json and from P3's results.json.
+SUMMARY = {
+    "parameters": POSITIVE,
+    "test_accuracy": NUMBER,
+    "train_seconds": NUMBER,
+    "history": [{"epoch": NUMBER, "nfe_forward": NUMBER, "nfe_backward": NUMBER}],
+}
+SWEEP_ROW = {
+    key: POSITIVE if key in ("nfe_forward", "seconds_per_forward") else NUMBER
+    for key in ("tol", "nfe_forward", "seconds_per_forward", "error_rms", "accuracy",
+                "nfe_backward", "nfe_backward_seminorm", "backward_forward_ratio",
+                "backward_forward_ratio_seminorm")
+}  # fmt: skip
+SWEEP = {"trained_tol": NUMBER, "images": NUMBER, "batch_size": NUMBER, "reference": TEXT,
+         "rows": [SWEEP_ROW]}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +123,7 @@ class TableOne(Planner):
                 path = ctx.folder("p1", run_name(model, width)) / "summary.json"
                 if not path.is_file():
                     continue
-                summary = summaries[(model, width)] = read_json(path)
+                summary = summaries[(model, width)] = read_json(path, SUMMARY)
                 paper_err, paper_params = PAPER_TABLE1[model]
                 last = summary["history"][-1]
                 nfe = (
@@ -143,11 +160,11 @@ class TableOne(Planner):
             ),  # fmt: skip
             *verdicts(summaries),
         ]
-        for (model, width), summary in summaries.items():
+        for model, width in summaries:
             folder = ctx.folder("p1", run_name(model, width))
-            if model == "odenet" and "learning_curves.png" in summary.get("plots", []):
-                parts.append(figure(ctx.out, folder / "plots" / "learning_curves.png",
-                                    f"ODE-Net (width {width}) learning curves"))  # fmt: skip
+            curves = folder / "plots" / "learning_curves.png"
+            if model == "odenet" and curves.is_file():
+                parts.append(figure(ctx.out, curves, f"ODE-Net (width {width}) learning curves"))
         return "\n\n".join(parts)
 
 
@@ -205,7 +222,8 @@ class FigureThree(Planner):
         run_dir = self._run_dir(ctx)
         tolerances, images, batches = SWEEPS[ctx.preset]
         config = EvaluateClassifyConfig(run_dir=run_dir, tolerances=tolerances, images=images,
-                                        backward_batches=batches, progress=False)  # fmt: skip
+                                        backward_batches=batches, progress=False,
+                                        data_dir=ctx.data_dir)  # fmt: skip
         train = [j for j in TableOne().jobs(ctx) if j.name == run_dir.name]
         sweep = Job("p3", "sweep", lambda: _evaluate(config),
                     (run_dir / "figure3" / "results.json").is_file, cost=60.0)  # fmt: skip
@@ -216,7 +234,7 @@ class FigureThree(Planner):
         path = self._run_dir(ctx) / "figure3" / "results.json"
         if not path.is_file():
             return "(not run)"
-        res = read_json(path)
+        res = read_json(path, SWEEP)
         rows = [
             [f"{r['tol']:g}", f"{r['nfe_forward']:.1f}", f"{1e3 * r['seconds_per_forward']:.0f}",
              f"{r['error_rms']:.1e}", f"{100 * r['accuracy']:.2f}%", f"{r['nfe_backward']:.1f}",
@@ -250,7 +268,8 @@ def sweep_verdicts(rows: list[Mapping[str, float]]) -> list[str]:
     falling = all(b <= a * 1.5 for a, b in zip(err, err[1:], strict=False))
     per_nfe = [s / n for s, n in zip(sec, nfe, strict=True)]
     cheap = ", ".join(f"{r['tol']:g}" for r in rows if r["backward_forward_ratio"] <= 0.6)
-    spread = max(per_nfe) / min(per_nfe)
+    # Positive numbers can still underflow to 0.0 in s / n (a hand-edited results.json).
+    spread = max(per_nfe) / min(per_nfe) if min(per_nfe) > 0 else math.inf
     return [
         f"- (a) Tightening the tolerance from {rows[0]['tol']:g} to {rows[-1]['tol']:g} "
         f"raises NFE-F from {nfe[0]:.0f} to {nfe[-1]:.0f} and lowers the error of h(1) from "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from typing import Any
 
+from ..files import NUMBER, TEXT, read_json, write_json
 from ..memory import METHODS, MemoryPoint, measure
-from ..runs import read_json, write_json
 from .base import Context, Job, Planner
 from .markdown import table
 
@@ -18,6 +19,10 @@ GRIDS = {
 }
 # The paper: backprop grows about 7 MB per evaluation at this size (REFERENCE §1).
 PAPER_MB_PER_NFE = 7.0
+
+
+# What the report reads from one point's JSON file.
+RESULT = {"solver": TEXT, "peak_mb": NUMBER, "nfe_forward": NUMBER, "accepted": NUMBER}
 
 
 def points(preset: str) -> list[MemoryPoint]:
@@ -52,7 +57,7 @@ class MemoryTable(Planner):
         for point in points(ctx.preset):
             path = ctx.folder("p2") / f"{point.method}-{point.label.replace(' ', '-')}.json"
             if path.is_file():
-                results[(point.method, point.label)] = read_json(path)
+                results[(point.method, point.label)] = read_json(path, RESULT)
         labels = list(dict.fromkeys(p.label for p in points(ctx.preset)))
         rows = []
         for label in labels:
@@ -73,8 +78,10 @@ class MemoryTable(Planner):
 
 
 def _slope(xs: list[float], ys: list[float]) -> float:
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
+    # Plain sums and products: fmean and ** raise OverflowError on extreme values, where
+    # this gives inf or nan (the numbers come from files).
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) * (x - mx) for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
@@ -90,7 +97,7 @@ def verdicts(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[str]:
             continue
         peaks = [r["peak_mb"] for r in runs]
         mid = statistics.median(peaks)
-        spread = max(abs(p - mid) for p in peaks) / mid
+        spread = max(abs(p - mid) for p in peaks) / mid if mid else math.inf
         nfe = [r["nfe_forward"] for r in runs]
         verdict = "flat within ±10%: matches" if spread <= 0.10 else "NOT flat within ±10%"
         out.append(
