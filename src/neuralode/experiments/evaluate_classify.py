@@ -9,9 +9,11 @@ Everything goes to ``RUN_DIR/figure3/``: ``results.json``, ``results.csv`` and p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,12 +23,13 @@ from torch.nn import functional as F
 
 from ..adjoints import BacksolveAdjoint
 from ..controllers import PIDController
+from ..data import IDXFormatError
 from ..nn import ODEBlock, ODENet
 from ..solvers import Dopri5
 from ._extras import require
 from .classify import ClassifyConfig, build_model, load_splits
 from .config import check_positive
-from .files import NUMBER, atomic_write_text, load_config, write_json
+from .files import NUMBER, RunFolderError, atomic_write_text, load_config, write_json
 from .plots import epoch_axis, pyplot, save
 from .runs import BEST, EXECUTION_FIELDS, RunDir
 
@@ -92,6 +95,20 @@ SUMMARY = {"history": [{"nfe_forward": NUMBER, "nfe_backward": NUMBER}]}
 IGNORED = EXECUTION_FIELDS | {"data_dir"}
 
 
+@contextlib.contextmanager
+def _settings_from(path: Path) -> Iterator[None]:
+    """Name ``path`` in a settings error of the data or model rebuilt from it."""
+    try:
+        yield
+    except (IDXFormatError, RunFolderError):  # about a data file or already named
+        raise
+    except ValueError as exc:
+        raise RunFolderError(
+            f"{path} holds settings that rebuild no model on this data ({exc}); the run "
+            "folder is damaged or not from this command: train the run again"
+        ) from None
+
+
 def evaluate_classify(config: EvaluateClassifyConfig) -> dict[str, Any]:
     """Run the Figure 3 measurements on ``config.run_dir``; returns results.json's content."""
     run = RunDir(config.run_dir)
@@ -102,9 +119,10 @@ def evaluate_classify(config: EvaluateClassifyConfig) -> dict[str, Any]:
             f"evaluate classify needs an ODE-Net run; {run.path} holds a "
             f"--model {trained.model} run"
         )
-    images, labels = load_splits(trained)["test"]
-    images, labels = images[: config.images], labels[: config.images]
-    model = build_model(trained, images.shape[-2:])
+    with _settings_from(run.path / "config.json"):
+        images, labels = load_splits(trained)["test"]
+        images, labels = images[: config.images], labels[: config.images]
+        model = build_model(trained, images.shape[-2:])
     run.restore(model, run.load_checkpoint(BEST)["model"], BEST)
     model.eval()
     assert isinstance(model, ODENet)

@@ -107,7 +107,10 @@ def check_json(value: Any, spec: Spec, path: Path, fix: str, where: str = "") ->
 
 
 def _wrong(path: Path, place: str, expected: str, value: Any, fix: str) -> RunFolderError:
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except ValueError:  # an int too long to print (over sys.get_int_max_str_digits())
+        shown = f"a {type(value).__name__} too long to show"
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return RunFolderError(f"{path}: {place} should be {expected}, got {shown}. {fix}")
 
@@ -190,6 +193,18 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _describe(hint: Any) -> str:
+    """``int | None`` → ``"an integer or null"``, for messages."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             Path: "a path string", type(None): "null"}  # fmt: skip
+    return names.get(hint, str(hint))
+
+
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a JSON value can be the value of a config field annotated ``hint``."""
     origin = typing.get_origin(hint)
@@ -213,7 +228,7 @@ def _fits(value: Any, hint: Any) -> bool:
 def load_config(cls: type[Any], path: Path, *, ignore: frozenset[str] = frozenset()) -> Any:
     """Rebuild the dataclass config ``cls`` from its ``config.json``, every field checked.
 
-    Unknown keys (from older versions) are skipped; missing ones take their defaults; the
+    Every field must be there (a default in its place could rebuild another model); the
     fields in ``ignore`` (paths, execution settings) are never taken from the file.
 
     Raises:
@@ -224,11 +239,13 @@ def load_config(cls: type[Any], path: Path, *, ignore: frozenset[str] = frozense
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for field in dataclasses.fields(cls):
-        if field.name in ignore or field.name not in saved:
+        if field.name in ignore:
             continue
+        if field.name not in saved:
+            raise RunFolderError(f"{path}: the top level has no {field.name!r} entry. {fix}")
         value = saved[field.name]
         if not _fits(value, hints[field.name]):
-            raise _wrong(path, f"[{field.name!r}]", f"a {hints[field.name]}", value, fix)
+            raise _wrong(path, f"[{field.name!r}]", _describe(hints[field.name]), value, fix)
         kwargs[field.name] = value
     try:
         return cls(**kwargs)

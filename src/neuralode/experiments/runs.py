@@ -174,20 +174,27 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             # O_NOFOLLOW: a planted .lock symlink must not make us open (and write) its target.
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        # Only a plain file of ours holds a pid to read or write: never through a link.
+        info = os.fstat(fd)
+        plain = stat.S_ISREG(info.st_mode) and info.st_nlink == 1
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() if plain else ""
             os.close(fd)
             raise RunFolderError(
                 f"run folder {self.path} is in use by another process "
                 f"(pid {holder if holder.isdigit() else 'unknown'}); wait for it to finish, "
                 "or use another --out"
             ) from None
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:  # never write through a link
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if plain:
+            try:
+                with writing(path):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except BaseException:
+                os.close(fd)
+                raise
         self._lock = fd
 
     def release(self) -> None:
@@ -354,20 +361,12 @@ class RunDir:
             target.load_state_dict(state)
         except Exception as exc:  # load_state_dict's own checks, whatever their type
             raise self._other(path, target, first_line(exc)) from None
-        if isinstance(target, torch.optim.Optimizer):
-            for group in target.param_groups:
-                for param in group["params"]:
-                    for key, value in target.state.get(param, {}).items():
-                        if (
-                            isinstance(value, torch.Tensor)
-                            and value.dim()
-                            and (value.shape != param.shape or value.dtype != param.dtype)
-                        ):
-                            raise self._other(path, target, f"{key} of shape {list(value.shape)}")
+        if isinstance(target, torch.optim.Optimizer) and (problem := _unusable(target)):
+            raise self._other(path, target, problem)
 
     def _other(self, path: Path, target: Any, problem: str) -> RunFolderError:
         return RunFolderError(
-            f"{path} holds a {type(target).__name__} state of another model or other settings "
+            f"{path} holds the {type(target).__name__} state of another model or other settings "
             f"({problem}); it cannot continue this run. Point --out / RUN_DIR at the run "
             "that wrote it, or train this one again in another --out."
         )
@@ -382,7 +381,7 @@ def _unlike(fresh: Any, loaded: Any, where: str) -> str:
             (p for k in fresh if (p := _unlike(fresh[k], loaded[k], f"{where}[{k!r}]"))), ""
         )
     if isinstance(fresh, (list, tuple)):
-        if not isinstance(loaded, (list, tuple)) or len(loaded) != len(fresh):
+        if type(loaded) is not type(fresh) or len(loaded) != len(fresh):
             return f"{where}: length differs"
         return next((p for i, (a, b) in enumerate(zip(fresh, loaded, strict=True))
                      if (p := _unlike(a, b, f"{where}[{i}]"))), "")  # fmt: skip
@@ -394,3 +393,36 @@ def _unlike(fresh: Any, loaded: Any, where: str) -> str:
         finite = not math.isfinite(fresh) or is_number(loaded) and math.isfinite(loaded)
         return "" if is_number(loaded) and finite else f"{where}: {loaded!r:.40}"
     return "" if type(loaded) is type(fresh) else f"{where}: {type(loaded).__name__}"
+
+
+def _unusable(optimizer: torch.optim.Optimizer) -> str:
+    """What in a loaded optimiser's per-parameter state its next step would fail on ('' if none).
+
+    ``load_state_dict`` takes any per-parameter dicts; the keys a step needs come from a
+    twin optimiser of the same class and settings stepped once on a probe parameter.
+    """
+    probe = torch.zeros(1, requires_grad=True)
+    settings = {k: v for k, v in optimizer.param_groups[0].items() if k in optimizer.defaults}
+    try:
+        twin = type(optimizer)([probe], **settings)  # checks the settings: lr ≥ 0, ...
+    except ValueError as exc:
+        return first_line(exc)
+    try:
+        probe.grad = torch.zeros(1)
+        twin.step()
+        needed = set(twin.state[probe])
+    except Exception:  # an optimiser that cannot be probed so (LBFGS needs a closure)
+        needed = set()
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if state is None:
+                continue
+            if not isinstance(state, dict) or not needed <= set(state):
+                return f"per-parameter state {type(state).__name__} without {sorted(needed)}"
+            for key, value in state.items():
+                if not isinstance(value, torch.Tensor) or (
+                    value.dim() and (value.shape != param.shape or value.dtype != param.dtype)
+                ):
+                    return f"{key} is not a tensor of shape {list(param.shape)}"
+    return ""

@@ -190,6 +190,8 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
         if task.scheduler is not None:
             run.restore(task.scheduler, state["scheduler"])
         history, best, start = state["history"], state["best"], state["epoch"]
+        if world.is_main:  # a run resumed after its last epoch would keep a stale one
+            run.write_metrics(history)
 
     for epoch in range(start, epochs):
         torch.manual_seed(_mix(seed, epoch, 1 + world.rank))
