@@ -186,7 +186,7 @@ def _torchrun(procs: int, out: Path, model: str) -> dict[str, dict[str, torch.Te
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return {
-        p.stem: torch.load(p)
+        p.stem: torch.load(p, weights_only=True)
         for p in out.glob("*.pt")
         if p.stem.startswith(("rank", "grad", "init"))
     }

@@ -13,6 +13,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,12 @@ TINY_CONFIG = dict(
     dataset="digits", train_size=64, val_size=64, batch_size=32, eval_batch_size=128, width=8,
     progress=False, threads=1, model="odenet", tol=1e-1, epochs=1,
 )  # fmt: skip
+# A second process that holds a run folder's lock until its stdin closes.
+LOCK_HOLDER = (
+    "import sys; from neuralode.experiments.runs import RunDir; RunDir(sys.argv[1]).lock(); "
+    "print('locked', flush=True); sys.stdin.read()"
+)
+SRC = str(Path(__file__).parents[1] / "src")
 EVALUATE = ["--images", "20", "--tolerances", "1e-1", "--backward-batches", "1", "--no-progress"]
 
 
@@ -104,7 +112,12 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
     return " ".join((captured.out + captured.err).split())
 
 
-# --- Security: a planted pickle never runs -------------------------------------------
+def test_the_planted_pickle_runs_code_when_unpickled_unsafely(tmp_path):
+    # The control: the files planted below would create the marker if unpickled.
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "checkpoint.pt", marker)
+    torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert marker.exists()
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["torch-zip", "bare-pickle"])
@@ -152,16 +165,13 @@ def test_planted_pickles_do_not_run_in_a_shared_reproduce_folder(tmp_path, capsy
     assert not marker.exists()
 
 
-# --- Damaged run folders: one clear message naming the file ----------------------------
-
-
 def _other_model(path: Path) -> None:
     state = torch.load(path, weights_only=True)
     state["model"] = {"weight": torch.zeros(3, 3)}
     torch.save(state, path)
 
 
-def _nan_lr(path: Path) -> None:
+def _text_lr(path: Path) -> None:
     state = torch.load(path, weights_only=True)
     state["optimizer"]["param_groups"][0]["lr"] = "fast"
     torch.save(state, path)
@@ -190,7 +200,7 @@ DAMAGES = {
     "other-model": _other_model,
 }
 RESUME_ONLY = {
-    "text-lr": _nan_lr,
+    "text-lr": _text_lr,
     "adam-state-shape": _wrong_adam_state,
     "history-gap": _history_gap,
     "missing-keys": lambda p: torch.save({"model": {}}, p),
@@ -214,6 +224,9 @@ def test_damaged_best_pt_on_evaluate_names_the_file(run, capsys, damage):
     assert f"neuralode: error: {run / 'best.pt'}" in _error(capsys)
 
 
+_DROP = object()  # a key to delete
+
+
 def _edit_config(run: Path, **changes: object) -> None:
     saved = json.loads((run / "config.json").read_text())
     saved.update(changes)
@@ -222,7 +235,6 @@ def _edit_config(run: Path, **changes: object) -> None:
     (run / "config.json").write_text(json.dumps(saved))
 
 
-_DROP = object()
 CONFIGS = {
     "corrupt": "{not json",
     "list": "[1, 2, 3]",
@@ -283,8 +295,7 @@ def test_damaged_config_on_resume_names_the_file(run, capsys, content):
 
 
 def test_evaluate_takes_no_path_from_config_json(run, monkeypatch):
-    saved = (run / "config.json").read_text()
-    (run / "config.json").write_text(saved.replace('"data_dir": null', '"data_dir": "/etc"'))
+    _edit_config(run, data_dir="/etc")
     seen = []
     load = evaluate_classify.load_splits
 
@@ -342,9 +353,6 @@ def test_report_only_with_a_malformed_wall_times_names_the_file(tmp_path, capsys
     assert f"{tmp_path / 'wall_times.json'}: the top level should be an object of numbers" in (
         _error(capsys)
     )
-
-
-# --- The file system: read-only, full disk, temporary files -----------------------------
 
 
 @pytest.mark.parametrize(
@@ -409,9 +417,6 @@ def test_atomic_write_removes_its_temporary_file_on_interrupt(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-# --- Two processes in one run folder ----------------------------------------------------
-
-
 def test_a_second_process_in_the_same_run_folder_is_refused(run, capsys):
     with open(run / ".lock", "w") as holder:  # another process's lock
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -422,6 +427,23 @@ def test_a_second_process_in_the_same_run_folder_is_refused(run, capsys):
         assert f"run folder {run} is in use by another process (pid 4242)" in err
         assert "wait for it to finish, or use another --out" in err
     assert _train(run, "--resume") == 0  # free again once the holder is gone
+
+
+def test_a_run_folder_locked_by_another_process_names_its_pid(run):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(
+            RunFolderError, match=f"in use by another process \\(pid {holder.pid}\\)"
+        ):
+            RunDir(run).prepare(ClassifyConfig(out=run, resume=True, **TINY_CONFIG), resume=True)
+    finally:
+        holder.communicate("", timeout=60)  # its stdin closes: it exits, the OS frees the lock
+    free = RunDir(run)
+    free.lock()
+    free.release()
 
 
 def test_a_new_run_racing_for_the_same_folder_is_refused(tmp_path, capsys):
@@ -440,7 +462,9 @@ def test_the_lock_holds_within_one_process_until_released(run):
     with pytest.raises(RunFolderError, match="in use by another process"):
         RunDir(run).lock()
     first.release()
-    RunDir(run).lock()
+    second = RunDir(run)
+    second.lock()
+    second.release()
 
 
 def test_a_planted_lock_symlink_is_not_followed(run, tmp_path, capsys):
@@ -451,9 +475,6 @@ def test_a_planted_lock_symlink_is_not_followed(run, tmp_path, capsys):
     assert _train(run, "--resume") == 1
     assert target.read_text() == "keep me"
     assert f"cannot write {run / '.lock'}" in _error(capsys)
-
-
-# --- Fuzz: random damage to every file a reader reads -----------------------------------
 
 
 def _containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:

@@ -322,9 +322,9 @@ class RunDir:
         }
         state = self.load_checkpoint(CHECKPOINT, spec, fix)
         history, epoch = state["history"], state["epoch"]
-        keys = set(history[0])
+        keys, needed = set(history[0]), {"epoch", "train_seconds", metric}  # what fit reads
         for i, row in enumerate(history):
-            if set(row) != keys or row.get("epoch") != i + 1 or metric not in row:
+            if set(row) != keys or row.get("epoch") != i + 1 or not needed <= keys:
                 raise RunFolderError(
                     f"{self.checkpoint}: the history row of epoch {i + 1} is not a row this "
                     f"run writes (keys {sorted(row)}). {fix}"
