@@ -467,6 +467,18 @@ def test_the_lock_holds_within_one_process_until_released(run):
     second.release()
 
 
+@pytest.mark.parametrize("folder", ["plots", "figure3"])
+def test_a_planted_folder_symlink_is_not_written_through(run, tmp_path, capsys, folder):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(run / folder, ignore_errors=True)
+    (run / folder).symlink_to(elsewhere, target_is_directory=True)
+    command = _evaluate if folder == "figure3" else lambda r: _train(r, "--resume")
+    assert command(run) == 1
+    assert list(elsewhere.iterdir()) == []
+    assert f"{run / folder} is a symbolic link (to {elsewhere})" in _error(capsys)
+
+
 def test_a_planted_lock_symlink_is_not_followed(run, tmp_path, capsys):
     target = tmp_path / "precious"
     target.write_text("keep me")

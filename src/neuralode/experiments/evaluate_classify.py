@@ -114,6 +114,7 @@ def evaluate_classify(config: EvaluateClassifyConfig) -> dict[str, Any]:
     run = RunDir(config.run_dir)
     summary = run.read_summary(SUMMARY)
     trained = load_run_config(run, config.data_dir)
+    out = run.subfolder("figure3")  # checked before the work, written after
     if trained.model != "odenet":
         raise ValueError(
             f"evaluate classify needs an ODE-Net run; {run.path} holds a "
@@ -140,7 +141,6 @@ def evaluate_classify(config: EvaluateClassifyConfig) -> dict[str, Any]:
         if config.progress:
             print(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
 
-    out = run.path / "figure3"
     results = {
         "run": str(run.path),
         "model": summary.get("model"),

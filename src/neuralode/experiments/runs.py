@@ -97,7 +97,25 @@ class RunDir:
     @property
     def plots(self) -> Path:
         """Folder of the run's figures."""
-        return self.path / "plots"
+        return self.subfolder("plots")
+
+    def subfolder(self, name: str) -> Path:
+        """``path/name``, a folder we write into: never a symbolic link.
+
+        A run folder may come from elsewhere; a planted link would make us write files
+        wherever it points (the run folder itself may be a link: the user chose it).
+
+        Raises:
+            RunFolderError: It is a symbolic link.
+        """
+        folder = self.path / name
+        if folder.is_symlink():
+            raise RunFolderError(
+                f"{folder} is a symbolic link (to {os.readlink(folder)}); neuralode writes "
+                "there and follows no link planted in a run folder: replace it with a plain "
+                "folder (or remove it)"
+            )
+        return folder
 
     def has_checkpoint(self) -> bool:
         """Whether a checkpoint exists to resume from (damaged or not: loading tells)."""
