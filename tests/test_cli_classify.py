@@ -76,7 +76,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
         m.setattr(RunDir, "save_checkpoint", die)
         with pytest.raises(KeyboardInterrupt):
             _train(killed, *args)
-    assert sorted(p.name for p in killed.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in killed.iterdir()) == [".lock", "config.json"]
     assert _train(killed, *args) == 1  # not silently overwritten without --resume ...
     assert _train(killed, *args, "--resume") == 0  # ... but resumable, from scratch
     a, b = weights(straight), weights(killed)
@@ -186,7 +186,7 @@ def _torchrun(procs: int, out: Path, model: str) -> dict[str, dict[str, torch.Te
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return {
-        p.stem: torch.load(p)
+        p.stem: torch.load(p, weights_only=True)
         for p in out.glob("*.pt")
         if p.stem.startswith(("rank", "grad", "init"))
     }

@@ -9,9 +9,11 @@ Everything goes to ``RUN_DIR/figure3/``: ``results.json``, ``results.csv`` and p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,13 +23,15 @@ from torch.nn import functional as F
 
 from ..adjoints import BacksolveAdjoint
 from ..controllers import PIDController
+from ..data import IDXFormatError
 from ..nn import ODEBlock, ODENet
 from ..solvers import Dopri5
 from ._extras import require
 from .classify import ClassifyConfig, build_model, load_splits
 from .config import check_positive
+from .files import NUMBER, RunFolderError, atomic_write_text, load_config, write_json
 from .plots import epoch_axis, pyplot, save
-from .runs import BEST, RunDir, atomic_write_text, read_json, write_json
+from .runs import BEST, EXECUTION_FIELDS, RunDir
 
 # The reference: Dopri5 in float64, 100× tighter than the tightest tolerance of the sweep
 # but never tighter than 1e-9 (float32 solutions cannot resolve more). Not a higher-order
@@ -65,6 +69,8 @@ class EvaluateClassifyConfig:
     """Images per forward call."""
     backward_batches: int = 2
     """Training-size batches (128 images) for the backward/forward NFE ratio."""
+    data_dir: Path | None = None
+    """Folder with the IDX files, as for `train classify` (never read from the run folder)."""
     progress: bool = True
     """Print one line per tolerance."""
 
@@ -73,31 +79,52 @@ class EvaluateClassifyConfig:
         check_positive(self, "images", "batch_size", "backward_batches")
 
 
-def load_run_config(run: RunDir) -> ClassifyConfig:
-    """The :class:`ClassifyConfig` a run was trained with (from its config.json)."""
-    saved = read_json(run.path / "config.json")
-    fields = {f.name for f in dataclasses.fields(ClassifyConfig)}
-    kwargs = {k: v for k, v in saved.items() if k in fields}
-    for key in ("out", "data_dir"):
-        if kwargs.get(key) is not None:
-            kwargs[key] = Path(kwargs[key])
-    return ClassifyConfig(**kwargs)
+def load_run_config(run: RunDir, data_dir: Path | None = None) -> ClassifyConfig:
+    """The :class:`ClassifyConfig` a run was trained with (from its config.json, checked).
+
+    No path is taken from the file: the data comes from ``data_dir`` (``--data-dir``).
+    """
+    trained = load_config(ClassifyConfig, run.path / "config.json", ignore=IGNORED)
+    return dataclasses.replace(trained, data_dir=data_dir)
+
+
+# What Figure 3 reads from summary.json.
+SUMMARY = {"history": [{"nfe_forward": NUMBER, "nfe_backward": NUMBER}]}
+# Where the run was and how it was executed are not part of the model; the data folder
+# is a path, and a run folder may come from elsewhere: --data-dir gives it.
+IGNORED = EXECUTION_FIELDS | {"data_dir"}
+
+
+@contextlib.contextmanager
+def _settings_from(path: Path) -> Iterator[None]:
+    """Name ``path`` in a settings error of the data or model rebuilt from it."""
+    try:
+        yield
+    except (IDXFormatError, RunFolderError):  # about a data file or already named
+        raise
+    except ValueError as exc:
+        raise RunFolderError(
+            f"{path} holds settings that rebuild no model on this data ({exc}); the run "
+            "folder is damaged or not from this command: train the run again"
+        ) from None
 
 
 def evaluate_classify(config: EvaluateClassifyConfig) -> dict[str, Any]:
     """Run the Figure 3 measurements on ``config.run_dir``; returns results.json's content."""
     run = RunDir(config.run_dir)
-    summary = run.read_summary()
-    trained = load_run_config(run)
+    summary = run.read_summary(SUMMARY)
+    trained = load_run_config(run, config.data_dir)
+    out = run.subfolder("figure3")  # checked before the work, written after
     if trained.model != "odenet":
         raise ValueError(
             f"evaluate classify needs an ODE-Net run; {run.path} holds a "
             f"--model {trained.model} run"
         )
-    images, labels = load_splits(trained)["test"]
-    images, labels = images[: config.images], labels[: config.images]
-    model = build_model(trained, images.shape[-2:])
-    model.load_state_dict(run.load_checkpoint(BEST)["model"])
+    with _settings_from(run.path / "config.json"):
+        images, labels = load_splits(trained)["test"]
+        images, labels = images[: config.images], labels[: config.images]
+        model = build_model(trained, images.shape[-2:])
+    run.restore(model, run.load_checkpoint(BEST)["model"], BEST)
     model.eval()
     assert isinstance(model, ODENet)
 
@@ -114,7 +141,6 @@ def evaluate_classify(config: EvaluateClassifyConfig) -> dict[str, Any]:
         if config.progress:
             print(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
 
-    out = run.path / "figure3"
     results = {
         "run": str(run.path),
         "model": summary.get("model"),

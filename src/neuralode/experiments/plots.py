@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ._extras import require
+from .files import atomic_write_bytes
 
 
 def pyplot() -> Any:
@@ -24,10 +26,12 @@ def epoch_axis(ax: Any) -> None:
 
 def save(fig: Any, folder: Path, name: str) -> str:
     """Save ``fig`` as ``folder/name`` (PNG, 120 dpi), close it, and return ``name``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(folder / name, dpi=120)
+    fig.savefig(buffer, format="png", dpi=120)
     pyplot().close(fig)
+    # Like every file of a run folder: atomically, with a clear error on a full disk.
+    atomic_write_bytes(folder / name, buffer.getvalue())
     return name
 
 

@@ -25,10 +25,10 @@ import torch
 from ..data import find_image_files
 from ._extras import require
 from .config import check_positive
+from .files import NUMBERS, atomic_write_text, read_json, write_json
 from .protocols import PLANNERS, Context, Job
 from .report import render
 from .report_html import to_html
-from .runs import atomic_write_text, read_json, write_json
 
 Preset = Literal["demo", "quick", "full"]
 PROTOCOLS = tuple(PLANNERS)
@@ -361,7 +361,7 @@ def reproduce(config: ReproduceConfig) -> Path:
         ran, failures = run_jobs(ctx, jobs, config.progress, parallel, threads)
     # Read after the runs, not before: another process sharing --out may have added its own.
     timings_path = config.out / "wall_times.json"
-    walls = read_json(timings_path) if timings_path.is_file() else {}
+    walls = read_json(timings_path, NUMBERS) if timings_path.exists() else {}
     walls.update(ran)
     if ran:
         write_json(timings_path, walls)

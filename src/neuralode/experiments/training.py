@@ -147,12 +147,13 @@ def run_training(config: RunOptions, task: Task) -> dict[str, Any] | None:
         torch.set_num_threads(config.threads)
     run = RunDir(world.broadcast(config.out or default_run_dir(task.experiment)))
     if world.is_main:
-        run.prepare(config, resume=config.resume)
+        run.prepare(config, resume=config.resume)  # takes the folder's lock
     world.barrier()
     try:
         summary = fit(task, run, world, config)
     finally:
         world.close()
+        run.release()
     if not world.is_main:
         return None
     print(f"run folder: {run.path}")
@@ -183,12 +184,14 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
     best: dict[str, Any] = {}
     start = 0
     if options.resume and run.has_checkpoint():
-        state = run.load_checkpoint()
-        task.model.load_state_dict(state["model"])
-        task.optimizer.load_state_dict(state["optimizer"])
+        state = run.load_training_state(f"val_{task.select}")
+        run.restore(task.model, state["model"])
+        run.restore(task.optimizer, state["optimizer"])
         if task.scheduler is not None:
-            task.scheduler.load_state_dict(state["scheduler"])
+            run.restore(task.scheduler, state["scheduler"])
         history, best, start = state["history"], state["best"], state["epoch"]
+        if world.is_main:  # a run resumed after its last epoch would keep a stale one
+            run.write_metrics(history)
 
     for epoch in range(start, epochs):
         torch.manual_seed(_mix(seed, epoch, 1 + world.rank))
@@ -208,7 +211,7 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
             _report_epoch(row, epochs)
         world.barrier()
 
-    task.model.load_state_dict(run.load_checkpoint(BEST)["model"])
+    run.restore(task.model, run.load_checkpoint(BEST)["model"], BEST)
     t0 = time.perf_counter()
     test = task.evaluate(model, "test", world)
     summary = {

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..classify import ClassifyConfig, ClassifyTask
 from ..evaluate_classify import EvaluateClassifyConfig, evaluate_classify
-from ..runs import RunDir, read_json
+from ..files import NUMBER, POSITIVE, TEXT, read_json
+from ..runs import RunDir
 from ..training import run_training
 from .base import Claim, Context, Job, Planner
 from .markdown import figure, table
@@ -32,6 +34,21 @@ MODELS = {
 # Rough seconds per training step at width 32, batch 128, on one core of the reference
 # machine: only for the overall ETA.
 STEP_COST = {"odenet": 1.0, "rknet": 0.6, "resnet6": 0.15, "resnet1": 0.05, "mlp": 0.01}
+# What the report reads from a P1 run's summary.json and from P3's results.json.
+SUMMARY = {
+    "parameters": POSITIVE,
+    "test_accuracy": NUMBER,
+    "train_seconds": NUMBER,
+    "history": [{"epoch": NUMBER, "nfe_forward": NUMBER, "nfe_backward": NUMBER}],
+}
+SWEEP_ROW = {
+    key: POSITIVE if key in ("nfe_forward", "seconds_per_forward") else NUMBER
+    for key in ("tol", "nfe_forward", "seconds_per_forward", "error_rms", "accuracy",
+                "nfe_backward", "nfe_backward_seminorm", "backward_forward_ratio",
+                "backward_forward_ratio_seminorm")
+}  # fmt: skip
+SWEEP = {"trained_tol": NUMBER, "images": NUMBER, "batch_size": NUMBER, "reference": TEXT,
+         "rows": [SWEEP_ROW]}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,14 +189,13 @@ def _summaries(ctx: Context) -> dict[tuple[str, int], dict[str, Any]]:
         for model in models:
             path = ctx.folder("p1", run_name(model, width)) / "summary.json"
             if path.is_file():
-                found[(model, width)] = read_json(path)
+                found[(model, width)] = read_json(path, SUMMARY)
     return found
 
 
 def _curves(ctx: Context, width: int, summary: Mapping[str, Any]) -> Path | None:
-    if "learning_curves.png" not in summary.get("plots", []):
-        return None
-    return ctx.folder("p1", run_name("odenet", width)) / "plots" / "learning_curves.png"
+    path = ctx.folder("p1", run_name("odenet", width)) / "plots" / "learning_curves.png"
+    return path if path.is_file() else None
 
 
 # P1's acceptance: the ODE-Net's test error at most this many points above ResNet-6's, with
@@ -270,7 +286,8 @@ class FigureThree(Planner):
         run_dir = self._run_dir(ctx)
         tolerances, images, batches = SWEEPS[ctx.preset]
         config = EvaluateClassifyConfig(run_dir=run_dir, tolerances=tolerances, images=images,
-                                        backward_batches=batches, progress=False)  # fmt: skip
+                                        backward_batches=batches, progress=False,
+                                        data_dir=ctx.data_dir)  # fmt: skip
         train = [j for j in TableOne().jobs(ctx) if j.name == run_dir.name]
         sweep = Job("p3", "sweep", lambda: _evaluate(config),
                     (run_dir / "figure3" / "results.json").is_file, cost=60.0,
@@ -282,7 +299,7 @@ class FigureThree(Planner):
         path = self._run_dir(ctx) / "figure3" / "results.json"
         if not path.is_file():
             return "(not run)"
-        res = read_json(path)
+        res = read_json(path, SWEEP)
         rows = [
             [f"{r['tol']:g}", f"{r['nfe_forward']:.1f}", f"{1e3 * r['seconds_per_forward']:.0f}",
              f"{r['error_rms']:.1e}", f"{100 * r['accuracy']:.2f}%", f"{r['nfe_backward']:.1f}",
@@ -307,7 +324,7 @@ class FigureThree(Planner):
             return [Claim("Tolerance controls error and cost (Fig. 3)", "not run", "–", None,
                           note="not run")]  # fmt: skip
         fig = path.parent / "figure3.png"
-        return sweep_claims(read_json(path)["rows"], fig if fig.is_file() else None)
+        return sweep_claims(read_json(path, SWEEP)["rows"], fig if fig.is_file() else None)
 
 
 def _evaluate(config: EvaluateClassifyConfig) -> None:
@@ -342,7 +359,8 @@ class SweepFindings:
         """(b) Largest over smallest time per forward call per evaluation."""
         per_nfe = [s / n for s, n in zip(self.column("seconds_per_forward"),
                                          self.column("nfe_forward"), strict=True)]  # fmt: skip
-        return max(per_nfe) / min(per_nfe)
+        # Positive numbers can still underflow to 0.0 in s / n (a hand-edited results.json).
+        return max(per_nfe) / min(per_nfe) if min(per_nfe) > 0 else math.inf
 
     @property
     def cheap_tolerances(self) -> str:

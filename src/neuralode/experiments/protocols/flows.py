@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..cnf import CNFConfig, CNFTask
-from ..runs import RunDir, read_json
+from ..files import NUMBER, POSITIVE, TEXT, read_json
+from ..runs import RunDir
 from ..training import run_training
 from .base import Claim, Context, Job, Planner
 from .markdown import figure, table
@@ -191,11 +193,13 @@ class FlowComparison(Planner):
         return out
 
     def _runs(self, ctx: Context) -> dict[str, Any]:
+        s = SCALES[ctx.preset]
         runs = {}
         for job in self.jobs(ctx):
             path = ctx.folder("p5", job.name) / "summary.json"
             if path.is_file():
-                runs[job.name] = read_json(path)
+                ml = job.name in {ml_name(d, m) for d in s.datasets for m in ("cnf", "nf")}
+                runs[job.name] = read_json(path, summary_spec("nll" if ml else "kl"))
         return runs
 
 
@@ -227,6 +231,21 @@ def _intro(ctx: Context, s: Scale) -> str:
         "form (PlanarDynamics.forward_with_trace). Exact vs Hutchinson "
         'trace costs at D = 2 and D = 64 are measured in docs/cnf.md ("Measured costs").'
     )
+
+
+def summary_spec(key: str) -> dict[str, Any]:
+    """What the report reads from a P5 run's summary.json (``key``: ``"kl"`` or ``"nll"``)."""
+    row = {"epoch": NUMBER, "nfe_forward": NUMBER, "nfe_backward": NUMBER, f"val_{key}": NUMBER}
+    return {
+        "model": TEXT,
+        "iters": POSITIVE,
+        "epochs": POSITIVE,
+        "parameters": NUMBER,
+        "train_seconds": NUMBER,
+        f"test_{key}": NUMBER,
+        f"test_{key}_stderr": NUMBER,
+        "history": [row],
+    }
 
 
 def _score(summary: Mapping[str, Any], key: str) -> str:
@@ -397,7 +416,7 @@ def ml_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
         if cnf is None or nf is None:
             continue
         gap = nf["test_nll"] - cnf["test_nll"]
-        error = (cnf["test_nll_stderr"] ** 2 + nf["test_nll_stderr"] ** 2) ** 0.5
+        error = math.hypot(cnf["test_nll_stderr"], nf["test_nll_stderr"])  # no overflow
         better = "lower" if gap > 0 else "higher"
         verdict = "."
         if dataset == "moons":

@@ -6,8 +6,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ..files import COUNT, NUMBER, POSITIVE, read_json
 from ..latent import LatentConfig, LatentTask
-from ..runs import RunDir, read_json
+from ..runs import RunDir
 from ..training import Schedule, run_training
 from .base import Claim, Context, Job, Planner
 from .markdown import figure, table
@@ -176,13 +177,23 @@ def _data_note(ctx: Context, s: Scale) -> str:
     )
 
 
+# What the report reads from a P4 run's summary.json.
+SUMMARY = {
+    **{key: NUMBER for key in ("test_rmse_clean", "test_rmse", "test_nfe", "train_seconds")},
+    "parameters": POSITIVE,
+    "best_epoch": COUNT,
+    "iters_per_epoch": COUNT,
+    "history": [{"nfe_forward": NUMBER}],
+}
+
+
 def _summaries(ctx: Context, s: Scale, noise: float) -> dict[tuple[str, int], dict[str, Any]]:
     found = {}
     for n in s.n_obs:
         for model in MODELS:
             path = ctx.folder("p4", run_name(model, n, noise)) / "summary.json"
             if path.is_file():
-                found[(model, n)] = read_json(path)
+                found[(model, n)] = read_json(path, SUMMARY)
     return found
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..files import NUMBER, TEXT, read_json, write_json
 from ..memory import METHODS, MemoryPoint, measure
-from ..runs import read_json, write_json
 from .base import Claim, Context, Job, Planner
 from .markdown import table
 
@@ -21,6 +22,10 @@ GRIDS = {
 # The paper: backprop grows about 7 MB per evaluation at this size
 # (docs/protocols.md#p2-training-memory).
 PAPER_MB_PER_NFE = 7.0
+
+
+# What the report reads from one point's JSON file.
+RESULT = {"solver": TEXT, "peak_mb": NUMBER, "nfe_forward": NUMBER, "accepted": NUMBER}
 
 
 def points(preset: str) -> list[MemoryPoint]:
@@ -85,13 +90,15 @@ def _results(ctx: Context) -> dict[tuple[str, str], dict[str, Any]]:
     for point in points(ctx.preset):
         path = _path(ctx, point)
         if path.is_file():
-            results[(point.method, point.label)] = read_json(path)
+            results[(point.method, point.label)] = read_json(path, RESULT)
     return results
 
 
 def _slope(xs: list[float], ys: list[float]) -> float:
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
+    # Plain sums and products: fmean and ** raise OverflowError on extreme values, where
+    # this gives inf or nan (the numbers come from files).
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) * (x - mx) for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
@@ -103,7 +110,7 @@ FLAT_WITHIN = 0.10
 def spread(peaks: list[float]) -> float:
     """Largest distance of a peak from the median peak, as a share of the median."""
     mid = statistics.median(peaks)
-    return max(abs(p - mid) for p in peaks) / mid
+    return max(abs(p - mid) for p in peaks) / mid if mid else math.inf
 
 
 class Flatness(NamedTuple):
