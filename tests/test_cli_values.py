@@ -42,6 +42,25 @@ def _finite(state: dict[str, torch.Tensor]) -> bool:
     return all(bool(v.isfinite().all()) for v in state.values())
 
 
+CONFIGS = {"classify": ClassifyConfig, "latent-ode": LatentConfig, "cnf": CNFConfig}
+# Tiny sizes so that each choice builds and takes one step in well under a second.
+SMALL = {
+    "classify": ["--dataset", "digits", "--width", "8", "--batch-size", "16"],
+    "latent-ode": ["--spirals", "40", "--test-size", "10", "--val-size", "10", "--iters", "1",
+                   "--eval-every", "1", "--batch-size", "8", "--tol", "1e-2"],
+    "cnf": ["--width", "2", "--hidden", "4", "--iters", "1", "--batch-size", "8",
+            "--tol", "1e-2"],
+}  # fmt: skip
+# ... and quick models and budgets, for runs that should be refused before they start.
+QUICK = {
+    "classify": ["--model", "mlp", "--epochs", "1", "--train-size", "32", "--val-size", "32",
+                 "--no-progress", "--threads", "1"],
+    "latent-ode": ["--model", "rnn", "--no-progress", "--threads", "1"],
+    "cnf": ["--model", "nf", "--val-size", "20", "--test-size", "20", "--no-progress",
+            "--threads", "1"],
+}  # fmt: skip
+
+
 # --- divergence: non-finite weights or validation metrics stop the run ------------------
 
 
@@ -189,7 +208,10 @@ def test_bad_values_are_refused_naming_the_flag_before_a_folder_exists(
     tmp_path, capsys, command, args, message
 ):
     out = tmp_path / "run"
-    assert_refused(lambda: main(["train", command, "--out", str(out), *args]), capsys, message)
+    # Tiny sizes first (the flag under test overrides them), so that code which let the
+    # value through would train for seconds, not hours.
+    argv = ["train", command, *SMALL[command], *QUICK[command], "--out", str(out), *args]
+    assert_refused(lambda: main(argv), capsys, message)
     assert not out.exists()
 
 
@@ -238,17 +260,6 @@ def test_digits_trains_with_the_default_sizes(tmp_path):
     # An explicit size is honoured, so too large a one is still refused.
     assert ClassifyConfig(dataset="digits", val_size=5_000).val_size == 5_000
     assert ClassifyConfig().train_size == 20_000 and ClassifyConfig().val_size == 5_000
-
-
-CONFIGS = {"classify": ClassifyConfig, "latent-ode": LatentConfig, "cnf": CNFConfig}
-# Tiny sizes so that each choice builds and takes one step in well under a second.
-SMALL = {
-    "classify": ["--dataset", "digits", "--width", "8", "--batch-size", "16"],
-    "latent-ode": ["--spirals", "40", "--test-size", "10", "--val-size", "10", "--iters", "1",
-                   "--eval-every", "1", "--batch-size", "8", "--tol", "1e-2"],
-    "cnf": ["--width", "2", "--hidden", "4", "--iters", "1", "--batch-size", "8",
-            "--tol", "1e-2"],
-}  # fmt: skip
 
 
 def _choices() -> list[tuple[str, str, str]]:

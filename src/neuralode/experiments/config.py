@@ -40,8 +40,7 @@ def check_positive(
         if not math.isfinite(value):
             raise ValueError(f"{flag(name)} must be a finite number {low}, got {value!r}")
         if value < 0 or (value == 0 and not allow_zero):
-            bound = low if maximum is None else _interval(allow_zero, maximum)
-            raise ValueError(f"{flag(name)} must be {bound}, got {value!r}")
+            raise ValueError(f"{flag(name)} must be {low}, got {value!r}")
         if high is not None and value > high:
             raise ValueError(f"{flag(name)} must be {_interval(allow_zero, high)}, got {value!r}")
 
