@@ -87,7 +87,7 @@ def _blow_up_at_step(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
     monkeypatch.setattr(classify.ClassifyTask, "setup", setup_then_poison)
 
 
-@pytest.mark.filterwarnings("ignore:Seems like .optimizer.step.. has been overridden")
+@pytest.mark.filterwarnings("ignore:Seems like .optimizer.step... has been overridden")
 def test_weights_that_overflow_stop_the_run_and_keep_the_last_good_checkpoint(
     tmp_path, monkeypatch, capsys
 ):
