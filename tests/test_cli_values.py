@@ -235,7 +235,7 @@ def test_a_model_too_large_for_memory_is_a_clear_error(tmp_path, capsys):
 
 
 def test_train_and_test_images_of_different_sizes_are_a_clear_error(tmp_path, monkeypatch, capsys):
-    def fake_images(name, split, data_dir, download):
+    def fake_images(name, split, data_dir, download, **options):
         side = 28 if split == "train" else 32
         n = 200 if split == "train" else 50
         return torch.zeros(n, side, side, dtype=torch.uint8), torch.arange(n) % 10
