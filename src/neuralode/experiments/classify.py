@@ -24,7 +24,7 @@ from ..data import (
     train_val_split,
 )
 from ..nn import MLP, ODENet, ResNet, RKNet
-from .config import RunOptions, check_positive
+from .config import MAX_LR, RunOptions, check_positive
 from .distributed import World
 from .solving import SolverOptions
 from .training import Task, epoch_generator
@@ -36,6 +36,21 @@ Dataset = Literal["fashion-mnist", "mnist", "digits"]
 # same for every --seed so that runs with different seeds are tested on the same images.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 1797
+# The ResNet's blocks (the paper's 6): an absurd count would build for hours, not fail.
+MAX_BLOCKS = 1_000
+
+
+class DatasetDefault(int):
+    """A size left at its default, which the chosen ``--dataset`` may replace.
+
+    It prints, compares and serialises as the plain number (so ``--help`` shows it), while
+    an explicit flag arrives as a plain ``int`` and is always honoured.
+    """
+
+
+# The digits have 1,437 training images after the fixed test split: the default 20,000
+# training and 5,000 validation images would not fit. These are P1's digits sizes.
+DIGITS_SIZES: dict[str, int | None] = {"train_size": None, "val_size": 300}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +81,12 @@ class ClassifyConfig(SolverOptions, RunOptions):
     """rknet only: RK4 step on [0, 1]."""
     epochs: int = 6
     """Passes over the training subset."""
-    train_size: int | None = 20_000
-    """Training images (a seeded stratified subset; all remaining if omitted)."""
-    val_size: int = 5_000
-    """Validation images, split off the training set, for model selection."""
+    train_size: int | None = DatasetDefault(20_000)
+    """Training images (a seeded stratified subset; None: all remaining). Default for
+    digits: all remaining."""
+    val_size: int = DatasetDefault(5_000)
+    """Validation images, split off the training set, for model selection. Default for
+    digits: 300."""
     batch_size: int = 128
     """Global batch size (split across processes under torchrun)."""
     eval_batch_size: int = 500
@@ -84,8 +101,23 @@ class ClassifyConfig(SolverOptions, RunOptions):
     def __post_init__(self) -> None:
         RunOptions.__post_init__(self)
         SolverOptions.__post_init__(self)
-        check_positive(self, "width", "blocks", "rk_step", "epochs", "train_size")
-        check_positive(self, "val_size", "batch_size", "eval_batch_size", "lr")
+        for name, value in DIGITS_SIZES.items():
+            if isinstance(getattr(self, name), DatasetDefault):
+                default = value if self.dataset == "digits" else int(getattr(self, name))
+                object.__setattr__(self, name, default)
+        check_positive(self, "width", "epochs", "train_size")
+        check_positive(self, "val_size", "batch_size", "eval_batch_size")
+        check_positive(self, "lr", maximum=MAX_LR)
+        check_positive(self, "blocks", maximum=MAX_BLOCKS)
+        # The RK-Net integrates [0, 1]: a longer step is one step of length 1.
+        check_positive(self, "rk_step", maximum=1.0)
+        # group_norm(C) is GroupNorm(min(32, C), C): C must split into 32 groups when > 32.
+        if self.width > 32 and self.width % 32:
+            lower, upper = self.width // 32 * 32, (self.width // 32 + 1) * 32
+            raise ValueError(
+                f"--width must be at most 32 or a multiple of 32 (group normalisation uses 32 "
+                f"groups), got {self.width}; e.g. --width {lower} or {upper}"
+            )
 
 
 class ClassifyTask(Task):
@@ -94,6 +126,7 @@ class ClassifyTask(Task):
     experiment = "classify"
     select = "accuracy"
     higher_is_better = True
+    size_flags = ("width", "blocks", "batch_size", "eval_batch_size", "train_size")
 
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
@@ -203,6 +236,15 @@ def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tens
             cfg.dataset, "test", cfg.data_dir, cfg.download, verify=cfg.verify_data
         )
         test_set = (to_float(raw_test), labels_test)
+        if raw.shape[1:] != raw_test.shape[1:]:
+            # The models are built for the training images' size; torch would fail deep
+            # in the first test batch (or, for convolutions, silently test on another size).
+            where = f"in --data-dir {cfg.data_dir}" if cfg.data_dir else "found"
+            raise ValueError(
+                f"--dataset {cfg.dataset}: the training images {where} are "
+                f"{_size(raw)} but the test images are {_size(raw_test)}; both splits must "
+                "have the same image size (check that the files belong together)"
+            )
     if cfg.val_size >= len(labels):
         raise ValueError(
             f"--val-size {cfg.val_size} leaves no training images ({cfg.dataset} has "
@@ -221,3 +263,7 @@ def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tens
         "val": (images[val], labels[val]),
         "test": test_set,
     }
+
+
+def _size(images: torch.Tensor) -> str:
+    return "×".join(str(n) for n in images.shape[1:])

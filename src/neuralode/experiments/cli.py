@@ -20,7 +20,7 @@ from .cnf import CNFConfig, CNFTask, summary_line
 from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
 from .latent import LatentConfig, LatentTask
 from .reproduce import ReproduceConfig, ReproduceIncomplete, reproduce
-from .training import Task, TrainingDiverged, run_training
+from .training import OutOfMemory, Task, TrainingDiverged, run_training
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (
@@ -32,7 +32,10 @@ USER_ERRORS = (
     SolverError,
     TrainingDiverged,
     ReproduceIncomplete,
+    OutOfMemory,
 )
+# The exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +107,28 @@ def run(command: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``neuralode`` script; returns the exit status."""
     tyro = require("tyro")
+    command = None
     try:
         command = tyro.cli(_commands(), args=argv, prog="neuralode")
         run(command)
     except USER_ERRORS as exc:
         print(f"neuralode: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(f"neuralode: {_interrupted(command, exc)}", file=sys.stderr)
+        return INTERRUPTED
     return 0
+
+
+def _interrupted(command: Any, exc: KeyboardInterrupt) -> str:
+    """What a Ctrl-C stopped, and how to continue (no traceback)."""
+    if isinstance(command, ReproduceConfig):
+        return (
+            "interrupted; run the same command again to continue (finished runs are reused, "
+            "the interrupted one resumes from its last checkpoint)"
+        )
+    # A TrainingInterrupted says where training was; a bare Ctrl-C came before or after.
+    return str(exc) or "interrupted"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from ..nn import (
     evaluate_kl,
     evaluate_nll,
 )
-from .config import RunOptions, check_positive, flag
+from .config import MAX_LR, RunOptions, check_positive, flag
 from .distributed import World
 from .runs import RunDir
 from .solving import GradientMethod, SolverOptions
@@ -55,6 +55,9 @@ VAL_SEED = 271_828
 TEST_SEED = 314_159
 # torchdiffeq's examples/cnf.py, for maximum likelihood: base N(0, 0.1 I), t from 0 to 10.
 ML_T1, ML_BASE_STD = 10.0, math.sqrt(0.1)
+# Planar units or layers (the paper compares up to 64): a flow of millions of layers would
+# build for hours rather than fail.
+MAX_WIDTH = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,14 +113,16 @@ class CNFConfig(SolverOptions, RunOptions):
     """Samples per evaluation batch."""
     tol: float = 1e-5
     """Relative and absolute tolerance (rtol = atol); 1e-5 as in the paper's CNF runs."""
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    device: Literal["cpu"] = "cpu"
     """Only cpu: the seeded samplers draw on the CPU, where 2-D flows also run fastest."""
 
     def __post_init__(self) -> None:
         RunOptions.__post_init__(self)
         SolverOptions.__post_init__(self)
-        check_positive(self, "width", "hidden", "iters", "iters_per_epoch", "batch_size")
-        check_positive(self, "lr", "eval_batch_size", "t1", "base_std")
+        check_positive(self, "width", maximum=MAX_WIDTH)
+        check_positive(self, "hidden", "iters", "iters_per_epoch", "batch_size")
+        check_positive(self, "eval_batch_size", "t1", "base_std", "val_size", "test_size")
+        check_positive(self, "lr", maximum=MAX_LR)
         for name in ("val_size", "test_size"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{flag(name)} must be ≥ 2 (a standard error needs two), "
@@ -221,6 +226,7 @@ class CNFTask(Task):
     """Reverse KL (``kl`` selects the checkpoint) or maximum likelihood (``nll``)."""
 
     experiment = "cnf"
+    size_flags = ("width", "hidden", "batch_size", "eval_batch_size")
 
     def __init__(self, config: CNFConfig) -> None:
         self.config = config

@@ -45,6 +45,17 @@ class World:
         Args:
             device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
         """
+        if device == "cuda" and not torch.cuda.is_available():
+            # torch's own error is an AssertionError from deep inside the first .to("cuda").
+            why = (
+                "torch was built without CUDA"
+                if torch.version.cuda is None
+                else "no GPU is visible"
+            )
+            raise ValueError(
+                f"--device cuda: CUDA is not available here ({why}; torch {torch.__version__}); "
+                "use --device cpu, or --device auto to take a GPU only when there is one"
+            )
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size == 1:
@@ -52,6 +63,12 @@ class World:
         rank = int(os.environ["RANK"])
         if use_cuda:
             local = int(os.environ.get("LOCAL_RANK", "0"))
+            if local >= torch.cuda.device_count():
+                raise ValueError(
+                    f"--device cuda: process {rank} wants GPU {local} but only "
+                    f"{torch.cuda.device_count()} are visible; start at most that many "
+                    "processes per node (torchrun --nproc-per-node)"
+                )
             torch.cuda.set_device(local)
             dev = torch.device("cuda", local)
         else:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data import IrregularSeries, make_spirals
 from ..nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
-from .config import RunOptions, check_positive
+from .config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
 from .distributed import World, unwrap
 from .runs import RunDir
 from .solving import GradientMethod, SolverOptions
@@ -36,6 +36,9 @@ Model = Literal["latent-ode", "rnn", "rnn-dt"]
 Encoder = Literal["rnn", "gru", "odernn"]
 # make_spirals' observation window: --n-obs points are drawn from its 100 grid points.
 WINDOW = 100
+# The spirals' radius is at most about 3 (make_spirals): noise or a likelihood σ far above
+# it leaves nothing to learn, and squares of values beyond about 1e19 overflow float32.
+MAX_NOISE = 1e3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +112,13 @@ class LatentConfig(SolverOptions, RunOptions):
         RunOptions.__post_init__(self)
         SolverOptions.__post_init__(self)
         check_positive(self, "spirals", "test_size", "val_size", "latent_dim", "hidden")
-        check_positive(self, "iters", "eval_every", "batch_size", "eval_batch_size", "lr")
-        check_positive(self, "obs_std", "grad_clip")
-        check_positive(self, "noise", "kl_warmup", allow_zero=True)
+        check_positive(self, "iters", "eval_every", "batch_size", "eval_batch_size")
+        check_positive(self, "lr", maximum=MAX_LR)
+        check_positive(self, "grad_clip")
+        check_positive(self, "obs_std", maximum=MAX_NOISE)
+        check_positive(self, "noise", allow_zero=True, maximum=MAX_NOISE)
+        check_positive(self, "kl_warmup", allow_zero=True)
+        check_seed(self, "data_seed")
         if not 1 <= self.n_obs <= WINDOW:
             raise ValueError(f"--n-obs must lie in [1, {WINDOW}], got {self.n_obs}")
         if self.iters % self.eval_every:
@@ -128,8 +135,11 @@ class LatentConfig(SolverOptions, RunOptions):
             )
         if self.model == "latent-ode" and self.obs_std is None and self.noise == 0:
             raise ValueError("--noise 0 needs --obs-std (the likelihood's σ must be > 0)")
-        if any(w < 1 for w in (*self.dynamics_hidden, *self.decoder_hidden)):
-            raise ValueError("--dynamics-hidden and --decoder-hidden widths must be >= 1")
+        if any(not 1 <= w <= MAX_COUNT for w in (*self.dynamics_hidden, *self.decoder_hidden)):
+            raise ValueError(
+                f"--dynamics-hidden and --decoder-hidden widths must lie in [1, {MAX_COUNT}], "
+                f"got {self.dynamics_hidden} and {self.decoder_hidden}"
+            )
 
     @property
     def epochs(self) -> int:
@@ -194,6 +204,8 @@ class LatentTask(Task):
     experiment = "latent-ode"
     select = "rmse"
     higher_is_better = False
+    size_flags = ("spirals", "hidden", "latent_dim", "dynamics_hidden", "decoder_hidden",
+                  "batch_size", "eval_batch_size")  # fmt: skip
 
     def __init__(self, config: LatentConfig) -> None:
         self.config = config

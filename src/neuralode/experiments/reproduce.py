@@ -24,7 +24,7 @@ import torch
 
 from ..data import find_image_files
 from ._extras import require
-from .config import check_positive
+from .config import MAX_THREADS, check_positive, check_seed
 from .files import NUMBERS, atomic_write_text, read_json, write_json
 from .protocols import PLANNERS, Context, Job
 from .report import render
@@ -68,7 +68,8 @@ class ReproduceConfig:
     """Run nothing: write REPORT.md from the runs finished in --out (the others show as –)."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "threads", "parallel")
+        check_positive(self, "threads", "parallel", maximum=MAX_THREADS)
+        check_seed(self, "seed")
         self.protocols()  # validates --only
 
     def protocols(self) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import math
 import os
 import platform
@@ -26,14 +27,28 @@ import torch
 from torch import nn
 
 from .._solution import SolverError, Stats
-from .config import RunOptions
+from .config import RunOptions, flag
 from .distributed import World, unwrap
 from .progress import Progress
 from .runs import BEST, RunDir, default_run_dir
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving the bad epoch."""
+    """The loss, a weight or a validation metric became NaN or infinite (or the solver failed).
+
+    The run stopped without saving the bad epoch: the last checkpoint stays as it was.
+    """
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where. ``--resume`` continues exactly.
+
+    A ``KeyboardInterrupt``, so that code which catches ``Exception`` lets it through.
+    """
+
+
+class OutOfMemory(MemoryError):
+    """The data, the model or a batch did not fit in memory; the message names the sizes."""
 
 
 Schedule = Literal["constant", "cosine"]
@@ -61,6 +76,7 @@ class Task(abc.ABC):
         higher_is_better: Direction of ``select``.
         max_grad_norm: If set, the gradient's global 2-norm is clipped to it before each
             optimiser step (after DDP's all-reduce, so every rank clips alike).
+        size_flags: Config fields that set the memory a run needs, named when it runs out.
     """
 
     experiment: str = "experiment"
@@ -68,6 +84,7 @@ class Task(abc.ABC):
     select: str = "loss"
     higher_is_better: bool = False
     max_grad_norm: float | None = None
+    size_flags: tuple[str, ...] = ()
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -146,11 +163,14 @@ def run_training(config: RunOptions, task: Task) -> dict[str, Any] | None:
     if config.threads:
         torch.set_num_threads(config.threads)
     run = RunDir(world.broadcast(config.out or default_run_dir(task.experiment)))
-    if world.is_main:
-        run.prepare(config, resume=config.resume)  # takes the folder's lock
-    world.barrier()
     try:
-        summary = fit(task, run, world, config)
+        # Data and model before the folder: a dataset, size or memory error must not leave
+        # a run folder behind that the corrected command would refuse to overwrite.
+        prepare_task(task, world, config)
+        if world.is_main:
+            run.prepare(config, resume=config.resume)
+        world.barrier()
+        summary = fit(task, run, world, config, prepared=True)
     finally:
         world.close()
         run.release()
@@ -160,25 +180,64 @@ def run_training(config: RunOptions, task: Task) -> dict[str, Any] | None:
     return summary
 
 
-def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str, Any]:
+def prepare_task(task: Task, world: World, options: RunOptions) -> None:
+    """Seed the global RNG and set ``task`` up (data, model, optimiser).
+
+    Raises:
+        OutOfMemory: The data or the model did not fit; the message names the size flags.
+    """
+    torch.manual_seed(options.seed)
+    with _failures("building the data and the model", 0, task, options):
+        task.setup(world)
+
+
+def fit(
+    task: Task, run: RunDir, world: World, options: RunOptions, *, prepared: bool = False
+) -> dict[str, Any]:
     """Train ``task`` for ``task.epochs`` epochs in ``run``, then test the best checkpoint once.
 
     Args:
         task: The experiment.
         run: Its folder (prepared by :meth:`RunDir.prepare`).
         world: This process's place among the training processes.
-        options: Seed, resume and progress settings.
+        options: Seed, resume and progress settings (the experiment's whole config).
+        prepared: :func:`prepare_task` has already been called.
 
     Returns:
         The summary also written to ``summary.json``.
 
     Raises:
-        TrainingDiverged: On a non-finite loss; the last checkpoint stays as it was.
+        TrainingDiverged: On a non-finite loss, weight or validation metric, or a solver
+            failure; the last checkpoint stays as it was.
+        TrainingInterrupted: On Ctrl-C; the last checkpoint stays as it was.
+        OutOfMemory: A batch, the data or the model did not fit.
     """
+    if not prepared:
+        prepare_task(task, world, options)
+    where = _Where()
+    try:
+        return _fit(task, run, world, options, where)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(
+            f"interrupted at {where.text}; continue with --resume (it redoes the work since "
+            "the last checkpoint, exactly)"
+        ) from None
+
+
+@dataclasses.dataclass
+class _Where:
+    """Where training is, for the message of an interruption."""
+
+    text: str = "the start of training"
+
+
+def _fit(
+    task: Task, run: RunDir, world: World, options: RunOptions, where: _Where
+) -> dict[str, Any]:
     seed, epochs = options.seed, task.epochs
     progress = options.progress and world.is_main
-    torch.manual_seed(seed)
-    task.setup(world)
     model = world.wrap(task.model)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
@@ -190,14 +249,19 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
         if task.scheduler is not None:
             run.restore(task.scheduler, state["scheduler"])
         history, best, start = state["history"], state["best"], state["epoch"]
-        if world.is_main:  # a run resumed after its last epoch would keep a stale one
+        if world.is_main:
+            # The checkpoint's history is the truth: a run killed between its last
+            # checkpoint and metrics.csv (or resumed once finished) would keep a stale table.
             run.write_metrics(history)
 
     for epoch in range(start, epochs):
         torch.manual_seed(_mix(seed, epoch, 1 + world.rank))
-        row = _train_epoch(task, model, world, epoch, epochs, progress)
-        with _solver_failures(f"epoch {epoch + 1}, validation", epoch):
+        row = _train_epoch(task, model, world, epoch, progress, options, where)
+        where.text = f"epoch {epoch + 1}, after its last step (validating and saving)"
+        with _failures(f"epoch {epoch + 1}, validation", epoch, task, options):
             val = task.evaluate(model, "val", world)
+        metrics = {f"the validation {k}": v for k, v in val.items()}
+        _check_finite(metrics, world, epoch, f"in the validation after epoch {epoch + 1}")
         row.update({f"val_{k}": v for k, v in val.items()})
         history.append(row)
         score = row[f"val_{task.select}"]
@@ -211,6 +275,7 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
             _report_epoch(row, epochs)
         world.barrier()
 
+    where.text = "the final test of the best checkpoint"
     run.restore(task.model, run.load_checkpoint(BEST)["model"], BEST)
     t0 = time.perf_counter()
     test = task.evaluate(model, "test", world)
@@ -234,32 +299,42 @@ def fit(task: Task, run: RunDir, world: World, options: RunOptions) -> dict[str,
 
 
 def _train_epoch(
-    task: Task, model: nn.Module, world: World, epoch: int, epochs: int, show: bool
-) -> dict[str, Any]:
+    task: Task, model: nn.Module, world: World, epoch: int, show: bool, options: RunOptions,
+    where: _Where,
+) -> dict[str, Any]:  # fmt: skip
     model.train()
     sums: dict[str, float] = {}
     nfe_f = nfe_b = 0
     steps = task.steps_per_epoch()
     bar = Progress(task.train_batches(epoch, world), total=steps,
-                   description=f"epoch {epoch + 1}/{epochs}", enabled=show)  # fmt: skip
+                   description=f"epoch {epoch + 1}/{task.epochs}", enabled=show)  # fmt: skip
     t0 = time.perf_counter()
-    for step, batch in enumerate(bar):
-        with _solver_failures(f"epoch {epoch + 1}, training step {step + 1} of {steps}", epoch):
-            loss, metrics = task.loss(model, batch)
-            _check_finite(loss, world, epoch, step, steps)
-            task.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        if task.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), task.max_grad_norm)
-        task.optimizer.step()
-        if task.scheduler is not None:
-            task.scheduler.step()
-        f, b = solver_work(model)
-        nfe_f, nfe_b = nfe_f + f, nfe_b + b
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + value
-        bar.show({**_means(sums), "nfe_f": f, "nfe_b": b})
-    bar.close()
+    where.text = f"epoch {epoch + 1} step 1 of {steps}"
+    try:
+        for step, batch in enumerate(bar):
+            at = f"epoch {epoch + 1}, step {step + 1} of {steps}"
+            where.text = f"epoch {epoch + 1} step {step + 1} of {steps}"
+            with _failures(f"epoch {epoch + 1}, training step {step + 1} of {steps}", epoch,
+                           task, options):  # fmt: skip
+                loss, metrics = task.loss(model, batch)
+                _check_finite({"the training loss": float(loss.detach())}, world, epoch, f"at {at}")
+                task.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if task.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), task.max_grad_norm)
+                task.optimizer.step()
+            # A finite loss can still give an infinite gradient (or a step too large for
+            # float32): the weights it leaves must not reach a checkpoint.
+            _check_finite(_bad_weight(model), world, epoch, f"after the optimiser step at {at}")
+            if task.scheduler is not None:
+                task.scheduler.step()
+            f, b = solver_work(model)
+            nfe_f, nfe_b = nfe_f + f, nfe_b + b
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.show({**_means(sums), "nfe_f": f, "nfe_b": b})
+    finally:
+        bar.close()  # also on an error, so that its message starts on a line of its own
     elapsed = time.perf_counter() - t0
     totals = world.sum({**sums, "nfe_f": nfe_f, "nfe_b": nfe_b, "steps": steps})
     per_step = world.size * max(totals["steps"], 1)
@@ -284,8 +359,12 @@ def _means(sums: Mapping[str, float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _solver_failures(where: str, epoch: int) -> Iterator[None]:
-    """Turn a solver failure into :class:`TrainingDiverged` that says where training was."""
+def _failures(where: str, epoch: int, task: Task, options: RunOptions) -> Iterator[None]:
+    """Turn solver and allocation failures into errors that say where training was.
+
+    A solver failure becomes :class:`TrainingDiverged`; an allocation failure
+    :class:`OutOfMemory`, naming the task's size flags.
+    """
     try:
         yield
     except SolverError as exc:
@@ -294,25 +373,67 @@ def _solver_failures(where: str, epoch: int) -> Iterator[None]:
             f"(last checkpoint: {_last_checkpoint(epoch)}). A lower --lr, a looser --tol or "
             "a larger --max-steps may help"
         ) from exc
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        sizes = ", ".join(
+            f"{flag(name)} {getattr(options, name)}"
+            for name in task.size_flags
+            if getattr(options, name, None) is not None
+        )
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OutOfMemory(
+            f"not enough memory at {where} ({detail}); lower the sizes"
+            + (f" ({sizes})" if sizes else "")
+            + " or free memory"
+        ) from exc
+
+
+# What torch says when an allocation fails: CUDA raises torch.OutOfMemoryError; the CPU
+# allocator a plain RuntimeError; sizes beyond int64 fail before allocating.
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "size calculation overflowed")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _ALLOCATION_FAILURES)
 
 
 def _last_checkpoint(epoch: int) -> str:
     return f"the end of epoch {epoch}" if epoch else "none (first epoch)"
 
 
-def _check_finite(loss: torch.Tensor, world: World, epoch: int, step: int, steps: int) -> None:
-    value = float(loss.detach())
-    finite = math.isfinite(value)
+def _check_finite(values: Mapping[str, float], world: World, epoch: int, where: str) -> None:
+    """Stop with :class:`TrainingDiverged` if any of ``values`` is NaN or infinite.
+
+    ``where`` completes "became nan ...", e.g. ``"at epoch 2, step 1 of 5"``.
+    """
+    bad = [(name, value) for name, value in values.items() if not math.isfinite(value)]
+    stop = bool(bad)
     # Every rank must agree to stop, or the others would wait forever in DDP's all-reduce.
     if world.size > 1:
-        finite = world.sum({"bad": 0.0 if finite else 1.0})["bad"] == 0.0
-    if not finite:
+        stop = world.sum({"bad": float(stop)})["bad"] > 0.0
+    if stop:
+        what = f"{bad[0][0]} became {bad[0][1]}" if bad else "another process diverged"
         raise TrainingDiverged(
-            f"the training loss became {value} at epoch {epoch + 1}, step {step + 1} of "
-            f"{steps}; this epoch was not saved (last checkpoint: {_last_checkpoint(epoch)}). "
-            "Try a lower --lr "
-            "or a tighter --tol, and start a new run"
+            f"{what} {where}; this epoch was not saved (last checkpoint: "
+            f"{_last_checkpoint(epoch)}). Try a lower --lr or a tighter --tol, and start a "
+            "new run"
         )
+
+
+def _bad_weight(model: nn.Module) -> dict[str, float]:
+    """``{}`` if every weight is finite (one host sync), else the first bad one's name and value."""
+    params = [p.detach() for p in model.parameters()]
+    if not params or bool(torch.stack([p.isfinite().all() for p in params]).all()):
+        return {}
+    for name, param in unwrap(model).named_parameters():
+        bad = param.detach()[~param.detach().isfinite()]
+        if bad.numel():
+            return {f"the weight {name}": float(bad[0])}
+    return {}  # pragma: no cover - the stack above found one
 
 
 def _state(task: Task, history: list[dict[str, Any]], best: dict[str, Any],
