@@ -297,3 +297,26 @@ def test_second_derivatives_with_differentiable_times_are_a_clear_error(method, 
     sol = no.solve(f, y0, ts, controller=TIGHT, adjoint=METHODS[method], batch_dims=batch_dims)
     (grad_ts,) = torch.autograd.grad(torch.sum(sol.ys**2), ts)
     assert torch.isfinite(grad_ts).all()
+
+
+@pytest.mark.slow
+def test_compiled_per_sample_solves():
+    # Checkpoint and Backsolve re-run a compile_step solve eagerly for the second
+    # derivative; Direct's compiled backward cannot be differentiated again: a clear error.
+    y0, ts, weights = problem("per_sample")
+    hvps = {}
+    for compiled in (False, True):
+        f = Field()
+        start = y0.clone().requires_grad_(True)
+        sol = no.solve(
+            f, start, ts, controller=TIGHT, adjoint=no.CheckpointAdjoint(), batch_dims=1,
+            compile_step=compiled,
+        )  # fmt: skip
+        (g,) = torch.autograd.grad(torch.sum(sol.ys**3), start, create_graph=True)
+        hvps[compiled] = torch.autograd.grad(g.sum(), (start, *f.parameters()))
+    for a, b in zip(hvps[False], hvps[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    start = y0.clone().requires_grad_(True)
+    sol = no.solve(Field(), start, ts, controller=TIGHT, batch_dims=1, compile_step=True)
+    with pytest.raises(NotImplementedError, match="adjoint=CheckpointAdjoint"):
+        torch.autograd.grad(torch.sum(sol.ys**3), start, create_graph=True)

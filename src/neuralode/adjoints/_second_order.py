@@ -16,6 +16,7 @@ differentiable (:func:`differentiable_backward`). The replaying methods answer w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,8 +50,12 @@ def forward_with_graph(
 
     The same loop on the same inputs takes the same steps, so the values are those of
     the solve without a graph. ``problem.y0`` and ``problem.f0`` are the ones the caller's
-    graph reaches (``f0`` was evaluated with grad at the boundary).
+    graph reaches (``f0`` was evaluated with grad at the boundary). A ``compile_step``
+    solve is re-run eagerly: a compiled step's backward donates its buffers and refuses
+    ``create_graph=True``; compiled and eager steps agree to rounding.
     """
+    if problem.compiled:
+        problem = dataclasses.replace(problem, compiled=False)
     with torch.enable_grad():
         return integrate(problem, solver, controller, max_steps=max_steps).ys
 
