@@ -41,6 +41,16 @@ class BacksolveAdjoint(AbstractAdjoint):
     error can be far above the tolerance. Prefer :class:`CheckpointAdjoint` (exact,
     memory ∝ steps) or :class:`DirectAdjoint` when memory allows.
 
+    Second derivatives (``create_graph=True``, e.g. Hessian-vector products): the backward
+    re-runs the forward solve with a graph (connecting the stored outputs to ``y0`` and
+    the parameters) and records the backward solve, each adjoint evaluation's partial
+    derivatives being differentiable once more. The result is the derivative of the
+    gradient this method returns: exact for a loss linear in the outputs; otherwise the
+    loss's own curvature comes back through this method's approximate first-order
+    product, so it agrees with finite differences of the backsolve gradient to within that
+    gradient's error. Memory is then ∝ steps, as for DirectAdjoint. Third derivatives
+    raise ``NotImplementedError``.
+
     Attributes:
         solver: Solver for the backward solve (the forward one by default).
         controller: Step-size control for the backward solve (the forward one by

@@ -28,6 +28,11 @@ class CheckpointAdjoint(AbstractAdjoint):
     at the cost of one extra forward evaluation of each accepted step, while memory holds
     the accepted states plus a single step's graph instead of every evaluation's
     activations.
+
+    Second derivatives (``create_graph=True``): the stored states are constants, cut from
+    ``y0`` and the parameters, so that backward re-runs the forward solve with a graph and
+    returns DirectAdjoint's gradient (equal to rounding) with every higher derivative
+    exact; it needs DirectAdjoint's memory for that backward only.
     """
 
     def solve(
