@@ -24,23 +24,42 @@ from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController, Decision, SolveStart
 from ..solvers._explicit_rk import AbstractSolver, ExplicitRK, StepResult
 from ._base import check_backward
+from ._second_order import differentiable_backward, field_vjp
 
 
 class _AdjointRows:
-    """``[f, −aᵀ∂f/∂y]`` per sample; keeps each evaluation's graph for the ``θ`` part."""
+    """``[f, −aᵀ∂f/∂y]`` per sample; keeps each evaluation for the ``θ`` part.
+
+    The first-order backward stashes each evaluation's graph (one vector-Jacobian product
+    over a step's stages then gives the ``θ`` increment). A differentiable backward
+    (``create_graph=True``) stashes each evaluation's point instead, and takes the ``θ``
+    part with :func:`field_vjp` at each stage: the partial derivative, differentiable once
+    more (see :mod:`._second_order`).
+    """
 
     def __init__(self, problem: Problem, params: list[torch.Tensor]) -> None:
         self.forward_field = problem.f
         self.params = params
-        self.stash: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.differentiable = differentiable_backward()
+        self.stash: list[tuple[Any, torch.Tensor]] = []
 
     def evaluate(self, t: torch.Tensor, y: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         """``f(t, y)`` on the flat rows with a graph reaching ``y`` and the parameters."""
         inner = self.forward_field
         return inner.structure.flatten(inner.f(t, inner.structure.unflatten(y), *args))
 
+    def at(self, t: torch.Tensor, args: tuple[torch.Tensor, ...]) -> Any:
+        """``f`` at time ``t`` with per-sample ``args``, as a function of the flat rows."""
+        return lambda y: self.evaluate(t, y, *args)
+
     def __call__(self, t: torch.Tensor, state: State, *args: torch.Tensor) -> State:
         y, a = state
+        if self.differentiable:
+            call = self.at(t, args)
+            fy, vjp_y, _ = field_vjp(call, y, a, self.params, wrt_params=False)
+            if self.params:
+                self.stash.append(((call, y), a))
+            return fy, -vjp_y
         with torch.enable_grad():
             y_var = y.detach().requires_grad_(True)
             fy = self.evaluate(t, y_var, *args)
@@ -116,27 +135,42 @@ class _ParameterQuadrature(AbstractController):
         stages = self.dynamics.stash[len(self.dynamics.stash) - (len(b) - 1) :]
         self.dynamics.stash = []
         n = y0.shape[-1] // 2
+        weight = (-self.direction * dt * accept).to(y0.dtype).unsqueeze(-1)  # (A, 1)
+        args = self.vector_field.rows_args
+        if not self.grads:
+            self.grads = [torch.zeros_like(p) for p in self.params]
+        if self.dynamics.differentiable:
+            start = ((self.dynamics.at(self.direction * tau0, args), y0[:, :n]), y0[:, n:])
+            self._accumulate_differentiable([start, *stages], b, weight)
+            return
         # Stage 0 is f(t0, y0), evaluated in an earlier step (FSAL) or an earlier call:
         # evaluate it again here with a graph rather than keep old graphs alive.
         with torch.enable_grad():
-            f0 = self.dynamics.evaluate(
-                self.direction * tau0, y0[:, :n], *self.vector_field.rows_args
-            )
+            f0 = self.dynamics.evaluate(self.direction * tau0, y0[:, :n], *args)
         self.vector_field.nfe += 1
         self.vector_field.rows += y0.shape[0]
         pairs = [(f0, y0[:, n:]), *stages]
-        weight = (-self.direction * dt * accept).to(y0.dtype).unsqueeze(-1)  # (A, 1)
         outs, cotangents = [], []
         for bi, (fy, a) in zip(b, pairs, strict=True):
             if bi != 0.0:
                 outs.append(fy)
                 cotangents.append(a * (bi * weight))
         grads = torch.autograd.grad(outs, self.params, cotangents, allow_unused=True)
-        if not self.grads:
-            self.grads = [torch.zeros_like(p) for p in self.params]
         for acc, g in zip(self.grads, grads, strict=True):
             if g is not None:
                 acc.add_(g)
+
+    def _accumulate_differentiable(
+        self, pairs: list[tuple[Any, torch.Tensor]], b: Any, weight: torch.Tensor
+    ) -> None:
+        """The ``θ`` increment as a differentiable sum of each stage's partial VJP."""
+        for bi, ((call, y), a) in zip(b, pairs, strict=True):
+            if bi == 0.0:
+                continue
+            _, _, vjps = field_vjp(call, y, a * (bi * weight), self.params)
+            self.vector_field.nfe += 1
+            self.vector_field.rows += y.shape[0]
+            self.grads = [acc + g for acc, g in zip(self.grads, vjps, strict=True)]
 
 
 def solve_adjoint_rows(

@@ -6,6 +6,11 @@ f(t_0, y_0)``, so ``dL/dt_i = ⟨g_i, f(t_i, y_i)⟩`` for each output cotangent
 App. B). Two identity functions attach these: one on ``y0`` (which sees ``λ_0``) and one on
 the outputs. They cost one evaluation of ``f`` per output time in the backward pass and
 are exact for the ODE, i.e. within the solver tolerance of the discrete solution.
+
+They are first derivatives only. A second derivative involving the times would also need
+the other gradients' dependence on ``ts`` (``∂(dL/dy_0)/∂t_i``), which the step loop,
+running on Python-float times, does not have: a backward with ``create_graph=True`` through
+these functions raises instead of returning a silently wrong Hessian.
 """
 
 from __future__ import annotations
@@ -33,6 +38,21 @@ def _row_dots(
         return (field(times, y.detach()) * g).sum(-1)
 
 
+_NO_SECOND_ORDER = (
+    "second derivatives with respect to the output times are not supported: ts requires "
+    "grad and backward ran with create_graph=True, but the time gradients are first-order "
+    "formulas (dL/dt_i = <dL/dy_i, f(t_i, y_i)>) and the other gradients do not depend "
+    "on ts differentiably. For Hessians with respect to y0 and the parameters, pass "
+    "ts.detach() (times that do not require grad)"
+)
+
+
+def _refuse_second_order() -> None:
+    # Autograd runs a backward with grad mode on exactly when create_graph=True.
+    if torch.is_grad_enabled():
+        raise NotImplementedError(_NO_SECOND_ORDER)
+
+
 def _per_sample_time_grad(dots: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
     """``(B,)`` dots onto one time column: per sample for ``(B, T)`` times, else summed."""
     return dots if ts.ndim == 2 else dots.sum()
@@ -47,6 +67,7 @@ class _InitialTime(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_y0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        _refuse_second_order()
         y0, ts = ctx.saved_tensors
         grad_ts = torch.zeros_like(ts)
         if ctx.field.structure.batched:
@@ -66,6 +87,7 @@ class _OutputTimes(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        _refuse_second_order()
         ys, ts = ctx.saved_tensors
         if ctx.field.structure.batched:  # ys: (T, B, N)
             columns = [

@@ -17,6 +17,12 @@ from ..solvers._explicit_rk import AbstractSolver
 from ._backsolve_rows import solve_adjoint_rows
 from ._base import AbstractAdjoint, check_backward, reject_dense
 from ._params import field_parameters
+from ._second_order import (
+    differentiable_backward,
+    field_vjp,
+    forward_with_graph,
+    with_derivative_of,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,16 @@ class BacksolveAdjoint(AbstractAdjoint):
     strongly damped or dissipative systems) the reconstruction drifts and the gradient
     error can be far above the tolerance. Prefer :class:`CheckpointAdjoint` (exact,
     memory ∝ steps) or :class:`DirectAdjoint` when memory allows.
+
+    Second derivatives (``create_graph=True``, e.g. Hessian-vector products): the backward
+    re-runs the forward solve with a graph (connecting the stored outputs to ``y0`` and
+    the parameters) and records the backward solve, each adjoint evaluation's partial
+    derivatives being differentiable once more. The result is the derivative of the
+    gradient this method returns: exact for a loss linear in the outputs; otherwise the
+    loss's own curvature comes back through this method's approximate first-order
+    product, so it agrees with finite differences of the backsolve gradient to within that
+    gradient's error. Memory is then ∝ steps, as for DirectAdjoint. Third derivatives
+    raise ``NotImplementedError``.
 
     Attributes:
         solver: Solver for the backward solve (the forward one by default).
@@ -68,6 +84,8 @@ class BacksolveAdjoint(AbstractAdjoint):
             solver=self.solver or solver,
             controller=self._backward_controller(problem, controller),
             max_steps=max_steps,
+            forward_solver=solver,
+            forward_controller=controller,
         )
         with torch.no_grad():
             raw = integrate(problem, solver, controller, max_steps=max_steps)
@@ -113,6 +131,8 @@ class _BackwardSetup:
     solver: AbstractSolver
     controller: AbstractController
     max_steps: int
+    forward_solver: AbstractSolver
+    forward_controller: AbstractController
     stats: Any = None
 
 
@@ -129,13 +149,25 @@ class _Backsolve(torch.autograd.Function):
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[Any, ...]:
         setup: _BackwardSetup = ctx.setup
         ys, *params = ctx.saved_tensors
+        nfe_rerun = 0
+        if differentiable_backward():
+            # The returned gradient must be differentiable (create_graph=True): the saved
+            # ys are constants, so connect them to y0 and θ through a recorded re-run of
+            # the forward solve; the backward solve below then records its own steps.
+            field = setup.problem.f
+            nfe_before = field.nfe
+            graph = forward_with_graph(
+                setup.problem, setup.forward_solver, setup.forward_controller, setup.max_steps
+            )
+            ys = with_derivative_of(ys, graph)
+            nfe_rerun = field.nfe - nfe_before
         if setup.problem.batched:
             grad_y0, grad_params, nfe = solve_adjoint_rows(
                 setup.problem, setup.solver, setup.controller, setup.max_steps, ys, grad_ys, params
             )
         else:
             grad_y0, grad_params, nfe = _solve_adjoint(setup, ys, grad_ys, params)
-        setup.stats.nfe_backward += nfe
+        setup.stats.nfe_backward += nfe + nfe_rerun
         return (None, None, grad_y0, *grad_params)
 
 
@@ -179,20 +211,14 @@ class _AugmentedField:
     def __call__(self, t: torch.Tensor, state: State) -> State:
         y, a, _ = state
         f = self.forward_problem.f
-        with torch.enable_grad():
-            y_var = y.detach().requires_grad_(True)
-            fy = f.f(t, f.structure.unflatten(y_var))
-            fy = f.structure.flatten(fy)
-            vjps = torch.autograd.grad(
-                fy, (y_var, *self.params), a, allow_unused=True, retain_graph=False
-            )
-        vjp_y = vjps[0] if vjps[0] is not None else torch.zeros_like(y)
-        vjp_params = [
-            (v if v is not None else torch.zeros_like(p)).reshape(-1)
-            for v, p in zip(vjps[1:], self.params, strict=True)
-        ]
-        g_dot = torch.cat(vjp_params) if vjp_params else y.new_zeros(0)
-        return fy.detach(), -vjp_y, -g_dot
+
+        def call(y_var: torch.Tensor) -> torch.Tensor:
+            return f.structure.flatten(f.f(t, f.structure.unflatten(y_var)))
+
+        fy, vjp_y, vjp_params = field_vjp(call, y, a, self.params)
+        flat = [v.reshape(-1) for v in vjp_params]
+        g_dot = torch.cat(flat) if flat else y.new_zeros(0)
+        return fy, -vjp_y, -g_dot
 
     def problem(self, state: tuple[torch.Tensor, ...], segment: torch.Tensor) -> Problem:
         """The backward problem from ``segment[0]`` to ``segment[1]``."""

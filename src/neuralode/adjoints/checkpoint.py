@@ -14,6 +14,7 @@ from ..controllers import AbstractController
 from ..solvers._explicit_rk import AbstractSolver
 from ._base import AbstractAdjoint, reject_dense
 from ._params import field_parameters
+from ._second_order import differentiable_backward, forward_with_graph
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class CheckpointAdjoint(AbstractAdjoint):
     at the cost of one extra forward evaluation of each accepted step, while memory holds
     the accepted states plus a single step's graph instead of every evaluation's
     activations.
+
+    Second derivatives (``create_graph=True``): the stored states are constants, cut from
+    ``y0`` and the parameters, so that backward re-runs the forward solve with a graph and
+    returns DirectAdjoint's gradient (equal to rounding) with every higher derivative
+    exact; it needs DirectAdjoint's memory for that backward only.
     """
 
     def solve(
@@ -44,7 +50,7 @@ class CheckpointAdjoint(AbstractAdjoint):
         with torch.no_grad():
             raw = integrate(problem, solver, controller, max_steps=max_steps, records=records)
         params = field_parameters(problem.f.f, problem.params, "CheckpointAdjoint")
-        setup = _Replay(problem, solver, records, raw.stats)
+        setup = _Replay(problem, solver, controller, max_steps, records, raw.stats)
         raw.ys = _Checkpointed.apply(setup, raw.ys, problem.y0, *params)
         return raw
 
@@ -53,6 +59,8 @@ class CheckpointAdjoint(AbstractAdjoint):
 class _Replay:
     problem: Problem
     solver: AbstractSolver
+    controller: AbstractController
+    max_steps: int
     records: list[Any]
     stats: Any
 
@@ -72,6 +80,10 @@ class _Checkpointed(torch.autograd.Function):
         params = list(ctx.saved_tensors)
         field = setup.problem.f
         nfe_before = field.nfe
+        if differentiable_backward():
+            grad_y0, grad_params = _backward_with_graph(setup, grad_ys, params)
+            setup.stats.nfe_backward += field.nfe - nfe_before
+            return (None, None, grad_y0, *grad_params)
         if setup.problem.batched:
             grad_y0, grad_params = _backward_rows(setup, grad_ys, params)
             setup.stats.nfe_backward += field.nfe - nfe_before
@@ -94,6 +106,25 @@ class _Checkpointed(torch.autograd.Function):
                     acc.add_(g)
         setup.stats.nfe_backward += field.nfe - nfe_before
         return (None, None, a + grad_ys[0], *grad_params)
+
+
+def _backward_with_graph(
+    setup: _Replay, grad_ys: torch.Tensor, params: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A differentiable gradient (``create_graph=True``): DirectAdjoint's, recomputed.
+
+    The stored step starts are constants, cut from ``y0`` and ``θ``, so replaying steps
+    from them cannot give the second-order terms that flow through the states. Re-running
+    the forward solve with a graph does, and the gradient through that graph is the
+    same exact gradient (up to rounding) with every higher derivative. This backward then
+    needs DirectAdjoint's memory; the first-order backward keeps the checkpointed one.
+    """
+    y0 = setup.problem.y0
+    ys = forward_with_graph(setup.problem, setup.solver, setup.controller, setup.max_steps)
+    grads = torch.autograd.grad(ys, (y0, *params), grad_ys, create_graph=True, allow_unused=True)
+    wrt = (y0, *params)
+    out = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt, strict=True)]
+    return out[0], out[1:]
 
 
 def _backward_rows(
