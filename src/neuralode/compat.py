@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from ._checks import check_state, check_whole_number
 from ._norms import rms_norm
 from ._solution import State
-from ._solve import DEFAULT_MAX_STEPS, solve
+from ._solve import DEFAULT_MAX_STEPS, check_times, solve
 from ._vector_field import Structure
 from .adjoints import BacksolveAdjoint
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
@@ -104,8 +105,27 @@ def _user_norm(
 
 def _times(value: Any, name: str) -> tuple[float, ...]:
     if isinstance(value, torch.Tensor):
+        if value.ndim > 1:
+            raise ValueError(
+                f"{name} must be 1-D times, got a tensor of shape {tuple(value.shape)}"
+            )
         return tuple(value.detach().reshape(-1).tolist())
-    return tuple(float(v) for v in value)
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a 1-D tensor or sequence of times, got {value!r}") from err
+
+
+def _stops(options: dict[str, Any], key: str, t: torch.Tensor) -> tuple[float, ...]:
+    """``options[key]`` (``step_t``/``jump_t``) restricted to the solve's interval.
+
+    torchdiffeq ignores stops outside ``[t[0], t[-1]]`` (a stop list shared by solves of
+    several intervals is normal there), while ``solve`` refuses them as a likely mistake:
+    drop them here. NaN and inf are kept, for the controller to refuse.
+    """
+    times = _times(options.get(key, ()), f"options[{key!r}]")
+    lo, hi = sorted((float(t.detach()[0]), float(t.detach()[-1])))  # t is checked (_configure)
+    return tuple(s for s in times if not math.isfinite(s) or lo <= s <= hi)
 
 
 def _solver_for(method: str | None, options: dict[str, Any]) -> AbstractSolver:
@@ -177,8 +197,8 @@ def _controller_for(
         force_dt_min="min_step" in options,
         dt_max=float(options.get("max_step", math.inf)),
         norm=norm,
-        step_ts=_times(options.get("step_t", ()), "step_t"),
-        jump_ts=_times(options.get("jump_t", ()), "jump_t"),
+        step_ts=_stops(options, "step_t", t),
+        jump_ts=_stops(options, "jump_t", t),
     )
 
 
@@ -229,11 +249,17 @@ def _configure(
     method: str | None,
     options: dict[str, Any] | None,
 ) -> tuple[AbstractSolver, AbstractController, int]:
+    # The inputs first: the options below read y0's structure and t's interval.
+    check_state(y0)
+    check_times(t)
+    if not isinstance(options, (dict, type(None))):
+        raise TypeError(f"options must be a dict (or None), got {type(options).__name__}")
     options = {} if options is None else dict(options)
     solver = _solver_for(method, options)
     _check_options(solver, options)
     controller = _controller_for(solver, func, y0, t, rtol, atol, options)
-    return solver, controller, int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
+    budget = options.get("max_num_steps", DEFAULT_MAX_STEPS)
+    return solver, controller, check_whole_number(budget, "options['max_num_steps']")
 
 
 def odeint_adjoint(
