@@ -207,8 +207,8 @@ def check_tolerances_for(dtype: torch.dtype, rtol: Any, atol: Any) -> None:
     info = torch.finfo(dtype)
     name = str(dtype).removeprefix("torch.")
     fix = (
-        f"loosen them to what {name} resolves (eps={info.eps:.3g}, e.g. rtol=1e-3, atol=1e-4 "
-        "for float16) or solve in a wider dtype (y0.float() or y0.double(), f likewise)"
+        f"loosen the tolerances to what {name} resolves (eps={info.eps:.3g}; e.g. rtol=1e-3, "
+        "atol=1e-4 for float16) or solve in a wider dtype (y0.float() or y0.double(), f too)"
     )
     low_atol = _lowest(atol)
     if low_atol < info.tiny:
