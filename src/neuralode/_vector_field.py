@@ -128,7 +128,12 @@ class VectorField:
             out = self.f(t, state)
         if version >= 0 and y._version != version:
             raise in_place_error(t)
-        check_call(out, state, t)
+        # The tensor case inline (the common one, a microsecond matters per call); tuples
+        # and every mismatch go through the full check, which names the problem.
+        if not (
+            isinstance(out, torch.Tensor) and out.dtype == state.dtype and out.shape == state.shape
+        ):
+            check_call(out, state, t)
         return self.structure.flatten(out)
 
     def first(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
