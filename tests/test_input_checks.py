@@ -9,10 +9,16 @@ coefficients were accepted; NaN stop times were ignored; and so on.
 
 from __future__ import annotations
 
+import functools
+import linecache
 import math
+import os
+import signal
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import neuralode as no
 from neuralode import PIDController, solve
@@ -336,9 +342,27 @@ def test_jacrev_over_solve_works(ts):
 
 
 def test_empty_per_sample_batch_does_not_suggest_unsqueeze(ts):
-    with pytest.raises(ValueError, match=r"empty batch \(shape \(0, 3\)\)") as info:
+    with pytest.raises(ValueError, match=r"y0 is empty \(shape \(0, 3\)\).*batch is empty") as info:
         solve(decay, torch.ones(0, 3, dtype=D), ts, batch_dims=1)
     assert "unsqueeze" not in str(info.value)
+
+
+@pytest.mark.parametrize("norm", [no.max_norm, no.rms_norm])
+@pytest.mark.parametrize("y0", [torch.ones(0, 2, dtype=D), (torch.ones(0), torch.ones(2, 0))])
+def test_an_empty_state_is_refused_not_an_internal_error(ts, y0, norm):
+    # Before: max_norm on the empty state raised inside torch ("cannot compute the inf norm").
+    with pytest.raises(ValueError, match=r"y0 is empty .*nothing to solve"):
+        solve(decay, y0, ts, controller=PIDController(norm=norm))
+
+
+def test_a_tuple_state_with_a_zero_dim_part(ts):
+    # Before: restoring a 0-d part called reshape() with no shape (a TypeError from torch).
+    y0 = (torch.tensor(1.0, dtype=D), torch.ones(2, dtype=D))
+    sol = solve(
+        lambda t, y: (-y[0], -y[1]), y0, ts, solver=no.RK4(), controller=no.ConstantStepSize(0.01)
+    )
+    assert sol.ys[0].shape == (5,)
+    assert abs(float(sol.ys[0][-1]) - math.exp(-1)) < 1e-8
 
 
 def test_complex_per_sample_says_what_to_do(ts):
@@ -426,3 +450,404 @@ def test_complex_with_backsolve_says_what_to_use():
             torch.tensor([0.0, 1.0], dtype=D),
             adjoint=no.BacksolveAdjoint(),
         )
+
+
+# --- fuzzing solve's and compat.odeint's inputs ----------------------------------------------
+#
+# Oracle: a call either succeeds with finite outputs of the documented shape, or raises one
+# of the library's typed errors (ValueError/TypeError raised by neuralode's own code, or a
+# SolverError), never an error from inside torch or Python (IndexError, AttributeError, a
+# RuntimeError from an operator, ...), and never hangs (small step budgets, and an alarm).
+
+NAN, INF = math.nan, math.inf
+FUZZ_CASES = {"n": 0}
+
+
+def _pick(draw, good, bad, mutate):
+    """A value from ``good``, or from ``good + bad`` where this argument is mutated."""
+    return draw(st.sampled_from(good + bad if mutate else good))
+
+
+def _tensor(draw, shape, dtype, values):
+    n = math.prod(shape)
+    data = [draw(st.sampled_from(values)) for _ in range(min(n, 4))] + [0.5] * max(n - 4, 0)
+    return torch.tensor(data, dtype=torch.float64).reshape(shape).to(dtype)
+
+
+_GOOD_SHAPES = [(3,), (2, 3), (1,), (4, 1, 2)]
+_BAD_SHAPES = [(), (0,), (0, 2)]
+_GOOD_DTYPES = [torch.float64, torch.float32, torch.complex128]
+_BAD_DTYPES = [torch.float16, torch.bfloat16, torch.int64, torch.bool]
+_GOOD_VALUES = [0.0, 1.0, -2.5, 0.5, 1e-3]
+_BAD_VALUES = [1e30, NAN, INF, -INF]
+
+
+def _state(draw, mutate):
+    kind = _pick(draw, ["tensor", "tensor", "tuple"], ["junk"], mutate)
+    if kind == "junk":
+        return draw(st.sampled_from([None, 1.0, [1.0, 2.0], "y0", (), (1.0,)]))
+    n = draw(st.sampled_from([1, 2])) if kind == "tuple" else 1
+    dtype = _pick(draw, _GOOD_DTYPES, _BAD_DTYPES, mutate)
+    parts = []
+    for _ in range(n):
+        shape = _pick(draw, _GOOD_SHAPES, _BAD_SHAPES, mutate)
+        part_dtype = _pick(draw, [dtype], [torch.float32], mutate and n > 1)
+        parts.append(
+            _tensor(draw, shape, part_dtype, _GOOD_VALUES + (_BAD_VALUES if mutate else []))
+        )
+    return parts[0] if kind == "tensor" else tuple(parts)
+
+
+def _times(draw, mutate):
+    kind = _pick(draw, ["increasing", "decreasing"], ["any", "junk", "2-D"], mutate)
+    if kind == "junk":
+        return draw(st.sampled_from([None, [0.0, 1.0], 1.0, torch.tensor(1.0)]))
+    n = _pick(draw, [2, 3, 4], [0, 1], mutate)
+    if kind == "any":
+        values = [draw(st.sampled_from([0.0, 0.5, 1.0, -1.0, NAN, INF, 0.5])) for _ in range(n)]
+    else:
+        steps = [draw(st.sampled_from([0.25, 0.5, 1.0, 3.0])) for _ in range(n)]
+        values = [sum(steps[:i]) * (1 if kind != "decreasing" else -1) for i in range(n)]
+    dtype = _pick(draw, [torch.float64, torch.float32], [torch.int64, torch.float16], mutate)
+    ts = torch.tensor(values, dtype=torch.float64).to(dtype)
+    return ts.expand(2, -1) if kind == "2-D" else ts
+
+
+def _each(y, fn):
+    return tuple(fn(p) for p in y) if isinstance(y, tuple) else fn(y)
+
+
+def _field(kind):
+    calls = []
+
+    def f(t, y, *args):
+        calls.append(t)
+        late = len(calls) > 2
+        if kind == "decay":
+            return _each(y, lambda p: -p)
+        if kind == "rotate":
+            return _each(y, lambda p: (p.roll(1, -1) if p.ndim else p) - 0.1 * p)
+        if kind == "grow":
+            return _each(y, lambda p: p * p + 1)  # blows up in finite time
+        if kind == "stiff":
+            return _each(y, lambda p: -1e5 * p)
+        if kind == "nan":
+            return _each(y, lambda p: p * NAN)
+        if kind == "nan_late":
+            return _each(y, lambda p: p * NAN if late else -p)
+        if kind == "shape":
+            return _each(y, lambda p: p.unsqueeze(-1))
+        if kind == "shape_late":
+            return _each(y, lambda p: p.sum() if late else -p)
+        if kind == "dtype_late":
+            return _each(y, lambda p: p.to(torch.complex64) if late else -p)
+        if kind == "inplace":
+            return _each(y, lambda p: p.mul_(1.0))
+        if kind == "inplace_late":
+            return _each(y, lambda p: p.mul_(1.0) if late else -p)
+        if kind == "tuple_for_tensor":
+            return (y, y)
+        return None
+
+    return f
+
+
+_GOOD_FIELDS = ["decay", "rotate", "grow", "stiff"]
+_BAD_FIELDS = ["nan", "nan_late", "shape", "shape_late", "dtype_late", "inplace", "inplace_late"]
+_BAD_FIELDS += ["tuple_for_tensor", "none"]
+_GOOD_TOLS = [1e-3, 1e-6, 1e-9, torch.tensor(1e-4)]
+_BAD_TOLS = [0.0, -1.0, NAN, INF, 1e-30, torch.tensor([1e-4, 0.0]), "1e-3", [1e-3, 1e-3]]
+
+
+def _controller(draw, mutate):
+    kind = _pick(draw, ["none", "pid", "pid", "constant", "stepto"], ["junk"], mutate)
+    if kind == "none":
+        return None
+    if kind == "junk":
+        return draw(st.sampled_from(["pid", 0.1, no.PIDController]))
+    if kind == "constant":
+        dt = _pick(draw, [0.1, 0.3], [0.0, -1.0, NAN, 1e-9, "0.1"], mutate)
+        return functools.partial(no.ConstantStepSize, dt)
+    if kind == "stepto":
+        good = [[0.0, 0.5, 1.0, 2.0, 4.0, 8.0], [8.0, 2.0, 0.0, -2.0, -8.0]]
+        grid = _pick(draw, good, [[0.0], [1.0, 0.0, 2.0], [0.0, NAN], [0, 10]], mutate)
+        return functools.partial(no.StepTo, grid)
+    kwargs = {}
+    pools = {
+        "rtol": (_GOOD_TOLS, _BAD_TOLS),
+        "atol": (_GOOD_TOLS, _BAD_TOLS),
+        "pcoeff": ([0.0, 0.4], [-1.0, NAN]),
+        "icoeff": ([1.0, 0.3], [0.0, 3.0]),
+        "dt0": ([None, 0.1], [0.0, NAN, 1e-300]),
+        "dt_min": ([0.0, 1e-6], [0.1, -1.0]),
+        "dt_max": ([INF, 0.5], [0.0]),
+        "norm": ([no.max_norm, lambda x: x.abs().sum()], [lambda x: x * NAN, torch.abs]),
+        "jump_ts": ([(), [0.5]], [[NAN], [10.0], torch.tensor([[0.5]])]),
+        "step_ts": ([(), [0.25]], [[-INF]]),
+        "force_dt_min": ([False, True], ["yes"]),
+    }
+    for key, (good, bad) in pools.items():
+        if draw(st.integers(0, 3)) == 0:
+            kwargs[key] = _pick(draw, good, bad, mutate)
+    return functools.partial(no.PIDController, **kwargs)
+
+
+@st.composite
+def _solve_calls(draw):
+    # Mostly valid calls with a few arguments mutated, so the search reaches the solve
+    # itself as well as each boundary check.
+    mutate = set(draw(st.lists(st.sampled_from(["y0", "ts", "f", "ctrl", "other"]), max_size=2)))
+    kwargs = {}
+    if draw(st.integers(0, 3)) == 0:
+        solvers = [no.Dopri5(), no.Tsit5(), no.Bosh3(), no.RK4(), no.Euler()]
+        kwargs["solver"] = _pick(draw, solvers, [1, no.Dopri5], "other" in mutate)
+    controller = _controller(draw, "ctrl" in mutate)
+    if controller is not None:
+        kwargs["controller"] = controller
+    other = "other" in mutate
+    kwargs["max_steps"] = _pick(draw, [50, 300, 300, 3.0], [1.5, 0, "10", True], other)
+    pools = {
+        "batch_dims": ([0, 1, 1], [2, True]),
+        "dense": ([False, True], []),
+        "throw": ([True, False], []),
+        "adjoint": ([no.DirectAdjoint(), no.CheckpointAdjoint()], [no.BacksolveAdjoint(), "x"]),
+        "args": ([()], [(torch.ones(2),), 1.0]),
+    }
+    for key, (good, bad) in pools.items():
+        if draw(st.integers(0, 2)) == 0:
+            kwargs[key] = _pick(draw, good, bad, other)
+    y0 = _state(draw, "y0" in mutate)
+    ts = _times(draw, "ts" in mutate)
+    return y0, ts, _pick(draw, _GOOD_FIELDS, _BAD_FIELDS, "f" in mutate), kwargs
+
+
+_GOOD_OPTIONS = {
+    "first_step": [0.1, None],
+    "max_num_steps": [50, 300, 3.0],
+    "step_t": [[0.5], torch.tensor([0.25])],
+    "jump_t": [torch.tensor([0.5]), [10.0]],
+    # compat passes a norm the state's own structure (torchdiffeq's convention).
+    "norm": [lambda y: max(p.abs().max() for p in (y if isinstance(y, tuple) else (y,)))],
+    "min_step": [1e-6],
+    "max_step": [0.5],
+    "safety": [0.8],
+    "ifactor": [5.0],
+    "dfactor": [0.3],
+    "step_size": [0.1, 0.25],
+    "grid_constructor": [lambda f, y0, t: torch.linspace(float(t[0]), float(t[-1]), 9)],
+    "perturb": [False],
+    "interp": ["linear", "cubic"],
+}
+_BAD_OPTION_VALUES = [0, -1, NAN, INF, 2.7, "x", torch.tensor([NAN]), torch.ones(2, 2), True]
+
+
+@st.composite
+def _odeint_calls(draw):
+    mutate = set(draw(st.lists(st.sampled_from(["y0", "t", "f", "options", "other"]), max_size=2)))
+    method = _pick(
+        draw, [None, "dopri5", "rk4", "euler", "bosh3", "dopri8"], ["adams", 3], "other" in mutate
+    )
+    options = {"max_num_steps": 300}
+    for key in draw(st.lists(st.sampled_from(sorted(_GOOD_OPTIONS) + ["bogus"]), max_size=2)):
+        good = _GOOD_OPTIONS.get(key, [None])
+        options[key] = _pick(draw, good, _BAD_OPTION_VALUES, "options" in mutate)
+    kwargs = dict(
+        rtol=_pick(draw, _GOOD_TOLS, _BAD_TOLS, "other" in mutate),
+        atol=_pick(draw, _GOOD_TOLS, _BAD_TOLS, "other" in mutate),
+        method=method,
+        options=_pick(draw, [options], [None, "opts"], "other" in mutate),
+    )
+    y0 = _state(draw, "y0" in mutate)
+    t = _times(draw, "t" in mutate)
+    return y0, t, _pick(draw, _GOOD_FIELDS, _BAD_FIELDS, "f" in mutate), kwargs
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang("a fuzz case ran for more than 20 s")
+
+
+def _ours(err: BaseException) -> bool:
+    """Whether ``err`` comes from a ``raise`` statement in neuralode's own code.
+
+    Not from inside torch or Python, nor from a builtin failing inside neuralode (a
+    ``float(x)`` that raises "could not convert string to float" is no message of ours).
+    """
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    filename = tb.tb_frame.f_code.co_filename
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    return f"neuralode{os.sep}" in filename and line.startswith("raise ")
+
+
+def _run_case(call):
+    FUZZ_CASES["n"] += 1
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(20)
+    try:
+        result = call()
+    except no.SolverError:
+        return None
+    except (ValueError, TypeError) as err:
+        assert _ours(err), f"{type(err).__name__} from outside neuralode: {err}"
+        assert len(str(err)) > 20, f"an unhelpful message: {err!r}"
+        return None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    return result
+
+
+def _check_success(ys, y0, ts):
+    parts = ys if isinstance(ys, tuple) else (ys,)
+    y0_parts = y0 if isinstance(y0, tuple) else (y0,)
+    for part, p0 in zip(parts, y0_parts, strict=True):
+        assert part.shape == (ts.shape[-1], *p0.shape)
+        assert part.dtype == p0.dtype
+        assert torch.equal(part[0], p0), "the output at t0 is not y0"
+
+
+def _fuzz_solve(case):
+    y0, ts, kind, kwargs = case
+    kwargs = dict(kwargs)
+    if callable(kwargs.get("controller")) and not isinstance(kwargs["controller"], type):
+        make = kwargs["controller"]
+        try:
+            kwargs["controller"] = make()
+        except (ValueError, TypeError) as err:
+            assert _ours(err), f"{type(err).__name__} from outside neuralode: {err}"
+            return
+    sol = _run_case(lambda: solve(_field(kind), y0, ts, **kwargs))
+    if sol is None:
+        return
+    _check_success(sol.ys, y0, ts)
+    if sol.success:
+        parts = sol.ys if isinstance(sol.ys, tuple) else (sol.ys,)
+        assert all(bool(torch.isfinite(p).all()) for p in parts), "success with non-finite ys"
+        # These misbehave at the first call (at t0); an empty state leaves nothing to
+        # misbehave, and a single output time needs no step (its output is y0 itself).
+        trivial = sum(p.numel() for p in parts) == 0 or ts.shape[-1] == 1
+        assert trivial or kind not in ("nan", "shape", "inplace", "tuple_for_tensor", "none")
+        assert kind != "dtype_late" or sol.ys[-1].dtype == y0.dtype
+
+
+def _fuzz_odeint(case):
+    y0, ts, kind, kwargs = case
+    ys = _run_case(lambda: odeint(_field(kind), y0, ts, **kwargs))
+    if ys is not None:
+        _check_success(ys, y0, ts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_solve_calls())
+def test_fuzz_solve_inputs(case):
+    _fuzz_solve(case)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_odeint_calls())
+def test_fuzz_odeint_inputs(case):
+    _fuzz_odeint(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=6000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_solve_calls())
+def test_fuzz_solve_inputs_long(case):
+    _fuzz_solve(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_odeint_calls())
+def test_fuzz_odeint_inputs_long(case):
+    _fuzz_odeint(case)
+
+
+# --- findings of the fuzz campaign -------------------------------------------------------------
+
+
+def test_a_success_never_returns_non_finite_outputs():
+    # Found by fuzzing: a fixed step through the singularity of y' = y² + 1 ends on a finite
+    # y1 whose f(t1, y1) overflows; Dopri5's interpolant uses that stage, so the outputs
+    # inside the step were -inf while the solve reported SUCCESS.
+    y0 = torch.tensor([0.0, -2.5])
+    ts = torch.tensor([0.0, -0.25, -0.75, -1.75], dtype=D)
+    grid = no.StepTo([8.0, 2.0, 0.0, -2.0, -8.0])
+    with pytest.raises(no.SolverError, match=r"output inside the last step is not finite"):
+        solve(lambda t, y: y * y + 1, y0, ts, controller=grid)
+    sol = solve(lambda t, y: y * y + 1, y0, ts, controller=grid, throw=False)
+    assert sol.status is no.Status.NONFINITE
+
+
+def test_a_per_sample_success_with_non_finite_outputs_fails_that_sample():
+    from neuralode._loop import RawSolution
+    from neuralode._solve import _fail_nonfinite_outputs
+
+    ys = torch.zeros(3, 4, 2)
+    ys[1, 2, 0] = math.inf
+    raw = RawSolution(
+        ys=ys,
+        stats=no.Stats(),
+        status=no.Status.SUCCESS,
+        t_last=torch.ones(4),
+        y_last=ys[-1],
+        dt_last=0.1,
+        sample_status=(no.Status.SUCCESS,) * 4,
+    )
+    _fail_nonfinite_outputs(None, raw)
+    assert raw.status is no.Status.NONFINITE
+    assert [s is no.Status.SUCCESS for s in raw.sample_status] == [True, True, False, True]
+
+
+def test_a_huge_float32_state_is_a_solver_error_not_a_zero_division():
+    # Found by fuzzing: |f0|/atol overflowed float32, the first-step guess became 0 and a
+    # Python float division by it raised ZeroDivisionError.
+    y0 = torch.tensor([0.0, 1e30, 1e-3])
+    with pytest.raises(no.SolverError, match=r"step size fell below"):
+        solve(lambda t, y: y.roll(1, -1) - 0.1 * y, y0, torch.tensor([0.0, 1.0]))
+
+
+def test_args_of_the_wrong_type(ts):
+    with pytest.raises(TypeError, match=r"args must be a tensor or a tuple of tensors"):
+        solve(decay, torch.ones(2, 2, dtype=D), ts, batch_dims=1, args=1.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(safety="x"), r"options\['safety'\] must be a number, got 'x'"),
+        (dict(dfactor=torch.ones(2)), r"options\['dfactor'\] must be a number"),
+        (dict(norm="rms"), r"options\['norm'\] must be a function"),
+        (dict(dfactor=2.0), r"factor_min.*dfactor → factor_min"),
+        (dict(min_step=math.nan), r"dt_min must be a finite number.*min_step → dt_min"),
+    ],
+)
+def test_compat_adaptive_options_of_the_wrong_type(ts, options, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        odeint(decay, torch.ones(2, dtype=D), ts, options=options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(step_size="0.1"), r"options\['step_size'\] must be a number"),
+        (dict(grid_constructor=3), r"options\['grid_constructor'\] must be a function"),
+        (dict(perturb=torch.ones(2)), r"options\['perturb'\] must be True or False"),
+    ],
+)
+def test_compat_fixed_step_options_of_the_wrong_type(ts, options, message):
+    with pytest.raises(TypeError, match=message):
+        odeint(decay, torch.ones(2, dtype=D), ts, method="rk4", options=options)
+
+
+def test_compat_treats_none_options_as_absent(ts):
+    y0 = torch.ones(2, dtype=D)
+    options = dict(safety=None, first_step=None, min_step=None, max_step=None)
+    assert torch.equal(odeint(decay, y0, ts, options=options), odeint(decay, y0, ts))

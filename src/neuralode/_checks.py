@@ -70,6 +70,12 @@ def check_state(y0: object, *, complex_ok: bool = True) -> tuple[torch.Tensor, .
                 f"all parts of y0 must share a dtype and device: y0[0] is {parts[0].dtype} on "
                 f"{parts[0].device}, {name} is {part.dtype} on {part.device}"
             )
+    if not any(part.numel() for part in parts):
+        shapes = [tuple(part.shape) for part in parts]
+        raise ValueError(
+            f"y0 is empty (shape {shapes[0] if len(shapes) == 1 else shapes}): there is nothing "
+            "to solve; skip the call when the batch is empty"
+        )
     return parts
 
 

@@ -19,7 +19,7 @@ from ._loop import RawSolution
 from ._norms import max_norm, rms_norm
 from ._problem import Problem
 from ._sample_problem import make_sample_problem
-from ._solution import Solution, State
+from ._solution import Solution, State, Status
 from ._vector_field import Structure, UserField, VectorField, private_copy
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, DirectAdjoint
 from .adjoints._time import attach_initial_time, attach_output_times
@@ -106,6 +106,11 @@ def solve(
         raise ValueError(
             "compile_step=True needs batch_dims=1: the joint mode keeps its clock as Python "
             "floats (one host sync per step), which would recompile every step"
+        )
+    if not isinstance(args, (torch.Tensor, tuple, list)):
+        raise TypeError(
+            "args must be a tensor or a tuple of tensors with one row per sample (batch_dims=1), "
+            f"got {type(args).__name__}"
         )
     if batch_dims:
         problem = make_sample_problem(f, y0, ts, params, args, compiled=compile_step)
@@ -262,6 +267,7 @@ def make_problem(
 
 def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
     """Unflatten the loop's result and raise on failure when asked to."""
+    _fail_nonfinite_outputs(problem, raw)
     error = raw.error()
     if error is not None and throw:
         raise error
@@ -279,3 +285,36 @@ def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
         dense=raw.dense,
         sample_status=raw.sample_status,
     )
+
+
+def _fail_nonfinite_outputs(problem: Problem, raw: RawSolution) -> None:
+    """Turn a success whose outputs are not all finite into a ``NONFINITE`` failure.
+
+    Every accepted state is finite, but an output inside a step is the step's interpolant,
+    which may use a stage the step's own checks never saw: the last stage of a fixed step
+    (``y1`` is finite, ``f(t1, y1)`` overflowed), or ``f(t1, y1)`` evaluated for a Hermite
+    interpolant after the step was accepted. Such an output is a numerical failure, never
+    an answer (one reduction over the outputs and one host sync per solve).
+    """
+    with torch.no_grad():
+        finite = torch.isfinite(raw.ys).reshape(*raw.ys.shape[:2], -1).all(-1).all(0)
+    detail = (
+        "an output inside the last step is not finite (the step's interpolant used a "
+        "non-finite stage, e.g. f(t1, y1) overflowed): reduce the step size or tighten "
+        "the tolerances"
+    )
+    if raw.sample_status is None:
+        if raw.status is Status.SUCCESS and not bool(finite.all()):
+            bad = int((~torch.isfinite(raw.ys).reshape(raw.ys.shape[0], -1).all(-1)).nonzero()[0])
+            raw.status, raw.detail = Status.NONFINITE, f"{detail} (ts[{bad}])"
+        return
+    statuses = list(raw.sample_status)
+    bad_rows = (~finite).nonzero().reshape(-1).tolist() if not bool(finite.all()) else []
+    changed = False
+    for b in bad_rows:
+        if statuses[b] is Status.SUCCESS:
+            statuses[b], changed = Status.NONFINITE, True
+    if changed:
+        raw.sample_status = tuple(statuses)
+        raw.status = next(s for s in statuses if s is not Status.SUCCESS)
+        raw.detail = detail

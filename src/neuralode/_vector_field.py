@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -59,10 +60,11 @@ class Structure:
         if not self.is_tuple:
             if not self.batched or len(self.shapes[0]) == 1:
                 return v
-            return v.reshape(*v.shape[:-1], *self.shapes[0])
+            return v.reshape((*v.shape[:-1], *self.shapes[0]))
         lead = v.shape[:-1]
         parts = torch.split(v, self.sizes, dim=-1)
-        return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
+        # A shape tuple, not unpacked arguments: a 0-d part has no dims to unpack.
+        return tuple(p.reshape((*lead, *s)) for p, s in zip(parts, self.shapes, strict=True))
 
 
 class VectorField:
@@ -117,7 +119,7 @@ class VectorField:
         # under torch.compile (counting off), where the counter is not traceable; the
         # uncompiled first evaluation at t0 has checked the same f.
         version = _version(y) if self.counting else -1
-        state = self.structure.unflatten(y)
+        state: Any = self.structure.unflatten(y)  # a tensor, or a tuple (checked below)
         if isinstance(t, torch.Tensor):
             if self.counting:
                 self.rows += y.shape[0]
