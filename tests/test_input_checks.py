@@ -68,6 +68,20 @@ def test_in_place_write_into_y_is_an_error_and_y0_is_untouched(ts, f, adjoint):
     assert y0.tolist() == [1.0, 2.0]
 
 
+@pytest.mark.parametrize("needs_grad", ["y0", "ts", "tuple"])
+def test_in_place_write_when_autograd_refuses_it_first(ts, needs_grad):
+    # With y0 or ts needing grad, y reaches f as a view that autograd forbids writing into;
+    # its "view ... modified inplace" RuntimeError is now the same clear error.
+    y0 = torch.ones(2, dtype=D, requires_grad=needs_grad == "y0")
+    f = _inplace_mul
+    if needs_grad == "tuple":
+        y0 = (torch.ones(2, dtype=D, requires_grad=True), torch.ones(2, dtype=D))
+        f = _inplace_tuple_part
+    ts = ts.clone().requires_grad_(needs_grad == "ts")
+    with pytest.raises(ValueError, match=r"modified its input y in place"):
+        solve(f, y0, ts)
+
+
 def test_in_place_error_names_the_time(ts):
     with pytest.raises(ValueError, match=r"in place \(at t=0\.\d+"):
         solve(_inplace_after_t0, torch.ones(2, dtype=D), ts)
@@ -618,7 +632,14 @@ def _solve_calls(draw):
             kwargs[key] = _pick(draw, good, bad, other)
     y0 = _state(draw, "y0" in mutate)
     ts = _times(draw, "ts" in mutate)
-    return y0, ts, _pick(draw, _GOOD_FIELDS, _BAD_FIELDS, "f" in mutate), kwargs
+    per_sample = kwargs.get("batch_dims") == 1 and isinstance(y0, torch.Tensor) and y0.ndim
+    if per_sample and isinstance(ts, torch.Tensor) and ts.ndim == 1 and draw(st.booleans()):
+        # Per-sample output times, one row per sample, each shifted by its own offset.
+        shift = torch.arange(y0.shape[0], dtype=ts.dtype).unsqueeze(-1) * 0.5
+        ts = ts + (shift if ts.is_floating_point() else shift.long())
+    # Differentiate a successful solve (w.r.t. y0, and ts when it asks for it).
+    grad = draw(st.sampled_from([False, False, "y0", "ts"]))
+    return y0, ts, _pick(draw, _GOOD_FIELDS, _BAD_FIELDS, "f" in mutate), kwargs, grad
 
 
 _GOOD_OPTIONS = {
@@ -714,8 +735,16 @@ def _check_success(ys, y0, ts):
 
 
 def _fuzz_solve(case):
-    y0, ts, kind, kwargs = case
+    y0, ts, kind, kwargs, grad = case
     kwargs = dict(kwargs)
+    if (
+        grad == "y0"
+        and isinstance(y0, torch.Tensor)
+        and (y0.is_floating_point() or y0.is_complex())
+    ):
+        y0 = y0.clone().requires_grad_()
+    if grad == "ts" and isinstance(ts, torch.Tensor) and ts.is_floating_point():
+        ts = ts.clone().requires_grad_()
     if callable(kwargs.get("controller")) and not isinstance(kwargs["controller"], type):
         make = kwargs["controller"]
         try:
@@ -735,6 +764,10 @@ def _fuzz_solve(case):
         trivial = sum(p.numel() for p in parts) == 0 or ts.shape[-1] == 1
         assert trivial or kind not in ("nan", "shape", "inplace", "tuple_for_tensor", "none")
         assert kind != "dtype_late" or sol.ys[-1].dtype == y0.dtype
+        inputs = [x for x in (y0, ts) if isinstance(x, torch.Tensor) and x.requires_grad]
+        if inputs and grad:
+            loss = sum(p.abs().sum() for p in parts)
+            _run_case(lambda: torch.autograd.grad(loss, inputs, allow_unused=True))
 
 
 def _fuzz_odeint(case):

@@ -124,10 +124,10 @@ class VectorField:
             if self.counting:
                 self.rows += y.shape[0]
             t = t if t.dtype == self.t_dtype else t.to(self.t_dtype)
-            out = self.f(t, state, *self.rows_args)
+            out = self._call(t, state, self.rows_args)
         else:
             t = self.time(t)
-            out = self.f(t, state)
+            out = self._call(t, state, ())
         if version >= 0 and y._version != version:
             raise in_place_error(t)
         # The tensor case inline (the common one, a microsecond matters per call); tuples
@@ -138,11 +138,21 @@ class VectorField:
             check_call(out, state, t)
         return self.structure.flatten(out)
 
+    def _call(self, t: torch.Tensor, state: Any, args: tuple[torch.Tensor, ...]) -> Any:
+        try:
+            return self.f(t, state, *args)
+        except RuntimeError as err:
+            # When y needs grad, autograd itself refuses some writes into y (a view made by
+            # a custom Function or by split): the same mistake, so the same message.
+            if "in-place operation" in str(err) or "modified inplace" in str(err):
+                raise in_place_error(t) from err
+            raise
+
     def first(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The boundary evaluation ``f(t0, y0)``: counted, and checked in full (device too)."""
         version = _version(y)
         state = self.structure.unflatten(y)
-        out = self.f(t, state, *self.rows_args)
+        out = self._call(t, state, self.rows_args)
         self.nfe += 1
         if self.structure.batched:
             self.rows += y.shape[0]
