@@ -122,15 +122,28 @@ def solve(
     else:
         problem = make_problem(f, y0, ts, params)
     _check_controller_for(problem, controller)
-    if problem.y0.is_complex() and isinstance(adjoint, BacksolveAdjoint):
+    if problem.y0.is_complex():
+        _check_complex(problem, adjoint)
+    raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
+    raw.ys = attach_output_times(problem, raw.ys)
+    return finish(problem, raw, throw=throw)
+
+
+def _check_complex(problem: Problem, adjoint: AbstractAdjoint) -> None:
+    """The gradient paths that do not handle a complex state yet (they would be wrong)."""
+    if isinstance(adjoint, BacksolveAdjoint):
         raise TypeError(
             "BacksolveAdjoint does not support complex states yet (its adjoint state mixes "
             "complex y with real parameter gradients): use DirectAdjoint() or "
             "CheckpointAdjoint(), which are exact, or solve torch.view_as_real(y0)"
         )
-    raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
-    raw.ys = attach_output_times(problem, raw.ys)
-    return finish(problem, raw, throw=throw)
+    if problem.ts.requires_grad:
+        # dL/dt_i = Re<g_i, f(t_i, y_i)> needs the conjugate of the complex cotangent,
+        # which the output-time gradients do not take yet: they would be silently wrong.
+        raise TypeError(
+            "gradients with respect to ts are not supported for complex states yet: pass "
+            "ts.detach(), or solve torch.view_as_real(y0) (a real state) to get them"
+        )
 
 
 def _default_controller(solver: AbstractSolver) -> AbstractController:
