@@ -82,6 +82,17 @@ def test_in_place_write_when_autograd_refuses_it_first(ts, needs_grad):
         solve(f, y0, ts)
 
 
+@pytest.mark.parametrize("batch_dims", [0, 1])
+def test_in_place_write_under_inference_mode(ts, batch_dims):
+    # Inference tensors keep no version counter: the first call compares with y0 instead.
+    y0 = torch.ones(3, 2, dtype=D)
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"in place"):
+        solve(_inplace_mul, y0, ts, batch_dims=batch_dims)
+    assert bool((y0 == 1).all())
+    with torch.inference_mode():
+        assert solve(decay, y0, ts, batch_dims=batch_dims).success
+
+
 def test_in_place_error_names_the_time(ts):
     with pytest.raises(ValueError, match=r"in place \(at t=0\.\d+"):
         solve(_inplace_after_t0, torch.ones(2, dtype=D), ts)

@@ -101,7 +101,7 @@ def make_sample_problem(
     field.args = _check_args(args, batch)
     field.select(None)
     y0_flat = attach_initial_time(field, ts, private_copy(structure, y0))
-    f0 = field.first((direction * taus[:, 0]).to(ts.dtype), y0_flat)
+    f0 = field.first((direction * taus[:, 0]).to(ts.dtype), y0_flat, y0)
     return Problem(
         f=field,
         y0=y0_flat,

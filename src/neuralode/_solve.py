@@ -263,7 +263,7 @@ def make_problem(
     field = VectorField(f, structure, ts.dtype, parts[0].device)
     # Every use of y0 downstream, f0 included, must go through the t0-gradient hook.
     y0_flat = attach_initial_time(field, ts, private_copy(structure, y0))
-    f0 = field.first(field.time(values[0]), y0_flat)
+    f0 = field.first(field.time(values[0]), y0_flat, y0)
     direction = 1.0 if len(values) == 1 or values[-1] > values[0] else -1.0
     taus = tuple(direction * t for t in values)
     return Problem(

@@ -148,8 +148,14 @@ class VectorField:
                 raise in_place_error(t) from err
             raise
 
-    def first(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The boundary evaluation ``f(t0, y0)``: counted, and checked in full (device too)."""
+    def first(self, t: torch.Tensor, y: torch.Tensor, y0: State) -> torch.Tensor:
+        """The boundary evaluation ``f(t0, y0)``: counted, and checked in full (device too).
+
+        ``y`` is the private copy of the caller's ``y0``. Under ``torch.inference_mode``
+        tensors keep no version counter, so this one call compares ``y`` with ``y0``
+        instead (one host sync per solve, in that mode only): an ``f`` that always writes
+        into ``y`` is caught there too; later calls are not checked in that mode.
+        """
         version = _version(y)
         state = self.structure.unflatten(y)
         out = self._call(t, state, self.rows_args)
@@ -157,6 +163,8 @@ class VectorField:
         if self.structure.batched:
             self.rows += y.shape[0]
         if version >= 0 and y._version != version:
+            raise in_place_error(t)
+        if version < 0 and not torch.equal(y, self.structure.flatten(y0)):
             raise in_place_error(t)
         check_field_output(out, state, t)
         return self.structure.flatten(out)
