@@ -246,7 +246,7 @@ def test_step_to_grid_not_covering_the_output_times(y0, ts):
         solve(decay, y0, ts, solver=Euler(), controller=StepTo([0.0, 0.5]))
 
 
-@pytest.mark.parametrize("max_steps", [0, -1, 1.5, 10.0, True, "10", None])
+@pytest.mark.parametrize("max_steps", [0, -1, 1.5, 0.0, math.inf, math.nan, True, "10", None])
 def test_bad_max_steps(y0, ts, max_steps):
     with pytest.raises(
         ValueError, match=re.escape(f"max_steps must be a positive integer, got {max_steps!r}")
@@ -334,7 +334,9 @@ def test_compat_event_fn_not_supported(y0, ts):
 
 
 def test_compat_bad_max_num_steps(y0, ts):
-    with pytest.raises(ValueError, match=r"max_steps must be a positive integer, got 0"):
+    with pytest.raises(
+        ValueError, match=r"options\['max_num_steps'\] must be a positive integer, got 0"
+    ):
         odeint(decay, y0, ts, options={"max_num_steps": 0})
 
 

@@ -1,15 +1,46 @@
-"""Boundary checks on the state and on the vector field's first output."""
+"""Boundary checks on the inputs of a solve, and the per-call checks on the vector field."""
 
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
 import torch
+from torch._C._functorch import is_batchedtensor
 
-from ._solution import State
-from ._vector_field import Structure
+from ._norms import rows_norm
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+
+_VMAP = (
+    "torch.func.vmap over solve is not supported: the step loop makes data-dependent "
+    "decisions (accept/reject, step size) that vmap cannot batch. For a batch of "
+    "independent problems, stack them along a leading dim and use solve(..., batch_dims=1) "
+    "(per-sample mode: each sample gets its own steps); for Jacobians use torch.func.jacrev "
+    "or torch.autograd.functional.jacobian, which work"
+)
 
 
-def check_state(y0: object) -> tuple[torch.Tensor, ...]:
-    """The parts of ``y0`` (a tensor or tuple), checked: floating, finite, one dtype/device."""
+def check_tensor_input(x: torch.Tensor, name: str) -> None:
+    """Refuse tensors a solve cannot compute with: meta tensors and ``vmap``'s batched ones."""
+    if x.is_meta:
+        raise TypeError(
+            f"{name} is a meta tensor (shape {tuple(x.shape)}, no data): a solve needs real "
+            "values to choose its steps; create it on a real device (e.g. device='cpu'), or "
+            "materialise the module with module.to_empty(device=...) and initialise it"
+        )
+    if is_batchedtensor(x):
+        raise TypeError(f"{name}: {_VMAP}")
+
+
+def check_state(y0: object, *, complex_ok: bool = True) -> tuple[torch.Tensor, ...]:
+    """The parts of ``y0`` (a tensor or tuple), checked: float or complex, finite, one dtype/device.
+
+    Complex states are solved as they are (error norms on ``|·|``, time stays real);
+    ``complex_ok=False`` (the per-sample mode) refuses them with the workaround.
+    """
     parts = (y0,) if isinstance(y0, torch.Tensor) else y0
     if not isinstance(parts, tuple) or not parts:
         raise TypeError(
@@ -19,9 +50,17 @@ def check_state(y0: object) -> tuple[torch.Tensor, ...]:
         name = "y0" if isinstance(y0, torch.Tensor) else f"y0[{i}]"
         if not isinstance(part, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(part).__name__}")
-        if not part.is_floating_point():
+        check_tensor_input(part, name)
+        if part.is_complex() and not complex_ok:
             raise TypeError(
-                f"{name} must be floating point, got dtype {part.dtype}; convert with .float()"
+                f"{name} is complex ({part.dtype}), which batch_dims=1 does not support yet: "
+                "solve it with batch_dims=0, or split it into real and imaginary parts with "
+                "torch.view_as_real(y0) (and the same for f's output)"
+            )
+        if not (part.is_floating_point() or part.is_complex()):
+            raise TypeError(
+                f"{name} must be floating point (or complex), got dtype {part.dtype}; "
+                "convert with .float() or .double()"
             )
         if not bool(torch.isfinite(part).all()):
             bad = torch.nonzero(~torch.isfinite(part))[:5].tolist()
@@ -31,35 +70,208 @@ def check_state(y0: object) -> tuple[torch.Tensor, ...]:
                 f"all parts of y0 must share a dtype and device: y0[0] is {parts[0].dtype} on "
                 f"{parts[0].device}, {name} is {part.dtype} on {part.device}"
             )
+    if not any(part.numel() for part in parts):
+        shapes = [tuple(part.shape) for part in parts]
+        raise ValueError(
+            f"y0 is empty (shape {shapes[0] if len(shapes) == 1 else shapes}): there is nothing "
+            "to solve; skip the call when the batch is empty"
+        )
     return parts
 
 
-def check_field_output(out: object, y0: State) -> None:
-    """Check that ``f(t0, y0)`` has ``y0``'s structure, shapes and dtypes."""
-    expected = Structure.of(y0)
-    if isinstance(y0, torch.Tensor):
-        got = out if isinstance(out, torch.Tensor) else None
-        if got is None:
-            raise TypeError(f"f(t, y) must return a tensor like y0, got {type(out).__name__}")
-        pairs = [("f(t, y)", got, y0)]
-    else:
-        if not isinstance(out, (tuple, list)) or len(out) != len(expected.shapes):
+def _where(t: Any) -> str:
+    """`` at t=...`` for an error message (``t`` a float, a 0-d or a per-row tensor)."""
+    if t is None:
+        return ""
+    if isinstance(t, torch.Tensor):
+        if t.is_meta or is_batchedtensor(t):
+            return ""
+        values = t.detach().reshape(-1).tolist()
+        shown = f"{values[0]:.6g}" if len(values) == 1 else f"{[round(v, 6) for v in values[:4]]}"
+        return f" (at t={shown}{'...' if len(values) > 4 else ''})"
+    return f" (at t={t:.6g})"
+
+
+def check_field_output(out: object, y: State, t: Any = None) -> None:
+    """Check that ``f(t, y)`` returned ``y``'s structure, shapes and dtypes (device too).
+
+    The full check, run on the first evaluation at ``t0``; every later evaluation runs
+    :func:`check_call`, which comes here only when something is wrong.
+    """
+    where = _where(t)
+    if isinstance(y, torch.Tensor):
+        if not isinstance(out, torch.Tensor):
             raise TypeError(
-                f"f(t, y) must return a tuple of {len(expected.shapes)} tensors like y0, "
-                f"got {type(out).__name__}"
+                f"f(t, y) must return a tensor like y0, got {type(out).__name__}{where}"
             )
-        pairs = [(f"f(t, y)[{i}]", o, y) for i, (o, y) in enumerate(zip(out, y0, strict=False))]
+        pairs = [("f(t, y)", out, y)]
+    else:
+        if not isinstance(out, (tuple, list)) or len(out) != len(y):
+            raise TypeError(
+                f"f(t, y) must return a tuple of {len(y)} tensors like y0, "
+                f"got {type(out).__name__}{where}"
+            )
+        pairs = [(f"f(t, y)[{i}]", o, p) for i, (o, p) in enumerate(zip(out, y, strict=True))]
     for name, got, want in pairs:
         if not isinstance(got, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(got).__name__}")
+            raise TypeError(f"{name} must be a tensor, got {type(got).__name__}{where}")
+        if is_batchedtensor(got):
+            raise TypeError(f"f(t, y) returned a vmap-batched tensor: {_VMAP}")
         if got.shape != want.shape:
             raise ValueError(
                 f"{name} returned shape {tuple(got.shape)} but the state has shape "
-                f"{tuple(want.shape)}; the vector field must return dy/dt with y's shape "
-                "(no broadcasting)"
+                f"{tuple(want.shape)}{where}; the vector field must return dy/dt with y's "
+                "shape (no broadcasting)"
             )
         if got.dtype != want.dtype:
             raise TypeError(
-                f"{name} returned dtype {got.dtype} but the state is {want.dtype}; cast the "
-                "output (or y0) so both match"
+                f"{name} returned dtype {got.dtype} but the state is {want.dtype}{where}; cast "
+                "the output (or y0) so both match"
             )
+        if got.device != want.device:
+            raise TypeError(
+                f"{name} returned a tensor on {got.device} but the state is on "
+                f"{want.device}{where}; create the output on y.device"
+            )
+
+
+def check_call(out: object, y: State, t: Any) -> None:
+    """The cheap check of every evaluation: structure, shape and dtype metadata, no sync.
+
+    A wrong dtype at ``t > t0`` would silently promote the whole solution (float32 state,
+    float64 output), and a wrong but broadcastable shape would fail deep inside the
+    interpolation: both are the user's field, so say so at the call that did it.
+    """
+    if isinstance(y, torch.Tensor):
+        if isinstance(out, torch.Tensor) and out.shape == y.shape and out.dtype == y.dtype:
+            return
+    elif isinstance(out, (tuple, list)) and len(out) == len(y):
+        ok = True
+        for o, p in zip(out, y, strict=True):
+            if not (isinstance(o, torch.Tensor) and o.shape == p.shape and o.dtype == p.dtype):
+                ok = False
+                break
+        if ok:
+            return
+    check_field_output(out, y, t)
+
+
+def in_place_error(t: Any) -> ValueError:
+    """The error for a vector field that wrote into the ``y`` it was given."""
+    return ValueError(
+        "the vector field modified its input y in place"
+        f"{_where(t)} (e.g. y *= 2, y.add_(...), y[0] = ..., or an in-place activation on y): "
+        "the solver reuses y, so the solution would be silently wrong. Compute a new tensor "
+        "instead (y = y * 2, torch.relu(y) rather than torch.relu_(y) / nn.ReLU(inplace=True)), "
+        "or work on y.clone()"
+    )
+
+
+def check_whole_number(value: object, name: str) -> int:
+    """A positive whole number (``3`` or ``3.0``); refuse ``2.7``, ``True`` and non-numbers.
+
+    Integral floats are accepted because budgets are often written ``1e4`` or read from a
+    JSON config; truncating ``2.7`` to ``2`` would silently change the budget, so it is an
+    error (one rule for ``solve(max_steps=)`` and ``compat``'s ``max_num_steps``).
+    """
+    number: int | None = None
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                number = int(value)
+    if number is None or number < 1:
+        raise ValueError(
+            f"{name} must be a positive integer, got {value!r}; e.g. {name}=10000 "
+            "(a step budget is a whole number: 1e4 is fine, 2.7 is not)"
+        )
+    return number
+
+
+def _lowest(value: Any) -> float:
+    """The smallest value of a float or per-component tolerance (one sync for tensors)."""
+    if isinstance(value, (tuple, list)):
+        return min(_lowest(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().min()) if value.numel() else math.inf
+    return float(value)
+
+
+def check_tolerances_for(dtype: torch.dtype, rtol: Any, atol: Any) -> None:
+    """Refuse tolerances the state's floating-point type cannot represent.
+
+    Error control divides by ``scale = atol + rtol·|y|`` in the state's dtype. When
+    ``atol`` is below the dtype's smallest normal number it rounds to zero (float16:
+    1e-8 does) and ``y / scale`` overflows wherever ``y`` is small, and when ``1/rtol``
+    exceeds the largest finite number (float16: 65504) ``|y| / scale`` overflows for
+    every ``y``: either way the solve reports a non-finite value that is not the field's.
+    And below ``rtol = eps²`` the error estimate is rounding noise of size ``eps·dt·|f|``,
+    so accepted steps shrink to ``dt ≲ rtol/eps < eps`` and ``y + dt·f`` rounds back to
+    ``y``: the solution stagnates while every step "succeeds".
+    """
+    info = torch.finfo(dtype)
+    name = str(dtype).removeprefix("torch.")
+    fix = (
+        f"loosen the tolerances to what {name} resolves (eps={info.eps:.3g}; e.g. rtol=1e-3, "
+        "atol=1e-4 for float16) or solve in a wider dtype (y0.float() or y0.double(), f too)"
+    )
+    low_atol = _lowest(atol)
+    if low_atol < info.tiny:
+        raise ValueError(
+            f"atol={low_atol:.3g} is below the smallest normal {name} number "
+            f"({info.tiny:.3g}): it rounds to zero in the state's dtype and the scaled error "
+            f"overflows; {fix}"
+        )
+    low_rtol = _lowest(rtol)
+    if low_rtol * info.max < 1.0 or low_rtol < info.eps**2:
+        floor = max(1.0 / info.max, info.eps**2)
+        raise ValueError(
+            f"rtol={low_rtol:.3g} is below what {name} can resolve (at least {floor:.3g} "
+            f"for {name}): the scaled error overflows or the steps stop moving y; {fix}"
+        )
+
+
+def check_norm(norm: Any, y0: torch.Tensor, per_sample: bool) -> None:
+    """Probe a user error norm once on the (finite) initial state, at the boundary.
+
+    A norm that returns NaN would otherwise reject every step as if the vector field had
+    produced NaN, and a norm that is not a scalar (or, per-sample, not row-wise mappable by
+    ``torch.vmap``) would fail inside the controller.
+    """
+    probe = y0.detach()
+    try:
+        value = rows_norm(norm)(probe) if per_sample else norm(probe)
+    except RuntimeError as err:
+        if not per_sample or "vmap" not in str(err):
+            raise
+        raise TypeError(
+            "the error norm must work on one sample's flat state and be mappable by "
+            "torch.vmap with batch_dims=1 (no .item(), no Python control flow on values): "
+            f"{err}"
+        ) from err
+    value = torch.as_tensor(value)
+    want = (probe.shape[0],) if per_sample else ()
+    if value.shape != want and not (not per_sample and value.numel() == 1):
+        raise TypeError(
+            f"the error norm must return one number per {'sample' if per_sample else 'state'}, "
+            f"got a tensor of shape {tuple(value.shape)} (expected {want}); reduce over the "
+            "state, e.g. norm=lambda x: x.abs().max()"
+        )
+    if value.is_complex() or not bool((torch.isfinite(value) & (value >= 0)).all()):
+        raise ValueError(
+            f"the error norm returned {value.detach().reshape(-1)[:4].tolist()} for the "
+            "(finite) initial state: it must return a finite non-negative real number; fix "
+            "the norm (e.g. guard divisions by zero), or leave norm at its default rms_norm"
+        )
+
+
+def check_stops(values: Sequence[float], name: str, lo: float, hi: float) -> None:
+    """Refuse ``step_ts``/``jump_ts`` outside the solve's interval: they would be ignored."""
+    outside = [t for t in values if not lo <= t <= hi]
+    if outside:
+        raise ValueError(
+            f"{name}={outside[:5]} lie outside the solve's interval [{lo:.6g}, {hi:.6g}] and "
+            "would be ignored (times in other units?); pass only times inside ts' range, or "
+            "build the controller for each interval"
+        )

@@ -408,7 +408,9 @@ def _flat_tolerance(value: object, problem: Problem) -> torch.Tensor | float:
         _broadcast_tolerance(p, torch.Size((*lead, *s)))
         for p, s in zip(parts, structure.shapes, strict=True)
     )
-    return structure.flatten(full if structure.is_tuple else full[0]).to(problem.y0)
+    # Real even for a complex state: the scale atol + rtol·|y| is real (y.real: y if real).
+    y0 = problem.y0
+    return structure.flatten(full if structure.is_tuple else full[0]).to(y0.device, y0.real.dtype)
 
 
 def _broadcast_tolerance(part: object, shape: torch.Size) -> torch.Tensor:

@@ -6,20 +6,25 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_field_output, check_state
+from ._checks import check_state, check_tensor_input
 from ._problem import Problem
 from ._solution import State
-from ._vector_field import Structure, UserField, VectorField
+from ._vector_field import Structure, UserField, VectorField, private_copy
 from .adjoints._time import attach_initial_time
 
 
 def _batch_size(parts: tuple[torch.Tensor, ...], y0: State) -> int:
     for i, part in enumerate(parts):
         name = "y0" if isinstance(y0, torch.Tensor) else f"y0[{i}]"
-        if part.ndim < 1 or part.shape[0] < 1:
+        if part.ndim < 1:
             raise ValueError(
-                f"batch_dims=1 needs the samples along the first dim of {name}, got shape "
-                f"{tuple(part.shape)}; add one with y0.unsqueeze(0)"
+                f"batch_dims=1 needs the samples along the first dim of {name}, got a 0-d "
+                "tensor; add one with y0.unsqueeze(0)"
+            )
+        if part.shape[0] < 1:
+            raise ValueError(
+                f"{name} has an empty batch (shape {tuple(part.shape)}) with batch_dims=1: "
+                "there is no sample to solve; skip the call when the batch is empty"
             )
         if part.shape[0] != parts[0].shape[0]:
             raise ValueError(
@@ -40,6 +45,7 @@ def check_sample_times(ts: object, batch: int) -> tuple[torch.Tensor, float]:
             "ts must be a floating torch.Tensor of output times, shape (T,) or (B, T) with "
             f"batch_dims=1, got {ts.dtype if isinstance(ts, torch.Tensor) else type(ts).__name__}"
         )
+    check_tensor_input(ts, "ts")
     if ts.ndim not in (1, 2) or ts.shape[-1] < 1 or (ts.ndim == 2 and ts.shape[0] != batch):
         raise ValueError(
             f"ts must have shape (T,) or (B, T) = ({batch}, T) with batch_dims=1 and a batch "
@@ -87,23 +93,19 @@ def make_sample_problem(
     """:func:`neuralode._solve.make_problem` for ``batch_dims=1``."""
     if not callable(f):
         raise TypeError(f"f must be callable as f(t, y), got {type(f).__name__}")
-    parts = check_state(y0)
+    parts = check_state(y0, complex_ok=False)
     batch = _batch_size(parts, y0)
     taus, direction = check_sample_times(ts, batch)
     structure = Structure.of(y0, batched=True)
     field = VectorField(f, structure, ts.dtype, parts[0].device)
     field.args = _check_args(args, batch)
     field.select(None)
-    y0_flat = attach_initial_time(field, ts, structure.flatten(y0))
-    t0 = (direction * taus[:, 0]).to(ts.dtype)
-    out = f(t0, structure.unflatten(y0_flat), *field.args)
-    field.nfe += 1
-    field.rows += batch
-    check_field_output(out, y0)
+    y0_flat = attach_initial_time(field, ts, private_copy(structure, y0))
+    f0 = field.first((direction * taus[:, 0]).to(ts.dtype), y0_flat, y0)
     return Problem(
         f=field,
         y0=y0_flat,
-        f0=structure.flatten(out),
+        f0=f0,
         ts=ts,
         taus=(),
         direction=direction,

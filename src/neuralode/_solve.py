@@ -7,13 +7,21 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_field_output, check_state
+from ._checks import (
+    check_norm,
+    check_state,
+    check_stops,
+    check_tensor_input,
+    check_tolerances_for,
+    check_whole_number,
+)
 from ._loop import RawSolution
+from ._norms import max_norm, rms_norm
 from ._problem import Problem
 from ._sample_problem import make_sample_problem
-from ._solution import Solution, State
-from ._vector_field import Structure, UserField, VectorField
-from .adjoints import AbstractAdjoint, DirectAdjoint
+from ._solution import Solution, State, Status
+from ._vector_field import Structure, UserField, VectorField, private_copy
+from .adjoints import AbstractAdjoint, BacksolveAdjoint, DirectAdjoint
 from .adjoints._time import attach_initial_time, attach_output_times
 from .controllers import AbstractController, PIDController
 from .solvers import AbstractSolver, Dopri5
@@ -43,6 +51,9 @@ def solve(
         f: The vector field ``f(t, y)``: ``t`` a 0-d tensor, ``y`` shaped like ``y0``;
             returns a tensor (or tuple) of ``y0``'s shape and dtype.
         y0: Initial state at ``ts[0]``: a floating tensor of any shape, or a tuple of them.
+            Complex states are solved as they are (time stays real, error control on
+            ``|·|``) in joint mode, with ``DirectAdjoint`` or ``CheckpointAdjoint``.
+            ``f`` must not write into the ``y`` it receives (``y *= 2``): that is an error.
         ts: Output times, a 1-D floating tensor, strictly increasing or strictly decreasing
             (reverse-time solve). ``ts[0]`` is the initial time.
         solver: The method; ``Dopri5()`` by default.
@@ -52,7 +63,8 @@ def solve(
             default), ``BacksolveAdjoint()`` (the paper's O(1)-memory adjoint) or
             ``CheckpointAdjoint()`` (exact, memory ∝ steps). Gradients reach ``y0``, the
             parameters of ``f`` and, if ``ts.requires_grad``, the output times.
-        max_steps: Total budget of attempted steps over the whole solve.
+        max_steps: Total budget of attempted steps over the whole solve (a whole number;
+            ``1e4`` is accepted, ``2.5`` is an error).
         dense: Also return a dense interpolant (``Solution.dense``) over the interval.
         throw: Raise :class:`SolverError` on failure (default). With ``throw=False`` the
             solution carries the failing ``status``, NaN in every output it did not reach,
@@ -88,12 +100,17 @@ def solve(
         )
     controller = _default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
-    _check_config(solver, controller, adjoint, max_steps)
+    max_steps = _check_config(solver, controller, adjoint, max_steps)
     _check_batch_dims(batch_dims, controller)
     if compile_step and not batch_dims:
         raise ValueError(
             "compile_step=True needs batch_dims=1: the joint mode keeps its clock as Python "
             "floats (one host sync per step), which would recompile every step"
+        )
+    if not isinstance(args, (torch.Tensor, tuple, list)):
+        raise TypeError(
+            "args must be a tensor or a tuple of tensors with one row per sample (batch_dims=1), "
+            f"got {type(args).__name__}"
         )
     if batch_dims:
         problem = make_sample_problem(f, y0, ts, params, args, compiled=compile_step)
@@ -104,9 +121,29 @@ def solve(
         )
     else:
         problem = make_problem(f, y0, ts, params)
+    _check_controller_for(problem, controller)
+    if problem.y0.is_complex():
+        _check_complex(problem, adjoint)
     raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
     raw.ys = attach_output_times(problem, raw.ys)
     return finish(problem, raw, throw=throw)
+
+
+def _check_complex(problem: Problem, adjoint: AbstractAdjoint) -> None:
+    """The gradient paths that do not handle a complex state yet (they would be wrong)."""
+    if isinstance(adjoint, BacksolveAdjoint):
+        raise TypeError(
+            "BacksolveAdjoint does not support complex states yet (its adjoint state mixes "
+            "complex y with real parameter gradients): use DirectAdjoint() or "
+            "CheckpointAdjoint(), which are exact, or solve torch.view_as_real(y0)"
+        )
+    if problem.ts.requires_grad:
+        # dL/dt_i = Re<g_i, f(t_i, y_i)> needs the conjugate of the complex cotangent,
+        # which the output-time gradients do not take yet: they would be silently wrong.
+        raise TypeError(
+            "gradients with respect to ts are not supported for complex states yet: pass "
+            "ts.detach(), or solve torch.view_as_real(y0) (a real state) to get them"
+        )
 
 
 def _default_controller(solver: AbstractSolver) -> AbstractController:
@@ -121,7 +158,7 @@ def _default_controller(solver: AbstractSolver) -> AbstractController:
 
 def _check_config(
     solver: AbstractSolver, controller: object, adjoint: object, max_steps: object
-) -> None:
+) -> int:
     if not isinstance(controller, AbstractController):
         raise TypeError(
             "controller must be a neuralode controller such as PIDController(rtol=1e-6, "
@@ -135,8 +172,26 @@ def _check_config(
             f"{type(solver).__name__} has none: use ConstantStepSize(dt=...) or an adaptive "
             "solver such as Dopri5()"
         )
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    return check_whole_number(max_steps, "max_steps")
+
+
+def _check_controller_for(problem: Problem, controller: AbstractController) -> None:
+    """What a controller's settings mean for this problem: its dtype, interval and norm."""
+    if problem.batched:
+        assert problem.sample_taus is not None
+        lo, hi = float(problem.sample_taus.min()), float(problem.sample_taus.max())
+    else:
+        lo, hi = problem.taus[0], problem.taus[-1]
+    lo, hi = sorted((problem.direction * lo, problem.direction * hi))
+    step_ts, jump_ts = controller.stops()
+    check_stops(step_ts, "step_ts", lo, hi)
+    check_stops(jump_ts, "jump_ts", lo, hi)
+    if not controller.adaptive:
+        return
+    check_tolerances_for(problem.y0.dtype, *controller.tolerances())
+    norm = getattr(controller, "norm", rms_norm)
+    if norm is not rms_norm and norm is not max_norm:
+        check_norm(norm, problem.y0, problem.batched)
 
 
 def _check_batch_dims(batch_dims: object, controller: AbstractController) -> None:
@@ -160,12 +215,13 @@ def _check_batch_dims(batch_dims: object, controller: AbstractController) -> Non
         )
 
 
-def _check_times(ts: object) -> list[float]:
+def check_times(ts: object) -> list[float]:
     if not isinstance(ts, torch.Tensor):
         raise TypeError(
             f"ts must be a 1-D floating torch.Tensor of output times, got {type(ts).__name__}; "
             "e.g. ts=torch.linspace(0.0, 1.0, 11)"
         )
+    check_tensor_input(ts, "ts")
     if not ts.is_floating_point():
         raise TypeError(
             f"ts must be floating point, got dtype {ts.dtype} (values {ts.tolist()[:5]}...); "
@@ -201,21 +257,19 @@ def make_problem(
     """Validate the inputs at the boundary and build the flat :class:`Problem`."""
     if not callable(f):
         raise TypeError(f"f must be callable as f(t, y), got {type(f).__name__}")
-    values = _check_times(ts)
+    values = check_times(ts)
     parts = check_state(y0)
     structure = Structure.of(y0)
     field = VectorField(f, structure, ts.dtype, parts[0].device)
     # Every use of y0 downstream, f0 included, must go through the t0-gradient hook.
-    y0_flat = attach_initial_time(field, ts, structure.flatten(y0))
-    out = f(field.time(values[0]), structure.unflatten(y0_flat))
-    field.nfe += 1
-    check_field_output(out, y0)
+    y0_flat = attach_initial_time(field, ts, private_copy(structure, y0))
+    f0 = field.first(field.time(values[0]), y0_flat, y0)
     direction = 1.0 if len(values) == 1 or values[-1] > values[0] else -1.0
     taus = tuple(direction * t for t in values)
     return Problem(
         f=field,
         y0=y0_flat,
-        f0=structure.flatten(out),
+        f0=f0,
         ts=ts,
         taus=taus,
         direction=direction,
@@ -226,6 +280,7 @@ def make_problem(
 
 def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
     """Unflatten the loop's result and raise on failure when asked to."""
+    _fail_nonfinite_outputs(problem, raw)
     error = raw.error()
     if error is not None and throw:
         raise error
@@ -243,3 +298,36 @@ def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:
         dense=raw.dense,
         sample_status=raw.sample_status,
     )
+
+
+def _fail_nonfinite_outputs(problem: Problem, raw: RawSolution) -> None:
+    """Turn a success whose outputs are not all finite into a ``NONFINITE`` failure.
+
+    Every accepted state is finite, but an output inside a step is the step's interpolant,
+    which may use a stage the step's own checks never saw: the last stage of a fixed step
+    (``y1`` is finite, ``f(t1, y1)`` overflowed), or ``f(t1, y1)`` evaluated for a Hermite
+    interpolant after the step was accepted. Such an output is a numerical failure, never
+    an answer (one reduction over the outputs and one host sync per solve).
+    """
+    with torch.no_grad():
+        finite = torch.isfinite(raw.ys).reshape(*raw.ys.shape[:2], -1).all(-1).all(0)
+    detail = (
+        "an output inside the last step is not finite (the step's interpolant used a "
+        "non-finite stage, e.g. f(t1, y1) overflowed): reduce the step size or tighten "
+        "the tolerances"
+    )
+    if raw.sample_status is None:
+        if raw.status is Status.SUCCESS and not bool(finite.all()):
+            bad = int((~torch.isfinite(raw.ys).reshape(raw.ys.shape[0], -1).all(-1)).nonzero()[0])
+            raw.status, raw.detail = Status.NONFINITE, f"{detail} (ts[{bad}])"
+        return
+    statuses = list(raw.sample_status)
+    bad_rows = (~finite).nonzero().reshape(-1).tolist() if not bool(finite.all()) else []
+    changed = False
+    for b in bad_rows:
+        if statuses[b] is Status.SUCCESS:
+            statuses[b], changed = Status.NONFINITE, True
+    if changed:
+        raw.sample_status = tuple(statuses)
+        raw.status = next(s for s in statuses if s is not Status.SUCCESS)
+        raw.detail = detail

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from ._checks import check_call, check_field_output, in_place_error
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
 UserField = Callable[[torch.Tensor, State], State]
@@ -57,18 +60,21 @@ class Structure:
         if not self.is_tuple:
             if not self.batched or len(self.shapes[0]) == 1:
                 return v
-            return v.reshape(*v.shape[:-1], *self.shapes[0])
+            return v.reshape((*v.shape[:-1], *self.shapes[0]))
         lead = v.shape[:-1]
         parts = torch.split(v, self.sizes, dim=-1)
-        return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
+        # A shape tuple, not unpacked arguments: a 0-d part has no dims to unpack.
+        return tuple(p.reshape((*lead, *s)) for p, s in zip(parts, self.shapes, strict=True))
 
 
 class VectorField:
     """``f(t, y)`` on the flat state, with ``t`` a Python float; counts evaluations.
 
     The user's function receives ``t`` as a 0-d tensor of the output times' dtype and ``y``
-    in its own structure. Shape and dtype are checked once, at the boundary
-    (:func:`neuralode.solve`), not on every call. In per-sample mode ``t`` is a tensor
+    in its own structure. The first evaluation is checked in full at the boundary
+    (:func:`neuralode.solve`); every evaluation checks the output's shape and dtype
+    metadata and that ``f`` did not write into ``y`` (its version counter), which costs no
+    host sync (about a microsecond). In per-sample mode ``t`` is a tensor
     with one time per row of ``y``; ``rows`` counts the rows evaluated, the per-sample
     mode's measure of work, and ``args`` are per-sample tensors passed on as
     ``f(t, y, *args)``, restricted to the samples in the batch by :meth:`select`.
@@ -108,11 +114,75 @@ class VectorField:
         """Evaluate ``f`` at time ``t`` (a float, or one time per row) on the flat ``y``."""
         if self.counting:
             self.nfe += 1
+        # Views share their base's version counter, so this sees writes into any part of
+        # a tuple state too. Inference tensors keep no counter (-1: not checked). Skipped
+        # under torch.compile (counting off), where the counter is not traceable; the
+        # uncompiled first evaluation at t0 has checked the same f.
+        version = _version(y) if self.counting else -1
+        state: Any = self.structure.unflatten(y)  # a tensor, or a tuple (checked below)
         if isinstance(t, torch.Tensor):
             if self.counting:
                 self.rows += y.shape[0]
             t = t if t.dtype == self.t_dtype else t.to(self.t_dtype)
-            out = self.f(t, self.structure.unflatten(y), *self.rows_args)
+            out = self._call(t, state, self.rows_args)
         else:
-            out = self.f(self.time(t), self.structure.unflatten(y))
+            t = self.time(t)
+            out = self._call(t, state, ())
+        if version >= 0 and y._version != version:
+            raise in_place_error(t)
+        # The tensor case inline (the common one, a microsecond matters per call); tuples
+        # and every mismatch go through the full check, which names the problem.
+        if not (
+            isinstance(out, torch.Tensor) and out.dtype == state.dtype and out.shape == state.shape
+        ):
+            check_call(out, state, t)
         return self.structure.flatten(out)
+
+    def _call(self, t: torch.Tensor, state: Any, args: tuple[torch.Tensor, ...]) -> Any:
+        try:
+            return self.f(t, state, *args)
+        except RuntimeError as err:
+            # When y needs grad, autograd itself refuses some writes into y (a view made by
+            # a custom Function or by split): the same mistake, so the same message.
+            if "in-place operation" in str(err) or "modified inplace" in str(err):
+                raise in_place_error(t) from err
+            raise
+
+    def first(self, t: torch.Tensor, y: torch.Tensor, y0: State) -> torch.Tensor:
+        """The boundary evaluation ``f(t0, y0)``: counted, and checked in full (device too).
+
+        ``y`` is the private copy of the caller's ``y0``. Under ``torch.inference_mode``
+        tensors keep no version counter, so this one call compares ``y`` with ``y0``
+        instead (one host sync per solve, in that mode only): an ``f`` that always writes
+        into ``y`` is caught there too; later calls are not checked in that mode.
+        """
+        version = _version(y)
+        state = self.structure.unflatten(y)
+        out = self._call(t, state, self.rows_args)
+        self.nfe += 1
+        if self.structure.batched:
+            self.rows += y.shape[0]
+        if version >= 0 and y._version != version:
+            raise in_place_error(t)
+        if version < 0 and not torch.equal(y, self.structure.flatten(y0)):
+            raise in_place_error(t)
+        check_field_output(out, state, t)
+        return self.structure.flatten(out)
+
+
+def private_copy(structure: Structure, y0: State) -> torch.Tensor:
+    """The solver's tensor for ``y0``, never sharing memory with the caller's tensors.
+
+    A tuple is concatenated (a copy already); a tensor state would otherwise be used as
+    it is, and a vector field that wrote into ``y`` would write into the caller's ``y0``
+    before the in-place check could stop it. One copy per solve (differentiable).
+    """
+    flat = structure.flatten(y0)
+    return flat.clone() if isinstance(y0, torch.Tensor) else flat
+
+
+def _version(y: torch.Tensor) -> int:
+    try:
+        return y._version
+    except RuntimeError:  # an inference tensor (torch.inference_mode) has no version counter
+        return -1

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from ._checks import check_state, check_whole_number
 from ._norms import rms_norm
 from ._solution import State
-from ._solve import DEFAULT_MAX_STEPS, solve
+from ._solve import DEFAULT_MAX_STEPS, check_times, solve
 from ._vector_field import Structure
 from .adjoints import BacksolveAdjoint
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
@@ -104,8 +105,27 @@ def _user_norm(
 
 def _times(value: Any, name: str) -> tuple[float, ...]:
     if isinstance(value, torch.Tensor):
+        if value.ndim > 1:
+            raise ValueError(
+                f"{name} must be 1-D times, got a tensor of shape {tuple(value.shape)}"
+            )
         return tuple(value.detach().reshape(-1).tolist())
-    return tuple(float(v) for v in value)
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a 1-D tensor or sequence of times, got {value!r}") from err
+
+
+def _stops(options: dict[str, Any], key: str, t: torch.Tensor) -> tuple[float, ...]:
+    """``options[key]`` (``step_t``/``jump_t``) restricted to the solve's interval.
+
+    torchdiffeq ignores stops outside ``[t[0], t[-1]]`` (a stop list shared by solves of
+    several intervals is normal there), while ``solve`` refuses them as a likely mistake:
+    drop them here. NaN and inf are kept, for the controller to refuse.
+    """
+    times = _times(options.get(key, ()), f"options[{key!r}]")
+    lo, hi = sorted((float(t.detach()[0]), float(t.detach()[-1])))  # t is checked (_configure)
+    return tuple(s for s in times if not math.isfinite(s) or lo <= s <= hi)
 
 
 def _solver_for(method: str | None, options: dict[str, Any]) -> AbstractSolver:
@@ -133,7 +153,10 @@ def _check_options(solver: AbstractSolver, options: dict[str, Any]) -> None:
             f"unknown option(s) {unknown} for the {kind} method {type(solver).__name__}; "
             f"valid options are {sorted(allowed)}"
         )
-    if options.get("perturb"):
+    perturb = options.get("perturb")
+    if perturb is not None and not isinstance(perturb, bool):
+        raise TypeError(f"options['perturb'] must be True or False, got {perturb!r}")
+    if perturb:
         raise ValueError(
             "options['perturb']=True is not supported; mark discontinuities with an "
             "adaptive method and options={'jump_t': ...} instead"
@@ -150,36 +173,75 @@ def _controller_for(
     options: dict[str, Any],
 ) -> AbstractController:
     if not solver.adaptive:
-        if options.get("step_size") is not None and options.get("grid_constructor") is not None:
+        step_size = _optional_number(options, "step_size")
+        grid_constructor = options.get("grid_constructor")
+        if step_size is not None and grid_constructor is not None:
             raise ValueError("give options['step_size'] or options['grid_constructor'], not both")
-        if options.get("step_size") is not None:
-            return ConstantStepSize(float(options["step_size"]))
-        if options.get("grid_constructor") is not None:
-            grid = options["grid_constructor"](func, y0, t)
-            return StepTo(_times(grid, "grid_constructor"))
+        if step_size is not None:
+            return ConstantStepSize(step_size)
+        if grid_constructor is not None:
+            if not callable(grid_constructor):
+                raise TypeError(
+                    "options['grid_constructor'] must be a function (func, y0, t) -> grid, got "
+                    f"{type(grid_constructor).__name__}"
+                )
+            return StepTo(_times(grid_constructor(func, y0, t), "grid_constructor"))
         # torchdiffeq's default grid: step from output time to output time.
         return StepTo(_times(t, "t"))
     structure = Structure.of(y0)
     if options.get("norm") is not None:
+        if not callable(options["norm"]):
+            raise TypeError(
+                f"options['norm'] must be a function of the state, got {options['norm']!r}"
+            )
         norm = _user_norm(options["norm"], structure)
     elif structure.is_tuple:
         norm = _mixed_norm(structure)
     else:
         norm = rms_norm
-    return PIDController(
-        rtol=rtol,
-        atol=atol,
-        safety=float(options.get("safety", 0.9)),
-        factor_min=float(options.get("dfactor", 0.2)),
-        factor_max=float(options.get("ifactor", 10.0)),
-        dt0=None if options.get("first_step") is None else float(options["first_step"]),
-        dt_min=float(options.get("min_step", 0.0)),
-        force_dt_min="min_step" in options,
-        dt_max=float(options.get("max_step", math.inf)),
-        norm=norm,
-        step_ts=_times(options.get("step_t", ()), "step_t"),
-        jump_ts=_times(options.get("jump_t", ()), "jump_t"),
-    )
+    try:
+        return PIDController(
+            rtol=rtol,
+            atol=atol,
+            safety=_number(options, "safety", 0.9),
+            factor_min=_number(options, "dfactor", 0.2),
+            factor_max=_number(options, "ifactor", 10.0),
+            dt0=_optional_number(options, "first_step"),
+            dt_min=_number(options, "min_step", 0.0),
+            force_dt_min=options.get("min_step") is not None,
+            dt_max=_number(options, "max_step", math.inf),
+            norm=norm,
+            step_ts=_stops(options, "step_t", t),
+            jump_ts=_stops(options, "jump_t", t),
+        )
+    except ValueError as err:
+        # PIDController names its own fields; say which torchdiffeq option each one is.
+        raise ValueError(f"{err} ({_OPTION_NAMES})") from err
+
+
+# torchdiffeq's option names for PIDController's fields, for error messages.
+_OPTION_NAMES = (
+    "options map to: first_step → dt0, min_step → dt_min, max_step → dt_max, dfactor → "
+    "factor_min, ifactor → factor_max, step_t → step_ts, jump_t → jump_ts"
+)
+
+
+def _number(options: dict[str, Any], key: str, default: float) -> float:
+    """``options[key]`` as a float; ``default`` when absent or None."""
+    value = _optional_number(options, key)
+    return default if value is None else value
+
+
+def _optional_number(options: dict[str, Any], key: str) -> float | None:
+    """``options[key]`` as a float (a number or a one-element tensor), or None if absent."""
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"options[{key!r}] must be a number, got {value!r}")
+    return float(value)
 
 
 def odeint(
@@ -229,11 +291,17 @@ def _configure(
     method: str | None,
     options: dict[str, Any] | None,
 ) -> tuple[AbstractSolver, AbstractController, int]:
+    # The inputs first: the options below read y0's structure and t's interval.
+    check_state(y0)
+    check_times(t)
+    if not isinstance(options, (dict, type(None))):
+        raise TypeError(f"options must be a dict (or None), got {type(options).__name__}")
     options = {} if options is None else dict(options)
     solver = _solver_for(method, options)
     _check_options(solver, options)
     controller = _controller_for(solver, func, y0, t, rtol, atol, options)
-    return solver, controller, int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
+    budget = options.get("max_num_steps", DEFAULT_MAX_STEPS)
+    return solver, controller, check_whole_number(budget, "options['max_num_steps']")
 
 
 def odeint_adjoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,7 +51,10 @@ def select_initial_step(
         else:
             y1 = torch.add(y0, f0, alpha=direction * dt0)
         f1 = f(t0 + direction * dt0, y1)
-        d2 = _norm_value(norm, (f1 - f0) / scale, per_sample) / dt0
+        d2 = _norm_value(norm, (f1 - f0) / scale, per_sample)
+        # dt0 is 0 when |f0|/scale overflowed (d1 = inf, e.g. |y| ~ 1e30 in float32): a
+        # Python float division would raise; inf leads to dt = 0 and the loop's DT_MIN.
+        d2 = d2 / dt0 if per_sample or dt0 > 0 else math.inf
     finite = (d1 == d1) & (d2 == d2)  # NaN: let the step loop report the non-finite field
     d12 = _arith.maximum(d1, d2)
     flat = d12 <= 1e-15

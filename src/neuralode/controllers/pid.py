@@ -40,6 +40,62 @@ def _check_tolerance(name: str, value: Any) -> None:
         )
 
 
+def _real(name: str, value: Any, inf_ok: bool = False) -> float:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or math.isnan(value) or (math.isinf(value) and not inf_ok):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_coefficients(pcoeff: Any, icoeff: Any, dcoeff: Any) -> None:
+    """Refuse PID coefficients whose step-size feedback loop is unstable.
+
+    In the asymptotic model of error control, ``log ε_n = k log dt_n + c`` (Söderlind,
+    ACM TOMS 29, 2003, §2; Hairer & Wanner II, §IV.2), the controller's recursion for
+    ``x_n = log dt_n`` has the characteristic polynomial
+    ``z³ + (kβ1 − 1) z² + kβ2 z + kβ3`` with ``kβ1 = p + i + d``, ``kβ2 = −(p + 2d)``,
+    ``kβ3 = d``. The step sizes settle at the tolerance only if every root lies inside the
+    unit circle (Jury's conditions below). ``P(1) = i``: without integral action
+    (``icoeff <= 0``) the step never converges to the tolerance; the I controller's root
+    ``1 − i`` needs ``0 < icoeff < 2``. Coefficients outside this set do not fail at once:
+    the steps oscillate or run away, and the solve ends much later as "may blow up".
+    """
+    p, i, d = (_real(n, v) for n, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
+    a2, a1, a0 = p + i + d - 1.0, -(p + 2.0 * d), d
+    stable = (
+        i > 0  # P(1) > 0
+        and 1.0 - a2 + a1 - a0 > 0  # (-1)^3 P(-1) > 0, i.e. 2 - 2p - i - 4d > 0
+        and abs(a0) < 1.0
+        and 1.0 - a0 * a0 > abs(a0 * a2 - a1)
+    )
+    if not stable:
+        raise ValueError(
+            f"PIDController(pcoeff={p}, icoeff={i}, dcoeff={d}) makes the step-size control "
+            "unstable: the steps would not settle at the tolerance (icoeff must be > 0, and "
+            "with pcoeff=dcoeff=0 below 2). Use the defaults (pcoeff=0, icoeff=1, dcoeff=0), "
+            "or a tested PI controller such as pcoeff=0.4, icoeff=0.3"
+        )
+
+
+def _times(name: str, value: Any) -> tuple[float, ...]:
+    """``step_ts``/``jump_ts`` as a tuple of finite floats (a sequence or a 1-D tensor)."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim > 1:
+            raise ValueError(f"{name} must be 1-D, got a tensor of shape {tuple(value.shape)}")
+        value = value.detach().reshape(-1).tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of times, got {type(value).__name__}")
+    try:
+        times = tuple(float(t) for t in value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"{name} must be a flat sequence of numbers (times), got {list(value)[:5]!r}"
+        ) from err
+    if not all(map(math.isfinite, times)):
+        raise ValueError(f"{name} must be finite times, got {list(times)[:5]}")
+    return times
+
+
 @dataclass(frozen=True)
 class PIDController(AbstractController):
     """Adaptive steps from the error ratio ``ε = norm(y_error / (atol + rtol·max|y|))``.
@@ -95,6 +151,12 @@ class PIDController(AbstractController):
     def __post_init__(self) -> None:
         _check_tolerance("rtol", self.rtol)
         _check_tolerance("atol", self.atol)
+        _check_coefficients(self.pcoeff, self.icoeff, self.dcoeff)
+        for name in ("safety", "factor_min", "factor_max", "dt_min"):
+            _real(name, getattr(self, name))
+        _real("dt_max", self.dt_max, inf_ok=True)
+        if self.dt0 is not None:
+            _real("dt0", self.dt0)
         if not 0 < self.safety <= 1:
             raise ValueError(f"safety must be in (0, 1], got {self.safety!r}")
         if not 0 < self.factor_min < 1 < self.factor_max:
@@ -108,8 +170,13 @@ class PIDController(AbstractController):
             raise ValueError(
                 f"need 0 <= dt_min < dt_max, got dt_min={self.dt_min!r}, dt_max={self.dt_max!r}"
             )
-        object.__setattr__(self, "step_ts", tuple(float(t) for t in self.step_ts))
-        object.__setattr__(self, "jump_ts", tuple(float(t) for t in self.jump_ts))
+        if not callable(self.norm):
+            raise TypeError(
+                f"norm must be a function of the scaled error, e.g. neuralode.max_norm, got "
+                f"{type(self.norm).__name__}"
+            )
+        object.__setattr__(self, "step_ts", _times("step_ts", self.step_ts))
+        object.__setattr__(self, "jump_ts", _times("jump_ts", self.jump_ts))
 
     @property
     def adaptive(self) -> bool:
