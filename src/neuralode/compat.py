@@ -1,185 +1,66 @@
 """torchdiffeq-compatible entry points.
 
-The ONE place where method strings and options dicts are mapped to neuralode objects.
 ``from neuralode.compat import odeint`` is a drop-in for ``torchdiffeq.odeint`` (0.2.5):
-same signature, method names, options and tolerance defaults. One default differs on
-purpose: ``max_num_steps`` is a finite total budget (10 000, as in ``solve``) instead of
-torchdiffeq's 2**31 − 1, so a stiff or blowing-up problem ends with a clear error instead
-of running for hours; pass ``options={"max_num_steps": ...}`` for longer solves.
+same signature, method names, options and defaults, and torchdiffeq's leniency, since
+real code depends on it: options a method does not take warn ("Unexpected arguments")
+instead of raising, a failed solve raises :class:`CompatSolverError` (an
+``AssertionError`` whose message starts as torchdiffeq's, and a
+:class:`~neuralode.SolverError`), and the step budget is torchdiffeq's (2**31 − 1; the
+native :func:`neuralode.solve` keeps a finite default and stays strict). The mapping of
+method strings and options dicts to solver and controller objects lives in
+``_compat_config``; torchdiffeq's callbacks, ``perturb`` and dtype handling in
+``_compat_hooks``; ``method='scipy_solver'`` in ``_scipy_bridge``. docs/compat.md lists
+every name and option and each deliberate difference.
 
 Results agree with torchdiffeq's to within the requested tolerance; they are not
 bit-identical because neuralode chooses step sizes slightly differently (Hairer's initial
 step exponent, steps may shrink after an accepted step) and evaluates ``f(t1, y1)`` where
 torchdiffeq's ``adaptive_heun`` and ``fehlberg2`` reuse a stage taken at another point.
-Unknown options raise ``ValueError``.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ._compat_config import (
+    METHODS,
+    CompatSolverError,
+    Config,
+    configure,
+    mixed_norm,
+    tolerance,
+)
+from ._compat_hooks import CompatController, CompatField, Promote
 from ._norms import rms_norm
-from ._solution import State
-from ._solve import DEFAULT_MAX_STEPS, solve
+from ._solution import SolverError, State
+from ._solve import solve
 from ._vector_field import Structure
 from .adjoints import BacksolveAdjoint
-from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
-from .solvers import (
-    RK4,
-    AbstractSolver,
-    AdaptiveHeun,
-    Bosh3,
-    Dopri5,
-    Dopri8,
-    Euler,
-    ExplicitRK,
-    Fehlberg2,
-    Heun2,
-    Heun3,
-    Midpoint,
-    Tsit5,
-)
+from .controllers import PIDController
 
-__all__ = ["METHODS", "odeint", "odeint_adjoint"]
+__all__ = [
+    "METHODS",
+    "CompatSolverError",
+    "__version__",
+    "odeint",
+    "odeint_adjoint",
+    "odeint_dense",
+]
 
-# torchdiffeq's method names → solver classes.
-METHODS: dict[str, type[ExplicitRK]] = {
-    "dopri8": Dopri8,
-    "dopri5": Dopri5,
-    "tsit5": Tsit5,
-    "bosh3": Bosh3,
-    "fehlberg2": Fehlberg2,
-    "adaptive_heun": AdaptiveHeun,
-    "euler": Euler,
-    "midpoint": Midpoint,
-    "heun2": Heun2,
-    "heun3": Heun3,
-    "rk4": RK4,
+# The torchdiffeq release whose API and behaviour this module reproduces.
+__version__ = "0.2.5"
+
+_NAMES = {"method": "method", "options": "options", "rtol": "rtol", "atol": "atol"}
+_ADJOINT_NAMES = {
+    "method": "adjoint_method",
+    "options": "adjoint_options",
+    "rtol": "adjoint_rtol",
+    "atol": "adjoint_atol",
 }
-
-_UNSUPPORTED = {
-    "explicit_adams": "multistep Adams methods are not implemented; use 'dopri5' or 'rk4'",
-    "implicit_adams": "multistep Adams methods are not implemented; use 'dopri5'",
-    "fixed_adams": "multistep Adams methods are not implemented; use 'rk4'",
-    "scipy_solver": "the scipy bridge is not implemented; use 'dopri5' or 'dopri8'",
-}
-
-_ADAPTIVE_OPTIONS = {
-    "first_step",
-    "max_num_steps",
-    "step_t",
-    "jump_t",
-    "norm",
-    "min_step",
-    "max_step",
-    "safety",
-    "ifactor",
-    "dfactor",
-}
-_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp", "max_num_steps"}
-
-
-def _mixed_norm(structure: Structure) -> Callable[[torch.Tensor], torch.Tensor]:
-    # torchdiffeq's default for tuple states: the largest RMS norm among the parts.
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, structure.sizes, dim=-1)
-        return torch.stack([rms_norm(p) for p in parts]).amax()
-
-    return norm
-
-
-def _user_norm(
-    norm: Callable[[Any], torch.Tensor], structure: Structure
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    # torchdiffeq calls a custom norm on the state's own structure, not on a flat vector.
-    def wrapped(x: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(norm(structure.unflatten(x)))
-
-    return wrapped
-
-
-def _times(value: Any, name: str) -> tuple[float, ...]:
-    if isinstance(value, torch.Tensor):
-        return tuple(value.detach().reshape(-1).tolist())
-    return tuple(float(v) for v in value)
-
-
-def _solver_for(method: str | None, options: dict[str, Any]) -> AbstractSolver:
-    name = "dopri5" if method is None else method
-    if name in _UNSUPPORTED:
-        raise ValueError(f"method={name!r}: {_UNSUPPORTED[name]}")
-    if name not in METHODS:
-        known = ", ".join(sorted(METHODS))
-        raise ValueError(f"unknown method={name!r}; choose one of: {known}")
-    cls = METHODS[name]
-    if cls.tableau.adaptive:
-        return cls()
-    interp = options.get("interp", "linear")
-    if interp not in ("linear", "cubic"):
-        raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
-    return cls(interpolation="linear" if interp == "linear" else "hermite")
-
-
-def _check_options(solver: AbstractSolver, options: dict[str, Any]) -> None:
-    allowed = _ADAPTIVE_OPTIONS if solver.adaptive else _FIXED_OPTIONS
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        kind = "adaptive" if solver.adaptive else "fixed-step"
-        raise ValueError(
-            f"unknown option(s) {unknown} for the {kind} method {type(solver).__name__}; "
-            f"valid options are {sorted(allowed)}"
-        )
-    if options.get("perturb"):
-        raise ValueError(
-            "options['perturb']=True is not supported; mark discontinuities with an "
-            "adaptive method and options={'jump_t': ...} instead"
-        )
-
-
-def _controller_for(
-    solver: AbstractSolver,
-    func: Callable[..., State],
-    y0: State,
-    t: torch.Tensor,
-    rtol: Any,
-    atol: Any,
-    options: dict[str, Any],
-) -> AbstractController:
-    if not solver.adaptive:
-        if options.get("step_size") is not None and options.get("grid_constructor") is not None:
-            raise ValueError("give options['step_size'] or options['grid_constructor'], not both")
-        if options.get("step_size") is not None:
-            return ConstantStepSize(float(options["step_size"]))
-        if options.get("grid_constructor") is not None:
-            grid = options["grid_constructor"](func, y0, t)
-            return StepTo(_times(grid, "grid_constructor"))
-        # torchdiffeq's default grid: step from output time to output time.
-        return StepTo(_times(t, "t"))
-    structure = Structure.of(y0)
-    if options.get("norm") is not None:
-        norm = _user_norm(options["norm"], structure)
-    elif structure.is_tuple:
-        norm = _mixed_norm(structure)
-    else:
-        norm = rms_norm
-    return PIDController(
-        rtol=rtol,
-        atol=atol,
-        safety=float(options.get("safety", 0.9)),
-        factor_min=float(options.get("dfactor", 0.2)),
-        factor_max=float(options.get("ifactor", 10.0)),
-        dt0=None if options.get("first_step") is None else float(options["first_step"]),
-        dt_min=float(options.get("min_step", 0.0)),
-        force_dt_min="min_step" in options,
-        dt_max=float(options.get("max_step", math.inf)),
-        norm=norm,
-        step_ts=_times(options.get("step_t", ()), "step_t"),
-        jump_ts=_times(options.get("jump_t", ()), "jump_t"),
-    )
 
 
 def odeint(
@@ -187,8 +68,8 @@ def odeint(
     y0: State,
     t: torch.Tensor,
     *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
+    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float] = 1e-9,
     method: str | None = None,
     options: dict[str, Any] | None = None,
     event_fn: Callable[..., torch.Tensor] | None = None,
@@ -196,44 +77,32 @@ def odeint(
     """Solve ``dy/dt = func(t, y)`` at times ``t``, exactly like ``torchdiffeq.odeint``.
 
     Args:
-        func: ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (tensor or tuple).
+        func: ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (tensor or tuple). Its
+            ``callback_step``, ``callback_accept_step`` and ``callback_reject_step``
+            methods, if any, are called as torchdiffeq calls them.
         y0: Initial state (tensor or tuple of tensors) at ``t[0]``.
         t: 1-D strictly monotone output times.
-        rtol: Relative tolerance (adaptive methods).
-        atol: Absolute tolerance (adaptive methods).
+        rtol: Relative tolerance (adaptive methods): a float, a tensor, or for a tuple
+            ``y0`` a list with one entry per part.
+        atol: Absolute tolerance, likewise.
         method: One of ``dopri8, dopri5, tsit5, bosh3, fehlberg2, adaptive_heun, euler,
-            midpoint, heun2, heun3, rk4``; ``dopri5`` by default.
+            midpoint, heun2, heun3, rk4, scipy_solver``; ``dopri5`` by default.
         options: torchdiffeq's options: ``first_step, max_num_steps, step_t, jump_t, norm,
-            min_step, max_step, safety, ifactor, dfactor`` (adaptive); ``step_size,
-            grid_constructor, interp, perturb`` (fixed-step).
+            min_step, max_step, safety, ifactor, dfactor, dtype`` (adaptive); ``step_size,
+            grid_constructor, interp, perturb`` (fixed-step); ``solver, min_step,
+            max_step`` (``scipy_solver``). Others warn and are ignored, as in torchdiffeq.
         event_fn: Not supported yet; raises if given.
 
     Returns:
-        The solution at ``t``: shape ``(len(t), *y0.shape)`` (a tuple for tuple states).
+        The solution at ``t``: shape ``(len(t), *y0.shape)`` (a tuple for tuple states),
+        in ``y0``'s dtype.
 
     Raises:
-        SolverError: If the solve fails (torchdiffeq raises ``AssertionError`` there).
+        CompatSolverError: If the solve fails (an ``AssertionError`` as in torchdiffeq,
+            and a :class:`~neuralode.SolverError`).
     """
-    if event_fn is not None:
-        raise ValueError("event_fn is not supported by neuralode.compat.odeint yet")
-    solver, controller, max_steps = _configure(func, y0, t, rtol, atol, method, options)
-    return solve(func, y0, t, solver=solver, controller=controller, max_steps=max_steps).ys
-
-
-def _configure(
-    func: Callable[..., State],
-    y0: State,
-    t: torch.Tensor,
-    rtol: Any,
-    atol: Any,
-    method: str | None,
-    options: dict[str, Any] | None,
-) -> tuple[AbstractSolver, AbstractController, int]:
-    options = {} if options is None else dict(options)
-    solver = _solver_for(method, options)
-    _check_options(solver, options)
-    controller = _controller_for(solver, func, y0, t, rtol, atol, options)
-    return solver, controller, int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
+    _no_events(event_fn, "odeint")
+    return _run(func, y0, t, rtol, atol, method, options, adjoint=None)
 
 
 def odeint_adjoint(
@@ -241,13 +110,13 @@ def odeint_adjoint(
     y0: State,
     t: torch.Tensor,
     *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
+    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float] = 1e-9,
     method: str | None = None,
     options: dict[str, Any] | None = None,
     event_fn: Callable[..., torch.Tensor] | None = None,
-    adjoint_rtol: float | None = None,
-    adjoint_atol: float | None = None,
+    adjoint_rtol: float | Sequence[float] | None = None,
+    adjoint_atol: float | Sequence[float] | None = None,
     adjoint_method: str | None = None,
     adjoint_options: dict[str, Any] | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
@@ -257,52 +126,264 @@ def odeint_adjoint(
     Same arguments as :func:`odeint`, plus the backward solve's own ``adjoint_rtol``,
     ``adjoint_atol``, ``adjoint_method`` and ``adjoint_options`` (each defaulting to the
     forward one; ``adjoint_options={"norm": "seminorm"}`` leaves the parameter gradients
-    out of error control), and ``adjoint_params``: the tensors to differentiate, required
-    when ``func`` is not an ``nn.Module``. Runs :class:`~neuralode.BacksolveAdjoint`.
+    out of error control, and a callable norm receives torchdiffeq's tuple
+    ``(t, *y, *adj_y, *adj_params)``), and ``adjoint_params``: the tensors to
+    differentiate, required when ``func`` is not an ``nn.Module``. The ``_adjoint`` twins
+    of the callbacks are called during the backward solve. Runs
+    :class:`~neuralode.BacksolveAdjoint`.
     """
-    if event_fn is not None:
-        raise ValueError("event_fn is not supported by neuralode.compat.odeint_adjoint yet")
+    _no_events(event_fn, "odeint_adjoint")
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
         raise ValueError(
             "func must be an nn.Module when adjoint_params is not given (as in torchdiffeq); "
-            "pass adjoint_params=[...] with the tensors to differentiate"
+            "pass adjoint_params=[...] with the tensors to differentiate (() if none)"
         )
-    solver, controller, max_steps = _configure(func, y0, t, rtol, atol, method, options)
+    adjoint_method = method if adjoint_method is None else adjoint_method
     if adjoint_options is None:
         # torchdiffeq: the backward solve inherits the forward options (not the norm) when
         # it uses the same method, and refuses to guess them for another method.
-        if adjoint_method not in (None, method) and options:
+        if adjoint_method != method and options is not None:
             raise ValueError(
                 "adjoint_method differs from method and options were given: pass "
                 "adjoint_options too (torchdiffeq raises here as well)"
             )
         adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
-    adjoint_options = dict(adjoint_options)
-    norm = adjoint_options.pop("norm", None)
-    if norm not in (None, "seminorm"):
+    found = func.parameters() if adjoint_params is None else adjoint_params  # type: ignore[attr-defined]
+    params = tuple(found)
+    spec = _AdjointSpec(
+        rtol=rtol if adjoint_rtol is None else adjoint_rtol,
+        atol=atol if adjoint_atol is None else adjoint_atol,
+        method=adjoint_method,
+        options=dict(adjoint_options),
+        params=tuple(p for p in params if isinstance(p, torch.Tensor) and p.requires_grad),
+    )
+    return _run(func, y0, t, rtol, atol, method, options, adjoint=spec)
+
+
+def odeint_dense(
+    func: Callable[..., State],
+    y0: torch.Tensor,
+    t0: torch.Tensor,
+    t1: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torchdiffeq.odeint_dense``: solve from ``t0`` to ``t1`` and return ``y(t)``.
+
+    The returned function evaluates the solution at a tensor of times inside
+    ``[t0, t1]``, from each accepted step's own interpolant. torchdiffeq allows only
+    ``dopri5`` here; every method of :func:`odeint` works.
+    """
+    if not isinstance(y0, torch.Tensor):
+        raise TypeError(f"odeint_dense takes a tensor y0 (as torchdiffeq), got {type(y0).__name__}")
+    t0 = torch.as_tensor(t0)
+    t = torch.stack([t0.reshape(()), torch.as_tensor(t1).to(t0).reshape(())])
+    config = configure(func, y0, t, rtol, atol, method, options, names=_NAMES)
+    if config.solver is None:
+        raise ValueError("odeint_dense needs one of neuralode's own methods, not 'scipy_solver'")
+    field = CompatField(func, y0, nudge=config.nudge)
+    try:
+        sol = solve(field, y0, t, solver=config.solver, controller=config.controller,
+                    max_steps=config.max_steps, dense=True)  # fmt: skip
+    except SolverError as error:
+        raise CompatSolverError.of(error, config.budget) from error
+    dense = sol.dense
+    assert dense is not None  # asked for with dense=True
+
+    def dense_output_fn(t_eval: torch.Tensor) -> torch.Tensor:
+        out = dense(t_eval)
+        assert isinstance(out, torch.Tensor)  # a tensor y0 (checked above)
+        return out.to(y0.dtype)
+
+    return dense_output_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdjointSpec:
+    rtol: Any
+    atol: Any
+    method: str | None
+    options: dict[str, Any]
+    params: tuple[torch.Tensor, ...]
+
+
+def _no_events(event_fn: object, name: str) -> None:
+    if event_fn is not None:
         raise ValueError(
-            f"adjoint_options['norm'] must be 'seminorm' or absent, got {norm!r}; the "
-            "backward solve uses torchdiffeq's mixed norm over [y, adj_y, adj_params]"
+            f"event_fn is not supported by neuralode.compat.{name} yet; solve to a fixed "
+            "time and locate the event on the output, or use torchdiffeq for event handling"
         )
-    back_solver, back_controller, _ = _configure(
-        func,
-        y0,
-        t,
-        rtol if adjoint_rtol is None else adjoint_rtol,
-        atol if adjoint_atol is None else adjoint_atol,
-        method if adjoint_method is None else adjoint_method,
-        adjoint_options,
-    )
-    adjoint = BacksolveAdjoint(
-        solver=back_solver, controller=back_controller, seminorm=norm == "seminorm"
-    )
-    return solve(
-        func,
-        y0,
-        t,
-        solver=solver,
-        controller=controller,
-        adjoint=adjoint,
-        max_steps=max_steps,
-        params=adjoint_params,
-    ).ys
+
+
+def _run(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    rtol: Any,
+    atol: Any,
+    method: str | None,
+    options: dict[str, Any] | None,
+    *,
+    adjoint: _AdjointSpec | None,
+) -> State:
+    config = configure(func, y0, t, rtol, atol, method, options, names=_NAMES)
+    if config.solver is None:
+        from ._scipy_bridge import scipy_odeint
+
+        params = None if adjoint is None else adjoint.params
+        return scipy_odeint(func, y0, t, rtol, atol, config.options, params, adjoint)
+    dtype = (y0 if isinstance(y0, torch.Tensor) else y0[0]).dtype
+    try:
+        try:
+            ys = _solve(func, y0, t, config, adjoint, rtol)
+        except Promote as wider:
+            # torchdiffeq computes in the dtype f returns when it is wider than the state.
+            y0 = (
+                y0.to(wider.dtype)
+                if isinstance(y0, torch.Tensor)
+                else tuple(y.to(wider.dtype) for y in y0)
+            )
+            ys = _solve(func, y0, t, config, adjoint, rtol)
+    except SolverError as error:
+        raise CompatSolverError.of(error, config.budget) from error
+    if isinstance(ys, torch.Tensor):
+        return ys if ys.dtype == dtype else ys.to(dtype)
+    return tuple(y if y.dtype == dtype else y.to(dtype) for y in ys)
+
+
+def _solve(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    config: Config,
+    adjoint: _AdjointSpec | None,
+    rtol: Any,
+) -> State:
+    field = CompatField(func, y0, nudge=config.nudge)
+    if adjoint is None:
+        return solve(field, y0, t, solver=config.solver, controller=config.controller,
+                     max_steps=config.max_steps).ys  # fmt: skip
+    back = _backward(func, y0, t, config, adjoint)
+    return solve(field, y0, t, solver=config.solver, controller=config.controller,
+                 adjoint=back, max_steps=config.max_steps, params=adjoint.params).ys  # fmt: skip
+
+
+def _backward(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    forward: Config,
+    spec: _AdjointSpec,
+) -> BacksolveAdjoint:
+    """The backward solve as torchdiffeq sets it up, on the augmented ``[y, a, g]``."""
+    options = dict(spec.options)
+    norm = options.pop("norm", None)
+    if norm is not None and norm != "seminorm" and not callable(norm):
+        raise ValueError(
+            "adjoint_options['norm'] must be 'seminorm' or a callable taking torchdiffeq's "
+            f"tuple (t, *y, *adj_y, *adj_params), got {norm!r}"
+        )
+    back = configure(func, y0, t.flip(0), spec.rtol, spec.atol, spec.method, options,
+                     names=_ADJOINT_NAMES, callback_suffix="_adjoint")  # fmt: skip
+    if back.solver is None:
+        raise ValueError(
+            "adjoint_method='scipy_solver' is available only with method='scipy_solver'; "
+            "choose one of neuralode's methods for the backward solve"
+        )
+    layout = _Augmented(y0, spec.params)
+    controller = back.controller
+    assert isinstance(controller, CompatController)  # configure() always wraps
+    inner = controller.inner
+    if isinstance(inner, PIDController):
+        assert isinstance(forward.controller, CompatController)
+        state_norm = forward.controller.inner
+        state_norm_fn = state_norm.norm if isinstance(state_norm, PIDController) else rms_norm
+        inner = dataclasses.replace(
+            inner,
+            norm=layout.norm(norm, state_norm_fn),
+            rtol=layout.tolerance(tolerance(spec.rtol, y0, "adjoint_rtol")),
+            atol=layout.tolerance(tolerance(spec.atol, y0, "adjoint_atol")),
+        )
+    callbacks = controller.callbacks
+    if callbacks is not None:
+        callbacks = dataclasses.replace(callbacks, unflatten=layout.unflatten)
+    # A CompatController, not a PIDController: BacksolveAdjoint takes it as it is.
+    controller = dataclasses.replace(controller, inner=inner, callbacks=callbacks)
+    return BacksolveAdjoint(solver=back.solver, controller=controller)
+
+
+class _Augmented:
+    """torchdiffeq's view of the backward state ``[y, a, g]``: ``(t, *y, *adj_y, *adj_params)``.
+
+    ``t`` is torchdiffeq's accumulator of the time gradient, which neuralode's backward
+    state does not carry (time gradients are attached outside the solve): it is given as
+    a zero to callable norms and callbacks, where it never decides anything.
+    """
+
+    def __init__(self, y0: State, params: tuple[torch.Tensor, ...]) -> None:
+        self.structure = Structure.of(y0)
+        self.n = sum(self.structure.sizes)
+        self.param_shapes = [p.shape for p in params]
+        self.param_sizes = [p.numel() for p in params]
+
+    def unflatten(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tuple torchdiffeq's adjoint norm and callbacks receive."""
+        x = x.reshape(-1)
+        n, s = self.n, self.structure
+        parts = [
+            *self._state(s, x[:n]),
+            *self._state(s, x[n : 2 * n]),
+            *(
+                g.reshape(shape)
+                for g, shape in zip(
+                    torch.split(x[2 * n :], self.param_sizes), self.param_shapes, strict=True
+                )
+            ),
+        ]
+        return (x.new_zeros(()), *parts)
+
+    @staticmethod
+    def _state(s: Structure, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if s.is_tuple:
+            return s.unflatten(v)  # type: ignore[return-value]
+        return (v.reshape(s.shapes[0]),)
+
+    def norm(
+        self, norm: object, state_norm: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Torchdiffeq's adjoint norm: default, ``'seminorm'`` or the user's callable."""
+        n = self.n
+        if callable(norm):
+            user = norm
+
+            def custom(x: torch.Tensor) -> torch.Tensor:
+                return torch.as_tensor(user(self.unflatten(x)))
+
+            return custom
+        params = mixed_norm(self.param_sizes) if sum(self.param_sizes) else None
+        seminorm = norm == "seminorm"
+
+        def default(x: torch.Tensor) -> torch.Tensor:
+            x = x.reshape(-1)
+            values = [state_norm(x[:n]), state_norm(x[n : 2 * n])]
+            if params is not None and not seminorm:
+                values.append(params(x[2 * n :]))
+            return torch.stack([torch.as_tensor(v).to(x) for v in values]).amax()
+
+        return default
+
+    def tolerance(self, value: Any) -> Any:
+        """A forward tolerance laid out on ``[y, a, g]`` (``g`` gets the smallest value)."""
+        if isinstance(value, float):
+            return value
+        if isinstance(value, tuple):
+            parts = [torch.as_tensor(v, dtype=torch.float64).expand(s)
+                     for v, s in zip(value, self.structure.shapes, strict=True)]  # fmt: skip
+            flat = torch.cat([p.reshape(-1) for p in parts])
+        else:
+            flat = torch.as_tensor(value, dtype=torch.float64)
+            flat = flat.expand(self.structure.shapes[0]) if flat.ndim else flat
+        return (flat, flat, float(flat.min()))
