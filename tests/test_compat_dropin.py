@@ -490,3 +490,19 @@ def test_no_warning_for_options_a_method_takes():
         odeint(oscillator, Y0, TS, options={"first_step": 0.01, "dtype": D})
         odeint(oscillator, Y0, TS, method="rk4",
                options={"step_size": 0.1, "perturb": False, "interp": "cubic"})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_adaptive_steps_may_shrink_to_torchdiffeqs_float64_time_resolution():
+    # torchdiffeq keeps time in float64 (options['dtype']) whatever t's dtype: with float32
+    # t, stepping across this discontinuity needs steps below float32's resolution at 0.5.
+    def f(t, x):
+        return -0.5 * x if t < 0.5 else x**2
+
+    def grads(fn):
+        x0 = torch.tensor([1.0, 2.0], dtype=D, requires_grad=True)
+        t = torch.tensor([0.0, 1.0])  # float32
+        out = fn(f, x0, t, atol=1e-6, method="adaptive_heun", adjoint_params=())
+        return torch.autograd.grad(out.sum(), x0)
+
+    assert close(grads(odeint_adjoint), grads(torchdiffeq.odeint_adjoint), 1e-4)

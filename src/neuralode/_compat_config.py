@@ -106,6 +106,10 @@ class Config:
         budget: How the budget was set, for the error message.
         nudge: ``perturb=True``: first and last time → the time to nudge them towards.
         options: The options, normalised (for the scipy bridge).
+        t: The output times to solve with: for adaptive methods in torchdiffeq's time dtype
+            (``options['dtype']``, float64 by default, promoted with the state's), so step
+            sizes may shrink to that dtype's resolution as torchdiffeq's do, whatever the
+            dtype of ``t``; the vector field still sees ``t`` in the state's dtype.
     """
 
     solver: AbstractSolver | None
@@ -114,6 +118,7 @@ class Config:
     budget: str
     nudge: dict[float, float]
     options: dict[str, Any]
+    t: torch.Tensor
 
 
 def method_name(method: object, arg: str = "method") -> str:
@@ -157,7 +162,7 @@ def configure(
     budget = _max_num_steps(options, names["options"])
     if name == SCIPY:
         warn_unexpected("ScipyWrapperODESolver", options, SCIPY_OPTIONS)
-        return Config(None, None, budget, str(budget), {}, options)
+        return Config(None, None, budget, str(budget), {}, options, t)
     solver = _solver_for(name, options, names["options"])
     allowed = ADAPTIVE_OPTIONS if solver.adaptive else FIXED_OPTIONS
     warn_unexpected(type(solver).__name__, options, allowed)
@@ -171,8 +176,13 @@ def configure(
             unflatten=Structure.of(y0).unflatten,
             t_dtype=torch.float64 if solver.adaptive else t.dtype,
         )
+    t_solve = t
     if solver.adaptive:
         _check_dtype(options.get("dtype"), names["options"])
+        part = y0 if isinstance(y0, torch.Tensor) else y0[0]
+        t_dtype = torch.promote_types(options.get("dtype") or torch.float64, part.abs().dtype)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != t_dtype:
+            t_solve = t.to(t_dtype)
         inner = _adaptive_controller(y0, rtol, atol, options, names)
         controller: AbstractController = CompatController(inner, callbacks)
         nudge: dict[float, float] = {}
@@ -184,7 +194,7 @@ def configure(
     text = str(total)
     if total != budget:
         text += f"; max_num_steps={budget} for each of the {n_intervals} output intervals"
-    return Config(solver, controller, total, text, nudge, options)
+    return Config(solver, controller, total, text, nudge, options, t_solve)
 
 
 def _max_num_steps(options: dict[str, Any], arg: str) -> int:

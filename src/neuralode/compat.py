@@ -186,7 +186,7 @@ def odeint_dense(
         raise ValueError("odeint_dense needs one of neuralode's own methods, not 'scipy_solver'")
     field = CompatField(func, y0, nudge=config.nudge)
     try:
-        sol = solve(field, y0, t, solver=config.solver, controller=config.controller,
+        sol = solve(field, y0, config.t, solver=config.solver, controller=config.controller,
                     max_steps=config.max_steps, dense=True)  # fmt: skip
     except SolverError as error:
         raise CompatSolverError.of(error, config.budget) from error
@@ -264,10 +264,10 @@ def _solve(
 ) -> State:
     field = CompatField(func, y0, nudge=config.nudge)
     if adjoint is None:
-        return solve(field, y0, t, solver=config.solver, controller=config.controller,
+        return solve(field, y0, config.t, solver=config.solver, controller=config.controller,
                      max_steps=config.max_steps).ys  # fmt: skip
     back = _backward(func, y0, t, config, adjoint)
-    return solve(field, y0, t, solver=config.solver, controller=config.controller,
+    return solve(field, y0, config.t, solver=config.solver, controller=config.controller,
                  adjoint=back, max_steps=config.max_steps, params=adjoint.params).ys  # fmt: skip
 
 
