@@ -503,3 +503,30 @@ def test_adaptive_steps_may_shrink_to_torchdiffeqs_float64_time_resolution():
         return torch.autograd.grad(out.sum(), x0)
 
     assert close(grads(odeint_adjoint), grads(torchdiffeq.odeint_adjoint), 1e-4)
+
+
+@pytest.mark.parametrize("seminorm", [False, True])
+def test_adjoint_options_on_grad_fn_hold_torchdiffeqs_norm(seminorm):
+    # torchdiffeq exposes the backward norm as xs.grad_fn.adjoint_options['norm'] (its own
+    # tests spy on it there); compat's is the same function of the same tuple.
+    params = (torch.rand(7, requires_grad=True), torch.rand((), requires_grad=True))
+    kwargs = {"adjoint_options": {"norm": "seminorm"}} if seminorm else {}
+    xs = odeint_adjoint(lambda t, x: x, torch.ones(2, 2), torch.tensor([0.0, 1.0]),
+                        adjoint_params=params, **kwargs)  # fmt: skip
+    default = xs.grad_fn.adjoint_options["norm"]
+    calls = []
+
+    def spy(state):
+        t, y, adj_y, p1, p2 = state
+        assert y.shape == adj_y.shape == (2, 2) and p1.shape == (7,) and p2.shape == ()
+        want = max(t.abs(), y.pow(2).mean().sqrt(), adj_y.pow(2).mean().sqrt())
+        if not seminorm:
+            want = max(want, p1.pow(2).mean().sqrt(), p2.abs())
+        got = default(state)
+        assert float((got - want).abs()) < 1e-6
+        calls.append(1)
+        return got
+
+    xs.grad_fn.adjoint_options["norm"] = spy
+    xs.sum().backward()
+    assert calls

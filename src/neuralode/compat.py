@@ -20,27 +20,16 @@ torchdiffeq's ``adaptive_heun`` and ``fehlberg2`` reuse a stage taken at another
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ._compat_config import (
-    METHODS,
-    CompatSolverError,
-    Config,
-    configure,
-    mixed_norm,
-    tolerance,
-)
-from ._compat_hooks import CompatController, CompatField, Promote
-from ._norms import rms_norm
+from ._compat_adjoint import AdjointSpec, backward_adjoint, expose_adjoint_options
+from ._compat_config import METHODS, CompatSolverError, Config, configure
+from ._compat_hooks import CompatField, Promote
 from ._solution import SolverError, State
 from ._solve import solve
-from ._vector_field import Structure
-from .adjoints import BacksolveAdjoint
-from .controllers import PIDController
 
 __all__ = [
     "METHODS",
@@ -55,12 +44,6 @@ __all__ = [
 __version__ = "0.2.5"
 
 _NAMES = {"method": "method", "options": "options", "rtol": "rtol", "atol": "atol"}
-_ADJOINT_NAMES = {
-    "method": "adjoint_method",
-    "options": "adjoint_options",
-    "rtol": "adjoint_rtol",
-    "atol": "adjoint_atol",
-}
 
 
 def odeint(
@@ -150,7 +133,7 @@ def odeint_adjoint(
         adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
     found = func.parameters() if adjoint_params is None else adjoint_params  # type: ignore[attr-defined]
     params = tuple(found)
-    spec = _AdjointSpec(
+    spec = AdjointSpec(
         rtol=rtol if adjoint_rtol is None else adjoint_rtol,
         atol=atol if adjoint_atol is None else adjoint_atol,
         method=adjoint_method,
@@ -201,15 +184,6 @@ def odeint_dense(
     return dense_output_fn
 
 
-@dataclasses.dataclass(frozen=True)
-class _AdjointSpec:
-    rtol: Any
-    atol: Any
-    method: str | None
-    options: dict[str, Any]
-    params: tuple[torch.Tensor, ...]
-
-
 def _no_events(event_fn: object, name: str) -> None:
     if event_fn is not None:
         raise ValueError(
@@ -227,7 +201,7 @@ def _run(
     method: str | None,
     options: dict[str, Any] | None,
     *,
-    adjoint: _AdjointSpec | None,
+    adjoint: AdjointSpec | None,
 ) -> State:
     config = configure(func, y0, t, rtol, atol, method, options, names=_NAMES)
     if config.solver is None:
@@ -259,131 +233,15 @@ def _solve(
     y0: State,
     t: torch.Tensor,
     config: Config,
-    adjoint: _AdjointSpec | None,
+    adjoint: AdjointSpec | None,
     rtol: Any,
 ) -> State:
     field = CompatField(func, y0, nudge=config.nudge)
     if adjoint is None:
         return solve(field, y0, config.t, solver=config.solver, controller=config.controller,
                      max_steps=config.max_steps).ys  # fmt: skip
-    back = _backward(func, y0, t, config, adjoint)
-    return solve(field, y0, config.t, solver=config.solver, controller=config.controller,
-                 adjoint=back, max_steps=config.max_steps, params=adjoint.params).ys  # fmt: skip
-
-
-def _backward(
-    func: Callable[..., State],
-    y0: State,
-    t: torch.Tensor,
-    forward: Config,
-    spec: _AdjointSpec,
-) -> BacksolveAdjoint:
-    """The backward solve as torchdiffeq sets it up, on the augmented ``[y, a, g]``."""
-    options = dict(spec.options)
-    norm = options.pop("norm", None)
-    if norm is not None and norm != "seminorm" and not callable(norm):
-        raise ValueError(
-            "adjoint_options['norm'] must be 'seminorm' or a callable taking torchdiffeq's "
-            f"tuple (t, *y, *adj_y, *adj_params), got {norm!r}"
-        )
-    back = configure(func, y0, t.flip(0), spec.rtol, spec.atol, spec.method, options,
-                     names=_ADJOINT_NAMES, callback_suffix="_adjoint")  # fmt: skip
-    if back.solver is None:
-        raise ValueError(
-            "adjoint_method='scipy_solver' is available only with method='scipy_solver'; "
-            "choose one of neuralode's methods for the backward solve"
-        )
-    layout = _Augmented(y0, spec.params)
-    controller = back.controller
-    assert isinstance(controller, CompatController)  # configure() always wraps
-    inner = controller.inner
-    if isinstance(inner, PIDController):
-        assert isinstance(forward.controller, CompatController)
-        state_norm = forward.controller.inner
-        state_norm_fn = state_norm.norm if isinstance(state_norm, PIDController) else rms_norm
-        inner = dataclasses.replace(
-            inner,
-            norm=layout.norm(norm, state_norm_fn),
-            rtol=layout.tolerance(tolerance(spec.rtol, y0, "adjoint_rtol")),
-            atol=layout.tolerance(tolerance(spec.atol, y0, "adjoint_atol")),
-        )
-    callbacks = controller.callbacks
-    if callbacks is not None:
-        callbacks = dataclasses.replace(callbacks, unflatten=layout.unflatten)
-    # A CompatController, not a PIDController: BacksolveAdjoint takes it as it is.
-    controller = dataclasses.replace(controller, inner=inner, callbacks=callbacks)
-    return BacksolveAdjoint(solver=back.solver, controller=controller)
-
-
-class _Augmented:
-    """torchdiffeq's view of the backward state ``[y, a, g]``: ``(t, *y, *adj_y, *adj_params)``.
-
-    ``t`` is torchdiffeq's accumulator of the time gradient, which neuralode's backward
-    state does not carry (time gradients are attached outside the solve): it is given as
-    a zero to callable norms and callbacks, where it never decides anything.
-    """
-
-    def __init__(self, y0: State, params: tuple[torch.Tensor, ...]) -> None:
-        self.structure = Structure.of(y0)
-        self.n = sum(self.structure.sizes)
-        self.param_shapes = [p.shape for p in params]
-        self.param_sizes = [p.numel() for p in params]
-
-    def unflatten(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The tuple torchdiffeq's adjoint norm and callbacks receive."""
-        x = x.reshape(-1)
-        n, s = self.n, self.structure
-        parts = [
-            *self._state(s, x[:n]),
-            *self._state(s, x[n : 2 * n]),
-            *(
-                g.reshape(shape)
-                for g, shape in zip(
-                    torch.split(x[2 * n :], self.param_sizes), self.param_shapes, strict=True
-                )
-            ),
-        ]
-        return (x.new_zeros(()), *parts)
-
-    @staticmethod
-    def _state(s: Structure, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if s.is_tuple:
-            return s.unflatten(v)  # type: ignore[return-value]
-        return (v.reshape(s.shapes[0]),)
-
-    def norm(
-        self, norm: object, state_norm: Callable[[torch.Tensor], torch.Tensor]
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Torchdiffeq's adjoint norm: default, ``'seminorm'`` or the user's callable."""
-        n = self.n
-        if callable(norm):
-            user = norm
-
-            def custom(x: torch.Tensor) -> torch.Tensor:
-                return torch.as_tensor(user(self.unflatten(x)))
-
-            return custom
-        params = mixed_norm(self.param_sizes) if sum(self.param_sizes) else None
-        seminorm = norm == "seminorm"
-
-        def default(x: torch.Tensor) -> torch.Tensor:
-            x = x.reshape(-1)
-            values = [state_norm(x[:n]), state_norm(x[n : 2 * n])]
-            if params is not None and not seminorm:
-                values.append(params(x[2 * n :]))
-            return torch.stack([torch.as_tensor(v).to(x) for v in values]).amax()
-
-        return default
-
-    def tolerance(self, value: Any) -> Any:
-        """A forward tolerance laid out on ``[y, a, g]`` (``g`` gets the smallest value)."""
-        if isinstance(value, float):
-            return value
-        if isinstance(value, tuple):
-            parts = [torch.as_tensor(v, dtype=torch.float64).expand(s)
-                     for v, s in zip(value, self.structure.shapes, strict=True)]  # fmt: skip
-            flat = torch.cat([p.reshape(-1) for p in parts])
-        else:
-            flat = torch.as_tensor(value, dtype=torch.float64)
-            flat = flat.expand(self.structure.shapes[0]) if flat.ndim else flat
-        return (flat, flat, float(flat.min()))
+    back = backward_adjoint(func, y0, t, config, adjoint)
+    ys = solve(field, y0, config.t, solver=config.solver, controller=config.controller,
+               adjoint=back, max_steps=config.max_steps, params=adjoint.params).ys  # fmt: skip
+    expose_adjoint_options(ys, back)
+    return ys
