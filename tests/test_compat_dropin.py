@@ -414,8 +414,10 @@ def test_tolerance_list_of_wrong_length_names_compat_argument():
     with pytest.raises(ValueError, match=r"adjoint_rtol has 1 entries"):
         odeint_adjoint(lambda t, y: (-y[0], -y[1]), y0, TS, adjoint_rtol=[1e-6],
                        adjoint_params=())  # fmt: skip
-    with pytest.raises(ValueError, match=r"options\['max_num_steps'\] must be a positive"):
-        odeint(decay, Y0, TS, options={"max_num_steps": 0})
+    for bad in (0, 2.5, "100"):
+        with pytest.raises(ValueError, match=r"options\['max_num_steps'\] must be a positive"):
+            odeint(decay, Y0, TS, options={"max_num_steps": bad})
+    odeint(decay, Y0, TS, options={"max_num_steps": 1e5})  # an integral float is fine
 
 
 # --- odeint_dense, __version__, scipy ----------------------------------------------------

@@ -199,6 +199,10 @@ def configure(
 
 def _max_num_steps(options: dict[str, Any], arg: str) -> int:
     value = options.get("max_num_steps", MAX_NUM_STEPS)
+    # torchdiffeq takes anything torch.as_tensor turns into an integer; an integral float
+    # (1e5) is common in configs, a fractional one is a mistake.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     try:
         steps = operator.index(value)
     except TypeError:
