@@ -532,3 +532,13 @@ def test_adjoint_options_on_grad_fn_hold_torchdiffeqs_norm(seminorm):
     xs.grad_fn.adjoint_options["norm"] = spy
     xs.sum().backward()
     assert calls
+
+
+def test_scipy_failure_is_a_compat_solver_error():
+    def blow_up(t, y):
+        return y**2
+
+    with pytest.raises(AssertionError, match=r"^underflow in dt .*scipy RK45 stopped") as info:
+        odeint(blow_up, torch.ones(1, dtype=D), torch.tensor([0.0, 2.0], dtype=D),
+               method="scipy_solver", options={"solver": "RK45"})  # fmt: skip
+    assert isinstance(info.value, neuralode.SolverError)

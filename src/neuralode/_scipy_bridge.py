@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from ._compat_config import CompatSolverError
 from ._compat_hooks import CompatField
-from ._solution import State
+from ._solution import SolverError, State, Status
 from ._solve import make_problem
 from ._vector_field import Structure
 from .adjoints.backsolve import _AugmentedField
@@ -70,12 +71,11 @@ class _Scipy:
             **extra,
         )
         if not sol.success:
-            from ._compat_config import CompatSolverError
-            from ._solution import SolverError, Status
-
-            error = SolverError(Status.DT_MIN, t=float(sol.t[-1]) if len(sol.t) else times[0],
-                                dt=float("nan"), steps=int(sol.nfev),
-                                detail=f"scipy {self.method}: {sol.message}")  # fmt: skip
+            # torchdiffeq would go on with scipy's partial output; a typed error instead.
+            # scipy reports no step count or size: dt is 0, the evaluations are in detail.
+            reached = float(sol.t[-1]) if len(sol.t) else times[0]
+            detail = f"scipy {self.method} stopped after {sol.nfev} evaluations: {sol.message}"
+            error = SolverError(Status.DT_MIN, t=reached, dt=0.0, steps=0, detail=detail)
             raise CompatSolverError.of(error)
         return sol.y.T
 
