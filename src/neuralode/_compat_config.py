@@ -138,7 +138,7 @@ def warn_unexpected(owner: str, options: dict[str, Any], allowed: frozenset[str]
     """Torchdiffeq's warning (same wording) for options the method does not take."""
     unused = {k: v for k, v in options.items() if k not in allowed}
     if unused:
-        warnings.warn(f"{owner}: Unexpected arguments {unused}", UserWarning, stacklevel=4)
+        warnings.warn(f"{owner}: Unexpected arguments {unused}", UserWarning, stacklevel=5)
 
 
 def configure(

@@ -153,7 +153,7 @@ def find_callbacks(
     step, accept, reject = (getattr(func, name + suffix, None) for name in CALLBACKS)
     if not adaptive and (accept or reject):
         names = {n + suffix for n, cb in zip(CALLBACKS[1:], (accept, reject), strict=True) if cb}
-        warnings.warn(f"Solver '{method}' does not support callbacks {names}", stacklevel=4)
+        warnings.warn(f"Solver '{method}' does not support callbacks {names}", stacklevel=5)
         return step, None, None
     return step, accept, reject
 
