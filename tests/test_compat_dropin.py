@@ -433,6 +433,11 @@ def test_odeint_dense_matches_torchdiffeq():
     want = torch.stack([theirs(s) for s in t])
     assert close(ours(t), want, 1e-6)
     assert close(ours(t[3]), want[3], 1e-6)
+    # A state with more than one dimension keeps its shape.
+    y0 = torch.ones(3, 2, dtype=D)
+    dense = odeint_dense(decay, y0, t0, t1)
+    assert dense(t).shape == (7, 3, 2) and dense(t[0]).shape == (3, 2)
+    assert close(dense(t[0]), torchdiffeq.odeint_dense(decay, y0, t0, t1)(t[0]), 1e-6)
 
 
 def test_version_is_the_torchdiffeq_release_reproduced():

@@ -179,7 +179,8 @@ def odeint_dense(
     def dense_output_fn(t_eval: torch.Tensor) -> torch.Tensor:
         out = dense(t_eval)
         assert isinstance(out, torch.Tensor)  # a tensor y0 (checked above)
-        return out.to(y0.dtype)
+        # The native interpolant returns a multi-dimensional state flattened: restore it.
+        return out.reshape(*torch.as_tensor(t_eval).shape, *y0.shape).to(y0.dtype)
 
     return dense_output_fn
 
@@ -212,7 +213,7 @@ def _run(
     dtype = (y0 if isinstance(y0, torch.Tensor) else y0[0]).dtype
     try:
         try:
-            ys = _solve(func, y0, t, config, adjoint, rtol)
+            ys = _solve(func, y0, t, config, adjoint)
         except Promote as wider:
             # torchdiffeq computes in the dtype f returns when it is wider than the state.
             y0 = (
@@ -220,7 +221,7 @@ def _run(
                 if isinstance(y0, torch.Tensor)
                 else tuple(y.to(wider.dtype) for y in y0)
             )
-            ys = _solve(func, y0, t, config, adjoint, rtol)
+            ys = _solve(func, y0, t, config, adjoint)
     except SolverError as error:
         raise CompatSolverError.of(error, config.budget) from error
     if isinstance(ys, torch.Tensor):
@@ -234,7 +235,6 @@ def _solve(
     t: torch.Tensor,
     config: Config,
     adjoint: AdjointSpec | None,
-    rtol: Any,
 ) -> State:
     field = CompatField(func, y0, nudge=config.nudge)
     if adjoint is None:
