@@ -466,6 +466,13 @@ def test_scipy_solver_gradients_through_odeint_adjoint_match_torchdiffeq():
     assert close(ours, theirs, 1e-6)
 
 
+def test_scipy_solver_with_a_field_returning_a_wider_dtype():
+    y0 = torch.ones(2, dtype=torch.float32)
+    got = odeint(lambda t, y: -y.double(), y0, TS.float(), method="scipy_solver")
+    want = torchdiffeq.odeint(lambda t, y: -y.double(), y0, TS.float(), method="scipy_solver")
+    assert got.dtype == torch.float32 and close(got, want, 1e-6)
+
+
 def test_scipy_solver_on_a_tuple_state():
     y0 = (torch.tensor(1.0, dtype=D), torch.ones(2, dtype=D))
     got = odeint(lambda t, y: (-y[0], -y[1]), y0, TS, method="scipy_solver")

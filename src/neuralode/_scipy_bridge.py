@@ -100,6 +100,7 @@ def scipy_odeint(
     times = t.detach().cpu().double().tolist()
     forward = _Scipy(options, rtol, atol)
     field = CompatField(func, y0)
+    field.first = False  # scipy computes in float64 anyway: no dtype promotion to detect
     if len(times) == 1:
         ys = flat0.detach().unsqueeze(0)
     elif params is None:
