@@ -63,7 +63,8 @@ class Structure:
             return v.reshape((*v.shape[:-1], *self.shapes[0]))
         lead = v.shape[:-1]
         parts = torch.split(v, self.sizes, dim=-1)
-        # A shape tuple, not unpacked arguments: a 0-d part has no dims to unpack.
+        # One shape tuple, not unpacked arguments: reshape() with no arguments (a 0-d part
+        # of an unbatched state) is an error, reshape(()) is not.
         return tuple(p.reshape((*lead, *s)) for p, s in zip(parts, self.shapes, strict=True))
 
 

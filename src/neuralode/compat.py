@@ -1,247 +1,49 @@
 """torchdiffeq-compatible entry points.
 
-The ONE place where method strings and options dicts are mapped to neuralode objects.
 ``from neuralode.compat import odeint`` is a drop-in for ``torchdiffeq.odeint`` (0.2.5):
-same signature, method names, options and tolerance defaults. One default differs on
-purpose: ``max_num_steps`` is a finite total budget (10 000, as in ``solve``) instead of
-torchdiffeq's 2**31 − 1, so a stiff or blowing-up problem ends with a clear error instead
-of running for hours; pass ``options={"max_num_steps": ...}`` for longer solves.
+same signature, method names, options and defaults, and torchdiffeq's leniency, since
+real code depends on it: options a method does not take warn ("Unexpected arguments")
+instead of raising, a failed solve raises :class:`CompatSolverError` (an
+``AssertionError`` whose message starts as torchdiffeq's, and a
+:class:`~neuralode.SolverError`), and the step budget is torchdiffeq's (2**31 − 1; the
+native :func:`neuralode.solve` keeps a finite default and stays strict). The mapping of
+method strings and options dicts to solver and controller objects lives in
+``_compat_config``; torchdiffeq's callbacks, ``perturb`` and dtype handling in
+``_compat_hooks``; ``method='scipy_solver'`` in ``_scipy_bridge``. docs/compat.md lists
+every name and option and each deliberate difference.
 
 Results agree with torchdiffeq's to within the requested tolerance; they are not
 bit-identical because neuralode chooses step sizes slightly differently (Hairer's initial
 step exponent, steps may shrink after an accepted step) and evaluates ``f(t1, y1)`` where
 torchdiffeq's ``adaptive_heun`` and ``fehlberg2`` reuse a stage taken at another point.
-Unknown options raise ``ValueError``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ._checks import check_state, check_whole_number
-from ._norms import rms_norm
-from ._solution import State
-from ._solve import DEFAULT_MAX_STEPS, check_times, solve
-from ._vector_field import Structure
-from .adjoints import BacksolveAdjoint
-from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
-from .solvers import (
-    RK4,
-    AbstractSolver,
-    AdaptiveHeun,
-    Bosh3,
-    Dopri5,
-    Dopri8,
-    Euler,
-    ExplicitRK,
-    Fehlberg2,
-    Heun2,
-    Heun3,
-    Midpoint,
-    Tsit5,
-)
+from ._compat_adjoint import AdjointSpec, backward_adjoint, expose_adjoint_options
+from ._compat_config import METHODS, CompatSolverError, Config, configure
+from ._compat_hooks import CompatField, Promote
+from ._solution import SolverError, State
+from ._solve import solve
 
-__all__ = ["METHODS", "odeint", "odeint_adjoint"]
+__all__ = [
+    "METHODS",
+    "CompatSolverError",
+    "__version__",
+    "odeint",
+    "odeint_adjoint",
+    "odeint_dense",
+]
 
-# torchdiffeq's method names → solver classes.
-METHODS: dict[str, type[ExplicitRK]] = {
-    "dopri8": Dopri8,
-    "dopri5": Dopri5,
-    "tsit5": Tsit5,
-    "bosh3": Bosh3,
-    "fehlberg2": Fehlberg2,
-    "adaptive_heun": AdaptiveHeun,
-    "euler": Euler,
-    "midpoint": Midpoint,
-    "heun2": Heun2,
-    "heun3": Heun3,
-    "rk4": RK4,
-}
+# The torchdiffeq release whose API and behaviour this module reproduces.
+__version__ = "0.2.5"
 
-_UNSUPPORTED = {
-    "explicit_adams": "multistep Adams methods are not implemented; use 'dopri5' or 'rk4'",
-    "implicit_adams": "multistep Adams methods are not implemented; use 'dopri5'",
-    "fixed_adams": "multistep Adams methods are not implemented; use 'rk4'",
-    "scipy_solver": "the scipy bridge is not implemented; use 'dopri5' or 'dopri8'",
-}
-
-_ADAPTIVE_OPTIONS = {
-    "first_step",
-    "max_num_steps",
-    "step_t",
-    "jump_t",
-    "norm",
-    "min_step",
-    "max_step",
-    "safety",
-    "ifactor",
-    "dfactor",
-}
-_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp", "max_num_steps"}
-
-
-def _mixed_norm(structure: Structure) -> Callable[[torch.Tensor], torch.Tensor]:
-    # torchdiffeq's default for tuple states: the largest RMS norm among the parts.
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, structure.sizes, dim=-1)
-        return torch.stack([rms_norm(p) for p in parts]).amax()
-
-    return norm
-
-
-def _user_norm(
-    norm: Callable[[Any], torch.Tensor], structure: Structure
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    # torchdiffeq calls a custom norm on the state's own structure, not on a flat vector.
-    def wrapped(x: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(norm(structure.unflatten(x)))
-
-    return wrapped
-
-
-def _times(value: Any, name: str) -> tuple[float, ...]:
-    if isinstance(value, torch.Tensor):
-        if value.ndim > 1:
-            raise ValueError(
-                f"{name} must be 1-D times, got a tensor of shape {tuple(value.shape)}"
-            )
-        return tuple(value.detach().reshape(-1).tolist())
-    try:
-        return tuple(float(v) for v in value)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"{name} must be a 1-D tensor or sequence of times, got {value!r}") from err
-
-
-def _stops(options: dict[str, Any], key: str, t: torch.Tensor) -> tuple[float, ...]:
-    """``options[key]`` (``step_t``/``jump_t``) restricted to the solve's interval.
-
-    torchdiffeq ignores stops outside ``[t[0], t[-1]]`` (a stop list shared by solves of
-    several intervals is normal there), while ``solve`` refuses them as a likely mistake:
-    drop them here. NaN and inf are kept, for the controller to refuse.
-    """
-    times = _times(options.get(key, ()), f"options[{key!r}]")
-    lo, hi = sorted((float(t.detach()[0]), float(t.detach()[-1])))  # t is checked (_configure)
-    return tuple(s for s in times if not math.isfinite(s) or lo <= s <= hi)
-
-
-def _solver_for(method: str | None, options: dict[str, Any]) -> AbstractSolver:
-    name = "dopri5" if method is None else method
-    if name in _UNSUPPORTED:
-        raise ValueError(f"method={name!r}: {_UNSUPPORTED[name]}")
-    if name not in METHODS:
-        known = ", ".join(sorted(METHODS))
-        raise ValueError(f"unknown method={name!r}; choose one of: {known}")
-    cls = METHODS[name]
-    if cls.tableau.adaptive:
-        return cls()
-    interp = options.get("interp", "linear")
-    if interp not in ("linear", "cubic"):
-        raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
-    return cls(interpolation="linear" if interp == "linear" else "hermite")
-
-
-def _check_options(solver: AbstractSolver, options: dict[str, Any]) -> None:
-    allowed = _ADAPTIVE_OPTIONS if solver.adaptive else _FIXED_OPTIONS
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        kind = "adaptive" if solver.adaptive else "fixed-step"
-        raise ValueError(
-            f"unknown option(s) {unknown} for the {kind} method {type(solver).__name__}; "
-            f"valid options are {sorted(allowed)}"
-        )
-    perturb = options.get("perturb")
-    if perturb is not None and not isinstance(perturb, bool):
-        raise TypeError(f"options['perturb'] must be True or False, got {perturb!r}")
-    if perturb:
-        raise ValueError(
-            "options['perturb']=True is not supported; mark discontinuities with an "
-            "adaptive method and options={'jump_t': ...} instead"
-        )
-
-
-def _controller_for(
-    solver: AbstractSolver,
-    func: Callable[..., State],
-    y0: State,
-    t: torch.Tensor,
-    rtol: Any,
-    atol: Any,
-    options: dict[str, Any],
-) -> AbstractController:
-    if not solver.adaptive:
-        step_size = _optional_number(options, "step_size")
-        grid_constructor = options.get("grid_constructor")
-        if step_size is not None and grid_constructor is not None:
-            raise ValueError("give options['step_size'] or options['grid_constructor'], not both")
-        if step_size is not None:
-            return ConstantStepSize(step_size)
-        if grid_constructor is not None:
-            if not callable(grid_constructor):
-                raise TypeError(
-                    "options['grid_constructor'] must be a function (func, y0, t) -> grid, got "
-                    f"{type(grid_constructor).__name__}"
-                )
-            return StepTo(_times(grid_constructor(func, y0, t), "grid_constructor"))
-        # torchdiffeq's default grid: step from output time to output time.
-        return StepTo(_times(t, "t"))
-    structure = Structure.of(y0)
-    if options.get("norm") is not None:
-        if not callable(options["norm"]):
-            raise TypeError(
-                f"options['norm'] must be a function of the state, got {options['norm']!r}"
-            )
-        norm = _user_norm(options["norm"], structure)
-    elif structure.is_tuple:
-        norm = _mixed_norm(structure)
-    else:
-        norm = rms_norm
-    try:
-        return PIDController(
-            rtol=rtol,
-            atol=atol,
-            safety=_number(options, "safety", 0.9),
-            factor_min=_number(options, "dfactor", 0.2),
-            factor_max=_number(options, "ifactor", 10.0),
-            dt0=_optional_number(options, "first_step"),
-            dt_min=_number(options, "min_step", 0.0),
-            force_dt_min=options.get("min_step") is not None,
-            dt_max=_number(options, "max_step", math.inf),
-            norm=norm,
-            step_ts=_stops(options, "step_t", t),
-            jump_ts=_stops(options, "jump_t", t),
-        )
-    except ValueError as err:
-        # PIDController names its own fields; say which torchdiffeq option each one is.
-        raise ValueError(f"{err} ({_OPTION_NAMES})") from err
-
-
-# torchdiffeq's option names for PIDController's fields, for error messages.
-_OPTION_NAMES = (
-    "options map to: first_step → dt0, min_step → dt_min, max_step → dt_max, dfactor → "
-    "factor_min, ifactor → factor_max, step_t → step_ts, jump_t → jump_ts"
-)
-
-
-def _number(options: dict[str, Any], key: str, default: float) -> float:
-    """``options[key]`` as a float; ``default`` when absent or None."""
-    value = _optional_number(options, key)
-    return default if value is None else value
-
-
-def _optional_number(options: dict[str, Any], key: str) -> float | None:
-    """``options[key]`` as a float (a number or a one-element tensor), or None if absent."""
-    value = options.get(key)
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"options[{key!r}] must be a number, got {value!r}")
-    return float(value)
+_NAMES = {"method": "method", "options": "options", "rtol": "rtol", "atol": "atol"}
 
 
 def odeint(
@@ -249,8 +51,8 @@ def odeint(
     y0: State,
     t: torch.Tensor,
     *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
+    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float] = 1e-9,
     method: str | None = None,
     options: dict[str, Any] | None = None,
     event_fn: Callable[..., torch.Tensor] | None = None,
@@ -258,50 +60,32 @@ def odeint(
     """Solve ``dy/dt = func(t, y)`` at times ``t``, exactly like ``torchdiffeq.odeint``.
 
     Args:
-        func: ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (tensor or tuple).
+        func: ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (tensor or tuple). Its
+            ``callback_step``, ``callback_accept_step`` and ``callback_reject_step``
+            methods, if any, are called as torchdiffeq calls them.
         y0: Initial state (tensor or tuple of tensors) at ``t[0]``.
         t: 1-D strictly monotone output times.
-        rtol: Relative tolerance (adaptive methods).
-        atol: Absolute tolerance (adaptive methods).
+        rtol: Relative tolerance (adaptive methods): a float, a tensor, or for a tuple
+            ``y0`` a list with one entry per part.
+        atol: Absolute tolerance, likewise.
         method: One of ``dopri8, dopri5, tsit5, bosh3, fehlberg2, adaptive_heun, euler,
-            midpoint, heun2, heun3, rk4``; ``dopri5`` by default.
+            midpoint, heun2, heun3, rk4, scipy_solver``; ``dopri5`` by default.
         options: torchdiffeq's options: ``first_step, max_num_steps, step_t, jump_t, norm,
-            min_step, max_step, safety, ifactor, dfactor`` (adaptive); ``step_size,
-            grid_constructor, interp, perturb`` (fixed-step).
+            min_step, max_step, safety, ifactor, dfactor, dtype`` (adaptive); ``step_size,
+            grid_constructor, interp, perturb`` (fixed-step); ``solver, min_step,
+            max_step`` (``scipy_solver``). Others warn and are ignored, as in torchdiffeq.
         event_fn: Not supported yet; raises if given.
 
     Returns:
-        The solution at ``t``: shape ``(len(t), *y0.shape)`` (a tuple for tuple states).
+        The solution at ``t``: shape ``(len(t), *y0.shape)`` (a tuple for tuple states),
+        in ``y0``'s dtype.
 
     Raises:
-        SolverError: If the solve fails (torchdiffeq raises ``AssertionError`` there).
+        CompatSolverError: If the solve fails (an ``AssertionError`` as in torchdiffeq,
+            and a :class:`~neuralode.SolverError`).
     """
-    if event_fn is not None:
-        raise ValueError("event_fn is not supported by neuralode.compat.odeint yet")
-    solver, controller, max_steps = _configure(func, y0, t, rtol, atol, method, options)
-    return solve(func, y0, t, solver=solver, controller=controller, max_steps=max_steps).ys
-
-
-def _configure(
-    func: Callable[..., State],
-    y0: State,
-    t: torch.Tensor,
-    rtol: Any,
-    atol: Any,
-    method: str | None,
-    options: dict[str, Any] | None,
-) -> tuple[AbstractSolver, AbstractController, int]:
-    # The inputs first: the options below read y0's structure and t's interval.
-    check_state(y0)
-    check_times(t)
-    if not isinstance(options, (dict, type(None))):
-        raise TypeError(f"options must be a dict (or None), got {type(options).__name__}")
-    options = {} if options is None else dict(options)
-    solver = _solver_for(method, options)
-    _check_options(solver, options)
-    controller = _controller_for(solver, func, y0, t, rtol, atol, options)
-    budget = options.get("max_num_steps", DEFAULT_MAX_STEPS)
-    return solver, controller, check_whole_number(budget, "options['max_num_steps']")
+    _no_events(event_fn, "odeint")
+    return _run(func, y0, t, rtol, atol, method, options, adjoint=None)
 
 
 def odeint_adjoint(
@@ -309,13 +93,13 @@ def odeint_adjoint(
     y0: State,
     t: torch.Tensor,
     *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
+    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float] = 1e-9,
     method: str | None = None,
     options: dict[str, Any] | None = None,
     event_fn: Callable[..., torch.Tensor] | None = None,
-    adjoint_rtol: float | None = None,
-    adjoint_atol: float | None = None,
+    adjoint_rtol: float | Sequence[float] | None = None,
+    adjoint_atol: float | Sequence[float] | None = None,
     adjoint_method: str | None = None,
     adjoint_options: dict[str, Any] | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
@@ -325,52 +109,139 @@ def odeint_adjoint(
     Same arguments as :func:`odeint`, plus the backward solve's own ``adjoint_rtol``,
     ``adjoint_atol``, ``adjoint_method`` and ``adjoint_options`` (each defaulting to the
     forward one; ``adjoint_options={"norm": "seminorm"}`` leaves the parameter gradients
-    out of error control), and ``adjoint_params``: the tensors to differentiate, required
-    when ``func`` is not an ``nn.Module``. Runs :class:`~neuralode.BacksolveAdjoint`.
+    out of error control, and a callable norm receives torchdiffeq's tuple
+    ``(t, *y, *adj_y, *adj_params)``), and ``adjoint_params``: the tensors to
+    differentiate, required when ``func`` is not an ``nn.Module``. The ``_adjoint`` twins
+    of the callbacks are called during the backward solve. Runs
+    :class:`~neuralode.BacksolveAdjoint`.
     """
-    if event_fn is not None:
-        raise ValueError("event_fn is not supported by neuralode.compat.odeint_adjoint yet")
+    _no_events(event_fn, "odeint_adjoint")
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
         raise ValueError(
             "func must be an nn.Module when adjoint_params is not given (as in torchdiffeq); "
-            "pass adjoint_params=[...] with the tensors to differentiate"
+            "pass adjoint_params=[...] with the tensors to differentiate (() if none)"
         )
-    solver, controller, max_steps = _configure(func, y0, t, rtol, atol, method, options)
+    adjoint_method = method if adjoint_method is None else adjoint_method
     if adjoint_options is None:
         # torchdiffeq: the backward solve inherits the forward options (not the norm) when
         # it uses the same method, and refuses to guess them for another method.
-        if adjoint_method not in (None, method) and options:
+        if adjoint_method != method and options is not None:
             raise ValueError(
                 "adjoint_method differs from method and options were given: pass "
                 "adjoint_options too (torchdiffeq raises here as well)"
             )
         adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
-    adjoint_options = dict(adjoint_options)
-    norm = adjoint_options.pop("norm", None)
-    if norm not in (None, "seminorm"):
+    found = func.parameters() if adjoint_params is None else adjoint_params  # type: ignore[attr-defined]
+    params = tuple(found)
+    spec = AdjointSpec(
+        rtol=rtol if adjoint_rtol is None else adjoint_rtol,
+        atol=atol if adjoint_atol is None else adjoint_atol,
+        method=adjoint_method,
+        options=dict(adjoint_options),
+        params=tuple(p for p in params if isinstance(p, torch.Tensor) and p.requires_grad),
+    )
+    return _run(func, y0, t, rtol, atol, method, options, adjoint=spec)
+
+
+def odeint_dense(
+    func: Callable[..., State],
+    y0: torch.Tensor,
+    t0: torch.Tensor,
+    t1: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torchdiffeq.odeint_dense``: solve from ``t0`` to ``t1`` and return ``y(t)``.
+
+    The returned function evaluates the solution at a tensor of times inside
+    ``[t0, t1]``, from each accepted step's own interpolant. torchdiffeq allows only
+    ``dopri5`` here; every method of :func:`odeint` works.
+    """
+    if not isinstance(y0, torch.Tensor):
+        raise TypeError(f"odeint_dense takes a tensor y0 (as torchdiffeq), got {type(y0).__name__}")
+    t0 = torch.as_tensor(t0)
+    t = torch.stack([t0.reshape(()), torch.as_tensor(t1).to(t0).reshape(())])
+    config = configure(func, y0, t, rtol, atol, method, options, names=_NAMES)
+    if config.solver is None:
+        raise ValueError("odeint_dense needs one of neuralode's own methods, not 'scipy_solver'")
+    field = CompatField(func, y0, nudge=config.nudge)
+    try:
+        sol = solve(field, y0, config.t, solver=config.solver, controller=config.controller,
+                    max_steps=config.max_steps, dense=True)  # fmt: skip
+    except SolverError as error:
+        raise CompatSolverError.of(error, config.budget) from error
+    dense = sol.dense
+    assert dense is not None  # asked for with dense=True
+
+    def dense_output_fn(t_eval: torch.Tensor) -> torch.Tensor:
+        out = dense(t_eval)
+        assert isinstance(out, torch.Tensor)  # a tensor y0 (checked above)
+        # The native interpolant returns a multi-dimensional state flattened: restore it.
+        return out.reshape(*torch.as_tensor(t_eval).shape, *y0.shape).to(y0.dtype)
+
+    return dense_output_fn
+
+
+def _no_events(event_fn: object, name: str) -> None:
+    if event_fn is not None:
         raise ValueError(
-            f"adjoint_options['norm'] must be 'seminorm' or absent, got {norm!r}; the "
-            "backward solve uses torchdiffeq's mixed norm over [y, adj_y, adj_params]"
+            f"event_fn is not supported by neuralode.compat.{name} yet; solve to a fixed "
+            "time and locate the event on the output, or use torchdiffeq for event handling"
         )
-    back_solver, back_controller, _ = _configure(
-        func,
-        y0,
-        t,
-        rtol if adjoint_rtol is None else adjoint_rtol,
-        atol if adjoint_atol is None else adjoint_atol,
-        method if adjoint_method is None else adjoint_method,
-        adjoint_options,
-    )
-    adjoint = BacksolveAdjoint(
-        solver=back_solver, controller=back_controller, seminorm=norm == "seminorm"
-    )
-    return solve(
-        func,
-        y0,
-        t,
-        solver=solver,
-        controller=controller,
-        adjoint=adjoint,
-        max_steps=max_steps,
-        params=adjoint_params,
-    ).ys
+
+
+def _run(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    rtol: Any,
+    atol: Any,
+    method: str | None,
+    options: dict[str, Any] | None,
+    *,
+    adjoint: AdjointSpec | None,
+) -> State:
+    config = configure(func, y0, t, rtol, atol, method, options, names=_NAMES)
+    if config.solver is None:
+        from ._scipy_bridge import scipy_odeint
+
+        params = None if adjoint is None else adjoint.params
+        return scipy_odeint(func, y0, t, rtol, atol, config.options, params, adjoint)
+    dtype = (y0 if isinstance(y0, torch.Tensor) else y0[0]).dtype
+    try:
+        try:
+            ys = _solve(func, y0, t, config, adjoint)
+        except Promote as wider:
+            # torchdiffeq computes in the dtype f returns when it is wider than the state.
+            y0 = (
+                y0.to(wider.dtype)
+                if isinstance(y0, torch.Tensor)
+                else tuple(y.to(wider.dtype) for y in y0)
+            )
+            ys = _solve(func, y0, t, config, adjoint)
+    except SolverError as error:
+        raise CompatSolverError.of(error, config.budget) from error
+    if isinstance(ys, torch.Tensor):
+        return ys if ys.dtype == dtype else ys.to(dtype)
+    return tuple(y if y.dtype == dtype else y.to(dtype) for y in ys)
+
+
+def _solve(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    config: Config,
+    adjoint: AdjointSpec | None,
+) -> State:
+    field = CompatField(func, y0, nudge=config.nudge)
+    if adjoint is None:
+        return solve(field, y0, config.t, solver=config.solver, controller=config.controller,
+                     max_steps=config.max_steps).ys  # fmt: skip
+    back = backward_adjoint(func, y0, t, config, adjoint)
+    ys = solve(field, y0, config.t, solver=config.solver, controller=config.controller,
+               adjoint=back, max_steps=config.max_steps, params=adjoint.params).ys  # fmt: skip
+    expose_adjoint_options(ys, back)
+    return ys

@@ -1,0 +1,363 @@
+"""torchdiffeq's method names and options dicts → neuralode solvers and controllers.
+
+Part of neuralode.compat (the one place where strings and options dicts become objects).
+torchdiffeq's leniency is kept here on purpose: options a method does not take warn
+("Unexpected arguments") instead of raising, and a failed solve raises an error that is
+both torchdiffeq's ``AssertionError`` and neuralode's ``SolverError``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._compat_hooks import Callbacks, CompatController, find_callbacks
+from ._norms import rms_norm
+from ._solution import SolverError, State, Status
+from ._vector_field import Structure
+from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
+from .solvers import (
+    RK4,
+    AbstractSolver,
+    AdaptiveHeun,
+    Bosh3,
+    Dopri5,
+    Dopri8,
+    Euler,
+    ExplicitRK,
+    Fehlberg2,
+    Heun2,
+    Heun3,
+    Midpoint,
+    Tsit5,
+)
+
+# torchdiffeq's method names → solver classes.
+METHODS: dict[str, type[ExplicitRK]] = {
+    "dopri8": Dopri8,
+    "dopri5": Dopri5,
+    "tsit5": Tsit5,
+    "bosh3": Bosh3,
+    "fehlberg2": Fehlberg2,
+    "adaptive_heun": AdaptiveHeun,
+    "euler": Euler,
+    "midpoint": Midpoint,
+    "heun2": Heun2,
+    "heun3": Heun3,
+    "rk4": RK4,
+}
+SCIPY = "scipy_solver"
+
+UNSUPPORTED = {
+    "explicit_adams": "multistep Adams methods are not implemented; use 'rk4' or 'dopri5'",
+    "implicit_adams": "multistep Adams methods are not implemented; use 'dopri5'",
+    "fixed_adams": "multistep Adams methods are not implemented; use 'rk4'",
+}
+
+# torchdiffeq's own default: no budget to speak of. Natively neuralode keeps a finite one.
+MAX_NUM_STEPS = 2**31 - 1
+
+ADAPTIVE_OPTIONS = frozenset(
+    {"first_step", "max_num_steps", "step_t", "jump_t", "norm", "min_step", "max_step",
+     "safety", "ifactor", "dfactor", "dtype"}
+)  # fmt: skip
+# max_num_steps is neuralode's addition for fixed steps; norm is silently ignored there, as
+# torchdiffeq does (its odeint always sets it).
+FIXED_OPTIONS = frozenset(
+    {"step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "norm"}
+)
+SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "norm", "grid_points", "eps"})
+
+
+class CompatSolverError(SolverError, AssertionError):
+    """A failed compat solve: torchdiffeq's ``AssertionError`` and neuralode's ``SolverError``.
+
+    Code written for torchdiffeq catches ``AssertionError`` and reads the start of the
+    message ("max_num_steps exceeded", "underflow in dt"); the rest gives neuralode's
+    cause, and the attributes are :class:`~neuralode.SolverError`'s.
+    """
+
+    @classmethod
+    def of(cls, error: SolverError, budget: str = "") -> CompatSolverError:
+        """The compat form of a native :class:`SolverError` (``budget``: how it was set)."""
+        new = cls(error.status, t=error.t, dt=error.dt, steps=error.steps, samples=error.samples)
+        if error.status is Status.MAX_STEPS:
+            head = f"max_num_steps exceeded ({error.steps}>={budget or error.steps})"
+        else:
+            head = f"underflow in dt {abs(error.dt):g}"
+        new.args = (f"{head}: {error}",)
+        return new
+
+
+@dataclass(frozen=True)
+class Config:
+    """A compat call resolved to native objects.
+
+    Attributes:
+        solver: The solver (``None`` for the scipy bridge).
+        controller: Its controller, wrapped for callbacks and perturbed jumps.
+        max_steps: Total step budget.
+        budget: How the budget was set, for the error message.
+        nudge: ``perturb=True``: first and last time → the time to nudge them towards.
+        options: The options, normalised (for the scipy bridge).
+        t: The output times to solve with: for adaptive methods in torchdiffeq's time dtype
+            (``options['dtype']``, float64 by default, promoted with the state's), so step
+            sizes may shrink to that dtype's resolution as torchdiffeq's do, whatever the
+            dtype of ``t``; the vector field still sees ``t`` in the state's dtype.
+    """
+
+    solver: AbstractSolver | None
+    controller: AbstractController | None
+    max_steps: int
+    budget: str
+    nudge: dict[float, float]
+    options: dict[str, Any]
+    t: torch.Tensor
+
+
+def method_name(method: object, arg: str = "method") -> str:
+    """The method string, checked (``None`` is ``'dopri5'``)."""
+    name = "dopri5" if method is None else method
+    if not isinstance(name, str):
+        raise TypeError(f"{arg} must be a string such as 'dopri5', got {type(name).__name__}")
+    if name in UNSUPPORTED:
+        raise ValueError(f"{arg}={name!r}: {UNSUPPORTED[name]}")
+    if name not in METHODS and name != SCIPY:
+        known = ", ".join(sorted([*METHODS, SCIPY]))
+        raise ValueError(f"unknown {arg}={name!r}; choose one of: {known}")
+    return name
+
+
+def warn_unexpected(owner: str, options: dict[str, Any], allowed: frozenset[str]) -> None:
+    """Torchdiffeq's warning (same wording) for options the method does not take."""
+    unused = {k: v for k, v in options.items() if k not in allowed}
+    if unused:
+        warnings.warn(f"{owner}: Unexpected arguments {unused}", UserWarning, stacklevel=5)
+
+
+def configure(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    rtol: Any,
+    atol: Any,
+    method: object,
+    options: dict[str, Any] | None,
+    *,
+    names: dict[str, str],
+    callback_suffix: str = "",
+) -> Config:
+    """Resolve one compat call. ``names`` spells the arguments in error messages."""
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"{names['options']} must be a dict, got {type(options).__name__}")
+    options = {} if options is None else dict(options)
+    name = method_name(method, names["method"])
+    n_intervals = max(1, (t.numel() if isinstance(t, torch.Tensor) else 1) - 1)
+    budget = _max_num_steps(options, names["options"])
+    if name == SCIPY:
+        warn_unexpected("ScipyWrapperODESolver", options, SCIPY_OPTIONS)
+        return Config(None, None, budget, str(budget), {}, options, t)
+    solver = _solver_for(name, options, names["options"])
+    allowed = ADAPTIVE_OPTIONS if solver.adaptive else FIXED_OPTIONS
+    warn_unexpected(type(solver).__name__, options, allowed)
+    found = find_callbacks(func, name, solver.adaptive, callback_suffix)
+    callbacks = None
+    if any(found):
+        callbacks = Callbacks(
+            step=found[0],
+            accept=found[1],
+            reject=found[2],
+            unflatten=Structure.of(y0).unflatten,
+            t_dtype=torch.float64 if solver.adaptive else t.dtype,
+        )
+    t_solve = t
+    if solver.adaptive:
+        _check_dtype(options.get("dtype"), names["options"])
+        part = y0 if isinstance(y0, torch.Tensor) else y0[0]
+        t_dtype = torch.promote_types(options.get("dtype") or torch.float64, part.abs().dtype)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != t_dtype:
+            t_solve = t.to(t_dtype)
+        inner = _adaptive_controller(y0, rtol, atol, options, names)
+        controller: AbstractController = CompatController(inner, callbacks)
+        nudge: dict[float, float] = {}
+    else:
+        controller, nudge = _fixed_controller(func, y0, t, options, callbacks, names["options"])
+    # torchdiffeq counts max_num_steps per output interval; a total budget of that many per
+    # interval finishes whatever torchdiffeq finishes.
+    total = budget if budget >= MAX_NUM_STEPS else budget * n_intervals
+    text = str(total)
+    if total != budget:
+        text += f"; max_num_steps={budget} for each of the {n_intervals} output intervals"
+    return Config(solver, controller, total, text, nudge, options, t_solve)
+
+
+def _max_num_steps(options: dict[str, Any], arg: str) -> int:
+    value = options.get("max_num_steps", MAX_NUM_STEPS)
+    # torchdiffeq takes anything torch.as_tensor turns into an integer; an integral float
+    # (1e5) is common in configs, a fractional one is a mistake.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        steps = operator.index(value)
+    except TypeError:
+        steps = -1
+    if steps < 1 or isinstance(value, bool):
+        raise ValueError(
+            f"{arg}['max_num_steps'] must be a positive integer, got {value!r}; e.g. "
+            f"{arg}={{'max_num_steps': 100000}}"
+        )
+    return steps
+
+
+def _check_dtype(dtype: object, arg: str) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(
+            f"{arg}['dtype'] must be a floating torch.dtype such as torch.float64, got {dtype!r}"
+        )
+
+
+def _solver_for(name: str, options: dict[str, Any], arg: str) -> AbstractSolver:
+    cls = METHODS[name]
+    if cls.tableau.adaptive:
+        return cls()
+    interp = options.get("interp", "linear")
+    if interp not in ("linear", "cubic"):
+        raise ValueError(f"{arg}['interp'] must be 'linear' or 'cubic', got {interp!r}")
+    return cls(interpolation="linear" if interp == "linear" else "hermite")
+
+
+def _times(value: Any) -> tuple[float, ...]:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.detach().reshape(-1).tolist())
+    return tuple(float(v) for v in value)
+
+
+def _fixed_controller(
+    func: Callable[..., State],
+    y0: State,
+    t: torch.Tensor,
+    options: dict[str, Any],
+    callbacks: Callbacks | None,
+    arg: str,
+) -> tuple[AbstractController, dict[float, float]]:
+    step_size, constructor = options.get("step_size"), options.get("grid_constructor")
+    if step_size is not None and constructor is not None:
+        raise ValueError(f"give {arg}['step_size'] or {arg}['grid_constructor'], not both")
+    perturb = bool(options.get("perturb", False))
+    grid: tuple[float, ...] | None = None
+    if constructor is not None:
+        grid = _times(constructor(func, y0, t))
+    elif step_size is None or perturb:
+        grid = _times(t) if step_size is None else _step_grid(t, float(step_size))
+    if grid is not None and len(grid) < 2:
+        # One time (or a one-point grid): no step to take, the output is y0 (torchdiffeq's
+        # answer); the loop never asks the controller, which only has to be valid.
+        return CompatController(ConstantStepSize(1.0), callbacks), {}
+    if grid is None:
+        size = float(step_size)  # type: ignore[arg-type]
+        if not (math.isfinite(size) and size > 0):
+            raise ValueError(f"{arg}['step_size'] must be a positive number, got {step_size!r}")
+        return CompatController(ConstantStepSize(size), callbacks), {}
+    inner = StepTo(grid)
+    if not perturb:
+        return CompatController(inner, callbacks), {}
+    # torchdiffeq's perturb: every evaluation at a grid point sees the limit from inside the
+    # step. Interior points are jumps for the loop; the two ends are nudged by the field.
+    first, last = float(t[0]), float(t[-1])
+    return CompatController(inner, callbacks, jump_ts=grid[1:-1]), {first: last, last: first}
+
+
+def _step_grid(t: torch.Tensor, step_size: float) -> tuple[float, ...]:
+    # torchdiffeq's grid for step_size: t0 ± n * step_size, the last point moved to t[-1]
+    # (it builds it in negated time for a decreasing t).
+    t0, t1 = float(t[0]), float(t[-1])
+    d = 1.0 if t1 >= t0 else -1.0
+    n = math.ceil(d * (t1 - t0) / step_size + 1)
+    grid = [t0 + d * i * step_size for i in range(n)]
+    grid[-1] = t1
+    return tuple(grid)
+
+
+def _adaptive_controller(
+    y0: State, rtol: Any, atol: Any, options: dict[str, Any], names: dict[str, str]
+) -> PIDController:
+    structure = Structure.of(y0)
+    arg = names["options"]
+    norm = options.get("norm")
+    if norm is not None and not callable(norm):
+        raise TypeError(f"{arg}['norm'] must be a callable norm(state) -> tensor, got {norm!r}")
+    if norm is not None:
+        norm_fn = _user_norm(norm, structure)
+    elif structure.is_tuple:
+        norm_fn = mixed_norm(structure.sizes)
+    else:
+        norm_fn = rms_norm
+    return PIDController(
+        rtol=tolerance(rtol, y0, names["rtol"]),
+        atol=tolerance(atol, y0, names["atol"]),
+        safety=float(options.get("safety", 0.9)),
+        factor_min=float(options.get("dfactor", 0.2)),
+        factor_max=float(options.get("ifactor", 10.0)),
+        dt0=None if options.get("first_step") is None else float(options["first_step"]),
+        dt_min=float(options.get("min_step", 0.0)),
+        force_dt_min="min_step" in options,
+        dt_max=float(options.get("max_step", math.inf)),
+        norm=norm_fn,
+        step_ts=_times(options.get("step_t", ())),
+        jump_ts=_times(options.get("jump_t", ())),
+    )
+
+
+def tolerance(value: Any, y0: State, arg: str) -> Any:
+    """A compat tolerance in the native form, checked with compat's argument name.
+
+    torchdiffeq takes a float, a tensor, or (for a tuple ``y0``) a list with one entry per
+    part (RNODE's ``atol=[atol, atol] + [1e20] * len(reg_states)``).
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if isinstance(value, (tuple, list)):
+        n = 1 if isinstance(y0, torch.Tensor) else len(y0)
+        if isinstance(y0, torch.Tensor):
+            return torch.as_tensor(value, dtype=y0.dtype)
+        if len(value) != n:
+            raise ValueError(
+                f"{arg} has {len(value)} entries but the tuple y0 has {n} parts; give one "
+                f"tolerance per part, or one float for all"
+            )
+        return tuple(
+            float(v) if not isinstance(v, torch.Tensor) or v.numel() == 1 else v for v in value
+        )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{arg} must be positive and finite, got {value!r}")
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        return value
+    raise TypeError(f"{arg} must be a float, a tensor or a list of them, got {value!r}")
+
+
+def mixed_norm(sizes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Torchdiffeq's default norm for tuple states: the largest RMS norm among the parts."""
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        parts = [p for p in torch.split(x, sizes, dim=-1) if p.numel()]
+        return torch.stack([rms_norm(p) for p in parts]).amax()
+
+    return norm
+
+
+def _user_norm(
+    norm: Callable[[Any], torch.Tensor], structure: Structure
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    # torchdiffeq calls a custom norm on the state's own structure, not on a flat vector.
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(norm(structure.unflatten(x)))
+
+    return wrapped
