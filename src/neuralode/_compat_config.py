@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from ._checks import check_state
 from ._compat_hooks import Callbacks, CompatController, find_callbacks
 from ._norms import rms_norm
 from ._solution import SolverError, State, Status
+from ._solve import check_times
 from ._vector_field import Structure
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
 from .solvers import (
@@ -154,6 +156,9 @@ def configure(
     callback_suffix: str = "",
 ) -> Config:
     """Resolve one compat call. ``names`` spells the arguments in error messages."""
+    # The inputs first: the options below read y0's structure and t's interval.
+    check_state(y0)
+    check_times(t)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"{names['options']} must be a dict, got {type(options).__name__}")
     options = {} if options is None else dict(options)
@@ -183,7 +188,7 @@ def configure(
         t_dtype = torch.promote_types(options.get("dtype") or torch.float64, part.abs().dtype)
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != t_dtype:
             t_solve = t.to(t_dtype)
-        inner = _adaptive_controller(y0, rtol, atol, options, names)
+        inner = _adaptive_controller(y0, t_solve, rtol, atol, options, names)
         controller: AbstractController = CompatController(inner, callbacks)
         nudge: dict[float, float] = {}
     else:
@@ -232,10 +237,54 @@ def _solver_for(name: str, options: dict[str, Any], arg: str) -> AbstractSolver:
     return cls(interpolation="linear" if interp == "linear" else "hermite")
 
 
-def _times(value: Any) -> tuple[float, ...]:
+def _times(value: Any, name: str) -> tuple[float, ...]:
     if isinstance(value, torch.Tensor):
+        if value.ndim > 1:
+            raise ValueError(
+                f"{name} must be 1-D times, got a tensor of shape {tuple(value.shape)}"
+            )
         return tuple(value.detach().reshape(-1).tolist())
-    return tuple(float(v) for v in value)
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a 1-D tensor or sequence of times, got {value!r}") from err
+
+
+def _stops(options: dict[str, Any], key: str, t: torch.Tensor, arg: str) -> tuple[float, ...]:
+    """``options[key]`` (``step_t``/``jump_t``) restricted to the solve's interval.
+
+    torchdiffeq ignores stops outside ``[t[0], t[-1]]`` (a stop list shared by solves of
+    several intervals is normal there), while ``solve`` refuses them as a likely mistake:
+    drop them here. NaN and inf are kept, for the controller to refuse.
+    """
+    times = _times(options.get(key, ()), f"{arg}[{key!r}]")
+    lo, hi = sorted((float(t.detach()[0]), float(t.detach()[-1])))
+    return tuple(s for s in times if not math.isfinite(s) or lo <= s <= hi)
+
+
+# torchdiffeq's option names for PIDController's fields, for error messages.
+_OPTION_NAMES = (
+    "options map to: first_step → dt0, min_step → dt_min, max_step → dt_max, dfactor → "
+    "factor_min, ifactor → factor_max, step_t → step_ts, jump_t → jump_ts"
+)
+
+
+def _number(options: dict[str, Any], key: str, default: float, arg: str) -> float:
+    """``options[key]`` as a float; ``default`` when absent or None."""
+    value = _optional_number(options, key, arg)
+    return default if value is None else value
+
+
+def _optional_number(options: dict[str, Any], key: str, arg: str) -> float | None:
+    """``options[key]`` as a float (a number or a one-element tensor), or None if absent."""
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg}[{key!r}] must be a number, got {value!r}")
+    return float(value)
 
 
 def _fixed_controller(
@@ -246,22 +295,30 @@ def _fixed_controller(
     callbacks: Callbacks | None,
     arg: str,
 ) -> tuple[AbstractController, dict[float, float]]:
-    step_size, constructor = options.get("step_size"), options.get("grid_constructor")
+    step_size = _optional_number(options, "step_size", arg)
+    constructor = options.get("grid_constructor")
     if step_size is not None and constructor is not None:
         raise ValueError(f"give {arg}['step_size'] or {arg}['grid_constructor'], not both")
-    perturb = bool(options.get("perturb", False))
+    if constructor is not None and not callable(constructor):
+        raise TypeError(
+            f"{arg}['grid_constructor'] must be a function (func, y0, t) -> grid, got "
+            f"{type(constructor).__name__}"
+        )
+    perturb = options.get("perturb")
+    if perturb is not None and not isinstance(perturb, bool):
+        raise TypeError(f"{arg}['perturb'] must be True or False, got {perturb!r}")
     grid: tuple[float, ...] | None = None
     if constructor is not None:
-        grid = _times(constructor(func, y0, t))
+        grid = _times(constructor(func, y0, t), f"{arg}['grid_constructor'](func, y0, t)")
     elif step_size is None or perturb:
-        grid = _times(t) if step_size is None else _step_grid(t, float(step_size))
+        grid = _times(t, "t") if step_size is None else _step_grid(t, step_size)
     if grid is not None and len(grid) < 2:
         # One time (or a one-point grid): no step to take, the output is y0 (torchdiffeq's
         # answer); the loop never asks the controller, which only has to be valid.
         return CompatController(ConstantStepSize(1.0), callbacks), {}
     if grid is None:
-        size = float(step_size)  # type: ignore[arg-type]
-        if not (math.isfinite(size) and size > 0):
+        size = step_size
+        if size is None or not (math.isfinite(size) and size > 0):
             raise ValueError(f"{arg}['step_size'] must be a positive number, got {step_size!r}")
         return CompatController(ConstantStepSize(size), callbacks), {}
     inner = StepTo(grid)
@@ -285,7 +342,12 @@ def _step_grid(t: torch.Tensor, step_size: float) -> tuple[float, ...]:
 
 
 def _adaptive_controller(
-    y0: State, rtol: Any, atol: Any, options: dict[str, Any], names: dict[str, str]
+    y0: State,
+    t: torch.Tensor,
+    rtol: Any,
+    atol: Any,
+    options: dict[str, Any],
+    names: dict[str, str],
 ) -> PIDController:
     structure = Structure.of(y0)
     arg = names["options"]
@@ -298,20 +360,24 @@ def _adaptive_controller(
         norm_fn = mixed_norm(structure.sizes)
     else:
         norm_fn = rms_norm
-    return PIDController(
-        rtol=tolerance(rtol, y0, names["rtol"]),
-        atol=tolerance(atol, y0, names["atol"]),
-        safety=float(options.get("safety", 0.9)),
-        factor_min=float(options.get("dfactor", 0.2)),
-        factor_max=float(options.get("ifactor", 10.0)),
-        dt0=None if options.get("first_step") is None else float(options["first_step"]),
-        dt_min=float(options.get("min_step", 0.0)),
-        force_dt_min="min_step" in options,
-        dt_max=float(options.get("max_step", math.inf)),
-        norm=norm_fn,
-        step_ts=_times(options.get("step_t", ())),
-        jump_ts=_times(options.get("jump_t", ())),
-    )
+    try:
+        return PIDController(
+            rtol=tolerance(rtol, y0, names["rtol"]),
+            atol=tolerance(atol, y0, names["atol"]),
+            safety=_number(options, "safety", 0.9, arg),
+            factor_min=_number(options, "dfactor", 0.2, arg),
+            factor_max=_number(options, "ifactor", 10.0, arg),
+            dt0=_optional_number(options, "first_step", arg),
+            dt_min=_number(options, "min_step", 0.0, arg),
+            force_dt_min=options.get("min_step") is not None,
+            dt_max=_number(options, "max_step", math.inf, arg),
+            norm=norm_fn,
+            step_ts=_stops(options, "step_t", t, arg),
+            jump_ts=_stops(options, "jump_t", t, arg),
+        )
+    except ValueError as err:
+        # PIDController names its own fields; say which torchdiffeq option each one is.
+        raise ValueError(f"{err} ({_OPTION_NAMES})") from err
 
 
 def tolerance(value: Any, y0: State, arg: str) -> Any:
