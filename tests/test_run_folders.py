@@ -678,3 +678,30 @@ def test_fuzz_damaged_run_folders_give_only_our_errors(finished, evaluated, tmp_
 def test_fuzz_damaged_run_folders_give_only_our_errors_many(finished, evaluated, tmp_path, reader):
     _fuzz(reader, 1000)(finished, evaluated, tmp_path)
     print(f"run-folder fuzz: {CASES['count']} cases so far, {CASES['refused']} refused clearly")
+
+
+def test_resume_of_a_run_started_before_a_setting_existed(tmp_path):
+    # A config.json written before a field was added lacks it: the run used its default.
+    import dataclasses
+    import json
+
+    from neuralode.experiments.runs import RunDir
+
+    @dataclasses.dataclass
+    class Old:
+        lr: float = 0.1
+
+    @dataclasses.dataclass
+    class New:
+        lr: float = 0.1
+        verify_data: bool = True
+
+    run = RunDir(tmp_path / "run")
+    run.prepare(Old(), resume=False)
+    run.release()
+    assert "verify_data" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    run = RunDir(tmp_path / "run")
+    run.prepare(New(), resume=True)  # the default: same settings
+    run.release()
+    with pytest.raises(ValueError, match="--verify-data was True, now False"):
+        RunDir(tmp_path / "run").prepare(New(verify_data=False), resume=True)

@@ -147,17 +147,22 @@ class RunDir:
             )
         self.lock()
         try:
-            self._prepare_locked(given, saved_path, resume)
+            self._prepare_locked(given, _defaults(config), saved_path, resume)
         except BaseException:
             self.release()
             raise
 
-    def _prepare_locked(self, given: dict[str, Any], saved_path: Path, resume: bool) -> None:
+    def _prepare_locked(
+        self, given: dict[str, Any], defaults: dict[str, Any], saved_path: Path, resume: bool
+    ) -> None:
         self._remove_temporaries()
         if resume:
             # A run killed before its first checkpoint has only config.json: resuming it
             # starts from scratch, which loses nothing.
             saved = read_json(saved_path, OBJECT, "Start a new run in another --out.")
+            # A setting added after the run started is absent from its config.json: the run
+            # trained with that setting's default.
+            saved = {**defaults, **saved}
             diffs = [
                 f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {v!r}"
                 for k, v in given.items()
@@ -444,3 +449,14 @@ def _unusable(optimizer: torch.optim.Optimizer) -> str:
                 ):
                     return f"{key} is not a tensor of shape {list(param.shape)}"
     return ""
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    """The config class's field defaults, JSON-ready (fields without one are left out)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out, default=str))  # as config_dict spells them
