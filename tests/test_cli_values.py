@@ -146,9 +146,12 @@ def test_ctrl_c_says_where_and_how_to_continue(tmp_path, monkeypatch, capsys):
     assert len(metrics_rows(out)) == 2
 
 
-def test_an_empty_out_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["train", "reproduce"])
+def test_an_empty_out_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
     argv = ["train", "classify", *TINY, "--model", "mlp", "--epochs", "1", "--out", ""]
+    if command == "reproduce":
+        argv = ["reproduce", "--preset", "demo", "--only", "p2", "--out", ""]
     assert_refused(lambda: main(argv), capsys, "--out '' or . names the current folder")
     assert list(tmp_path.iterdir()) == []
 

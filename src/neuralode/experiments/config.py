@@ -79,10 +79,17 @@ class RunOptions:
         check_seed(self, "seed")
         if self.resume and self.out is None:
             raise ValueError("--resume needs --out: the folder of the run to continue")
-        # Path("") is Path("."): an empty --out would spread a run's files over the
-        # current folder, mixed with whatever is there.
-        if self.out is not None and self.out == Path("."):
-            raise ValueError(
-                "--out '' or . names the current folder; give the run a folder of its own,"
-                " e.g. --out runs/my-run (or omit --out for runs/<experiment>/<time>)"
-            )
+        check_out_folder(self.out, "runs/my-run", "runs/<experiment>/<time>")
+
+
+def check_out_folder(out: Path | None, example: str, default: str) -> None:
+    """Refuse an ``--out`` that names the current folder.
+
+    ``Path("")`` is ``Path(".")``: an empty ``--out`` would spread a run's files over the
+    current folder, mixed with whatever is there.
+    """
+    if out is not None and out == Path("."):
+        raise ValueError(
+            "--out '' or . names the current folder; give the run a folder of its own,"
+            f" e.g. --out {example} (or omit --out for {default})"
+        )

@@ -24,7 +24,7 @@ import torch
 
 from ..data import find_image_files
 from ._extras import require
-from .config import MAX_THREADS, check_positive, check_seed
+from .config import MAX_THREADS, check_out_folder, check_positive, check_seed
 from .files import NUMBERS, atomic_write_text, read_json, write_json
 from .protocols import PLANNERS, Context, Job
 from .report import render
@@ -70,6 +70,7 @@ class ReproduceConfig:
     def __post_init__(self) -> None:
         check_positive(self, "threads", "parallel", maximum=MAX_THREADS)
         check_seed(self, "seed")
+        check_out_folder(self.out, "runs/reproduce-2", "runs/reproduce")
         self.protocols()  # validates --only
 
     def protocols(self) -> list[str]:
