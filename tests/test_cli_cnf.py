@@ -159,7 +159,18 @@ TINY_P5 = flows.Scale(("U1",), (2,), ("moons",), {"cnf": 2, "nf": 4}, {"cnf": 2,
 def test_p5_writes_its_report_section(tmp_path, monkeypatch):
     monkeypatch.setitem(flows.SCALES, "demo", TINY_P5)
     started = record_runs(monkeypatch, flows)
-    argv = ["reproduce", "--only", "p5", "--out", str(tmp_path), "--no-progress", "--threads", "1"]
+    argv = [
+        "reproduce",
+        "--only",
+        "p5",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--parallel",
+        "1",
+    ]
     assert main(argv) == 0
     assert started == ["u1-nf-k2", "u1-cnf-m2", "moons-cnf", "moons-nf"]
     report = (tmp_path / "REPORT.md").read_text()

@@ -119,7 +119,9 @@ def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):
 def test_p4_planner_writes_its_report_section(tmp_path, monkeypatch):
     tiny = p4.Scale(60, 20, 10, 10, 10, 10, (10,), (0.3,))
     monkeypatch.setitem(p4.SCALES, "demo", tiny)
-    config = ReproduceConfig(preset="demo", only="p4", out=tmp_path, threads=1, progress=False)
+    config = ReproduceConfig(
+        preset="demo", only="p4", out=tmp_path, threads=1, parallel=1, progress=False
+    )
     report = reproduce(config).read_text()
     assert "## P4 — Table 2" in report
     assert "### Noise 0.3" in report

@@ -67,7 +67,19 @@ def _evaluate(run: Path, *extra: str) -> int:
 
 
 def _reproduce(out: Path, *extra: str) -> int:
-    return main(["reproduce", "--out", str(out), "--no-progress", "--threads", "1", *extra])
+    return main(
+        [
+            "reproduce",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--threads",
+            "1",
+            "--parallel",
+            "1",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
