@@ -11,6 +11,19 @@ import torch
 
 from neuralode.experiments.runs import RunDir
 
+# A `train classify` run that takes about a second: the 8x8 digits, a narrow model.
+TINY_CLASSIFY = [
+    "--dataset", "digits", "--train-size", "64", "--val-size", "64", "--batch-size", "32",
+    "--eval-batch-size", "128", "--width", "8", "--no-progress", "--threads", "1",
+]  # fmt: skip
+
+
+def train_classify(out: Path, *extra: str) -> int:
+    """``neuralode train classify`` on :data:`TINY_CLASSIFY` into ``out``; the exit status."""
+    from neuralode.experiments.cli import main  # needs tyro: imported by the tests that skip
+
+    return main(["train", "classify", *TINY_CLASSIFY, "--out", str(out), *extra])
+
 
 def assert_refused(
     run: Callable[[], int], capsys: pytest.CaptureFixture[str], message: str

@@ -14,19 +14,20 @@ import torch
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
-from cli_helpers import assert_refused, assert_resume_is_exact, metrics_rows, weights  # noqa: E402
+from cli_helpers import (
+    TINY_CLASSIFY,
+    assert_refused,
+    assert_resume_is_exact,
+    metrics_rows,
+    train_classify,
+    weights,
+)  # noqa: E402
 from neuralode.experiments import classify, training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.runs import RunDir  # noqa: E402
 
-TINY = [
-    "--dataset", "digits", "--train-size", "64", "--val-size", "64", "--batch-size", "32",
-    "--eval-batch-size", "128", "--width", "8", "--no-progress", "--threads", "1",
-]  # fmt: skip
-
-
-def _train(out: Path, *extra: str) -> int:
-    return main(["train", "classify", *TINY, "--out", str(out), *extra])
+TINY = TINY_CLASSIFY
+_train = train_classify
 
 
 @pytest.mark.parametrize(

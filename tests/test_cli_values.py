@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import typing
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ pytest.importorskip("sklearn")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from cli_helpers import assert_refused, metrics_rows, weights  # noqa: E402
+from cli_helpers import TINY_CLASSIFY, assert_refused, metrics_rows, train_classify, weights  # noqa: E402
 from neuralode.experiments import classify  # noqa: E402
 from neuralode.experiments.classify import ClassifyConfig  # noqa: E402
 from neuralode.experiments.cli import _commands, main  # noqa: E402
@@ -28,14 +27,8 @@ from neuralode.experiments.latent import LatentConfig  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
 from neuralode.experiments.runs import RunDir  # noqa: E402
 
-TINY = [
-    "--dataset", "digits", "--train-size", "64", "--val-size", "64", "--batch-size", "32",
-    "--eval-batch-size", "128", "--width", "8", "--no-progress", "--threads", "1",
-]  # fmt: skip
-
-
-def _train(out: Path, *extra: str) -> int:
-    return main(["train", "classify", *TINY, "--out", str(out), *extra])
+TINY = TINY_CLASSIFY
+_train = train_classify
 
 
 def _finite(state: dict[str, torch.Tensor]) -> bool:

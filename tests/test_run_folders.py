@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
+from cli_helpers import TINY_CLASSIFY  # noqa: E402
 from neuralode.experiments import evaluate_classify, files, training  # noqa: E402
 from neuralode.experiments import reproduce as reproduce_module  # noqa: E402
 from neuralode.experiments.classify import ClassifyConfig, ClassifyTask  # noqa: E402
@@ -40,11 +41,7 @@ from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
 from neuralode.experiments.runs import RunDir, RunFolderError  # noqa: E402
 from test_reproduce import tiny  # noqa: E402, F401 (the fixture)
 
-TINY = [
-    "--dataset", "digits", "--train-size", "64", "--val-size", "64", "--batch-size", "32",
-    "--eval-batch-size", "128", "--width", "8", "--no-progress", "--threads", "1",
-    "--model", "odenet", "--tol", "1e-1", "--epochs", "1",
-]  # fmt: skip
+TINY = [*TINY_CLASSIFY, "--model", "odenet", "--tol", "1e-1", "--epochs", "1"]
 TINY_CONFIG = dict(
     dataset="digits", train_size=64, val_size=64, batch_size=32, eval_batch_size=128, width=8,
     progress=False, threads=1, model="odenet", tol=1e-1, epochs=1,
