@@ -228,3 +228,12 @@ def test_reverse_time_interpolation_mirrors_forward_time(solver_cls):
     torch.testing.assert_close(rev.ys, fwd.ys, rtol=1e-13, atol=1e-14)
     probe = torch.tensor([0.011, 0.77, 1.234, 2.4999], dtype=F64)
     torch.testing.assert_close(rev.dense(-probe), fwd.dense(probe), rtol=1e-13, atol=1e-14)
+
+
+def test_dense_output_keeps_a_multi_dimensional_state_shape():
+    y0 = torch.arange(6, dtype=torch.float64).reshape(3, 2) + 1
+    sol = no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), dense=True)
+    many = sol.dense(torch.tensor([0.25, 0.5], dtype=torch.float64))
+    assert many.shape == (2, 3, 2)
+    assert sol.dense(0.5).shape == (3, 2)
+    torch.testing.assert_close(many[1], y0 * math.exp(-0.5), rtol=1e-5, atol=1e-6)

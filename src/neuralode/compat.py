@@ -179,8 +179,7 @@ def odeint_dense(
     def dense_output_fn(t_eval: torch.Tensor) -> torch.Tensor:
         out = dense(t_eval)
         assert isinstance(out, torch.Tensor)  # a tensor y0 (checked above)
-        # The native interpolant returns a multi-dimensional state flattened: restore it.
-        return out.reshape(*torch.as_tensor(t_eval).shape, *y0.shape).to(y0.dtype)
+        return out.to(y0.dtype)
 
     return dense_output_fn
 

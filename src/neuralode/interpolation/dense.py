@@ -63,7 +63,9 @@ class DenseInterpolation:
         """The solution at time(s) ``t``: shape ``(*t.shape, *y0.shape)``."""
         times = torch.as_tensor(t, dtype=torch.float64)
         flat = [self._at(float(x)) for x in times.reshape(-1)]
-        out = torch.stack(flat).reshape(*times.shape, -1)
+        # Each point has the solver's state shape (y0's own for a tensor state, flat for a
+        # tuple): keep it, so a (3, 2) state comes back as (*t.shape, 3, 2), not (*t.shape, 6).
+        out = torch.stack(flat).reshape(*times.shape, *flat[0].shape)
         return self.unflatten(out)
 
     def _at(self, t: float) -> torch.Tensor:
