@@ -9,7 +9,6 @@ both torchdiffeq's ``AssertionError`` and neuralode's ``SolverError``.
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_state
+from ._checks import check_state, check_whole_number
 from ._compat_hooks import Callbacks, CompatController, find_callbacks
 from ._norms import rms_norm
 from ._solution import SolverError, State, Status
@@ -203,21 +202,11 @@ def configure(
 
 
 def _max_num_steps(options: dict[str, Any], arg: str) -> int:
-    value = options.get("max_num_steps", MAX_NUM_STEPS)
-    # torchdiffeq takes anything torch.as_tensor turns into an integer; an integral float
-    # (1e5) is common in configs, a fractional one is a mistake.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    try:
-        steps = operator.index(value)
-    except TypeError:
-        steps = -1
-    if steps < 1 or isinstance(value, bool):
-        raise ValueError(
-            f"{arg}['max_num_steps'] must be a positive integer, got {value!r}; e.g. "
-            f"{arg}={{'max_num_steps': 100000}}"
-        )
-    return steps
+    # torchdiffeq takes anything torch.as_tensor turns into an integer; the native rule
+    # (integral floats such as 1e5 accepted, 2.7 refused) is the same one.
+    return check_whole_number(
+        options.get("max_num_steps", MAX_NUM_STEPS), f"{arg}['max_num_steps']"
+    )
 
 
 def _check_dtype(dtype: object, arg: str) -> None:
