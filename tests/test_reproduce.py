@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -381,3 +384,29 @@ def test_p1_claim_needs_the_gap_and_the_parameter_share():
     big = close | {("odenet", 32): run(11.0, 60_000)}
     assert not p1.compare(big, 32).holds  # 41% of the parameters
     assert "does NOT match" in p1.verdicts(big)[0] and p1.compare(close, 64) is None
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    # SIGKILL (or SIGTERM) reaches only the parent; its workers must not go on training.
+    script = (
+        "import os, sys, time\n"
+        "from neuralode.experiments.reproduce import worker_pool\n"
+        "pool = worker_pool(1, 1)\n"
+        "print(pool.submit(os.getpid).result(), flush=True)\n"
+        "pool.submit(time.sleep, 120)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail(f"worker {worker} still running 20 s after its parent was killed")

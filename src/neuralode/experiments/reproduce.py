@@ -14,6 +14,7 @@ import dataclasses
 import multiprocessing
 import os
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -197,6 +198,18 @@ def _worker_init(threads: int) -> None:
     # Children of a run (P2's fresh measuring processes) inherit the thread count too.
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+    # A worker outlives a parent killed by SIGTERM or SIGKILL (only Ctrl-C reaches the whole
+    # process group): it would go on training and writing into OUT, and a re-run would find
+    # its runs locked or half-written. It exits with its parent instead; checkpoints are
+    # written atomically, so a later re-run resumes from the last one.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()
+    os._exit(1)
 
 
 def _log_path(ctx: Context, key: str) -> Path:
