@@ -19,7 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from cli_helpers import TINY_CLASSIFY, assert_refused, metrics_rows, train_classify, weights  # noqa: E402
 from neuralode.experiments import classify  # noqa: E402
-from neuralode.experiments.classify import ClassifyConfig  # noqa: E402
+from neuralode.experiments.classify import ClassifyConfig, load_splits  # noqa: E402
 from neuralode.experiments.cli import _commands, main  # noqa: E402
 from neuralode.experiments.cnf import CNFConfig  # noqa: E402
 from neuralode.experiments.evaluate_classify import EvaluateClassifyConfig  # noqa: E402
@@ -256,6 +256,21 @@ def test_digits_trains_with_the_default_sizes(tmp_path):
     # An explicit size is honoured, so too large a one is still refused.
     assert ClassifyConfig(dataset="digits", val_size=5_000).val_size == 5_000
     assert ClassifyConfig().train_size == 20_000 and ClassifyConfig().val_size == 5_000
+
+
+def test_image_size_resizes_every_split_and_is_checked(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "classify", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+            "--image-size", "14", "--zero-init", "--no-progress", "--threads", "1",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parameters"] == 14 * 14 * 300 + 300 + 300 * 10 + 10  # MLP on 196 pixels
+    splits = load_splits(ClassifyConfig(dataset="digits", image_size=14))
+    assert {tuple(x.shape[1:]) for x, _ in splits.values()} == {(1, 14, 14)}
+    argv = ["train", "classify", "--dataset", "digits", "--image-size", "8", "--no-progress",
+            "--out", str(tmp_path / "small")]  # fmt: skip
+    assert_refused(lambda: main(argv), capsys, "--image-size must lie in [10, 256], got 8")
 
 
 def _choices() -> list[tuple[str, str, str]]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import neuralode as no
-from neuralode.nn import MLP, ConcatConv2d, ODEBlock, ODENet, ResNet, RKNet
+from neuralode.nn import MLP, ConcatConv2d, ODEBlock, ODENet, ResNet, RKNet, zero_residual_branches
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -85,3 +85,31 @@ def test_tolerance_can_be_changed_after_construction():
         block.controller = no.PIDController(rtol=1e-2, atol=1e-2)
         block(x)
     assert block.stats.nfe < tight
+
+
+@pytest.mark.parametrize("make", [lambda: ODENet(8), lambda: RKNet(8), lambda: ResNet(8, blocks=3)])
+def test_zero_residual_branches_start_each_model_as_its_stem_and_head(make):
+    torch.manual_seed(0)
+    net = zero_residual_branches(make())
+    stem, _, head = net
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(net(x), head(stem(x)))
+    # The zeroed weights still get gradients, so training moves the branches off zero.
+    net(x).square().sum().backward()
+    zeroed = [p for n, p in net.named_parameters() if n.endswith(("norm3.weight", "conv2.weight"))]
+    assert zeroed and all(p.grad is not None and p.grad.abs().sum() > 0 for p in zeroed)
+
+
+def test_zero_residual_branches_leave_other_weights_alone():
+    torch.manual_seed(0)
+    plain = ResNet(8, blocks=2)
+    torch.manual_seed(0)
+    zeroed = zero_residual_branches(ResNet(8, blocks=2))
+    changed = {
+        name
+        for (name, a), (_, b) in zip(
+            plain.named_parameters(), zeroed.named_parameters(), strict=True
+        )
+        if not torch.equal(a, b)
+    }
+    assert changed <= {"1.0.conv2.weight", "1.1.conv2.weight"}

@@ -1,6 +1,6 @@
 """Neural-network models built on the solvers: ODE blocks, classifiers, latent ODEs, CNFs."""
 
-from .classifiers import MLP, ODENet, ResNet, RKNet
+from .classifiers import MLP, ODENet, ResNet, RKNet, zero_residual_branches
 from .cnf import CNF, BaseDistribution, GaussianBase
 from .cnf_dynamics import ConcatLinear, ConcatSquashLinear, MLPDynamics, PlanarDynamics
 from .density_estimation import (
@@ -58,6 +58,7 @@ __all__ = [
     "RNNBaseline",
     "RecognitionRNN",
     "ResBlock",
+    "zero_residual_branches",
     "ResNet",
     "SequenceModel",
     "density_grid",
