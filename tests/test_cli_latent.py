@@ -42,6 +42,9 @@ def test_train_writes_the_run_layout(tmp_path, model):
     assert summary["iters"] == 20 and summary["iters_per_epoch"] == 10
     # Extrapolating 100 points after a window the model barely learnt: finite, not small.
     assert 0.0 < summary["test_rmse_clean"] < 50 and 0.0 < summary["test_rmse"] < 50
+    # By horizon too; the latent ODE also reconstructs the window (the RNNs cannot).
+    assert all(0.0 < summary[f"test_rmse_clean_{k}"] < 50 for k in (10, 25, 50))
+    assert ("test_window_rmse_clean" in summary) == (model == "latent-ode")
     assert summary["train_seconds"] > 0
     assert "extrapolation.png" in summary["plots"]
     for plot in summary["plots"]:
@@ -133,6 +136,10 @@ def test_p4_planner_writes_its_report_section(tmp_path, monkeypatch):
     assert "](p4/latent-ode-n10-noise0.3/plots/extrapolation.png)" in report
     summary = json.loads((tmp_path / "p4" / "rnn-n10-noise0.3" / "summary.json").read_text())
     assert f"{summary['test_rmse_clean']:.4f}" in report
+    # The table by horizon: the RNN's error over the first 10 points, no window for it.
+    ode = json.loads((tmp_path / "p4" / "latent-ode-n10-noise0.3" / "summary.json").read_text())
+    assert f"| RNN | 10 | {summary['test_rmse_clean_10']:.4f} |" in report
+    assert f"{ode['test_window_rmse_clean']:.4f} |" in report
     walls = json.loads((tmp_path / "wall_times.json").read_text())
     assert len(walls) == 3
     # A second reproduce reuses every finished run.

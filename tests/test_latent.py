@@ -242,6 +242,23 @@ def test_evaluation_pools_squared_errors_over_real_targets():
     assert math.isclose(evaluate_extrapolation(Oracle(), ragged(float("nan")))["rmse"], 0.1)
 
 
+class LateDrift(Oracle):
+    """Exact for the first 10 targets, then off by 1 in both coordinates."""
+
+    def extrapolate(self, batch, times=None, mask=None):
+        pred = batch.target_clean.clone()
+        pred[:, 10:] += 1.0
+        return pred
+
+
+def test_evaluation_scores_each_horizon_over_the_first_k_targets():
+    data = make_spirals(20, 10, 0.2, seed=0)  # 100 targets per spiral
+    scores = evaluate_extrapolation(LateDrift(), data, batch_size=6, horizons=(10, 50))
+    assert scores["rmse_clean_10"] == 0.0
+    assert math.isclose(scores["rmse_clean_50"], math.sqrt(40 / 50), rel_tol=1e-6)
+    assert math.isclose(scores["rmse_clean"], math.sqrt(90 / 100), rel_tol=1e-6)
+
+
 def test_evaluation_restores_training_mode_and_needs_targets():
     model = rnn(True)
     evaluate_extrapolation(model, ragged())

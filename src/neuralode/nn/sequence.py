@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -145,22 +146,36 @@ class SequenceModel(nn.Module, abc.ABC):
 
 @torch.no_grad()
 def evaluate_extrapolation(
-    model: SequenceModel, series: IrregularSeries, *, batch_size: int = 256
+    model: SequenceModel,
+    series: IrregularSeries,
+    *,
+    batch_size: int = 256,
+    horizons: Sequence[int] = (),
 ) -> dict[str, float]:
     """Root-mean-square error of ``model.extrapolate`` over every real target of ``series``.
 
     The error is pooled over targets and channels (Table 2's "predictive RMSE"). Runs in
     eval mode without gradients and restores the model's training mode.
 
+    Args:
+        model: The trained model.
+        series: Series with targets (``target_times`` and ``target_values``).
+        batch_size: Series per call of ``model.extrapolate``.
+        horizons: Also score the first ``k`` targets of every series, for each ``k``: the
+            error grows with the distance from the observations, so the pooled RMSE
+            depends on how far the targets reach.
+
     Returns:
         ``rmse`` against the observed (noisy) targets, ``rmse_clean`` against the
-        noise-free ones (only when ``series.target_clean`` is known), and ``nfe`` (forward
-        evaluations per batch, averaged).
+        noise-free ones (only when ``series.target_clean`` is known), ``rmse_clean_<k>``
+        for each horizon ``k`` (likewise), and ``nfe`` (forward evaluations per batch,
+        averaged).
     """
     targets_of(series)
     was_training = model.training
     model.eval()
     sse, sse_clean, count, nfe, n_batches = 0.0, 0.0, 0, 0, 0
+    by_horizon = {k: [0.0, 0] for k in horizons}
     try:
         for batch in series.batches(batch_size):
             _, target_mask, target_values = targets_of(batch)
@@ -168,7 +183,11 @@ def evaluate_extrapolation(
             mask = target_mask[..., None].expand_as(pred)
             sse += float(((pred - target_values) ** 2)[mask].sum())
             if batch.target_clean is not None:
-                sse_clean += float(((pred - batch.target_clean) ** 2)[mask].sum())
+                sq_clean = (pred - batch.target_clean) ** 2
+                sse_clean += float(sq_clean[mask].sum())
+                for k, sums in by_horizon.items():
+                    sums[0] += float(sq_clean[:, :k][mask[:, :k]].sum())
+                    sums[1] += int(mask[:, :k].sum())
             count += int(mask.sum())
             nfe += model.nfe_forward
             n_batches += 1
@@ -177,5 +196,7 @@ def evaluate_extrapolation(
     result = {"rmse": math.sqrt(sse / count)}
     if series.target_clean is not None:
         result["rmse_clean"] = math.sqrt(sse_clean / count)
+        result.update({f"rmse_clean_{k}": math.sqrt(e / max(n, 1))
+                       for k, (e, n) in by_horizon.items()})  # fmt: skip
     result["nfe"] = nfe / n_batches
     return result
