@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from cli_helpers import (  # noqa: E402
 from neuralode.experiments import cnf_plots  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.protocols import flows  # noqa: E402
+from neuralode.experiments.protocols.base import Context  # noqa: E402
 
 TINY = ["--iters", "4", "--iters-per-epoch", "2", "--batch-size", "32", "--val-size", "40",
         "--test-size", "60", "--eval-batch-size", "30", "--tol", "1e-3", "--no-progress",
@@ -182,7 +184,7 @@ def test_p5_writes_its_report_section(tmp_path, monkeypatch):
         next(line for line in report.splitlines() if line.startswith("| moons |")).count("±") == 2
     )
     assert "cells (acceptance: most cells" in report
-    assert "(acceptance: lower on two moons):" in report
+    assert "(acceptance: lower, also at equal iterations):" in report
     for link in ("p5/u1-cnf-m2/plots/fit.png", "p5/moons-cnf/plots/flow.png",
                  "p5/moons-nf/plots/flow.png"):  # fmt: skip
         assert f"]({link})" in report and (tmp_path / link).is_file()
@@ -218,6 +220,43 @@ def test_equal_budget_reads_the_nf_at_the_cnf_iterations():
     lines = flows.density_verdicts(scale, runs)
     assert "in 0 of 1 cells" in lines[0] and "does NOT match" in lines[0]
     assert "At equal iterations" in lines[2] and "in 1 of 1 cells." in lines[2]
+
+
+def test_ml_verdict_needs_the_cnf_lower_at_the_end_and_at_equal_iterations():
+    cnf = {**_summary(500, [1.2, 1.0], "nll"), "test_nll": 0.9}
+    nf_behind = {**_summary(1500, [1.5, 1.3, 1.1, 0.8, 0.7, 0.6], "nll"), "test_nll": 1.0}
+    assert flows.ml_holds(cnf, nf_behind)  # at 500 iterations: 1.0 vs 1.3; at the end 0.9 vs 1.0
+    nf_ahead_early = {**_summary(1500, [0.95, 0.9, 1.1, 1.2, 1.2, 1.2], "nll"), "test_nll": 1.0}
+    assert not flows.ml_holds(cnf, nf_ahead_early)  # lower at the end, not at equal iterations
+    assert not flows.ml_holds(cnf, {**nf_behind, "test_nll": 0.85})
+
+
+def test_p5_claims_judge_equal_iterations_and_every_dataset(tmp_path):
+    scale = flows.Scale(("U1",), (2,), ("circles", "moons"), {"cnf": 1000, "nf": 5000},
+                        {"cnf": 500, "nf": 1500})  # fmt: skip
+    cnf = {**_summary(1000, [0.9, 0.4, 0.6, 0.5]), "test_kl": 0.3, "train_seconds": 40.0}
+    nf = {**_summary(5000, [0.7, 0.35, 0.1, 0.05, 0.01]), "test_kl": 0.2, "train_seconds": 50.0}
+    ml_cnf = {**_summary(500, [1.2, 1.0], "nll"), "test_nll": 0.9, "train_seconds": 60.0,
+              "iters": 500}  # fmt: skip
+    ml_nf = {**_summary(1500, [1.5, 1.3, 1.1, 0.8, 0.7, 0.6], "nll"), "test_nll": 1.0,
+             "train_seconds": 70.0}  # fmt: skip
+    runs = {
+        flows.density_name("U1", "cnf", 2): cnf,
+        flows.density_name("U1", "nf", 2): nf,
+        flows.ml_name("circles", "cnf"): ml_cnf,
+        flows.ml_name("circles", "nf"): ml_nf,
+    }
+    planner = flows.FlowComparison()
+    ctx = Context("demo", tmp_path, 0, None, False, "digits", "")
+    with (mock.patch.dict(flows.SCALES, {"demo": scale}),
+          mock.patch.object(flows.FlowComparison, "_runs", lambda self, ctx: runs)):  # fmt: skip
+        claims = planner.claims(ctx)
+    final, even, circles, moons = claims
+    assert final.holds is False and "training 40 s vs 50 s" in final.ours
+    assert even.holds is True and "at equal iterations (1,000)" in even.claim
+    assert "U1 at 2: 0.400 vs 0.700" in even.ours
+    assert circles.holds is True and "two circles" in circles.claim
+    assert moons.holds is None and moons.ours == "not run"
 
 
 def test_the_most_cells_verdict_waits_for_the_cells_not_run():
