@@ -76,7 +76,7 @@ SCALES = {
 # Fashion-MNIST is not installed.
 DIGITS_SCALE = Scale(None, 300, 12, {32: tuple(MODELS)})
 SWEEPS = {
-    "demo": ("1e-1,1e-2,1e-3,1e-4,1e-5", 500, 1),
+    "demo": ("1e-1,1e-2,1e-3,1e-4,1e-5", 1_000, 1),
     "quick": ("1e-1,1e-2,1e-3,1e-4,1e-5,1e-6,1e-7", 1_000, 2),
     "full": ("1e-1,1e-2,1e-3,1e-4,1e-5,1e-6,1e-7", 10_000, 4),
 }
