@@ -28,7 +28,9 @@ def save(fig: Any, folder: Path, name: str) -> str:
     """Save ``fig`` as ``folder/name`` (PNG, 120 dpi), close it, and return ``name``."""
     buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=120)
+    # bbox "tight" as well: square (equal-aspect) panels shrink after tight_layout, which
+    # pushed their titles out of the canvas.
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight", pad_inches=0.1)
     pyplot().close(fig)
     # Like every file of a run folder: atomically, with a clear error on a full disk.
     atomic_write_bytes(folder / name, buffer.getvalue())
