@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from unittest import mock
@@ -219,7 +220,7 @@ def test_equal_budget_reads_the_nf_at_the_cnf_iterations():
     scale = flows.Scale(("U1",), (2,), (), {"cnf": 1000, "nf": 5000}, {})
     lines = flows.density_verdicts(scale, runs)
     assert "in 0 of 1 cells" in lines[0] and "does NOT match" in lines[0]
-    assert "At equal iterations" in lines[2] and "in 1 of 1 cells." in lines[2]
+    assert "At equal iterations" in lines[2] and "in 1 of 1 cells (acceptance" in lines[2]
 
 
 def test_ml_verdict_needs_the_cnf_lower_at_the_end_and_at_equal_iterations():
@@ -257,6 +258,15 @@ def test_p5_claims_judge_equal_iterations_and_every_dataset(tmp_path):
     assert "U1 at 2: 0.400 vs 0.700" in even.ours
     assert circles.holds is True and "two circles" in circles.claim
     assert moons.holds is None and moons.ours == "not run"
+    # Where the budgets cannot settle it, the comparison at its own budgets is only reported.
+    unjudged = dataclasses.replace(scale, judge_budgets=False)
+    with (mock.patch.dict(flows.SCALES, {"demo": unjudged}),
+          mock.patch.object(flows.FlowComparison, "_runs", lambda self, ctx: runs)):  # fmt: skip
+        final, even, *_ = planner.claims(ctx)
+        lines = flows.density_verdicts(unjudged, runs)
+    assert final.holds is None and final.note == flows.NOT_JUDGED_BUDGETS
+    assert even.holds is True
+    assert "not judged at this budget" in lines[0]
 
 
 def test_the_most_cells_verdict_waits_for_the_cells_not_run():

@@ -39,6 +39,10 @@ class Scale:
         val_size: Validation samples per epoch.
         test_size: Test samples (or fresh test points), once per run.
         density_lr: Constant Adam learning rate of part (a), both models.
+        judge_budgets: Judge part (a) with each model at its own budget (the NF's larger);
+            ``False`` where the CNF's budget is too small for that to settle, and the
+            comparison is reported without a verdict (part (a) at equal iterations is
+            judged at every preset).
     """
 
     targets: tuple[str, ...]
@@ -51,6 +55,7 @@ class Scale:
     # lr 1e-2 suits the short budgets: on U1 after 300 iterations it reached KL 0.59 (CNF,
     # M = 8) and 0.34 (NF, K = 8) against 0.78 and 2.04 at 1e-3 (docs/cnf.md).
     density_lr: float = 1e-2
+    judge_budgets: bool = True
 
 
 SCALES = {
@@ -58,9 +63,14 @@ SCALES = {
     # where the quick and full presets separate the models most (full: KL 0.10 vs 0.55 on
     # U1), and two circles, Fig. 5's clearest case (quick: NLL 0.85 vs 0.94). The NF gets
     # about the CNF's training time (each of its iterations costs less): at K = 2 an NF
-    # iteration takes about 3 ms, a CNF one about 100; at 64 layers about 45 ms against 100.
+    # iteration takes about 3 ms, a CNF one about 60; at 64 layers about 35 ms against 60.
+    # Part (a) with the NF's budget is not judged here: a 2-layer NF settles within a few
+    # thousand iterations, while 500 (or 1,000) CNF iterations leave its KL seed-dependent
+    # (seeds 0, 1, 2: the CNF at most the NF's in 2, 3, 1 of the 3 cells; at seed 2 on U1
+    # 0.62 after 500 iterations and 0.71 / 0.63 after 1,000 at lr 1e-2 / 3e-3, against the
+    # NF's 0.40). At equal iterations the CNF was lower in all 9 cells.
     "demo": Scale(("U1", "U2", "U3"), (2,), ("circles",), {"cnf": 500, "nf": 12_000},
-                  {"cnf": 500, "nf": 1_500}, val_size=1_000),
+                  {"cnf": 500, "nf": 1_500}, val_size=1_000, judge_budgets=False),
     # About 45 minutes on one core: CNF 1k iterations (torchdiffeq's cnf.py budget), NF 5k.
     "quick": Scale(("U1", "U2", "U3"), (2, 8, 32), ("circles", "moons"),
                    {"cnf": 1_000, "nf": 5_000}, {"cnf": 1_000, "nf": 5_000}),
@@ -79,6 +89,9 @@ DENSITY_BATCH = 256
 ML = {"batch_size": 512, "lr": 1e-3}
 ML_WIDTH = 64
 DATASET_NAMES = {"circles": "two circles", "moons": "two moons"}
+NOT_JUDGED_BUDGETS = (
+    "reported, not judged at this budget: the CNF is far from converged (docs/protocols.md, P5)"
+)
 
 
 def density_name(target: str, model: str, size: int) -> str:
@@ -183,8 +196,11 @@ class FlowComparison(Planner):
         target, size = f.cells[-1]
         plot = ctx.folder("p5", density_name(target, "cnf", size)) / "plots" / "fit.png"
         figure_path = plot if plot.is_file() else None
-        out = [Claim(claim, ours, paper, f.holds, figure_path,
-                     "" if f.holds is not None else "cells missing")]  # fmt: skip
+        if s.judge_budgets:
+            out = [Claim(claim, ours, paper, f.holds, figure_path,
+                         "" if f.holds is not None else "cells missing")]  # fmt: skip
+        else:
+            out = [Claim(claim, ours, paper, None, figure_path, NOT_JUDGED_BUDGETS)]
         even = equal_budget_cells(f, runs)
         if even:
             won = sum(c <= n for _, c, n in even)
@@ -371,7 +387,9 @@ def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
     if not f.cells:
         return []
     missing = f.planned - len(f.cells)
-    if f.holds is None:
+    if not s.judge_budgets:
+        ok = "not judged at this budget, where the CNF is far from converged"
+    elif f.holds is None:
         ok = f"undecided, {missing} of {f.planned} cells not run yet"
     else:
         ok = "matches" if f.holds else "does NOT match"
@@ -392,7 +410,8 @@ def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
         out.append(
             f"- (a) At equal iterations (each model's best validation KL within the CNF's "
             f"budget, the NF's read from its epochs up to that point): the CNF's is at most "
-            f"the NF's in {len(even) - len(lost)} of {len(even)} cells"
+            f"the NF's in {len(even) - len(lost)} of {len(even)} cells (acceptance: most "
+            f"of the {f.planned} planned)"
             + (f"; the NF is lower for {'; '.join(lost)}." if lost else ".")
         )
     return out
