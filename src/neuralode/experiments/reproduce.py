@@ -39,7 +39,7 @@ PROTOCOLS = tuple(PLANNERS)
 class ReproduceConfig:
     """Run the paper's experiments (protocols P1-P5) and write REPORT.md beside the paper's numbers.
 
-    demo: about 10 minutes on a 2-core CPU, every protocol at a reduced but honest scale.
+    demo: about 6 minutes on a quiet 2-core CPU, every protocol at a reduced but honest scale.
     quick: the protocols' own sizes (tens of minutes to hours on a CPU).
     full: the paper's own scale where feasible (a GPU or a long run).
     The protocols, their sizes and thresholds: docs/protocols.md.

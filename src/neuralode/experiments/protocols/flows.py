@@ -59,7 +59,7 @@ class Scale:
 
 
 SCALES = {
-    # The whole demo of all protocols fits about 10 minutes: P5 gets about 3 of them. K = M = 2,
+    # The whole demo takes about 6 minutes on 2 cores: P5 about 2.5 of them. K = M = 2,
     # where the quick and full presets separate the models most (full: KL 0.10 vs 0.55 on
     # U1), and two circles, Fig. 5's clearest case (quick: NLL 0.85 vs 0.94). The NF gets
     # about the CNF's training time (each of its iterations costs less): at K = 2 an NF
