@@ -299,14 +299,13 @@ class LatentTask(Task):
             batches = math.ceil(len(part) / self.config.eval_batch_size)
             sums = {key: scores[key] ** 2 * count for key in keys}
             sums.update(count=count, nfe=scores["nfe"] * batches, batches=float(batches))
-        window = split == "test" and isinstance(inner, LatentODE)
-        if isinstance(inner, LatentODE) and window:
+        if split == "test" and isinstance(inner, LatentODE):
             sums.update(self._window_sse(inner, part, self.splits["truth"][rows]))
         totals = world.sum(sums)
         # Every spiral has as many targets, so each horizon's RMSE pools alike over ranks.
         out = {key: math.sqrt(totals[key] / totals["count"]) for key in keys}
         out["nfe"] = totals["nfe"] / totals["batches"]
-        if window:
+        if "window_sse" in totals:
             out["window_rmse_clean"] = math.sqrt(totals["window_sse"] / totals["window_count"])
         return out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..files import COUNT, NUMBER, POSITIVE, is_number, read_json
@@ -197,26 +197,31 @@ def _summaries(ctx: Context, s: Scale, noise: float) -> dict[tuple[str, int], di
     return found
 
 
+def _in_order(s: Scale, found: Mapping[tuple[str, int], Mapping[str, Any]]
+              ) -> Iterator[tuple[str, int, Mapping[str, Any]]]:  # fmt: skip
+    """(model, n, summary) of every finished run, model by model, n ascending."""
+    for model in MODELS:
+        for n in s.n_obs:
+            if (model, n) in found:
+                yield model, n, found[(model, n)]
+
+
 def _table(ctx: Context, s: Scale, noise: float,
            found: Mapping[tuple[str, int], Mapping[str, Any]],
            walls: Mapping[str, float]) -> str:  # fmt: skip
     rows = []
-    for model in MODELS:
-        for n in s.n_obs:
-            summary = found.get((model, n))
-            if summary is None:
-                continue
-            paper = PAPER_TABLE2.get(model, {}).get(n)
-            wall = walls.get(f"p4/{run_name(model, n, noise)}")
-            last = summary["history"][-1]
-            nfe = (f"{last['nfe_forward']:.0f} / {summary['test_nfe']:.0f}"
-                   if model == "latent-ode" else "–")  # fmt: skip
-            rows.append([
-                LABELS[model], n, f"{summary['test_rmse_clean']:.4f}",
-                f"{summary['test_rmse']:.4f}", "–" if paper is None else f"{paper:.4f}",
-                f"{summary['parameters']:,}", summary["best_epoch"] * summary["iters_per_epoch"],
-                f"{summary['train_seconds']:.0f}", "–" if wall is None else f"{wall:.0f}", nfe,
-            ])  # fmt: skip
+    for model, n, summary in _in_order(s, found):
+        paper = PAPER_TABLE2.get(model, {}).get(n)
+        wall = walls.get(f"p4/{run_name(model, n, noise)}")
+        last = summary["history"][-1]
+        nfe = (f"{last['nfe_forward']:.0f} / {summary['test_nfe']:.0f}"
+               if model == "latent-ode" else "–")  # fmt: skip
+        rows.append([
+            LABELS[model], n, f"{summary['test_rmse_clean']:.4f}",
+            f"{summary['test_rmse']:.4f}", "–" if paper is None else f"{paper:.4f}",
+            f"{summary['parameters']:,}", summary["best_epoch"] * summary["iters_per_epoch"],
+            f"{summary['train_seconds']:.0f}", "–" if wall is None else f"{wall:.0f}", nfe,
+        ])  # fmt: skip
     return table(["model", "n", "test RMSE vs clean (ours)", "vs noisy (ours)", "paper",
                   "parameters", "best iteration", "train s", "wall s",
                   "NFE train / test (per batch)"], rows)  # fmt: skip
@@ -227,17 +232,13 @@ def _horizon_table(s: Scale, found: Mapping[tuple[str, int], Mapping[str, Any]])
 
     How far the targets reach decides how large the pooled RMSE is.
     """
+    keys = [*(f"test_rmse_clean_{k}" for k in HORIZONS), "test_rmse_clean",
+            "test_window_rmse_clean"]  # fmt: skip
     rows = []
-    for model in MODELS:
-        for n in s.n_obs:
-            summary = found.get((model, n))
-            if summary is None:
-                continue
-            keys = [f"test_rmse_clean_{k}" for k in HORIZONS]
-            keys += ["test_rmse_clean", "test_window_rmse_clean"]
-            cells = [f"{v:.4f}" if is_number(v := summary.get(key)) else "–" for key in keys]
-            paper = PAPER_TABLE2.get(model, {}).get(n)
-            rows.append([LABELS[model], n, *cells, "–" if paper is None else f"{paper:.4f}"])
+    for model, n, summary in _in_order(s, found):
+        cells = [f"{v:.4f}" if is_number(v := summary.get(key)) else "–" for key in keys]
+        paper = PAPER_TABLE2.get(model, {}).get(n)
+        rows.append([LABELS[model], n, *cells, "–" if paper is None else f"{paper:.4f}"])
     if not rows:
         return ""
     intro = (
