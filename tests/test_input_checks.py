@@ -840,7 +840,7 @@ def test_a_success_never_returns_non_finite_outputs():
 
 
 def test_a_per_sample_success_with_non_finite_outputs_fails_that_sample():
-    from neuralode._loop import RawSolution
+    from neuralode._solution import RawSolution
     from neuralode._solve import _fail_nonfinite_outputs
 
     ys = torch.zeros(3, 4, 2)

@@ -11,13 +11,12 @@ import math
 import pytest
 import torch
 
-import neuralode._sample_loop as sample_loop
-import neuralode._sample_rows as sample_rows
 from neuralode import (
     Bosh3,
     ConstantStepSize,
     Dopri5,
     Dopri8,
+    PerSampleTuning,
     PIDController,
     SolverError,
     Status,
@@ -28,6 +27,8 @@ from neuralode import (
 
 D = torch.float64
 TOL = PIDController(rtol=1e-6, atol=1e-8)
+# Finished samples stay in the batch, frozen: what compaction must not change.
+NO_COMPACTION = PerSampleTuning(compact=False)
 
 
 def van_der_pol(t, y, mu):
@@ -254,12 +255,11 @@ def test_max_steps_is_each_samples_budget():
     assert sol.stats.sample_steps.tolist()[1] == 200 and sol.stats.sample_steps[0] < 200
 
 
-def test_compaction_changes_no_number_and_saves_the_work(monkeypatch):
+def test_compaction_changes_no_number_and_saves_the_work():
     mu, y0 = heterogeneous(batch=6)
     ts = per_sample_times(6)
     compacted = solve(van_der_pol, y0, ts, controller=TOL, batch_dims=1, args=mu)
-    monkeypatch.setattr(sample_loop, "COMPACT", False)
-    frozen = solve(van_der_pol, y0, ts, controller=TOL, batch_dims=1, args=mu)
+    frozen = solve(van_der_pol, y0, ts, controller=TOL, batch_dims=1, args=mu, tuning=NO_COMPACTION)
     torch.testing.assert_close(compacted.ys, frozen.ys, rtol=0, atol=0)
     torch.testing.assert_close(compacted.y_last, frozen.y_last, rtol=0, atol=0)
     assert compacted.stats.sample_steps.tolist() == frozen.stats.sample_steps.tolist()
@@ -271,9 +271,9 @@ def test_compaction_changes_no_number_and_saves_the_work(monkeypatch):
     assert frozen.stats.rows == 6 * frozen.stats.nfe > compacted.stats.rows
 
 
-def test_deferred_compaction_bounds_the_wasted_rows(monkeypatch):
+def test_deferred_compaction_bounds_the_wasted_rows():
     # 40 samples finishing a few at a time: finished ones wait, frozen, until they are
-    # COMPACT_SHARE of the batch, so the rows evaluated stay within 1 / (1 - share) of
+    # compact_share of the batch, so the rows evaluated stay within 1 / (1 - share) of
     # the samples' own work, and no number changes.
     w = torch.logspace(-1, 1.5, 40, dtype=D)
     y0 = torch.ones(40, 2, dtype=D)
@@ -281,9 +281,8 @@ def test_deferred_compaction_bounds_the_wasted_rows(monkeypatch):
     compacted = solve(forced, y0, ts, controller=TOL, batch_dims=1, args=w)
     steps = compacted.stats.sample_steps
     ideal = int((6 * steps + 2).sum())
-    assert ideal < compacted.stats.rows <= ideal / (1 - sample_loop.COMPACT_SHARE)
-    monkeypatch.setattr(sample_loop, "COMPACT", False)
-    frozen = solve(forced, y0, ts, controller=TOL, batch_dims=1, args=w)
+    assert ideal < compacted.stats.rows <= ideal / (1 - PerSampleTuning().compact_share)
+    frozen = solve(forced, y0, ts, controller=TOL, batch_dims=1, args=w, tuning=NO_COMPACTION)
     torch.testing.assert_close(compacted.ys, frozen.ys, rtol=0, atol=0)
     assert frozen.stats.rows > 1.5 * compacted.stats.rows
 
@@ -294,7 +293,7 @@ def test_deferred_compaction_bounds_the_wasted_rows(monkeypatch):
     ids=["dopri5", "hermite"],
 )
 @pytest.mark.parametrize("direction", [1.0, -1.0], ids=["forward", "reverse"])
-def test_batching_the_output_interpolation_changes_no_number(monkeypatch, solver, direction):
+def test_batching_the_output_interpolation_changes_no_number(solver, direction):
     # Outputs are interpolated in batches of pending steps (PendingOutputs): at the end by
     # default, every step with a budget of one element (the loop as it was before), and
     # every few steps in between. Values and gradients must not depend on it.
@@ -302,17 +301,17 @@ def test_batching_the_output_interpolation_changes_no_number(monkeypatch, solver
     y0 = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=D)
     ts = direction * per_sample_times(5, n=9)
 
-    def run():
+    def run(tuning=None):
         params = w.clone().requires_grad_(True)
-        sol = solve(forced, y0, ts, solver=solver, controller=TOL, batch_dims=1, args=params)
+        sol = solve(forced, y0, ts, solver=solver, controller=TOL, batch_dims=1, args=params,
+                    tuning=tuning)  # fmt: skip
         (grad,) = torch.autograd.grad(sol.ys.square().sum(), params)
         return sol, grad
 
     reference, grad = run()
     assert reference.success and torch.isfinite(reference.ys).all()
     for budget in (1, 300):
-        monkeypatch.setattr(sample_rows, "PENDING_ELEMENTS", budget)
-        sol, g = run()
+        sol, g = run(PerSampleTuning(pending_elements=budget))
         torch.testing.assert_close(sol.ys, reference.ys, rtol=0, atol=1e-15)
         torch.testing.assert_close(g, grad, rtol=1e-13, atol=0)
         assert sol.stats.sample_steps.tolist() == reference.stats.sample_steps.tolist()

@@ -14,7 +14,6 @@ import torch
 from torch._dynamo.utils import counters
 
 import neuralode as no
-import neuralode._sample_loop as sample_loop
 
 D = torch.float64
 
@@ -35,9 +34,13 @@ class MLP(torch.nn.Module):
         return self.net(torch.cat([y, t[:, None].to(y.dtype)], -1))
 
 
+# Dynamo's "eager" backend: the same tracing (and graph breaks) as inductor's, without
+# code generation, so each test takes seconds.
+EAGER = no.PerSampleTuning(backend="eager")
+
+
 @pytest.fixture
-def traced(monkeypatch):
-    monkeypatch.setattr(sample_loop, "COMPILE_BACKEND", "eager")
+def traced():
     torch._dynamo.reset()
     counters.clear()
     yield
@@ -51,16 +54,23 @@ def test_the_compiled_step_has_no_graph_breaks_and_changes_no_number(traced):
     controller = no.PIDController(rtol=1e-6, atol=1e-8)
     eager = no.solve(van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu)
     compiled = no.solve(
-        van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu, compile_step=True
+        van_der_pol,
+        y0,
+        ts,
+        controller=controller,
+        batch_dims=1,
+        args=mu,
+        compile_step=True,
+        tuning=EAGER,
     )
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] >= 1
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-13, atol=1e-13)
     assert compiled.stats.nfe == eager.stats.nfe
     assert torch.equal(compiled.stats.sample_steps, eager.stats.sample_steps)
-    # FUSED_STEPS steps per compiled call: a sample that finishes inside a call stays in
-    # the batch, frozen, for at most FUSED_STEPS - 1 steps more than between single steps.
-    extra = len(mu) * (sample_loop.FUSED_STEPS - 1) * 6
+    # fused_steps steps per compiled call: a sample that finishes inside a call stays in
+    # the batch, frozen, for at most fused_steps - 1 steps more than between single steps.
+    extra = len(mu) * (EAGER.fused_steps - 1) * 6
     assert eager.stats.rows <= compiled.stats.rows <= eager.stats.rows + extra
     # Samples finish at different times: the batch shrinks many times, and with a dynamic
     # batch dimension that costs no recompilation beyond the batch of one.
@@ -80,6 +90,7 @@ def test_compiled_module_field_trains(traced):
             ts,
             batch_dims=1,
             compile_step=compile_step,
+            tuning=EAGER,
             controller=no.PIDController(rtol=1e-6, atol=1e-8),
         )
         sol.ys.square().sum().backward()
@@ -110,7 +121,14 @@ def test_a_new_tolerance_reuses_the_compiled_step(traced):
         controller = no.PIDController(rtol=tol, atol=tol / 10)
         eager = no.solve(van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu)
         compiled = no.solve(
-            van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu, compile_step=True
+            van_der_pol,
+            y0,
+            ts,
+            controller=controller,
+            batch_dims=1,
+            args=mu,
+            compile_step=True,
+            tuning=EAGER,
         )
         torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-13, atol=1e-13)
         assert compiled.stats.nfe == eager.stats.nfe
@@ -118,7 +136,7 @@ def test_a_new_tolerance_reuses_the_compiled_step(traced):
     assert graphs[0] >= 1 and graphs[-1] == graphs[0]
 
 
-def test_python_numbers_are_graph_constants_in_every_graph(monkeypatch):
+def test_python_numbers_are_graph_constants_in_every_graph():
     # The config patch that makes the tableau's and controller's numbers constants is
     # entered only by the calls that may trace (a solve's first step, a batch of one row);
     # both graphs a solve compiles (batch dynamic, and one row) must still have them as
@@ -130,7 +148,6 @@ def test_python_numbers_are_graph_constants_in_every_graph(monkeypatch):
         inputs.append(list(example_inputs))
         return gm.forward
 
-    monkeypatch.setattr(sample_loop, "COMPILE_BACKEND", recording)
     torch._dynamo.reset()
     try:
         mu = torch.linspace(0.5, 6.0, 8, dtype=D)
@@ -139,7 +156,7 @@ def test_python_numbers_are_graph_constants_in_every_graph(monkeypatch):
         controller = no.PIDController(rtol=1e-6, atol=1e-7)
         for _ in range(2):
             no.solve(van_der_pol, y0, ts, controller=controller, batch_dims=1, args=mu,
-                     compile_step=True)  # fmt: skip
+                     compile_step=True, tuning=no.PerSampleTuning(backend=recording))  # fmt: skip
     finally:
         torch._dynamo.reset()
     assert len(inputs) == 2  # batch dynamic, then one row left; the second solve reuses both
@@ -175,7 +192,7 @@ def test_failures_inside_fused_steps_end_as_in_the_eager_loop(traced, case):
     f, y0, ts, args, extra = FAILURES[case]
     controller = no.PIDController(rtol=1e-6, atol=1e-8)
     sols = [no.solve(f, y0, ts, controller=controller, batch_dims=1, args=args, throw=False,
-                     compile_step=compile_step, **extra)
+                     compile_step=compile_step, tuning=EAGER, **extra)
             for compile_step in (False, True)]  # fmt: skip
     eager, compiled = sols
     assert compiled.sample_status == eager.sample_status
@@ -186,16 +203,16 @@ def test_failures_inside_fused_steps_end_as_in_the_eager_loop(traced, case):
     assert compiled.stats.nfe == eager.stats.nfe
 
 
-def test_fused_steps_change_no_number(traced, monkeypatch):
+def test_fused_steps_change_no_number(traced):
     mu = torch.linspace(0.5, 6.0, 8, dtype=D)
     y0 = torch.stack([torch.linspace(-2, 2, 8, dtype=D), torch.zeros(8, dtype=D)], -1)
     ts = torch.linspace(0.0, 3.0, 11, dtype=D)
     controller = no.PIDController(rtol=1e-6, atol=1e-8)
     sols = []
     for fused in (1, 3, 4):
-        monkeypatch.setattr(sample_loop, "FUSED_STEPS", fused)
+        tuning = no.PerSampleTuning(backend="eager", fused_steps=fused)
         sols.append(no.solve(van_der_pol, y0, ts, controller=controller, batch_dims=1,
-                             args=mu, compile_step=True))  # fmt: skip
+                             args=mu, compile_step=True, tuning=tuning))  # fmt: skip
     for sol in sols[1:]:
         torch.testing.assert_close(sol.ys, sols[0].ys, rtol=0, atol=0)
         assert torch.equal(sol.stats.sample_steps, sols[0].stats.sample_steps)

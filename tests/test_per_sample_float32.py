@@ -1,7 +1,7 @@
 """Float32 time near the last output time: no false failure, in both loops.
 
 The clock runs in float64, but a step shorter than the resolution of ``t``'s dtype (four
-ulps, ``neuralode._loop.resolution``) is an underflow. A step used to be stretched onto
+ulps, ``neuralode.integrate.clock.resolution``) is an underflow. A step used to be stretched onto
 ``t1`` only when it came within 1e-10 of its size, so in float32 time a step could end
 a few 1e-7 before ``t1``: a remainder the clock cannot step, reported as ``DT_MIN`` with
 the solution missing at ``t1`` (about 1 sample in 10^5 of a random Van der Pol batch).
@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import neuralode as no
-import neuralode._sample_loop as sample_loop
 from neuralode.solvers import RK4
 
 F32, F64 = torch.float32, torch.float64
@@ -72,19 +71,18 @@ def test_a_step_never_ends_a_sliver_before_t1(batch_dims, direction):
 
 
 @pytest.mark.slow  # dynamo's tracing: about 8 s
-def test_the_compiled_step_lands_on_t1_too(monkeypatch):
+def test_the_compiled_step_lands_on_t1_too():
     # The compiled per-sample step traces the same rule (dynamo's "eager" backend: the
     # same graph as inductor's, without code generation; one step per graph, the fused
     # steps repeat it).
-    monkeypatch.setattr(sample_loop, "COMPILE_BACKEND", "eager")
-    monkeypatch.setattr(sample_loop, "FUSED_STEPS", 1)
     torch._dynamo.reset()
     t1 = float(torch.nextafter(torch.tensor(3.0), torch.tensor(4.0)))
     ts = torch.tensor([0.0, t1], dtype=F32)
     controller = no.PIDController(dt0=1.0, dt_max=1.0, rtol=1e-3, atol=1e-6)
     try:
         sol = no.solve(lambda t, y: -0.01 * y, torch.ones(3, 2), ts, controller=controller,
-                       batch_dims=1, compile_step=True)  # fmt: skip
+                       batch_dims=1, compile_step=True,
+                       tuning=no.PerSampleTuning(backend="eager", fused_steps=1))  # fmt: skip
     finally:
         torch._dynamo.reset()
     assert sol.stats.sample_steps.tolist() == [3, 3, 3]

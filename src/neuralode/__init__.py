@@ -1,6 +1,7 @@
 """neuralode: differentiable ODE solvers and neural ODE models for PyTorch."""
 
 from ._norms import max_norm, rms_norm
+from ._problem import PerSampleTuning
 from ._solution import Solution, SolverError, Stats, Status
 from ._solve import solve
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
@@ -45,6 +46,7 @@ __all__ = [
     "Heun3",
     "Midpoint",
     "PIDController",
+    "PerSampleTuning",
     "Solution",
     "SolverError",
     "Stats",

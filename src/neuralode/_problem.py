@@ -10,6 +10,57 @@ from ._vector_field import Structure, VectorField
 
 
 @dataclass(frozen=True)
+class PerSampleTuning:
+    """How the per-sample driver runs: its performance knobs, in one place.
+
+    None of them changes a number of the solution (the tests prove it for each); they
+    trade host overhead against wasted rows.
+
+    Attributes:
+        compile: Run each step's tensor work through ``torch.compile``
+            (``solve(compile_step=True)``).
+        backend: ``torch.compile`` backend; ``"eager"`` traces with dynamo but generates
+            no code (a check for graph breaks in seconds).
+        fused_steps: A compiled solve takes this many steps per call of the compiled
+            graph. Each call costs some 200 µs of dynamo, guard and allocation overhead on
+            the host, whatever the batch, which on small states is most of a step's time;
+            unrolling the steps in one graph pays it once for all of them. 1 turns fusion
+            off.
+        compact: Drop finished samples from the batch (the point of the mode). Off, they
+            stay frozen in place: only to prove that compaction changes no number.
+        compact_share: Finished samples stay in the batch, frozen, until they are this
+            share of it: compacting costs an ``index_select`` per per-sample tensor, and
+            with samples finishing a few at a time compacting at every step is a visible
+            share of a small problem's wall time. The frozen rows are then at most this
+            share of the rows evaluated.
+        pending_elements: Steps whose outputs are pending are interpolated once their
+            stacks hold this many elements (and at the end): 32 MiB in float64 by default,
+            whatever the problem's size.
+    """
+
+    compile: bool = False
+    backend: str = "inductor"
+    fused_steps: int = 4
+    compact: bool = True
+    compact_share: float = 0.1
+    pending_elements: int = 1 << 22
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fused_steps, bool) or not (
+            isinstance(self.fused_steps, int) and self.fused_steps >= 1
+        ):
+            raise ValueError(f"fused_steps must be a whole number >= 1, got {self.fused_steps!r}")
+        if not 0 <= self.compact_share < 1:
+            raise ValueError(f"compact_share must lie in [0, 1), got {self.compact_share!r}")
+        if isinstance(self.pending_elements, bool) or not (
+            isinstance(self.pending_elements, int) and self.pending_elements >= 1
+        ):
+            raise ValueError(
+                f"pending_elements must be a whole number >= 1, got {self.pending_elements!r}"
+            )
+
+
+@dataclass(frozen=True)
 class Problem:
     """Everything the step loop needs, in its own terms.
 
@@ -29,8 +80,7 @@ class Problem:
             (``None``: the parameters of ``f`` if it is an ``nn.Module``).
         sample_taus: Per-sample mode only: ``(B, T)`` float64 output times of each sample
             in forward time (``taus`` is then empty). ``None`` in joint mode.
-        compiled: Per-sample mode only: run each step's tensor work through
-            ``torch.compile``.
+        tuning: Per-sample mode only: how the driver runs (:class:`PerSampleTuning`).
     """
 
     f: VectorField
@@ -42,9 +92,46 @@ class Problem:
     structure: Structure
     params: tuple[torch.Tensor, ...] | None = None
     sample_taus: torch.Tensor | None = None
-    compiled: bool = False
+    tuning: PerSampleTuning = PerSampleTuning()
 
     @property
     def batched(self) -> bool:
         """Whether this is a per-sample problem (the leading dim holds independent samples)."""
         return self.sample_taus is not None
+
+
+def flat_tolerance(value: object, problem: Problem) -> torch.Tensor | float:
+    """A tolerance as a float, or as a tensor laid out like the solver's state.
+
+    Per-component tolerances give one tensor per state part, broadcast to that part's shape
+    (with the sample dimension in front in per-sample mode, so a ``(B, 1)`` tensor gives
+    each sample its own tolerance), then flattened exactly as the state is.
+    """
+    if isinstance(value, (int, float)):
+        return float(value)
+    parts = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    structure = problem.structure
+    if len(parts) != len(structure.shapes):
+        raise ValueError(
+            f"a per-component tolerance needs one tensor per state part "
+            f"({len(structure.shapes)}), got {len(parts)}"
+        )
+    lead = (problem.y0.shape[0],) if structure.batched else ()
+    full = tuple(
+        _broadcast_tolerance(p, torch.Size((*lead, *s)))
+        for p, s in zip(parts, structure.shapes, strict=True)
+    )
+    # Real even for a complex state: the scale atol + rtol·|y| is real (y.real: y if real).
+    y0 = problem.y0
+    return structure.flatten(full if structure.is_tuple else full[0]).to(y0.device, y0.real.dtype)
+
+
+def _broadcast_tolerance(part: object, shape: torch.Size) -> torch.Tensor:
+    value = part if isinstance(part, torch.Tensor) else torch.tensor(float(part))  # type: ignore[arg-type]
+    try:
+        return torch.broadcast_to(value, shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"a tolerance tensor of shape {tuple(value.shape)} does not broadcast to the "
+            f"state shape {tuple(shape)}; give a float or a tensor of the state's shape"
+        ) from err

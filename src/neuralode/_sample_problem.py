@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ._checks import check_state, check_tensor_input
-from ._problem import Problem
+from ._problem import PerSampleTuning, Problem
 from ._solution import State
 from ._vector_field import Structure, UserField, VectorField, private_copy
 from .adjoints._time import attach_initial_time
@@ -88,7 +88,7 @@ def make_sample_problem(
     params: Sequence[torch.Tensor] | None,
     args: object = (),
     *,
-    compiled: bool = False,
+    tuning: PerSampleTuning | None = None,
 ) -> Problem:
     """:func:`neuralode._solve.make_problem` for ``batch_dims=1``."""
     if not callable(f):
@@ -112,5 +112,5 @@ def make_sample_problem(
         structure=structure,
         params=None if params is None else tuple(params),
         sample_taus=taus,
-        compiled=compiled,
+        tuning=PerSampleTuning() if tuning is None else tuning,
     )

@@ -144,3 +144,50 @@ class Solution:
     def success(self) -> bool:
         """Whether the solve reached every output time."""
         return self.status is Status.SUCCESS
+
+
+@dataclass
+class RawSolution:
+    """The loop's result on the flat state, before unflattening.
+
+    Attributes:
+        ys: Outputs, shape ``(len(ts), N)``; NaN rows where the solve did not reach.
+        stats: Work counters.
+        status: How the loop ended.
+        t_last: Last time reached (caller's time).
+        y_last: Flat state at ``t_last``.
+        dt_last: Last attempted step (caller's sign).
+        detail: Extra words for an error message.
+        dense: The dense interpolant if asked for.
+        sample_status: Per-sample mode: how each sample ended (``t_last`` is then a
+            ``(B,)`` tensor and ``ys`` is ``(len(ts), B, N)``).
+    """
+
+    ys: torch.Tensor
+    stats: Stats
+    status: Status
+    t_last: float | torch.Tensor
+    y_last: torch.Tensor
+    dt_last: float
+    detail: str = ""
+    dense: DenseInterpolation | None = None
+    sample_status: tuple[Status, ...] | None = None
+
+    def error(self, context: str = "") -> SolverError | None:
+        """The :class:`SolverError` of a failed solve (``None`` if it succeeded).
+
+        ``context`` says which solve failed when it is not the caller's own (e.g. an
+        adjoint's backward solve).
+        """
+        if self.status is Status.SUCCESS:
+            return None
+        detail = f"{context}: {self.detail}" if context and self.detail else context or self.detail
+        if self.sample_status is None:
+            t, samples = float(self.t_last), None
+        else:
+            samples = [i for i, s in enumerate(self.sample_status) if s is not Status.SUCCESS]
+            t = float(self.t_last[samples[0]])  # type: ignore[index]
+        return SolverError(
+            self.status, t=t, dt=self.dt_last, steps=self.stats.steps, detail=detail,
+            samples=samples,
+        )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -15,11 +16,10 @@ from ._checks import (
     check_tolerances_for,
     check_whole_number,
 )
-from ._loop import RawSolution
 from ._norms import max_norm, rms_norm
-from ._problem import Problem
+from ._problem import PerSampleTuning, Problem
 from ._sample_problem import make_sample_problem
-from ._solution import Solution, State, Status
+from ._solution import RawSolution, Solution, State, Status
 from ._vector_field import Structure, UserField, VectorField, private_copy
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, DirectAdjoint
 from .adjoints._time import attach_initial_time, attach_output_times
@@ -44,6 +44,7 @@ def solve(
     batch_dims: int = 0,
     args: torch.Tensor | Sequence[torch.Tensor] = (),
     compile_step: bool = False,
+    tuning: PerSampleTuning | None = None,
 ) -> Solution:
     """Solve ``dy/dt = f(t, y)``, ``y(ts[0]) = y0``, and return the state at every ``ts``.
 
@@ -88,6 +89,9 @@ def solve(
             stages with ``f``, error control and bookkeeping) into one graph with
             ``torch.compile``. Pays off for small vector fields over many steps; the first
             solve pays the compilation (see the docs on per-sample mode).
+        tuning: Per-sample mode only: the driver's performance knobs
+            (:class:`~neuralode.PerSampleTuning`: compile backend, steps fused per compiled
+            call, compaction, output batching). None of them changes a number.
 
     Returns:
         A :class:`Solution` with ``ys`` of shape ``(T, *y0.shape)``: in per-sample mode
@@ -102,6 +106,13 @@ def solve(
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     max_steps = _check_config(solver, controller, adjoint, max_steps)
     _check_batch_dims(batch_dims, controller)
+    if tuning is not None and not isinstance(tuning, PerSampleTuning):
+        raise TypeError(f"tuning must be a neuralode.PerSampleTuning, got {tuning!r}")
+    if tuning is not None and not batch_dims:
+        raise ValueError(
+            "tuning= configures the per-sample driver and needs batch_dims=1; the joint "
+            "mode has no such knobs"
+        )
     if compile_step and not batch_dims:
         raise ValueError(
             "compile_step=True needs batch_dims=1: the joint mode keeps its clock as Python "
@@ -113,7 +124,10 @@ def solve(
             f"got {type(args).__name__}"
         )
     if batch_dims:
-        problem = make_sample_problem(f, y0, ts, params, args, compiled=compile_step)
+        tuning = PerSampleTuning() if tuning is None else tuning
+        if compile_step:
+            tuning = dataclasses.replace(tuning, compile=True)
+        problem = make_sample_problem(f, y0, ts, params, args, tuning=tuning)
     elif isinstance(args, torch.Tensor) or len(args):
         raise ValueError(
             "args= passes per-sample constants with batch_dims=1; with one joint problem, "

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .._loop import integrate
 from .._problem import Problem
 from .._vector_field import State, Structure, VectorField
-from ..controllers import AbstractController, Decision, SolveStart
+from ..controllers import AbstractController
+from ..integrate import integrate
 from ..solvers._explicit_rk import AbstractSolver, ExplicitRK, StepResult
 from ._base import check_backward
 from ._second_order import differentiable_backward, field_vjp
@@ -73,65 +73,41 @@ class _AdjointRows:
 
 
 @dataclass
-class _ParameterQuadrature(AbstractController):
-    """The backward controller, plus the ``θ`` quadrature of every accepted step.
+class _ParameterQuadrature:
+    """The ``θ`` quadrature of every accepted backward step (an ``on_accept`` hook).
 
     Attributes:
-        inner: The controller that decides.
         dynamics: The adjoint dynamics (holds the step's stage graphs).
         vector_field: Its wrapper (per-sample args of the rows in the batch, counters).
-        solver: The backward solver (its ``b`` weights the stages).
+        weights: The backward solver's ``b``: how its stages make up a step.
         direction: Direction of the backward solve's time.
         params: The parameters.
         grads: The accumulated parameter gradient, one tensor per parameter.
     """
 
-    inner: AbstractController
     dynamics: _AdjointRows
     vector_field: VectorField
-    solver: ExplicitRK
+    weights: tuple[float, ...]
     direction: float
     params: list[torch.Tensor]
     grads: list[torch.Tensor] = field(default_factory=list)
 
-    @property
-    def adaptive(self) -> bool:
-        return self.inner.adaptive
-
-    @property
-    def per_sample(self) -> bool:
-        return True
-
-    def init(self, start: SolveStart) -> tuple[float, Any]:
-        raise NotImplementedError("only the per-sample backward solve uses this controller")
-
-    def decide(
-        self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
-    ) -> Decision:
-        raise NotImplementedError("only the per-sample backward solve uses this controller")
-
-    def tolerances(self) -> tuple[Any, Any]:
-        return self.inner.tolerances()
-
-    def min_step(self) -> float:
-        return self.inner.min_step()
-
-    def init_rows(self, start: SolveStart) -> tuple[torch.Tensor, Any]:
-        return self.inner.init_rows(start)
-
-    def decide_rows(
-        self, tau0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, step: StepResult, state: Any
-    ) -> Decision:
-        """The inner decision; then the accepted rows' ``θ`` increments are accumulated."""
-        decision = self.inner.decide_rows(tau0, dt, y0, step, state)
+    def __call__(
+        self,
+        tau0: Any,
+        dt: Any,
+        y0: torch.Tensor,
+        step: StepResult,
+        accept: Any,
+    ) -> None:
+        """Add the accepted rows' ``θ`` increments of the step to the accumulator."""
         if self.params:
-            self._accumulate(tau0, dt, y0, decision.accept)
-        return decision
+            self._accumulate(tau0, dt, y0, accept)
 
     def _accumulate(
         self, tau0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, accept: torch.Tensor
     ) -> None:
-        b = self.solver.tableau.b_float
+        b = self.weights
         stages = self.dynamics.stash[len(self.dynamics.stash) - (len(b) - 1) :]
         self.dynamics.stash = []
         n = y0.shape[-1] // 2
@@ -198,15 +174,14 @@ def solve_adjoint_rows(
     for i in range(taus.shape[1] - 1, 0, -1):
         back = _segment(problem, dynamics, (y, a), taus[:, [i, i - 1]])
         quadrature = _ParameterQuadrature(
-            controller,
             dynamics,
             back.f,
-            solver,
+            solver.tableau.b_float,
             back.direction,
             params,
             quadrature.grads if quadrature is not None else [],
         )
-        raw = integrate(back, solver, quadrature, max_steps=max_steps)
+        raw = integrate(back, solver, controller, max_steps=max_steps, on_accept=quadrature)
         check_backward(raw)
         nfe += back.f.nfe
         n = y.shape[-1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import abc
 
-from .._loop import RawSolution
 from .._problem import Problem
+from .._solution import RawSolution
 from ..controllers import AbstractController
 from ..solvers._explicit_rk import AbstractSolver
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from .._loop import integrate
 from .._problem import Problem
 from ..controllers import AbstractController
+from ..integrate import integrate
 from ..solvers._explicit_rk import AbstractSolver
 
 _THIRD_ORDER = (
@@ -54,8 +54,9 @@ def forward_with_graph(
     solve is re-run eagerly: a compiled step's backward donates its buffers and refuses
     ``create_graph=True``; compiled and eager steps agree to rounding.
     """
-    if problem.compiled:
-        problem = dataclasses.replace(problem, compiled=False)
+    if problem.tuning.compile:
+        eager = dataclasses.replace(problem.tuning, compile=False)
+        problem = dataclasses.replace(problem, tuning=eager)
     with torch.enable_grad():
         return integrate(problem, solver, controller, max_steps=max_steps).ys
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
-from .._loop import RawSolution, integrate
 from .._norms import rms_norm
 from .._problem import Problem
+from .._solution import RawSolution
 from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController, PIDController
+from ..integrate import integrate
 from ..solvers._explicit_rk import AbstractSolver
 from ._backsolve_rows import solve_adjoint_rows
 from ._base import AbstractAdjoint, check_backward, reject_dense

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from .._loop import RawSolution, integrate, replay_step
 from .._problem import Problem
-from .._sample_rows import RowsRecord, replay_rows
+from .._solution import RawSolution
 from ..controllers import AbstractController
+from ..integrate import AbstractRecord, integrate
 from ..solvers._explicit_rk import AbstractSolver
 from ._base import AbstractAdjoint, reject_dense
 from ._params import field_parameters
@@ -46,7 +46,7 @@ class CheckpointAdjoint(AbstractAdjoint):
     ) -> RawSolution:
         """Forward solve without a graph, recording the accepted steps."""
         reject_dense(dense, "CheckpointAdjoint")
-        records: list[Any] = []
+        records: list[AbstractRecord] = []
         with torch.no_grad():
             raw = integrate(problem, solver, controller, max_steps=max_steps, records=records)
         params = field_parameters(problem.f.f, problem.params, "CheckpointAdjoint")
@@ -61,7 +61,7 @@ class _Replay:
     solver: AbstractSolver
     controller: AbstractController
     max_steps: int
-    records: list[Any]
+    records: list[AbstractRecord]
     stats: Any
 
 
@@ -84,26 +84,25 @@ class _Checkpointed(torch.autograd.Function):
             grad_y0, grad_params = _backward_with_graph(setup, grad_ys, params)
             setup.stats.nfe_backward += field.nfe - nfe_before
             return (None, None, grad_y0, *grad_params)
-        if setup.problem.batched:
-            grad_y0, grad_params = _backward_rows(setup, grad_ys, params)
-            setup.stats.nfe_backward += field.nfe - nfe_before
-            return (None, None, grad_y0, *grad_params)
         grad_params = [torch.zeros_like(p) for p in params]
-        # Cotangent of the state at the end of the step being replayed.
+        # Cotangent of the state at the end of the step being replayed (per-sample: of
+        # each sample's current state; a record moves only its own rows).
         a = torch.zeros_like(grad_ys[0])
+        record: AbstractRecord
         for record in reversed(setup.records):
             with torch.enable_grad():
                 y0 = record.y0.detach().requires_grad_(True)
-                y1, outputs = replay_step(setup.problem, setup.solver, record, y0)
-                targets, cotangents = [y1], [a]
-                if outputs is not None:
-                    targets.append(outputs)
-                    cotangents.append(grad_ys[record.i0 : record.i1])
+                replayed = record.replay(setup.problem, setup.solver, y0)
+                targets, cotangents = [replayed.y1], [record.gather(a)]
+                if replayed.outputs is not None:
+                    targets.append(replayed.outputs)
+                    cotangents.append(record.output_grads(grad_ys, replayed))
                 grads = torch.autograd.grad(targets, (y0, *params), cotangents, allow_unused=True)
-            a = grads[0] if grads[0] is not None else torch.zeros_like(a)
+            a = record.scatter(a, grads[0])
             for acc, g in zip(grad_params, grads[1:], strict=True):
                 if g is not None:
                     acc.add_(g)
+        field.select(None)
         setup.stats.nfe_backward += field.nfe - nfe_before
         return (None, None, a + grad_ys[0], *grad_params)
 
@@ -125,34 +124,3 @@ def _backward_with_graph(
     wrt = (y0, *params)
     out = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt, strict=True)]
     return out[0], out[1:]
-
-
-def _backward_rows(
-    setup: _Replay, grad_ys: torch.Tensor, params: list[torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Per-sample mode: replay each batched step's accepted rows, last step first.
-
-    A sample's state only changes in the steps it accepted, so each record carries the
-    cotangent of just its rows back through their step; the other samples' cotangents
-    wait untouched for their own records.
-    """
-    flat = grad_ys.reshape(-1, grad_ys.shape[-1])  # output cotangents by (T, B) position
-    grad_params = [torch.zeros_like(p) for p in params]
-    a = torch.zeros_like(grad_ys[0])  # (B, N): cotangent of each sample's current state
-    record: RowsRecord
-    for record in reversed(setup.records):
-        with torch.enable_grad():
-            y0 = record.y0.detach().requires_grad_(True)
-            y1, outputs, pos = replay_rows(setup.problem, setup.solver, record, y0)
-            targets, cotangents = [y1], [a.index_select(0, record.idx)]
-            if outputs is not None and pos is not None:
-                targets.append(outputs)
-                cotangents.append(flat[pos])
-            grads = torch.autograd.grad(targets, (y0, *params), cotangents, allow_unused=True)
-        if grads[0] is not None:
-            a = a.index_copy(0, record.idx, grads[0])
-        for acc, g in zip(grad_params, grads[1:], strict=True):
-            if g is not None:
-                acc.add_(g)
-    setup.problem.f.select(None)
-    return a + grad_ys[0], grad_params

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from .._loop import RawSolution, integrate
 from .._problem import Problem
+from .._solution import RawSolution
 from ..controllers import AbstractController
+from ..integrate import integrate
 from ..solvers._explicit_rk import AbstractSolver
 from ._base import AbstractAdjoint
 from ._second_order import differentiable_backward
@@ -48,7 +49,7 @@ class DirectAdjoint(AbstractAdjoint):
     ) -> RawSolution:
         """Run the step loop with autograd recording (whatever the caller's grad mode)."""
         raw = integrate(problem, solver, controller, max_steps=max_steps, dense=dense)
-        if problem.compiled and raw.ys.requires_grad:
+        if problem.tuning.compile and raw.ys.requires_grad:
             raw.ys = _FirstOrderOnly.apply(raw.ys)
         return raw
 

@@ -1,101 +1,57 @@
-"""The per-sample loop's state: rows of samples, what they leave behind, their outputs.
+"""Outputs at the requested times, for both drivers.
 
-Shared by the loop (:mod:`neuralode._sample_loop`) and by the replay of recorded steps
-(checkpointed gradients), so both evaluate a step's outputs with the same code.
+A step's outputs are its interpolant at the output times inside it (and ``y1`` itself
+at its end). The joint driver evaluates them step by step (:func:`outputs_in_step`); the
+per-sample driver keeps steps pending and evaluates many rows' outputs at once
+(:class:`PendingOutputs`), scattering them into a :class:`Collector`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from ._problem import Problem
-from .interpolation import needs_f1
-from .interpolation.local import interpolate_stacked
-from .solvers._explicit_rk import AbstractSolver, StepResult
+from .._problem import Problem
+from ..interpolation import interpolate_step, needs_f1
+from ..interpolation.local import interpolate_stacked
+from ..solvers._explicit_rk import AbstractSolver, StepResult
 
 
-@dataclass
-class Rows:
-    """Loop state of the samples still in the batch, one row each (compacted together).
-
-    Attributes:
-        idx: Position of each row in the caller's batch, ``(A,)``.
-        tau: Forward time reached, float64 ``(A,)``.
-        dt: Next step to attempt (forward time, positive), float64 ``(A,)``.
-        y: State at ``tau``, ``(A, N)``.
-        f0: ``f(tau, y)``, ``(A, N)``.
-        taus: Output times in forward time, float64 ``(A, T)``.
-        tau_end: The last of them, ``taus[:, -1]`` (kept, not sliced at every step).
-        tau_land: Where a step starts landing on ``tau_end``, ``landing(tau_end)`` (see
-            :func:`neuralode._loop.landing`; kept, as it is the same at every step).
-        n_out: Outputs written so far (those at or before ``tau``), ``(A,)``.
-        streak: Non-finite rejections in a row, ``(A,)``.
-        steps: Steps attempted, ``(A,)``.
-        accepted: Steps accepted, ``(A,)``.
-        live: Still stepping; ``False`` for finished rows not yet compacted away (frozen:
-            they keep the clock, state and counts they ended with).
-        code: Why a finished row stopped (0: success; see ``_sample_endings.ENDINGS``).
-        cstate: The controller's state; its tensors with a leading dim are per-row.
-        n_live: Number of live rows (host-side, from the step's one sync).
-    """
-
-    idx: torch.Tensor
-    tau: torch.Tensor
-    dt: torch.Tensor
-    y: torch.Tensor
-    f0: torch.Tensor
-    taus: torch.Tensor
-    tau_end: torch.Tensor
-    tau_land: torch.Tensor
-    n_out: torch.Tensor
-    streak: torch.Tensor
-    steps: torch.Tensor
-    accepted: torch.Tensor
-    live: torch.Tensor
-    code: torch.Tensor
-    cstate: Any = ()
-    n_live: int = 0
-
-    def take(self, keep: torch.Tensor, n_live: int) -> Rows:
-        """The rows at positions ``keep`` (``n_live`` of them live)."""
-        picked = {
-            f.name: getattr(self, f.name).index_select(0, keep)
-            for f in dataclasses.fields(self)
-            if f.name not in ("cstate", "n_live")
-        }
-        cstate = tuple(_take(x, keep) for x in self.cstate)
-        return Rows(**picked, cstate=cstate, n_live=n_live)
+def outputs_in_step(
+    solver: AbstractSolver,
+    taus: tuple[float, ...],
+    n_out: int,
+    n_next: int,
+    tau0: float,
+    dt: float,
+    d: float,
+    y0: torch.Tensor,
+    step: StepResult,
+    f1: torch.Tensor | None,
+) -> torch.Tensor:
+    """Outputs ``taus[n_out:n_next]`` (all inside ``(tau0, tau0 + dt]``), shape ``(m, N)``."""
+    tau1 = tau0 + dt
+    inner = [(t - tau0) / dt for t in taus[n_out:n_next] if t < tau1]
+    n_end = (n_next - n_out) - len(inner)  # outputs exactly at the step end: y1 itself
+    parts = []
+    if inner:
+        parts.append(interpolate_step(solver, y0, step.k, f1, d * dt, inner))
+    if n_end:
+        parts.append(step.y1.unsqueeze(0).expand(n_end, *step.y1.shape))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _take(x: Any, keep: torch.Tensor) -> Any:
-    return x.index_select(0, keep) if isinstance(x, torch.Tensor) and x.ndim else x
-
-
-@dataclass(frozen=True)
-class RowsRecord:
-    """The accepted rows of one batched step, enough to replay them (checkpointing).
-
-    Attributes:
-        idx: Batch positions of the accepted rows, ``(a,)``.
-        tau0: Their start times (forward), ``(a,)``.
-        dt: Their step sizes (forward), ``(a,)``.
-        y0: Their states at the start, ``(a, N)``.
-        n_out: Index of the first output each produced, ``(a,)``.
-        count: Number of outputs each produced, ``(a,)``.
-        total: ``sum(count)``.
-    """
-
-    idx: torch.Tensor
-    tau0: torch.Tensor
-    dt: torch.Tensor
-    y0: torch.Tensor
-    n_out: torch.Tensor
-    count: torch.Tensor
-    total: int
+def assemble(outputs: list[torch.Tensor], n: int) -> torch.Tensor:
+    """Joint outputs ``(n, N)`` from the steps' blocks; NaN for the outputs not reached."""
+    ys = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    missing = n - ys.shape[0]
+    if missing:
+        # Never uninitialised memory: outputs the solve did not reach are NaN.
+        nan = torch.full((missing, *ys.shape[1:]), math.nan, dtype=ys.dtype, device=ys.device)
+        ys = torch.cat([ys, nan])
+    return ys
 
 
 class Collector:
@@ -111,45 +67,18 @@ class Collector:
         self.values: list[torch.Tensor] = []
 
     def add(self, pos: torch.Tensor, values: torch.Tensor) -> None:
+        """Place ``values`` (one row per position) at the flat positions ``pos``."""
         # (Reshaped only when needed: a reshape is one more tensor op at every step.)
         self.pos.append(pos if pos.ndim == 1 else pos.reshape(-1))
         rows_first = values.ndim == 2 and values.shape[0] == pos.numel()
         self.values.append(values if rows_first else values.reshape(pos.numel(), -1))
 
     def assemble(self, like: torch.Tensor) -> torch.Tensor:
+        """The ``(size, N)`` tensor (``like``'s dtype): the rows placed, ``fill`` elsewhere."""
         values = torch.cat(self.values)
         shape = (self.size, values.shape[-1])
         base = torch.full(shape, self.fill, dtype=like.dtype, device=like.device)
         return base.index_put((torch.cat(self.pos),), values)
-
-
-@dataclass
-class Ended:
-    """What each sample left behind when it left the batch, ``(B, ...)``.
-
-    ``dt_last`` is the step a failed sample last attempted (caller's sign; 0 if none).
-    """
-
-    code: torch.Tensor
-    t_last: torch.Tensor
-    dt_last: torch.Tensor
-    steps: torch.Tensor
-    accepted: torch.Tensor
-    y_last: Collector
-
-    def add(self, rows: Rows, at: torch.Tensor | None, direction: float) -> None:
-        """Record the finished rows at positions ``at`` of ``rows`` (``None``: all)."""
-        idx, tau, y = rows.idx, rows.tau, rows.y
-        code, steps, accepted = rows.code, rows.steps, rows.accepted
-        if at is not None:
-            idx, tau, y = idx.index_select(0, at), tau.index_select(0, at), y.index_select(0, at)
-            code, steps = code.index_select(0, at), steps.index_select(0, at)
-            accepted = accepted.index_select(0, at)
-        self.code[idx] = code
-        self.t_last[idx] = direction * tau
-        self.steps[idx] = steps
-        self.accepted[idx] = accepted
-        self.y_last.add(idx, y)
 
 
 @dataclass(frozen=True)
@@ -219,11 +148,6 @@ def step_outputs(
     return values, j * batch + window.idx[row]
 
 
-# Pending steps are interpolated once their stacks hold this many elements (and at the
-# end): 32 MiB in float64, whatever the problem's size.
-PENDING_ELEMENTS = 1 << 22
-
-
 class PendingOutputs:
     """Steps whose outputs are not interpolated yet: kept whole, done many at a time.
 
@@ -232,7 +156,7 @@ class PendingOutputs:
     third of a compiled step's wall time on a batch of 1024 rotations. Instead a step's
     window and stack are kept as they are, without even selecting the rows that have
     outputs (that would be ops again), and :func:`step_outputs` runs on the concatenation
-    once :data:`PENDING_ELEMENTS` are pending, and at the end: the same formula per
+    once the tuning's ``pending_elements`` are pending, and at the end: the same formula per
     output, on more rows at once. The rows without outputs cost memory until then, bounded
     by that budget, and nothing else (``step_outputs`` skips them).
     """
@@ -240,6 +164,7 @@ class PendingOutputs:
     def __init__(self, problem: Problem, solver: AbstractSolver, outputs: Collector) -> None:
         assert problem.sample_taus is not None  # a per-sample problem
         self.problem, self.solver, self.outputs = problem, solver, outputs
+        self.budget = problem.tuning.pending_elements
         self.taus = problem.sample_taus
         self.parts: list[tuple[torch.Tensor, ...]] = []
         self.f1: list[torch.Tensor] = []
@@ -259,7 +184,7 @@ class PendingOutputs:
             self.f1.append(f1)
         self.total += window.total
         self.elements += stacked.numel()
-        if self.elements >= PENDING_ELEMENTS:
+        if self.elements >= self.budget:
             self.flush()
 
     def flush(self) -> None:
@@ -274,48 +199,3 @@ class PendingOutputs:
             self.outputs.add(pos, values)
         self.parts, self.f1 = [], []
         self.total = self.elements = 0
-
-
-def record_rows(
-    rows: Rows,
-    accept: torch.Tensor,
-    tau0: torch.Tensor,
-    dt: torch.Tensor,
-    count: torch.Tensor,
-    total: int,
-) -> RowsRecord:
-    a = accept.nonzero().squeeze(-1)
-    return RowsRecord(
-        idx=rows.idx[a],
-        tau0=tau0[a],
-        dt=dt[a],
-        y0=rows.y[a],
-        n_out=rows.n_out[a],
-        count=count[a],
-        total=total,
-    )
-
-
-def replay_rows(
-    problem: Problem, solver: AbstractSolver, record: RowsRecord, y0: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Recompute a record's steps from ``y0`` exactly as :func:`integrate_samples` did.
-
-    Returns ``y1`` and the outputs with their flat positions (``None`` if none), as
-    functions of ``y0`` (and of the vector field's parameters) for autograd.
-    """
-    f, d = problem.f, problem.direction
-    f.select(record.idx)
-    f0 = f(d * record.tau0, y0)
-    step = solver.step(f, d * record.tau0, y0, f0, d * record.dt)
-    if not record.total:
-        return step.y1, None, None
-    f1 = step.f1
-    if f1 is None and needs_f1(solver):
-        f1 = f(d * (record.tau0 + record.dt), step.y1)
-    taus = problem.sample_taus
-    assert taus is not None
-    window = Window(record.idx, taus, record.n_out, record.count, record.total)
-    stacked = stack_step(y0, step)
-    values, pos = step_outputs(problem, solver, window, record.tau0, record.dt, stacked, f1)
-    return step.y1, values, pos

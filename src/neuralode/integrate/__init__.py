@@ -1,0 +1,66 @@
+"""THE step loop, written once: :func:`integrate` and the two drivers it picks from.
+
+The joint driver (:mod:`.joint`) steps the whole state with one step size on a Python
+float clock; the per-sample driver (:mod:`.per_sample`) steps every sample of a batch on
+its own clock. They share the clock's rules (:mod:`.clock`), the failure table
+(:mod:`.endings`), the output collection (:mod:`.outputs`) and the records that replay
+accepted steps (:mod:`.records`).
+"""
+
+from __future__ import annotations
+
+from .._problem import Problem
+from .._solution import RawSolution
+from ..controllers import AbstractController
+from ..solvers._explicit_rk import AbstractSolver
+from .hooks import OnAccept
+from .joint import integrate_joint
+from .per_sample import integrate_samples
+from .records import AbstractRecord, Replayed, RowsRecord, StepRecord
+
+__all__ = [
+    "AbstractRecord",
+    "OnAccept",
+    "Replayed",
+    "RowsRecord",
+    "StepRecord",
+    "integrate",
+]
+
+
+def integrate(
+    problem: Problem,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    *,
+    max_steps: int,
+    dense: bool = False,
+    records: list[AbstractRecord] | None = None,
+    on_accept: OnAccept | None = None,
+) -> RawSolution:
+    """Solve ``problem`` and return the outputs at its output times.
+
+    Args:
+        problem: The validated problem, joint or per-sample (``problem.batched``).
+        solver: The method.
+        controller: Step-size control.
+        max_steps: Budget of attempted steps (per sample in per-sample mode).
+        dense: Also build a dense interpolant (joint mode only).
+        records: When a list, every accepted step is appended to it, as a record that
+            replays it (:class:`~neuralode.integrate.records.AbstractRecord`).
+        on_accept: Called after every accepted step (see :class:`OnAccept`).
+    """
+    if not problem.batched:
+        return integrate_joint(
+            problem, solver, controller, max_steps=max_steps, dense=dense,
+            records=records, on_accept=on_accept,  # type: ignore[arg-type]
+        )  # fmt: skip
+    if dense:
+        raise ValueError(
+            "dense=True is not available in per-sample mode (batch_dims=1): each sample "
+            "has its own steps; pass the times you need in ts (shape (B, T)) instead"
+        )
+    return integrate_samples(
+        problem, solver, controller, max_steps=max_steps, records=records,  # type: ignore[arg-type]
+        on_accept=on_accept,
+    )  # fmt: skip

@@ -1,0 +1,176 @@
+"""The joint driver: one step size for the whole state (torchdiffeq's semantics).
+
+step → controller decides (accept, next dt) → on accept, interpolate every output time
+inside the step → statistics. The driver runs in forward time ``tau`` (see
+:class:`~neuralode._problem.Problem`); the solver and the vector field see the caller's
+signed time. Its clock, step sizes and error ratios are Python floats: one host sync per
+step (the controller's verdict) and no tensor arithmetic on time, which is most of a
+small neural ODE's solver overhead.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+from .._problem import Problem, flat_tolerance
+from .._solution import RawSolution, Stats
+from ..controllers import AbstractController, SolveStart
+from ..interpolation import DenseInterpolation, needs_f1
+from ..solvers._explicit_rk import AbstractSolver, StepResult
+from .clock import landing, next_float, step_to
+from .endings import Failure, ending, hopeless
+from .hooks import OnAccept
+from .outputs import assemble, outputs_in_step
+from .records import StepRecord
+
+
+def integrate_joint(
+    problem: Problem,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    *,
+    max_steps: int,
+    dense: bool = False,
+    records: list[StepRecord] | None = None,
+    on_accept: OnAccept | None = None,
+) -> RawSolution:
+    """Solve a joint ``problem``; see :func:`neuralode.integrate.integrate`."""
+    f, d, taus = problem.f, problem.direction, problem.taus
+    tau, y, f0 = taus[0], problem.y0, problem.f0
+    out = _Collected(problem, solver, dense, records)
+    stats, failure, dt = Stats(), Failure.NONE, 0.0
+    if len(taus) > 1 and not bool(torch.isfinite(f0).all()):
+        # Nothing a smaller step can fix: fail before choosing a (NaN) first step.
+        failure = Failure.NONFINITE_AT_T0
+    elif len(taus) > 1:
+        dt, cstate = controller.init(_start(problem, solver, controller))
+    stops, jumps = _forced_stops(controller, problem)
+    t_dtype, t_f0, streak = problem.ts.dtype, d * tau, 0
+    while not failure and out.n_out < len(taus):
+        if stats.steps >= max_steps:
+            failure = Failure.MAX_STEPS
+            break
+        # The controller's proposal, not a step cut short to land on a stop, is what must
+        # respect dt_min (with slack for dt having been recomputed as t1 - t0).
+        underflow = dt < controller.min_step() * (1 - 1e-9)
+        i_stop = bisect.bisect_right(stops, tau)
+        tau_stop = stops[i_stop] if i_stop < len(stops) else taus[-1]
+        # Land exactly on the next stop rather than leave a sliver.
+        tau1, dt, lost = step_to(tau, dt, tau_stop, landing(tau_stop, t_dtype), t_dtype)
+        if underflow or lost:
+            failure = Failure.DT_MIN if underflow else Failure.CLOCK
+            failure = Failure.NONFINITE_UNDERFLOW if streak else failure
+            break
+        # A step that ends on a jump of f evaluates its end stages just before the jump
+        # (the left limit), as torchdiffeq does; the step after restarts just past it.
+        t1_stage = next_float(d * tau1, d * tau, t_dtype) if tau1 in jumps else None
+        step = solver.step(f, d * tau, y, f0, d * dt, t1_stage)
+        stats.steps += 1
+        decision = controller.decide(tau, dt, y, step, cstate)
+        cstate = decision.state
+        if not decision.accept:
+            stats.rejected += 1
+            streak = streak + 1 if decision.nonfinite else 0
+            failure = hopeless(decision.nonfinite, controller.adaptive, streak, f0)
+            dt = dt if failure else decision.dt_next
+            continue
+        streak = 0
+        stats.accepted += 1
+        if on_accept is not None:
+            on_accept(tau, dt, y, step, True)
+        f1 = out.accept(tau, tau1, dt, y, step, t_f0, t1_stage)
+        tau, y, t_f0 = tau1, step.y1, d * tau1
+        if out.n_out < len(taus):
+            if tau in jumps:
+                # f jumps here: the FSAL stage is the left limit; restart from the right one.
+                t_f0 = next_float(d * tau, d * taus[-1], t_dtype)
+                f1 = f(t_f0, y)
+            elif f1 is None:
+                f1 = f(d * tau, y)
+        f0 = f1 if f1 is not None else f0
+        dt = decision.dt_next
+    stats.nfe = f.nfe
+    status, detail = ending(failure, d * tau, t_dtype)
+    return RawSolution(
+        ys=assemble(out.ys, len(taus)), stats=stats, status=status, t_last=d * tau, y_last=y,
+        dt_last=d * dt if dt else 0.0, detail=detail, dense=out.dense,
+    )  # fmt: skip
+
+
+def _start(problem: Problem, solver: AbstractSolver, controller: AbstractController) -> SolveStart:
+    """What the controller may look at to choose the first step."""
+    rtol, atol = controller.tolerances()
+    d, tau = problem.direction, problem.taus[0]
+    return SolveStart(
+        solver=solver,
+        f=problem.f,
+        t0=d * tau,
+        y0=problem.y0,
+        f0=problem.f0,
+        tau0=tau,
+        tau_end=problem.taus[-1],
+        direction=d,
+        rtol=flat_tolerance(rtol, problem),
+        atol=flat_tolerance(atol, problem),
+    )
+
+
+def _forced_stops(controller: AbstractController, problem: Problem) -> tuple[list[float], set]:
+    """The controller's ``step_ts`` and ``jump_ts`` inside the interval, in forward time."""
+    step_ts, jump_ts = controller.stops()
+    lo, hi = problem.taus[0], problem.taus[-1]
+    d = problem.direction
+    jumps = {d * t for t in jump_ts if lo < d * t < hi}
+    stops = sorted({d * t for t in step_ts if lo < d * t < hi} | jumps)
+    return stops, jumps
+
+
+class _Collected:
+    """What the joint driver keeps of its accepted steps: outputs, dense output, records."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        solver: AbstractSolver,
+        dense: bool,
+        records: list[StepRecord] | None,
+    ) -> None:
+        self.problem, self.solver, self.records = problem, solver, records
+        self.ys = [problem.y0.unsqueeze(0)]  # ts[0] is t0: the first output is y0 itself
+        self.n_out = 1
+        self.hermite = needs_f1(solver)
+        unflatten = problem.structure.unflatten
+        self.dense = DenseInterpolation(solver, problem.direction, unflatten) if dense else None
+
+    def accept(
+        self,
+        tau: float,
+        tau1: float,
+        dt: float,
+        y: torch.Tensor,
+        step: StepResult,
+        t_f0: float,
+        t1_stage: float | None,
+    ) -> torch.Tensor | None:
+        """Keep what an accepted step gives; return ``f(t1, y1)`` if it is known by now."""
+        f, d, taus = self.problem.f, self.problem.direction, self.problem.taus
+        f1 = step.f1
+        n_out_before = self.n_out
+        n_next = bisect.bisect_right(taus, tau1, lo=self.n_out)
+        if n_next > self.n_out:
+            # Hermite needs f(t1, y1) only for outputs strictly inside the step.
+            if self.hermite and f1 is None and taus[self.n_out] < tau1:
+                f1 = f(d * tau1, step.y1)
+            self.ys.append(
+                outputs_in_step(self.solver, taus, self.n_out, n_next, tau, dt, d, y, step, f1)
+            )
+            self.n_out = n_next
+        if self.dense is not None:
+            if self.hermite and f1 is None:
+                f1 = f(d * tau1, step.y1)
+            self.dense.add(tau, d * dt, y, step.k, f1)
+        if self.records is not None:
+            self.records.append(StepRecord(tau, dt, y, t_f0, t1_stage, n_out_before, self.n_out))
+        return f1

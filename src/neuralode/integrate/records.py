@@ -1,0 +1,183 @@
+"""Records of accepted steps, to replay them exactly (checkpointed gradients).
+
+Both drivers record what they accepted; a gradient method walks the records backwards
+through one interface (:class:`AbstractRecord`), whatever the mode: :meth:`replay`
+recomputes the step from its start with autograd, :meth:`~AbstractRecord.gather` and
+:meth:`~AbstractRecord.scatter` move the state's cotangent in and out of the step, and
+:meth:`~AbstractRecord.output_grads` reads the cotangents of the outputs it produced.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._problem import Problem
+from ..interpolation import needs_f1
+from ..solvers._explicit_rk import AbstractSolver
+from .outputs import Window, outputs_in_step, stack_step, step_outputs
+from .rows import Rows
+
+
+class Replayed:
+    """A replayed step: ``y1`` and its outputs (``None`` if none), functions of ``y0``.
+
+    ``where`` locates the outputs' cotangents for :meth:`AbstractRecord.output_grads`.
+    """
+
+    __slots__ = ("outputs", "where", "y1")
+
+    def __init__(
+        self, y1: torch.Tensor, outputs: torch.Tensor | None, where: Any = None
+    ) -> None:
+        self.y1, self.outputs, self.where = y1, outputs, where
+
+
+class AbstractRecord(abc.ABC):
+    """One accepted step (joint) or the accepted rows of one batched step (per-sample)."""
+
+    y0: torch.Tensor
+
+    @abc.abstractmethod
+    def replay(self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor) -> Replayed:
+        """Recompute the step from ``y0`` exactly as the driver took it."""
+
+    @abc.abstractmethod
+    def gather(self, a: torch.Tensor) -> torch.Tensor:
+        """The cotangent of this step's ``y1`` out of the whole state's cotangent ``a``."""
+
+    @abc.abstractmethod
+    def scatter(self, a: torch.Tensor, grad_y0: torch.Tensor | None) -> torch.Tensor:
+        """``a`` with this step's part replaced by the cotangent of its ``y0``."""
+
+    @abc.abstractmethod
+    def output_grads(self, grad_ys: torch.Tensor, replayed: Replayed) -> torch.Tensor:
+        """The cotangents of the outputs the replayed step produced, from all of them."""
+
+
+@dataclass(frozen=True)
+class StepRecord(AbstractRecord):
+    """An accepted joint step.
+
+    Attributes:
+        tau0: Start in forward time.
+        dt: Step size in forward time (positive).
+        y0: State at the start.
+        t_f0: Time at which ``f0`` was evaluated (just past ``t0`` after a jump).
+        t1_stage: Time of the end stages when the step ends on a jump, else ``None``.
+        i0: First output index produced by this step.
+        i1: One past the last output index produced by this step.
+    """
+
+    tau0: float
+    dt: float
+    y0: torch.Tensor
+    t_f0: float
+    t1_stage: float | None
+    i0: int
+    i1: int
+
+    def replay(self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor) -> Replayed:
+        """The step and its outputs (``taus[i0:i1]``)."""
+        f, d = problem.f, problem.direction
+        f0 = f(self.t_f0, y0)
+        step = solver.step(f, d * self.tau0, y0, f0, d * self.dt, self.t1_stage)
+        if self.i1 == self.i0:
+            return Replayed(step.y1, None)
+        f1 = step.f1
+        tau1 = self.tau0 + self.dt
+        if needs_f1(solver) and f1 is None and problem.taus[self.i0] < tau1:
+            f1 = f(d * tau1, step.y1)
+        outputs = outputs_in_step(
+            solver, problem.taus, self.i0, self.i1, self.tau0, self.dt, d, y0, step, f1
+        )
+        return Replayed(step.y1, outputs)
+
+    def gather(self, a: torch.Tensor) -> torch.Tensor:
+        """The whole state is this step's."""
+        return a
+
+    def scatter(self, a: torch.Tensor, grad_y0: torch.Tensor | None) -> torch.Tensor:
+        """The cotangent of ``y0`` (zero where ``y1`` did not depend on it)."""
+        return grad_y0 if grad_y0 is not None else torch.zeros_like(a)
+
+    def output_grads(self, grad_ys: torch.Tensor, replayed: Replayed) -> torch.Tensor:
+        """``grad_ys[i0:i1]``."""
+        return grad_ys[self.i0 : self.i1]
+
+
+@dataclass(frozen=True)
+class RowsRecord(AbstractRecord):
+    """The accepted rows of one batched step.
+
+    Attributes:
+        idx: Batch positions of the accepted rows, ``(a,)``.
+        tau0: Their start times (forward), ``(a,)``.
+        dt: Their step sizes (forward), ``(a,)``.
+        y0: Their states at the start, ``(a, N)``.
+        n_out: Index of the first output each produced, ``(a,)``.
+        count: Number of outputs each produced, ``(a,)``.
+        total: ``sum(count)``.
+    """
+
+    idx: torch.Tensor
+    tau0: torch.Tensor
+    dt: torch.Tensor
+    y0: torch.Tensor
+    n_out: torch.Tensor
+    count: torch.Tensor
+    total: int
+
+    @staticmethod
+    def of(
+        rows: Rows,
+        accept: torch.Tensor,
+        tau0: torch.Tensor,
+        dt: torch.Tensor,
+        count: torch.Tensor,
+        total: int,
+    ) -> RowsRecord:
+        """The ``accept``-ed rows of a step from ``tau0`` by ``dt`` (``count`` outputs each)."""
+        a = accept.nonzero().squeeze(-1)
+        return RowsRecord(
+            idx=rows.idx[a],
+            tau0=tau0[a],
+            dt=dt[a],
+            y0=rows.y[a],
+            n_out=rows.n_out[a],
+            count=count[a],
+            total=total,
+        )
+
+    def replay(self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor) -> Replayed:
+        """The rows' steps and their outputs, with the outputs' flat positions as ``where``."""
+        f, d = problem.f, problem.direction
+        f.select(self.idx)
+        f0 = f(d * self.tau0, y0)
+        step = solver.step(f, d * self.tau0, y0, f0, d * self.dt)
+        if not self.total:
+            return Replayed(step.y1, None)
+        f1 = step.f1
+        if f1 is None and needs_f1(solver):
+            f1 = f(d * (self.tau0 + self.dt), step.y1)
+        taus = problem.sample_taus
+        assert taus is not None
+        window = Window(self.idx, taus, self.n_out, self.count, self.total)
+        stacked = stack_step(y0, step)
+        values, pos = step_outputs(problem, solver, window, self.tau0, self.dt, stacked, f1)
+        return Replayed(step.y1, values, pos)
+
+    def gather(self, a: torch.Tensor) -> torch.Tensor:
+        """The rows of ``a`` that this step moved."""
+        return a.index_select(0, self.idx)
+
+    def scatter(self, a: torch.Tensor, grad_y0: torch.Tensor | None) -> torch.Tensor:
+        """``a`` with this step's rows replaced (the other samples' wait for their steps)."""
+        return a if grad_y0 is None else a.index_copy(0, self.idx, grad_y0)
+
+    def output_grads(self, grad_ys: torch.Tensor, replayed: Replayed) -> torch.Tensor:
+        """The outputs' cotangents by their flat ``(T, B)`` positions."""
+        return grad_ys.reshape(-1, grad_ys.shape[-1])[replayed.where]
