@@ -236,9 +236,68 @@ def sample_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
     yield from failure_cases(batch_dims=1)
 
 
+def controller_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
+    """Every branch of step-size control, in both modes; tuple states; Hermite outputs."""
+    controllers = {
+        "pid": no.PIDController(rtol=1e-5, atol=1e-7, pcoeff=0.2, icoeff=0.5, dcoeff=0.1),
+        "pi-bounds": no.PIDController(pcoeff=0.3, icoeff=0.4, dt_max=0.2, dt_min=1e-6),
+        "force-dt-min": no.PIDController(rtol=1e-9, atol=1e-9, dt_min=0.05, force_dt_min=True),
+        "dt0-max-norm": no.PIDController(dt0=0.3, norm=no.max_norm, rtol=1e-4, atol=1e-6),
+    }
+    gen = torch.Generator().manual_seed(3)
+    y0_all = torch.randn(5, 3, generator=gen, dtype=DTYPE)
+    ts = torch.tensor([0.0, 0.4, 1.1, 2.5], dtype=DTYPE)
+    for cname, ctrl in controllers.items():
+        for batch_dims in (0, 1):
+            for direction in (1.0, -1.0):
+
+                def build(
+                    ctrl: Any = ctrl, batch_dims: int = batch_dims, d: float = direction
+                ) -> Any:
+                    f = MLP()
+                    y0 = y0_all.clone().requires_grad_(True)
+                    sol = no.solve(f, y0, d * ts, controller=ctrl, batch_dims=batch_dims,
+                                   throw=False)  # fmt: skip
+                    return sol, gradients(sol, y0, *f.parameters())
+
+                mode = "joint" if batch_dims == 0 else "sample"
+                yield f"{mode}/control-{cname}/{'fwd' if direction > 0 else 'rev'}", build
+
+    for batch_dims in (0, 1):
+        for aname, adjoint in (
+            ("direct", no.DirectAdjoint()),
+            ("checkpoint", no.CheckpointAdjoint()),
+        ):
+
+            def tuple_state(batch_dims: int = batch_dims, adjoint: Any = adjoint) -> Any:
+                a = y0_all[:, :2].clone().requires_grad_(True)
+                b = y0_all[:, 2:].clone().requires_grad_(True)
+                sol = no.solve(lambda t, y: (-y[1] * y[0], torch.sin(y[0][..., :1]) - y[1]),
+                               (a, b), ts, solver=no.Bosh3(interpolation="hermite"),
+                               batch_dims=batch_dims, adjoint=adjoint, params=())  # fmt: skip
+                loss = sum((y**2).sum() for y in sol.ys)
+                return sol_view(sol), torch.autograd.grad(loss, (a, b))
+
+            mode = "joint" if batch_dims == 0 else "sample"
+            yield f"{mode}/tuple-hermite/{aname}", tuple_state
+
+
+def sol_view(sol: no.Solution) -> Any:
+    """A tuple-state solution with ``ys`` concatenated (to digest it like the others)."""
+
+    class View:
+        ys = torch.cat([y.flatten(2) for y in sol.ys], -1)
+        stats = sol.stats
+        status = sol.status
+        sample_status = sol.sample_status
+
+    return View()
+
+
 def all_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
     yield from joint_cases()
     yield from sample_cases()
+    yield from controller_cases()
 
 
 def main() -> int:

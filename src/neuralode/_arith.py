@@ -20,6 +20,11 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     return a if cond else b
 
 
+def logical_not(x: Any) -> Any:
+    """``not x``, elementwise for a bool tensor."""
+    return ~x if isinstance(x, torch.Tensor) else not x
+
+
 def maximum(a: Any, b: Any) -> Any:
     """Python's ``max(a, b)`` (``a`` unless ``b > a``, so NaN handling matches too).
 

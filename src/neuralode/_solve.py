@@ -216,7 +216,7 @@ def _check_batch_dims(batch_dims: object, controller: AbstractController) -> Non
         )
     if not batch_dims:
         return
-    if not controller.per_sample:
+    if not controller.adaptive:
         raise ValueError(
             f"batch_dims=1 steps every sample with its own adaptive step size, which "
             f"{type(controller).__name__} does not do: use PIDController(rtol=..., atol=...), "

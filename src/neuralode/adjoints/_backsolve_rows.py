@@ -22,7 +22,7 @@ from .._problem import Problem
 from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController
 from ..integrate import integrate
-from ..solvers._explicit_rk import AbstractSolver, ExplicitRK, StepResult
+from ..solvers._explicit_rk import AbstractSolver, StepResult
 from ._base import check_backward
 from ._second_order import differentiable_backward, field_vjp
 
@@ -163,8 +163,13 @@ def solve_adjoint_rows(
     ``ys`` and ``grad_ys`` are ``(T, B, N)``; segment ``i`` runs every sample from its
     ``ts[b, i]`` back to ``ts[b, i − 1]``.
     """
-    if not isinstance(solver, ExplicitRK):
-        raise TypeError(f"BacksolveAdjoint needs an explicit Runge–Kutta solver, got {solver!r}")
+    weights = solver.quadrature_weights
+    if weights is None:
+        raise TypeError(
+            f"BacksolveAdjoint in per-sample mode integrates the parameter gradient with the "
+            f"weights of a Runge–Kutta step, which {type(solver).__name__} has none of: use "
+            "an explicit Runge–Kutta solver for the backward solve, or CheckpointAdjoint()"
+        )
     taus = problem.sample_taus
     assert taus is not None
     dynamics = _AdjointRows(problem, params)
@@ -176,7 +181,7 @@ def solve_adjoint_rows(
         quadrature = _ParameterQuadrature(
             dynamics,
             back.f,
-            solver.tableau.b_float,
+            weights,
             back.direction,
             params,
             quadrature.grads if quadrature is not None else [],

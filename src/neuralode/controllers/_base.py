@@ -62,7 +62,9 @@ class AbstractController(abc.ABC):
     """Step-size control. Holds configuration only; its state is passed explicitly.
 
     Times seen by a controller run forwards (``tau = direction * t``), so step sizes are
-    positive for forward and reverse solves alike.
+    positive for forward and reverse solves alike. One ``init`` and one ``decide`` serve
+    both modes: written with :mod:`neuralode._arith`, the same formula reads on Python
+    floats (joint) and on ``(B,)`` rows (per-sample).
     """
 
     @property
@@ -71,33 +73,25 @@ class AbstractController(abc.ABC):
         """Whether this controller needs an error estimate from the solver."""
 
     @abc.abstractmethod
-    def init(self, start: SolveStart) -> tuple[float, Any]:
-        """Return the first step size and the initial controller state."""
+    def init(self, start: SolveStart) -> tuple[Any, Any]:
+        """Return the first step size and the initial controller state.
+
+        In per-sample mode (``start.tau0`` a ``(B,)`` tensor) the first steps are a
+        ``(B,)`` tensor, and every tensor in the state with a leading dimension is per-row:
+        the loop drops finished samples from it by indexing that dimension.
+        """
 
     @abc.abstractmethod
     def decide(
-        self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
+        self, tau0: Any, dt: Any, y0: torch.Tensor, step: StepResult, state: Any
     ) -> Decision:
-        """Accept or reject the step of size ``dt`` from ``tau0`` and propose the next."""
+        """Accept or reject the step of size ``dt`` from ``tau0`` and propose the next.
 
-    @property
-    def per_sample(self) -> bool:
-        """Whether this controller can drive the per-sample mode (``init_rows``...)."""
-        return False
-
-    def init_rows(self, start: SolveStart) -> tuple[torch.Tensor, Any]:
-        """Per-sample :meth:`init`: ``(B,)`` first steps and a state of per-row tensors.
-
-        Every tensor in the returned state with a leading dimension is per-row: the loop
-        drops finished samples from it by indexing that dimension.
+        Joint mode: ``tau0`` and ``dt`` are floats and the verdict is a ``bool``.
+        Per-sample mode (only for ``adaptive`` controllers): they are ``(B,)`` tensors,
+        one step per row of the ``(B, N)`` state, and the verdict, next step and
+        ``nonfinite`` are ``(B,)`` tensors, computed without a host sync.
         """
-        raise NotImplementedError(f"{type(self).__name__} has no per-sample mode")
-
-    def decide_rows(
-        self, tau0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, step: StepResult, state: Any
-    ) -> Decision:
-        """Per-sample :meth:`decide`: one verdict per row, as ``(B,)`` tensors."""
-        raise NotImplementedError(f"{type(self).__name__} has no per-sample mode")
 
     def min_step(self) -> float:
         """Smallest allowed step; a smaller proposal ends the solve with ``DT_MIN``."""

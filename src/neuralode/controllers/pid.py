@@ -195,27 +195,22 @@ class PIDController(AbstractController):
         """``(step_ts, jump_ts)``."""
         return tuple(self.step_ts), tuple(self.jump_ts)
 
-    @property
-    def per_sample(self) -> bool:
-        """Every sample gets its own error norm, step size and controller history."""
-        return True
+    def init(self, start: SolveStart) -> tuple[Any, Any]:
+        """First step (given or Hairer's) and the state ``(k, rtol, atol, ε_(n−1), ε_(n−2))``.
 
-    def init(self, start: SolveStart) -> tuple[float, Any]:
-        """First step (given or Hairer's) and the state ``(k, rtol, atol, ε_(n−1), ε_(n−2))``."""
-        dt = self.dt0 if self.dt0 is not None else self._initial_step(start, self.norm)
-        dt = min(max(dt, self.dt_min), self.dt_max, float(start.tau_end) - float(start.tau0))
-        return dt, (start.solver.error_order + 1, *self._folded(start), 1.0, 1.0)
-
-    def init_rows(self, start: SolveStart) -> tuple[torch.Tensor, Any]:
-        """Per-sample :meth:`init`: the same rule applied to every sample (row)."""
-        tau0, tau_end = torch.as_tensor(start.tau0), torch.as_tensor(start.tau_end)
+        Per-sample (``start.tau0`` a ``(B,)`` tensor): the same rule for every sample,
+        ``(B,)`` first steps and per-row history.
+        """
+        tau0: Any = start.tau0
+        rows = isinstance(tau0, torch.Tensor)
         if self.dt0 is not None:
-            dt = torch.full_like(tau0, self.dt0)
+            dt: Any = torch.full_like(tau0, self.dt0) if rows else self.dt0
         else:
-            dt = self._initial_step(start, rows_norm(self.norm))
-        dt = torch.minimum(torch.clamp(dt, self.dt_min, self.dt_max), tau_end - tau0)
+            dt = self._initial_step(start, rows_norm(self.norm) if rows else self.norm)
+        span = start.tau_end - start.tau0 if rows else float(start.tau_end) - float(start.tau0)
+        dt = _arith.minimum(_arith.clip(dt, self.dt_min, self.dt_max), span)
         # Two tensors, not one twice: aliased inputs would recompile a compiled step.
-        history = torch.ones_like(tau0), torch.ones_like(tau0)
+        history = (torch.ones_like(tau0), torch.ones_like(tau0)) if rows else (1.0, 1.0)
         return dt, (start.solver.error_order + 1, *self._folded(start), *history)
 
     def _initial_step(self, start: SolveStart, norm: Norm) -> Any:
@@ -249,32 +244,24 @@ class PIDController(AbstractController):
         y_error: torch.Tensor,
         rtol: torch.Tensor | float,
         atol: torch.Tensor | float,
-    ) -> float:
-        """``norm(y_error / (atol + rtol · max(|y0|, |y1|)))`` as a Python float (one sync).
+        rows: bool = False,
+    ) -> Any:
+        """``norm(y_error / (atol + rtol · max(|y0|, |y1|)))``.
 
-        With the default RMS norm, ``rtol`` and ``atol`` arrive pre-multiplied by
-        ``sqrt(n)`` (see ``init``), so the RMS is the plain 2-norm computed here.
+        A Python float (one host sync), or with ``rows`` one float64 ratio per row of the
+        ``(B, N)`` state, kept on the device. With the default RMS norm, ``rtol`` and
+        ``atol`` arrive pre-multiplied by ``sqrt(n)`` (see ``init``), so the RMS is the
+        plain 2-norm computed here.
         """
         with torch.no_grad():
             scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+            if rows:
+                if self.norm is rms_norm:
+                    return torch.linalg.vector_norm(y_error / scale, dim=-1).double()
+                return rows_norm(self.norm)(y_error / scale).double()
             if self.norm is rms_norm:
                 return float(torch.linalg.vector_norm(y_error / scale))
             return float(self.norm(y_error / scale))
-
-    def error_ratio_rows(
-        self,
-        y0: torch.Tensor,
-        y1: torch.Tensor,
-        y_error: torch.Tensor,
-        rtol: torch.Tensor | float,
-        atol: torch.Tensor | float,
-    ) -> torch.Tensor:
-        """Per-sample :meth:`error_ratio`: one float64 ratio per row, no host sync."""
-        with torch.no_grad():
-            scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
-            if self.norm is rms_norm:
-                return torch.linalg.vector_norm(y_error / scale, dim=-1).double()
-            return rows_norm(self.norm)(y_error / scale).double()
 
     def _shrink(self, ratio: Any, k: int) -> Any:
         """Step-size factor after a rejection (I part only, never growing)."""
@@ -294,48 +281,35 @@ class PIDController(AbstractController):
         return _arith.clip(factor, self.factor_min, self.factor_max)
 
     def decide(
-        self, tau0: float, dt: float, y0: torch.Tensor, step: StepResult, state: Any
+        self, tau0: Any, dt: Any, y0: torch.Tensor, step: StepResult, state: Any
     ) -> Decision:
-        """Accept when ``ε ≤ 1``; propose the next step from the PID formula."""
-        k, rtol, atol, prev1, prev2 = state
-        if step.y_error is None:
-            raise TypeError("PIDController needs a solver with an embedded error estimate")
-        ratio = self.error_ratio(y0, step.y1, step.y_error, rtol, atol)
-        if not math.isfinite(ratio):
-            return Decision(False, dt * self.factor_min, state, nonfinite=True)
-        # (dt is recomputed as t1 - t0 by the loop, so compare with a little slack.)
-        at_floor = self.force_dt_min and dt <= self.dt_min * (1 + 1e-9)
-        if ratio > 1.0 and not at_floor:
-            # Not clamped to dt_min: a rejected step at dt_min must end the solve (DT_MIN)
-            # instead of being retried at the same size until max_steps.
-            dt_next = dt * self._shrink(ratio, k)
-            dt_next = max(dt_next, self.dt_min) if self.force_dt_min else dt_next
-            return Decision(False, dt_next, state)
-        # ε = 0 (e.g. a constant solution) would make the factor infinite: cap it.
-        ratio = max(ratio, 1e-10)
-        factor = self._grow(ratio, prev1, prev2, k)
-        dt_next = min(self.dt_max, max(self.dt_min, dt * factor))
-        return Decision(True, dt_next, (k, rtol, atol, ratio, prev1))
+        """Accept when ``ε ≤ 1``; propose the next step from the PID formula.
 
-    def decide_rows(
-        self, tau0: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, step: StepResult, state: Any
-    ) -> Decision:
-        """:meth:`decide` for every row at once: the same rules, as ``(B,)`` tensors.
-
-        The same numbers as :meth:`decide`, in fewer tensor operations (the per-sample
-        mode's overhead is its operation count): a NaN ratio is turned into ``inf``, which
-        rejects and whose shrink factor ``safety · inf^(−1/k) = 0`` clamps to
-        ``factor_min``, the non-finite rule's own ``dt · factor_min``.
+        One rule for a float step (joint mode) and for ``(B,)`` rows (per-sample mode),
+        the latter in few tensor operations (the per-sample mode's overhead is its
+        operation count). A non-finite ratio is rejected with ``dt · factor_min``, never
+        clamped to ``dt_min``: as ``inf`` (NaN becomes ``inf``), whose shrink factor
+        ``safety · inf^(−1/k) = 0`` clamps to ``factor_min``. A rejected step is not
+        clamped to ``dt_min`` either unless ``force_dt_min``: a rejection at ``dt_min``
+        must end the solve (``DT_MIN``) instead of being retried at the same size until
+        ``max_steps``.
         """
         k, rtol, atol, prev1, prev2 = state
         if step.y_error is None:
             raise TypeError("PIDController needs a solver with an embedded error estimate")
-        ratio = self.error_ratio_rows(y0, step.y1, step.y_error, rtol, atol)
-        ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf)
-        nonfinite = ratio == math.inf
+        rows = isinstance(dt, torch.Tensor)
+        ratio = self.error_ratio(y0, step.y1, step.y_error, rtol, atol, rows)
+        nonfinite: Any = False
+        if rows:
+            ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf)
+            nonfinite = ratio == math.inf
+        elif not math.isfinite(ratio):
+            # (The float path's early exit: the same numbers as the formula below.)
+            return Decision(False, dt * self.factor_min, state, nonfinite=True)
         accept = ratio <= 1.0
         if self.force_dt_min:
-            accept |= ~nonfinite & (dt <= self.dt_min * (1 + 1e-9))
+            # (dt is recomputed as t1 - t0 by the loop, so compare with a little slack.)
+            accept = accept | (_arith.logical_not(nonfinite) & (dt <= self.dt_min * (1 + 1e-9)))
         # ε = 0 (e.g. a constant solution) would make the factor infinite: cap it. A
         # rejected ratio is > 1, so the cap leaves the shrink factor's input alone.
         ratio = _arith.maximum(ratio, 1e-10)
@@ -344,16 +318,19 @@ class PIDController(AbstractController):
         # factor_max]; on a rejected ratio (> 1, or inf) the formula is below
         # safety <= 1 < factor_max, so the clip is the shrink's max with factor_min, and
         # one factor serves both.
-        factor = grow if self._i_only(k) else torch.where(accept, grow, self._shrink(ratio, k))
+        i_only = self._i_only(k)
+        factor = grow if i_only and rows else _arith.where(accept, grow, self._shrink(ratio, k))
         dt_next = dt * factor
         if self.dt_min > 0 or self.dt_max < math.inf:
             dt_reject = dt_next
             if self.force_dt_min:
-                dt_reject = torch.where(nonfinite, dt_next, torch.clamp(dt_next, min=self.dt_min))
-            dt_next = torch.where(accept, torch.clamp(dt_next, self.dt_min, self.dt_max), dt_reject)
-        if not self._i_only(k):
+                at_least = _arith.maximum(dt_next, self.dt_min)
+                dt_reject = _arith.where(nonfinite, dt_next, at_least)
+            dt_accept = _arith.clip(dt_next, self.dt_min, self.dt_max)
+            dt_next = _arith.where(accept, dt_accept, dt_reject)
+        if not i_only:
             # The P and D terms read the last two accepted ratios; the I controller never.
-            history = torch.where(accept, ratio, prev1), torch.where(accept, prev1, prev2)
+            history = _arith.where(accept, ratio, prev1), _arith.where(accept, prev1, prev2)
             state = (k, rtol, atol, *history)
         return Decision(accept, dt_next, state, nonfinite)
 

@@ -17,7 +17,7 @@ import torch
 from .._problem import Problem, flat_tolerance
 from .._solution import RawSolution, Stats
 from ..controllers import AbstractController, SolveStart
-from ..interpolation import DenseInterpolation, needs_f1
+from ..interpolation import DenseInterpolation
 from ..solvers._explicit_rk import AbstractSolver, StepResult
 from .clock import landing, next_float, step_to
 from .endings import Failure, ending, hopeless
@@ -140,7 +140,7 @@ class _Collected:
         self.problem, self.solver, self.records = problem, solver, records
         self.ys = [problem.y0.unsqueeze(0)]  # ts[0] is t0: the first output is y0 itself
         self.n_out = 1
-        self.hermite = needs_f1(solver)
+        self.hermite = solver.needs_f1
         unflatten = problem.structure.unflatten
         self.dense = DenseInterpolation(solver, problem.direction, unflatten) if dense else None
 

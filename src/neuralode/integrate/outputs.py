@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .._problem import Problem
-from ..interpolation import interpolate_step, needs_f1
-from ..interpolation.local import interpolate_stacked
+from ..interpolation import interpolate_stacked, interpolate_step
 from ..solvers._explicit_rk import AbstractSolver, StepResult
 
 
@@ -134,7 +133,7 @@ def step_outputs(
     j = torch.arange(window.total, device=device) - offset[row]
     t_out, t0, h = window.taus[window.idx[row], j], tau0[row], dt[row]
     theta = ((t_out - t0) / h).unsqueeze(-1)
-    if needs_f1(solver):
+    if solver.needs_f1:
         if f1 is None:
             raise ValueError("Hermite interpolation needs f(t1, y1)")
         # Hermite weighs f1 as one more stage, between the stages and y1.

@@ -26,7 +26,6 @@ import torch
 from .._problem import Problem, flat_tolerance
 from .._solution import RawSolution
 from ..controllers import AbstractController, SolveStart
-from ..interpolation import needs_f1
 from ..solvers._explicit_rk import AbstractSolver
 from .clock import landing
 from .compiled import Fused, call_compiled, compiled_attempt
@@ -115,7 +114,7 @@ def _start(
         rtol=flat_tolerance(rtol, problem),
         atol=flat_tolerance(atol, problem),
     )
-    rows.dt, rows.cstate = controller.init_rows(start)
+    rows.dt, rows.cstate = controller.init(start)
     if problem.tuning.compile:
         # The compiled step takes Python numbers as constants (see compiled.py), but a new
         # tolerance should not recompile it: the state's floats go in as tensors.
@@ -156,7 +155,7 @@ class _Driver:
         """Step until no row is live: fused compiled steps where they can go, else one."""
         tuning, solver = self.tuning, self.solver
         fusable = tuning.compile and records is None and on_accept is None
-        fusable = fusable and tuning.fused_steps > 1 and not needs_f1(solver) and solver.fsal
+        fusable = fusable and tuning.fused_steps > 1 and not solver.needs_f1 and solver.fsal
         # Steps still to take one at a time after fused steps met trouble, and how many
         # to take after the next trouble: doubled while fused calls keep meeting it (a
         # sample creeping up to a singularity), so few fused calls are wasted.
@@ -211,7 +210,7 @@ class _Driver:
         self, rows: Rows, step: Attempt, f1: torch.Tensor | None, n_outputs: int
     ) -> torch.Tensor | None:
         """Queue the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
-        hermite = needs_f1(self.solver)
+        hermite = self.solver.needs_f1
         if f1 is None and hermite:
             f1 = self.problem.f(self.problem.direction * step.update.tau, step.update.y)
         window = Window(rows.idx, self.pending.taus, rows.n_out, step.n_outputs, n_outputs)

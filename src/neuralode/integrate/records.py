@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from .._problem import Problem
-from ..interpolation import needs_f1
 from ..solvers._explicit_rk import AbstractSolver
 from .outputs import Window, outputs_in_step, stack_step, step_outputs
 from .rows import Rows
@@ -30,9 +29,7 @@ class Replayed:
 
     __slots__ = ("outputs", "where", "y1")
 
-    def __init__(
-        self, y1: torch.Tensor, outputs: torch.Tensor | None, where: Any = None
-    ) -> None:
+    def __init__(self, y1: torch.Tensor, outputs: torch.Tensor | None, where: Any = None) -> None:
         self.y1, self.outputs, self.where = y1, outputs, where
 
 
@@ -89,7 +86,7 @@ class StepRecord(AbstractRecord):
             return Replayed(step.y1, None)
         f1 = step.f1
         tau1 = self.tau0 + self.dt
-        if needs_f1(solver) and f1 is None and problem.taus[self.i0] < tau1:
+        if solver.needs_f1 and f1 is None and problem.taus[self.i0] < tau1:
             f1 = f(d * tau1, step.y1)
         outputs = outputs_in_step(
             solver, problem.taus, self.i0, self.i1, self.tau0, self.dt, d, y0, step, f1
@@ -161,7 +158,7 @@ class RowsRecord(AbstractRecord):
         if not self.total:
             return Replayed(step.y1, None)
         f1 = step.f1
-        if f1 is None and needs_f1(solver):
+        if f1 is None and solver.needs_f1:
             f1 = f(d * (self.tau0 + self.dt), step.y1)
         taus = problem.sample_taus
         assert taus is not None

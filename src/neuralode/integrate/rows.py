@@ -174,7 +174,7 @@ def attempt(
     # (direction * x is x itself going forwards: two tensor ops less per step.)
     t0, h = (tau, dt) if direction == 1.0 else (direction * tau, direction * dt)
     step = solver.step(f, t0, y, rows.f0, h)
-    decision = controller.decide_rows(tau, dt, y, step, rows.cstate)
+    decision = controller.decide(tau, dt, y, step, rows.cstate)
     accept = decision.accept & go
     if on_accept is not None:
         on_accept(tau, dt, y, step, accept)

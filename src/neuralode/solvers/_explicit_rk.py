@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 
@@ -118,8 +118,52 @@ class AbstractSolver(abc.ABC):
         instead of ``t0 + dt``: just before a jump of ``f``, so they see its left limit.
         """
 
+    @property
+    def needs_f1(self) -> bool:
+        """Whether the dense output also weighs ``f(t1, y1)``, after the step's stages."""
+        return False
+
+    @abc.abstractmethod
+    def stage_weights(self, thetas: Sequence[float]) -> list[list[float]]:
+        """Dense output inside a step as weights on its stages, one row per ``θ``.
+
+        ``y(t0 + θ dt) = y0 + dt Σ_i w_i(θ) k_i`` over the step's ``k`` (and ``f1`` last
+        when :attr:`needs_f1`). The joint driver evaluates these at its float ``θ``.
+        """
+
+    @abc.abstractmethod
+    def stage_polynomials(self) -> list[list[float]]:
+        """The same weights as polynomials: ``w_i(θ) = Σ_p C[i][p] θ^p``, one row per stage.
+
+        The per-sample driver evaluates them at a ``(B, M)`` tensor of ``θ`` at once.
+        """
+
+    @property
+    def quadrature_weights(self) -> tuple[float, ...] | None:
+        """``b`` with ``y1 = y0 + dt Σ_i b_i k_i``, if the step is such a sum (else ``None``).
+
+        The per-sample backsolve adjoint integrates the parameter gradient with them.
+        """
+        return None
+
 
 _INTERPOLATIONS = ("auto", "hermite", "linear")
+
+
+def _hermite_weights(b: Sequence[float], theta: float) -> list[float]:
+    """Cubic Hermite through ``y0, y1, f0, f1`` as weights on ``(k_1..k_s, f1)``.
+
+    With ``h10 = θ³ − 2θ² + θ``, ``h01 = 3θ² − 2θ³``, ``h11 = θ³ − θ²`` and
+    ``y1 − y0 = dt Σ b_i k_i``: ``y(θ) = y0 + dt (h10 k_1 + h01 Σ b_i k_i + h11 f1)``.
+    Third order, which matches the fixed-step and low-order adaptive methods it serves.
+    """
+    h10 = theta * (1 - theta) ** 2
+    h01 = theta * theta * (3 - 2 * theta)
+    h11 = theta * theta * (theta - 1)
+    weights = [h01 * bi for bi in b]
+    weights[0] += h10
+    weights.append(h11)
+    return weights
 
 
 @dataclass(frozen=True)
@@ -164,6 +208,46 @@ class ExplicitRK(AbstractSolver):
     def fsal(self) -> bool:
         """Whether the last stage is ``f(t1, y1)``."""
         return self.tableau.fsal
+
+    @property
+    def quadrature_weights(self) -> tuple[float, ...]:
+        """The tableau's ``b``."""
+        return self.tableau.b_float
+
+    def _kind(self) -> str:
+        if self.interpolation == "auto":
+            return "dense" if self.tableau.b_dense is not None else "hermite"
+        return self.interpolation
+
+    @property
+    def needs_f1(self) -> bool:
+        """Cubic Hermite weighs ``f(t1, y1)``; the tableau's own extension does not."""
+        return self._kind() == "hermite"
+
+    def stage_weights(self, thetas: Sequence[float]) -> list[list[float]]:
+        """The continuous extension's weights, linear's, or cubic Hermite's (see below)."""
+        kind, tableau = self._kind(), self.tableau
+        if kind == "dense":
+            return [tableau.dense_weights(theta) for theta in thetas]
+        b = tableau.b_float
+        if kind == "linear":
+            return [[theta * bi for bi in b] for theta in thetas]
+        return [_hermite_weights(b, theta) for theta in thetas]
+
+    def stage_polynomials(self) -> list[list[float]]:
+        """:meth:`stage_weights` as polynomial coefficients."""
+        kind, b = self._kind(), self.tableau.b_float
+        if kind == "dense":
+            return [[0.0, *row] for row in cast(tuple, self.tableau.dense_float)]
+        if kind == "linear":
+            return [[0.0, bi] for bi in b]
+        # Hermite, as in _hermite_weights: h01 = 3θ² − 2θ³ on every b_i, h10 = θ − 2θ² + θ³
+        # on k_1, h11 = θ³ − θ² on f1. (Two evaluation forms of the same polynomials: the
+        # joint driver's float weights keep the factored form their numbers were made with.)
+        rows = [[0.0, 0.0, 3.0 * bi, -2.0 * bi] for bi in b]
+        rows[0] = [x + y for x, y in zip(rows[0], [0.0, 1.0, -2.0, 1.0], strict=True)]
+        rows.append([0.0, 0.0, -1.0, 1.0])
+        return rows
 
     def step(
         self,
