@@ -21,7 +21,8 @@ pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
 from cli_helpers import record_runs  # noqa: E402
-from neuralode.experiments import cnf_plots, memory, reproduce, training  # noqa: E402
+from neuralode.experiments import cnf_plots, memory, reproduce  # noqa: E402
+from neuralode.experiments._run import training  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.memory import MemoryPoint  # noqa: E402
 from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402

@@ -5,6 +5,6 @@ matplotlib); importing :mod:`neuralode` never imports it, and importing this pac
 without the extra fails at once with the command that installs it.
 """
 
-from ._extras import require
+from ._run.extras import require
 
 require("tyro")

@@ -24,10 +24,10 @@ from ..data import (
     train_val_split,
 )
 from ..nn import MLP, ODENet, ResNet, RKNet, zero_residual_branches
-from .config import MAX_LR, RunOptions, check_positive
-from .distributed import World
-from .solving import SolverOptions
-from .training import Task, epoch_generator
+from ._run.config import MAX_LR, RunOptions, check_positive
+from ._run.distributed import World
+from ._run.solving import SolverOptions
+from ._run.training import Task, epoch_generator
 
 Model = Literal["odenet", "resnet", "rknet", "mlp"]
 Dataset = Literal["fashion-mnist", "mnist", "digits"]

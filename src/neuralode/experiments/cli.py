@@ -14,13 +14,13 @@ from typing import Annotated, Any, Union
 
 from .._solution import SolverError
 from ..data import DownloadError, IDXFormatError
-from ._extras import require
+from ._run.extras import require
+from ._run.training import OutOfMemory, Task, TrainingDiverged, run_training
 from .classify import ClassifyConfig, ClassifyTask
 from .cnf import CNFConfig, CNFTask, summary_line
 from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
 from .latent import LatentConfig, LatentTask
 from .reproduce import ReproduceConfig, ReproduceIncomplete, reproduce
-from .training import OutOfMemory, Task, TrainingDiverged, run_training
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (

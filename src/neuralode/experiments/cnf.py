@@ -38,11 +38,11 @@ from ..nn import (
     evaluate_kl,
     evaluate_nll,
 )
-from .config import MAX_LR, RunOptions, check_positive, flag
-from .distributed import World
-from .runs import RunDir
-from .solving import GradientMethod, SolverOptions
-from .training import Schedule, Task, epoch_generator, lr_scheduler
+from ._run.config import MAX_LR, RunOptions, check_positive, flag
+from ._run.distributed import World
+from ._run.runs import RunDir
+from ._run.solving import GradientMethod, SolverOptions
+from ._run.training import Schedule, Task, epoch_generator, lr_scheduler
 
 Objective = Literal["density", "ml"]
 Target = Literal["U1", "U2", "U3", "U4"]

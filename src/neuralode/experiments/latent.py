@@ -26,11 +26,11 @@ from torch import nn
 
 from ..data import IrregularSeries, make_spirals
 from ..nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
-from .config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
-from .distributed import World, unwrap
-from .runs import RunDir
-from .solving import GradientMethod, SolverOptions
-from .training import Schedule, Task, epoch_generator, lr_scheduler
+from ._run.config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
+from ._run.distributed import World, unwrap
+from ._run.runs import RunDir
+from ._run.solving import GradientMethod, SolverOptions
+from ._run.training import Schedule, Task, epoch_generator, lr_scheduler
 
 Model = Literal["latent-ode", "rnn", "rnn-dt"]
 Encoder = Literal["rnn", "gru", "odernn"]

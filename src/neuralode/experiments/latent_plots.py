@@ -8,7 +8,7 @@ import torch
 
 from ..data import IrregularSeries
 from ..nn import LatentODE, SequenceModel
-from .plots import pyplot, save
+from ._run.plots import pyplot, save
 
 FIGURE = "extrapolation.png"
 

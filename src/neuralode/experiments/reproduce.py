@@ -24,10 +24,11 @@ from typing import Any, Literal
 import torch
 
 from ..data import find_image_files
-from ._extras import require
-from .config import MAX_THREADS, check_out_folder, check_positive, check_seed
-from .files import NUMBERS, atomic_write_text, read_json, write_json
-from .protocols import PLANNERS, Context, Job
+from ._run.config import MAX_THREADS, check_out_folder, check_positive, check_seed
+from ._run.extras import require
+from ._run.files import NUMBERS, atomic_write_text, read_json, write_json
+from ._run.protocol import Context, Job
+from .protocols import PLANNERS
 from .report import render
 from .report_html import to_html
 

@@ -1,6 +1,6 @@
 """The protocols of ``neuralode reproduce`` (docs/protocols.md), in report order."""
 
-from .base import Claim, Context, Job, Planner
+from .._run.protocol import Claim, Context, Job, Planner
 from .classification import FigureThree, TableOne
 from .flows import FlowComparison
 from .latent import TableTwo

@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._run.files import NUMBER, POSITIVE, TEXT, read_json
+from .._run.markdown import figure, table
+from .._run.protocol import Claim, Context, Job, Planner
+from .._run.runs import RunDir
+from .._run.training import run_training
 from ..classify import ClassifyConfig, ClassifyTask
 from ..evaluate_classify import EvaluateClassifyConfig, evaluate_classify
-from ..files import NUMBER, POSITIVE, TEXT, read_json
-from ..runs import RunDir
-from ..training import run_training
-from .base import Claim, Context, Job, Planner
-from .markdown import figure, table
 
 # The paper's Table 1 (MNIST): test error (%) and parameters.
 PAPER_TABLE1 = {

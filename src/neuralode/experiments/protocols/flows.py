@@ -7,12 +7,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._run.files import NUMBER, POSITIVE, TEXT, read_json
+from .._run.markdown import figure, table
+from .._run.protocol import Claim, Context, Job, Planner
+from .._run.runs import RunDir
+from .._run.training import run_training
 from ..cnf import CNFConfig, CNFTask
-from ..files import NUMBER, POSITIVE, TEXT, read_json
-from ..runs import RunDir
-from ..training import run_training
-from .base import Claim, Context, Job, Planner
-from .markdown import figure, table
 
 # The paper's budgets (Fig. 4): CNF 10k Adam iterations, NF 500k RMSprop iterations.
 PAPER_CNF_ITERS, PAPER_NF_ITERS = 10_000, 500_000

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ..adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
-from ..compat import METHODS
-from ..controllers import PIDController
+from ...adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
+from ...compat import METHODS
+from ...controllers import PIDController
 from .config import check_positive
 
 AdaptiveMethod = Literal["dopri5", "tsit5", "bosh3", "dopri8", "adaptive_heun", "fehlberg2"]

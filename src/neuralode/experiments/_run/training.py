@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .._solution import SolverError, Stats
+from ..._solution import SolverError, Stats
 from .config import RunOptions, flag
 from .distributed import World, unwrap
 from .progress import Progress
