@@ -12,7 +12,7 @@ import torch
 from neuralode.experiments._run.distributed import World, unwrap
 from neuralode.experiments._run.runs import RunDir
 from neuralode.experiments._run.training import fit
-from neuralode.experiments.classify import ClassifyConfig, ClassifyTask
+from neuralode.experiments.classify.task import ClassifyConfig, ClassifyTask
 
 
 class Capturing(ClassifyTask):

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from cli_helpers import TINY_CLASSIFY, assert_refused, metrics_rows, train_classify, weights  # noqa: E402
-from neuralode.experiments import classify  # noqa: E402
 from neuralode.experiments._run.runs import RunDir  # noqa: E402
-from neuralode.experiments.classify import ClassifyConfig, load_splits  # noqa: E402
+from neuralode.experiments.classify import task as classify  # noqa: E402
+from neuralode.experiments.classify.evaluate import EvaluateClassifyConfig  # noqa: E402
+from neuralode.experiments.classify.task import ClassifyConfig, load_splits  # noqa: E402
 from neuralode.experiments.cli import _commands, main  # noqa: E402
-from neuralode.experiments.cnf import CNFConfig  # noqa: E402
-from neuralode.experiments.evaluate_classify import EvaluateClassifyConfig  # noqa: E402
-from neuralode.experiments.latent import LatentConfig  # noqa: E402
+from neuralode.experiments.cnf.task import CNFConfig  # noqa: E402
+from neuralode.experiments.latent.task import LatentConfig  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
 
 TINY = TINY_CLASSIFY

@@ -20,16 +20,19 @@ import pytest
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
-from cli_helpers import record_runs  # noqa: E402
-from neuralode.experiments import cnf_plots, memory, reproduce  # noqa: E402
-from neuralode.experiments._run import training  # noqa: E402
-from neuralode.experiments.cli import main  # noqa: E402
-from neuralode.experiments.memory import MemoryPoint  # noqa: E402
 from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
-from neuralode.experiments.protocols import classification as p1  # noqa: E402
-from neuralode.experiments.protocols import flows as p5  # noqa: E402
-from neuralode.experiments.protocols import latent as p4  # noqa: E402
-from neuralode.experiments.protocols import memory as p2  # noqa: E402
+
+from cli_helpers import record_runs  # noqa: E402
+from neuralode.experiments import reproduce  # noqa: E402
+from neuralode.experiments._run import training  # noqa: E402
+from neuralode.experiments.classify import protocol as p1  # noqa: E402
+from neuralode.experiments.cli import main  # noqa: E402
+from neuralode.experiments.cnf import plots as cnf_plots  # noqa: E402
+from neuralode.experiments.cnf import protocol as p5  # noqa: E402
+from neuralode.experiments.latent import protocol as p4  # noqa: E402
+from neuralode.experiments.memory import measurement as memory  # noqa: E402
+from neuralode.experiments.memory import protocol as p2  # noqa: E402
+from neuralode.experiments.memory.measurement import MemoryPoint  # noqa: E402
 from neuralode.experiments.report_html import to_html  # noqa: E402
 
 

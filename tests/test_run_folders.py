@@ -27,18 +27,19 @@ from hypothesis import strategies as st
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
+from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
+
 from cli_helpers import TINY_CLASSIFY  # noqa: E402
-from neuralode.experiments import evaluate_classify  # noqa: E402
 from neuralode.experiments import reproduce as reproduce_module  # noqa: E402
 from neuralode.experiments._run import files, training  # noqa: E402
 from neuralode.experiments._run.runs import RunDir, RunFolderError  # noqa: E402
-from neuralode.experiments.classify import ClassifyConfig, ClassifyTask  # noqa: E402
+from neuralode.experiments.classify import evaluate as evaluate_classify  # noqa: E402
+from neuralode.experiments.classify.evaluate import EvaluateClassifyConfig  # noqa: E402
+from neuralode.experiments.classify.task import ClassifyConfig, ClassifyTask  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
-from neuralode.experiments.evaluate_classify import EvaluateClassifyConfig  # noqa: E402
-from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
-from neuralode.experiments.protocols import flows as p5  # noqa: E402
-from neuralode.experiments.protocols import latent as p4  # noqa: E402
-from neuralode.experiments.protocols import memory as p2  # noqa: E402
+from neuralode.experiments.cnf import protocol as p5  # noqa: E402
+from neuralode.experiments.latent import protocol as p4  # noqa: E402
+from neuralode.experiments.memory import protocol as p2  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
 from test_reproduce import tiny  # noqa: E402, F401 (the fixture)
 

@@ -16,10 +16,10 @@ from .._solution import SolverError
 from ..data import DownloadError, IDXFormatError
 from ._run.extras import require
 from ._run.training import OutOfMemory, Task, TrainingDiverged, run_training
-from .classify import ClassifyConfig, ClassifyTask
-from .cnf import CNFConfig, CNFTask, summary_line
-from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
-from .latent import LatentConfig, LatentTask
+from .classify.evaluate import EvaluateClassifyConfig, evaluate_classify
+from .classify.task import ClassifyConfig, ClassifyTask
+from .cnf.task import CNFConfig, CNFTask, summary_line
+from .latent.task import LatentConfig, LatentTask
 from .reproduce import ReproduceConfig, ReproduceIncomplete, reproduce
 
 # Errors whose message is the whole story: print it, no traceback.

@@ -1,10 +1,10 @@
 """The protocols of ``neuralode reproduce`` (docs/protocols.md), in report order."""
 
 from .._run.protocol import Claim, Context, Job, Planner
-from .classification import FigureThree, TableOne
-from .flows import FlowComparison
-from .latent import TableTwo
-from .memory import MemoryTable
+from ..classify.protocol import FigureThree, TableOne
+from ..cnf.protocol import FlowComparison
+from ..latent.protocol import TableTwo
+from ..memory.protocol import MemoryTable
 
 PLANNERS: dict[str, Planner] = {
     "p1": TableOne(),

@@ -11,7 +11,7 @@ from .._run.markdown import figure, table
 from .._run.protocol import Claim, Context, Job, Planner
 from .._run.runs import RunDir
 from .._run.training import Schedule, run_training
-from ..latent import HORIZONS, LatentConfig, LatentTask
+from .task import HORIZONS, LatentConfig, LatentTask
 
 # The paper's Table 2: predictive RMSE on the 100 points after the window (its noise level
 # is not stated; torchdiffeq runs 0.3). It has one RNN, fed the values.

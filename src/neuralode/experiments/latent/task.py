@@ -24,13 +24,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..data import IrregularSeries, make_spirals
-from ..nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
-from ._run.config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
-from ._run.distributed import World, unwrap
-from ._run.runs import RunDir
-from ._run.solving import GradientMethod, SolverOptions
-from ._run.training import Schedule, Task, epoch_generator, lr_scheduler
+from ...data import IrregularSeries, make_spirals
+from ...nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
+from .._run.config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
+from .._run.distributed import World, unwrap
+from .._run.runs import RunDir
+from .._run.solving import GradientMethod, SolverOptions
+from .._run.training import Schedule, Task, epoch_generator, lr_scheduler
 
 Model = Literal["latent-ode", "rnn", "rnn-dt"]
 Encoder = Literal["rnn", "gru", "odernn"]
@@ -325,7 +325,7 @@ class LatentTask(Task):
 
     def plots(self, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
         """Observations, reconstruction and extrapolation of four test spirals."""
-        from .latent_plots import plot_spirals
+        from .plots import plot_spirals
 
         model = sequence_model(self.model)
         return [plot_spirals(model, self.splits["test"], self.splits["truth"], run.plots,

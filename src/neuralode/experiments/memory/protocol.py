@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from .._run.files import NUMBER, TEXT, read_json, write_json
 from .._run.markdown import table
 from .._run.protocol import Claim, Context, Job, Planner
-from ..memory import METHODS, MemoryPoint, measure
+from .measurement import METHODS, MemoryPoint, measure
 
 GRIDS = {
     "demo": ((4, 16, 64), (1e-1, 1e-3)),
