@@ -20,11 +20,10 @@ import pytest
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
-from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
-
 from cli_helpers import record_runs  # noqa: E402
 from neuralode.experiments import reproduce  # noqa: E402
 from neuralode.experiments._run import training  # noqa: E402
+from neuralode.experiments._run.protocol import Context  # noqa: E402
 from neuralode.experiments.classify import protocol as p1  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.cnf import plots as cnf_plots  # noqa: E402
@@ -33,6 +32,7 @@ from neuralode.experiments.latent import protocol as p4  # noqa: E402
 from neuralode.experiments.memory import measurement as memory  # noqa: E402
 from neuralode.experiments.memory import protocol as p2  # noqa: E402
 from neuralode.experiments.memory.measurement import MemoryPoint  # noqa: E402
+from neuralode.experiments.registry import PLANNERS  # noqa: E402
 from neuralode.experiments.report_html import to_html  # noqa: E402
 
 

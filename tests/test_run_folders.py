@@ -27,11 +27,10 @@ from hypothesis import strategies as st
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
-from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
-
 from cli_helpers import TINY_CLASSIFY  # noqa: E402
 from neuralode.experiments import reproduce as reproduce_module  # noqa: E402
 from neuralode.experiments._run import files, training  # noqa: E402
+from neuralode.experiments._run.protocol import Context  # noqa: E402
 from neuralode.experiments._run.runs import RunDir, RunFolderError  # noqa: E402
 from neuralode.experiments.classify import evaluate as evaluate_classify  # noqa: E402
 from neuralode.experiments.classify.evaluate import EvaluateClassifyConfig  # noqa: E402
@@ -40,6 +39,7 @@ from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.cnf import protocol as p5  # noqa: E402
 from neuralode.experiments.latent import protocol as p4  # noqa: E402
 from neuralode.experiments.memory import protocol as p2  # noqa: E402
+from neuralode.experiments.registry import PLANNERS  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
 from test_reproduce import tiny  # noqa: E402, F401 (the fixture)
 

@@ -28,7 +28,7 @@ from ._run.config import MAX_THREADS, check_out_folder, check_positive, check_se
 from ._run.extras import require
 from ._run.files import NUMBERS, atomic_write_text, read_json, write_json
 from ._run.protocol import Context, Job
-from .protocols import PLANNERS
+from .registry import PLANNERS
 from .report import render
 from .report_html import to_html
 

@@ -290,3 +290,11 @@ def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tens
 
 def _size(images: torch.Tensor) -> str:
     return "×".join(str(n) for n in images.shape[1:])
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line ``train classify`` prints at the end."""
+    return (
+        f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
+        f"({summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s training)"
+    )

@@ -360,3 +360,12 @@ def describe_model(cfg: LatentConfig) -> str:
     name = {"latent-ode": f"latent ODE ({cfg.encoder} encoder)", "rnn": "RNN",
             "rnn-dt": "RNN + Δt"}[cfg.model]  # fmt: skip
     return f"{name}, n = {cfg.n_obs}, noise {cfg.noise:g}"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line ``train latent-ode`` prints at the end."""
+    return (
+        f"{summary['label']}: test extrapolation RMSE {summary['test_rmse_clean']:.4f} "
+        f"vs the noise-free spirals, {summary['test_rmse']:.4f} vs the noisy ones "
+        f"({summary['train_seconds']:.0f} s training)"
+    )
