@@ -22,7 +22,7 @@ pytest.importorskip("sklearn")
 
 from cli_helpers import record_runs  # noqa: E402
 from neuralode.experiments import reproduce  # noqa: E402
-from neuralode.experiments._run import training  # noqa: E402
+from neuralode.experiments._run import failures, training  # noqa: E402
 from neuralode.experiments._run.protocol import Context  # noqa: E402
 from neuralode.experiments.classify import protocol as p1  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
@@ -121,7 +121,7 @@ def test_a_failed_run_is_reported_and_retried(tmp_path, tiny, monkeypatch, capsy
 
     def flaky(config, task):
         if config.out.name == "resnet1-w8":
-            raise training.TrainingDiverged("the training loss became nan (injected)")
+            raise failures.TrainingDiverged("the training loss became nan (injected)")
         return real(config, task)
 
     monkeypatch.setattr(p1, "run_training", flaky)
@@ -309,7 +309,7 @@ def test_parallel_run_failure_skips_what_needs_it(tmp_path, tiny, monkeypatch, c
 
     def flaky(config, task):
         if config.out.name == "odenet-w8":
-            raise training.TrainingDiverged("the training loss became nan (injected)")
+            raise failures.TrainingDiverged("the training loss became nan (injected)")
         return real(config, task)
 
     monkeypatch.setattr(p1, "run_training", flaky)

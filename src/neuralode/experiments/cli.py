@@ -15,7 +15,8 @@ from typing import Annotated, Any, Union
 from .._solution import SolverError
 from ..data import DownloadError, IDXFormatError
 from ._run.extras import require
-from ._run.training import OutOfMemory, Task, TrainingDiverged, run_training
+from ._run.failures import OutOfMemory, TrainingDiverged
+from ._run.training import Task, run_training
 from .registry import EXPERIMENTS
 from .reproduce import ReproduceConfig, ReproduceIncomplete, reproduce
 
