@@ -402,3 +402,12 @@ def test_fuzz_every_single_flag_and_value(capsys, monkeypatch):
             for value in VALUES:
                 _parse_or_refuse([*prefix, flag, value], [flag], capsys)
     print(f"fuzz so far: {FUZZ}")
+
+
+def test_the_solver_choices_are_the_adaptive_methods_of_compat():
+    """--solver's names are spelled out (for mypy and --help): METHODS' adaptive ones, all."""
+    from neuralode.compat import METHODS
+    from neuralode.experiments._run.solving import AdaptiveMethod
+
+    adaptive = {name for name, solver in METHODS.items() if solver().adaptive}
+    assert set(typing.get_args(AdaptiveMethod)) == adaptive
