@@ -170,13 +170,13 @@ class CountingModule(nn.Module):
 
 # The measurement primitives live in the package (protocol P2 of `neuralode reproduce` uses
 # them too); re-exported here for the benchmark scripts.
-from neuralode.experiments.memory import (  # noqa: E402
+from neuralode.experiments.memory.measurement import (  # noqa: E402
     proc_status_kib as proc_status_kib,
 )
-from neuralode.experiments.memory import (  # noqa: E402
+from neuralode.experiments.memory.measurement import (  # noqa: E402
     release_free_heap as release_free_heap,
 )
-from neuralode.experiments.memory import (  # noqa: E402
+from neuralode.experiments.memory.measurement import (  # noqa: E402
     reset_peak_rss as reset_peak_rss,
 )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralode.experiments.runs import RunDir
+from neuralode.experiments._run.runs import RunDir
 
 # A `train classify` run that takes about a second: the 8x8 digits, a narrow model.
 TINY_CLASSIFY = [

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from neuralode.experiments.classify import ClassifyConfig, ClassifyTask
-from neuralode.experiments.distributed import World, unwrap
-from neuralode.experiments.runs import RunDir
-from neuralode.experiments.training import fit
+from neuralode.experiments._run.distributed import World, unwrap
+from neuralode.experiments._run.runs import RunDir
+from neuralode.experiments._run.training import fit
+from neuralode.experiments.classify.task import ClassifyConfig, ClassifyTask
 
 
 class Capturing(ClassifyTask):

@@ -22,9 +22,10 @@ from cli_helpers import (
     train_classify,
     weights,
 )  # noqa: E402
-from neuralode.experiments import classify, training  # noqa: E402
+from neuralode.experiments._run import training  # noqa: E402
+from neuralode.experiments._run.runs import RunDir  # noqa: E402
+from neuralode.experiments.classify import task as classify  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
-from neuralode.experiments.runs import RunDir  # noqa: E402
 
 TINY = TINY_CLASSIFY
 _train = train_classify

@@ -18,10 +18,10 @@ from cli_helpers import (  # noqa: E402
     metrics_rows,
     record_runs,
 )
-from neuralode.experiments import cnf_plots  # noqa: E402
+from neuralode.experiments._run.protocol import Context  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
-from neuralode.experiments.protocols import flows  # noqa: E402
-from neuralode.experiments.protocols.base import Context  # noqa: E402
+from neuralode.experiments.cnf import plots as cnf_plots  # noqa: E402
+from neuralode.experiments.cnf import protocol as flows  # noqa: E402
 
 TINY = ["--iters", "4", "--iters-per-epoch", "2", "--batch-size", "32", "--val-size", "40",
         "--test-size", "60", "--eval-batch-size", "30", "--tol", "1e-3", "--no-progress",
@@ -107,8 +107,8 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch, args):
 
 def test_every_epoch_draws_new_training_samples(tmp_path):
     """Fresh data each iteration, and different draws in different epochs."""
-    from neuralode.experiments.cnf import CNFConfig, CNFTask
-    from neuralode.experiments.distributed import World
+    from neuralode.experiments._run.distributed import World
+    from neuralode.experiments.cnf.task import CNFConfig, CNFTask
 
     task = CNFTask(CNFConfig(task="ml", model="nf", width=2, iters=4, iters_per_epoch=2,
                              batch_size=8, out=tmp_path))  # fmt: skip
@@ -140,7 +140,7 @@ def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):
 
 
 def test_nan_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch, capsys):
-    from neuralode.experiments import cnf
+    from neuralode.experiments.cnf import task as cnf
 
     forward = cnf.FlowObjective.forward
     calls = {"n": 0}

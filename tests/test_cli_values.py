@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from cli_helpers import TINY_CLASSIFY, assert_refused, metrics_rows, train_classify, weights  # noqa: E402
-from neuralode.experiments import classify  # noqa: E402
-from neuralode.experiments.classify import ClassifyConfig, load_splits  # noqa: E402
+from neuralode.experiments._run.runs import RunDir  # noqa: E402
+from neuralode.experiments.classify import task as classify  # noqa: E402
+from neuralode.experiments.classify.evaluate import EvaluateClassifyConfig  # noqa: E402
+from neuralode.experiments.classify.task import ClassifyConfig, load_splits  # noqa: E402
 from neuralode.experiments.cli import _commands, main  # noqa: E402
-from neuralode.experiments.cnf import CNFConfig  # noqa: E402
-from neuralode.experiments.evaluate_classify import EvaluateClassifyConfig  # noqa: E402
-from neuralode.experiments.latent import LatentConfig  # noqa: E402
+from neuralode.experiments.cnf.task import CNFConfig  # noqa: E402
+from neuralode.experiments.latent.task import LatentConfig  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
-from neuralode.experiments.runs import RunDir  # noqa: E402
 
 TINY = TINY_CLASSIFY
 _train = train_classify
@@ -289,9 +289,9 @@ def _choices() -> list[tuple[str, str, str]]:
 def test_every_choice_builds_and_steps_with_the_defaults(command, flag, choice, capsys):
     """Each choice with every other flag at its default (sizes aside) either takes a training
     step or is refused with a clear message (data that is not installed, no CUDA)."""
+    from neuralode.experiments._run.distributed import World
+    from neuralode.experiments._run.training import prepare_task
     from neuralode.experiments.cli import TRAINERS
-    from neuralode.experiments.distributed import World
-    from neuralode.experiments.training import prepare_task
 
     tyro = pytest.importorskip("tyro")
     args = [*SMALL[command], flag, choice, "--no-progress", "--threads", "1"]
@@ -402,3 +402,12 @@ def test_fuzz_every_single_flag_and_value(capsys, monkeypatch):
             for value in VALUES:
                 _parse_or_refuse([*prefix, flag, value], [flag], capsys)
     print(f"fuzz so far: {FUZZ}")
+
+
+def test_the_solver_choices_are_the_adaptive_methods_of_compat():
+    """--solver's names are spelled out (for mypy and --help): METHODS' adaptive ones, all."""
+    from neuralode.compat import METHODS
+    from neuralode.experiments._run.solving import AdaptiveMethod
+
+    adaptive = {name for name, solver in METHODS.items() if solver().adaptive}
+    assert set(typing.get_args(AdaptiveMethod)) == adaptive

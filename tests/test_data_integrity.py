@@ -298,7 +298,7 @@ def test_read_idx_checks_the_content_digest(tmp_path, gz):
 
 def test_cli_names_the_flag_for_own_data(isolated, capsys):
     pytest.importorskip("tyro")
-    from neuralode.experiments.classify import ClassifyConfig, load_splits
+    from neuralode.experiments.classify.task import ClassifyConfig, load_splits
     from neuralode.experiments.cli import main
 
     for split in ("train", "test"):

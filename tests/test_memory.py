@@ -10,7 +10,7 @@ pytest.importorskip("tyro")
 if not sys.platform.startswith("linux"):
     pytest.skip("the measurement reads /proc", allow_module_level=True)
 
-from neuralode.experiments.memory import MemoryPoint, measure  # noqa: E402
+from neuralode.experiments.memory.measurement import MemoryPoint, measure  # noqa: E402
 
 
 def test_measure_runs_in_a_fresh_process():

@@ -21,14 +21,18 @@ pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
 from cli_helpers import record_runs  # noqa: E402
-from neuralode.experiments import cnf_plots, memory, reproduce, training  # noqa: E402
+from neuralode.experiments import reproduce  # noqa: E402
+from neuralode.experiments._run import failures, training  # noqa: E402
+from neuralode.experiments._run.protocol import Context  # noqa: E402
+from neuralode.experiments.classify import protocol as p1  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
-from neuralode.experiments.memory import MemoryPoint  # noqa: E402
-from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
-from neuralode.experiments.protocols import classification as p1  # noqa: E402
-from neuralode.experiments.protocols import flows as p5  # noqa: E402
-from neuralode.experiments.protocols import latent as p4  # noqa: E402
-from neuralode.experiments.protocols import memory as p2  # noqa: E402
+from neuralode.experiments.cnf import plots as cnf_plots  # noqa: E402
+from neuralode.experiments.cnf import protocol as p5  # noqa: E402
+from neuralode.experiments.latent import protocol as p4  # noqa: E402
+from neuralode.experiments.memory import measurement as memory  # noqa: E402
+from neuralode.experiments.memory import protocol as p2  # noqa: E402
+from neuralode.experiments.memory.measurement import MemoryPoint  # noqa: E402
+from neuralode.experiments.registry import PLANNERS  # noqa: E402
 from neuralode.experiments.report_html import to_html  # noqa: E402
 
 
@@ -117,7 +121,7 @@ def test_a_failed_run_is_reported_and_retried(tmp_path, tiny, monkeypatch, capsy
 
     def flaky(config, task):
         if config.out.name == "resnet1-w8":
-            raise training.TrainingDiverged("the training loss became nan (injected)")
+            raise failures.TrainingDiverged("the training loss became nan (injected)")
         return real(config, task)
 
     monkeypatch.setattr(p1, "run_training", flaky)
@@ -305,7 +309,7 @@ def test_parallel_run_failure_skips_what_needs_it(tmp_path, tiny, monkeypatch, c
 
     def flaky(config, task):
         if config.out.name == "odenet-w8":
-            raise training.TrainingDiverged("the training loss became nan (injected)")
+            raise failures.TrainingDiverged("the training loss became nan (injected)")
         return real(config, task)
 
     monkeypatch.setattr(p1, "run_training", flaky)

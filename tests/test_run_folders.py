@@ -28,17 +28,19 @@ pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
 from cli_helpers import TINY_CLASSIFY  # noqa: E402
-from neuralode.experiments import evaluate_classify, files, training  # noqa: E402
 from neuralode.experiments import reproduce as reproduce_module  # noqa: E402
-from neuralode.experiments.classify import ClassifyConfig, ClassifyTask  # noqa: E402
+from neuralode.experiments._run import files, training  # noqa: E402
+from neuralode.experiments._run.protocol import Context  # noqa: E402
+from neuralode.experiments._run.runs import RunDir, RunFolderError  # noqa: E402
+from neuralode.experiments.classify import evaluate as evaluate_classify  # noqa: E402
+from neuralode.experiments.classify.evaluate import EvaluateClassifyConfig  # noqa: E402
+from neuralode.experiments.classify.task import ClassifyConfig, ClassifyTask  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
-from neuralode.experiments.evaluate_classify import EvaluateClassifyConfig  # noqa: E402
-from neuralode.experiments.protocols import PLANNERS, Context  # noqa: E402
-from neuralode.experiments.protocols import flows as p5  # noqa: E402
-from neuralode.experiments.protocols import latent as p4  # noqa: E402
-from neuralode.experiments.protocols import memory as p2  # noqa: E402
+from neuralode.experiments.cnf import protocol as p5  # noqa: E402
+from neuralode.experiments.latent import protocol as p4  # noqa: E402
+from neuralode.experiments.memory import protocol as p2  # noqa: E402
+from neuralode.experiments.registry import PLANNERS  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
-from neuralode.experiments.runs import RunDir, RunFolderError  # noqa: E402
 from test_reproduce import tiny  # noqa: E402, F401 (the fixture)
 
 TINY = [*TINY_CLASSIFY, "--model", "odenet", "--tol", "1e-1", "--epochs", "1"]
@@ -48,7 +50,7 @@ TINY_CONFIG = dict(
 )  # fmt: skip
 # A second process that holds a run folder's lock until its stdin closes.
 LOCK_HOLDER = (
-    "import sys; from neuralode.experiments.runs import RunDir; RunDir(sys.argv[1]).lock(); "
+    "import sys; from neuralode.experiments._run.runs import RunDir; RunDir(sys.argv[1]).lock(); "
     "print('locked', flush=True); sys.stdin.read()"
 )
 SRC = str(Path(__file__).parents[1] / "src")
@@ -694,7 +696,7 @@ def test_resume_of_a_run_started_before_a_setting_existed(tmp_path):
     import dataclasses
     import json
 
-    from neuralode.experiments.runs import RunDir
+    from neuralode.experiments._run.runs import RunDir
 
     @dataclasses.dataclass
     class Old:

@@ -14,13 +14,11 @@ from typing import Annotated, Any, Union
 
 from .._solution import SolverError
 from ..data import DownloadError, IDXFormatError
-from ._extras import require
-from .classify import ClassifyConfig, ClassifyTask
-from .cnf import CNFConfig, CNFTask, summary_line
-from .evaluate_classify import EvaluateClassifyConfig, evaluate_classify
-from .latent import LatentConfig, LatentTask
+from ._run.extras import require
+from ._run.failures import OutOfMemory, TrainingDiverged
+from ._run.training import Task, run_training
+from .registry import EXPERIMENTS
 from .reproduce import ReproduceConfig, ReproduceIncomplete, reproduce
-from .training import OutOfMemory, Task, TrainingDiverged, run_training
 
 # Errors whose message is the whole story: print it, no traceback.
 USER_ERRORS = (
@@ -40,52 +38,41 @@ INTERRUPTED = 130
 
 @dataclasses.dataclass(frozen=True)
 class _Never:
-    """Hidden member that keeps a one-command group a group (see ``_commands``)."""
+    """Hidden member that keeps a one-command group a group (see ``_group``)."""
 
 
 def _commands() -> Any:
     tyro = require("tyro")
     sub = tyro.conf.subcommand
-    # typing.Union collapses a one-member union into the member itself, which would turn
-    # `neuralode evaluate classify` into `neuralode evaluate`; a suppressed second member
-    # keeps the group.
-    hidden = Annotated[_Never, tyro.conf.Suppress]
-    train = Union[  # noqa: UP007 (tyro reads the Annotated members of a typing.Union)
-        Annotated[ClassifyConfig, sub("classify")],
-        Annotated[LatentConfig, sub("latent-ode")],
-        Annotated[CNFConfig, sub("cnf")],
-    ]
-    evaluate = Union[  # noqa: UP007
-        Annotated[EvaluateClassifyConfig, sub("classify")],
-        hidden,
-    ]
-    return Union[  # noqa: UP007
+    train = _group([Annotated[e.train.config, sub(e.name)] for e in EXPERIMENTS if e.train])
+    evaluate = _group(
+        [Annotated[e.evaluate.config, sub(e.name)] for e in EXPERIMENTS if e.evaluate]
+    )
+    return Union[  # noqa: UP007 (tyro reads the Annotated members of a typing.Union)
         Annotated[train, sub("train", description="Train a model; writes a run folder.")],
         Annotated[evaluate, sub("evaluate", description="Evaluate a finished run.")],
         Annotated[ReproduceConfig, sub("reproduce")],
     ]
 
 
-def _classify_line(summary: dict[str, Any]) -> str:
-    return (
-        f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
-        f"({summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s training)"
-    )
-
-
-def _latent_line(summary: dict[str, Any]) -> str:
-    return (
-        f"{summary['label']}: test extrapolation RMSE {summary['test_rmse_clean']:.4f} "
-        f"vs the noise-free spirals, {summary['test_rmse']:.4f} vs the noisy ones "
-        f"({summary['train_seconds']:.0f} s training)"
-    )
+def _group(members: list[Any]) -> Any:
+    """The union of a command group's subcommands, for tyro."""
+    tyro = require("tyro")
+    # typing.Union collapses a one-member union into the member itself, which would turn
+    # `neuralode evaluate classify` into `neuralode evaluate`; a suppressed second member
+    # keeps the group.
+    if len(members) == 1:
+        members = [*members, Annotated[_Never, tyro.conf.Suppress]]
+    return Union[tuple(members)]  # noqa: UP007
 
 
 # Each training command: its config type → (its Task, the one-line result it prints).
 TRAINERS: dict[type, tuple[Callable[[Any], Task], Callable[[dict[str, Any]], str]]] = {
-    ClassifyConfig: (ClassifyTask, _classify_line),
-    LatentConfig: (LatentTask, _latent_line),
-    CNFConfig: (CNFTask, summary_line),
+    e.train.config: (e.train.task, e.train.line) for e in EXPERIMENTS if e.train
+}
+# Each evaluation command: its config type → the function that runs it.
+EVALUATORS: dict[type, Callable[[Any], object]] = {
+    e.evaluate.config: e.evaluate.run for e in EXPERIMENTS if e.evaluate
 }
 
 
@@ -96,8 +83,8 @@ def run(command: Any) -> None:
         summary = run_training(command, make_task(command))
         if summary is not None:  # rank 0 only
             print(line(summary))
-    elif isinstance(command, EvaluateClassifyConfig):
-        evaluate_classify(command)
+    elif type(command) in EVALUATORS:
+        EVALUATORS[type(command)](command)
     elif isinstance(command, ReproduceConfig):
         reproduce(command)
     else:  # pragma: no cover - tyro only returns the types above

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .protocols import Claim, Context, Planner
-from .protocols.markdown import table
+from ._run.markdown import table
+from ._run.protocol import Claim, Context, Planner
 
 
 def render(

@@ -24,10 +24,11 @@ from typing import Any, Literal
 import torch
 
 from ..data import find_image_files
-from ._extras import require
-from .config import MAX_THREADS, check_out_folder, check_positive, check_seed
-from .files import NUMBERS, atomic_write_text, read_json, write_json
-from .protocols import PLANNERS, Context, Job
+from ._run.config import MAX_THREADS, check_out_folder, check_positive, check_seed
+from ._run.extras import require
+from ._run.files import NUMBERS, atomic_write_text, read_json, write_json
+from ._run.protocol import Context, Job
+from .registry import PLANNERS
 from .report import render
 from .report_html import to_html
 
@@ -291,19 +292,7 @@ def run_jobs(
 
     try:
         if parallel <= 1:
-            while (job := ready()) is not None:
-                del waiting[job.key]
-                running[job.key] = (job, time.perf_counter())
-                bar.start(job)
-                bar.show(running)
-                t0 = time.perf_counter()
-                try:
-                    job.run()
-                except Exception as exc:  # recorded, reported, retried on the next run
-                    record(job, None, f"{type(exc).__name__}: {exc}")
-                else:
-                    record(job, time.perf_counter() - t0, None)
-                del running[job.key]
+            _run_here(waiting, running, ready, record, bar)
         else:
             _run_in_pool(ctx, waiting, running, ready, record, bar, parallel, threads)
     finally:
@@ -311,6 +300,26 @@ def run_jobs(
     for key in waiting:  # only possible if what they wait for can never finish
         failures[key] = f"not run: waits for {', '.join(waiting[key].after)}"
     return walls, failures
+
+
+def _run_here(waiting: dict[str, Job], running: dict[str, tuple[Job, float]],
+              ready: Callable[[], Job | None],
+              record: Callable[[Job, float | None, str | None], None],
+              bar: Progress) -> None:  # fmt: skip
+    """Run the ready jobs in this process, one after the other (``--parallel 1``)."""
+    while (job := ready()) is not None:
+        del waiting[job.key]
+        running[job.key] = (job, time.perf_counter())
+        bar.start(job)
+        bar.show(running)
+        t0 = time.perf_counter()
+        try:
+            job.run()
+        except Exception as exc:  # recorded, reported, retried on the next run
+            record(job, None, f"{type(exc).__name__}: {exc}")
+        else:
+            record(job, time.perf_counter() - t0, None)
+        del running[job.key]
 
 
 def worker_pool(parallel: int, threads: int) -> concurrent.futures.Executor:

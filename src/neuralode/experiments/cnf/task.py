@@ -26,9 +26,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..data import energy_target, sample_toy
-from ..data.densities import EnergyTarget
-from ..nn import (
+from ...data import energy_target, sample_toy
+from ...data.densities import EnergyTarget
+from ...nn import (
     CNF,
     ExactTrace,
     GaussianBase,
@@ -38,11 +38,11 @@ from ..nn import (
     evaluate_kl,
     evaluate_nll,
 )
-from .config import MAX_LR, RunOptions, check_positive, flag
-from .distributed import World
-from .runs import RunDir
-from .solving import GradientMethod, SolverOptions
-from .training import Schedule, Task, epoch_generator, lr_scheduler
+from .._run.config import MAX_LR, RunOptions, check_positive, flag
+from .._run.distributed import World
+from .._run.runs import RunDir
+from .._run.solving import GradientMethod, SolverOptions
+from .._run.training import Schedule, Task, epoch_generator, lr_scheduler
 
 Objective = Literal["density", "ml"]
 Target = Literal["U1", "U2", "U3", "U4"]
@@ -308,7 +308,7 @@ class CNFTask(Task):
 
     def plots(self, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
         """The fit against the target or the data, and the flow at 5–100% of its time."""
-        from .cnf_plots import plot_fit, plot_flow
+        from .plots import plot_fit, plot_flow
 
         flow = self.flow  # the best checkpoint's weights: fit loaded them
         what = f"{self.config.target}" if self.target is not None else self.config.dataset

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..cnf import CNFConfig, CNFTask
-from ..files import NUMBER, POSITIVE, TEXT, read_json
-from ..runs import RunDir
-from ..training import run_training
-from .base import Claim, Context, Job, Planner
-from .markdown import figure, table
+from .._run.files import NUMBER, POSITIVE, TEXT, read_json
+from .._run.markdown import figure, table
+from .._run.protocol import Claim, Context, Job, Planner
+from .._run.runs import RunDir
+from .._run.training import run_training
+from .scales import (
+    DATASET_NAMES,
+    DENSITY_BATCH,
+    ML,
+    ML_WIDTH,
+    PAPER_CNF_ITERS,
+    PAPER_NF_ITERS,
+    SCALES,
+    Scale,
+    density_name,
+    ml_name,
+)
+from .task import CNFConfig, CNFTask
+from .verdicts import (
+    density_findings,
+    density_verdicts,
+    equal_budget,
+    equal_budget_cells,
+    ml_holds,
+    ml_verdicts,
+)
 
-# The paper's budgets (Fig. 4): CNF 10k Adam iterations, NF 500k RMSprop iterations.
-PAPER_CNF_ITERS, PAPER_NF_ITERS = 10_000, 500_000
 # One-thread seconds per iteration, measured (density: the full preset's runs in
 # docs/results/p5-full, batch 256; ML: docs/cnf.md "Measured costs"): only for the overall
 # ETA. The CNF's cost grows with its NFE during training; the NF's with its layers.
@@ -24,84 +41,9 @@ CNF_ML_STEP, NF_ML_STEP = 0.12, 0.05
 # Figures, evaluation and log Z: seconds per run, for the ETA.
 RUN_OVERHEAD = 10.0
 EPOCHS_PER_RUN = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    """Sizes of P5 at one preset.
-
-    Attributes:
-        targets: Energies of part (a).
-        sizes: CNF units M = NF layers K of part (a).
-        datasets: Toy datasets of part (b) (CNF with 64 units vs NF with 64 layers).
-        density_iters: Iterations of part (a) per model, ``{"cnf": .., "nf": ..}``.
-        ml_iters: Iterations of part (b) per model.
-        val_size: Validation samples per epoch.
-        test_size: Test samples (or fresh test points), once per run.
-        density_lr: Constant Adam learning rate of part (a), both models.
-        judge_budgets: Judge part (a) with each model at its own budget (the NF's larger);
-            ``False`` where the CNF's budget is too small for that to settle, and the
-            comparison is reported without a verdict (part (a) at equal iterations is
-            judged at every preset).
-    """
-
-    targets: tuple[str, ...]
-    sizes: tuple[int, ...]
-    datasets: tuple[str, ...]
-    density_iters: Mapping[str, int]
-    ml_iters: Mapping[str, int]
-    val_size: int = 2_000
-    test_size: int = 10_000
-    # lr 1e-2 suits the short budgets: on U1 after 300 iterations it reached KL 0.59 (CNF,
-    # M = 8) and 0.34 (NF, K = 8) against 0.78 and 2.04 at 1e-3 (docs/cnf.md).
-    density_lr: float = 1e-2
-    judge_budgets: bool = True
-
-
-SCALES = {
-    # The whole demo takes about 6 minutes on 2 cores: P5 about 2.5 of them. K = M = 2,
-    # where the quick and full presets separate the models most (full: KL 0.10 vs 0.55 on
-    # U1), and two circles, Fig. 5's clearest case (quick: NLL 0.85 vs 0.94). The NF gets
-    # about the CNF's training time (each of its iterations costs less): at K = 2 an NF
-    # iteration takes about 3 ms, a CNF one about 60; at 64 layers about 35 ms against 60.
-    # Part (a) with the NF's budget is not judged here: a 2-layer NF settles within a few
-    # thousand iterations, while 500 (or 1,000) CNF iterations leave its KL seed-dependent
-    # (seeds 0, 1, 2: the CNF at most the NF's in 2, 3, 1 of the 3 cells; at seed 2 on U1
-    # 0.62 after 500 iterations and 0.71 / 0.63 after 1,000 at lr 1e-2 / 3e-3, against the
-    # NF's 0.40). At equal iterations the CNF was lower in all 9 cells.
-    "demo": Scale(("U1", "U2", "U3"), (2,), ("circles",), {"cnf": 500, "nf": 12_000},
-                  {"cnf": 500, "nf": 1_500}, val_size=1_000, judge_budgets=False),
-    # About 45 minutes on one core: CNF 1k iterations (torchdiffeq's cnf.py budget), NF 5k.
-    "quick": Scale(("U1", "U2", "U3"), (2, 8, 32), ("circles", "moons"),
-                   {"cnf": 1_000, "nf": 5_000}, {"cnf": 1_000, "nf": 5_000}),
-    # The paper's CNF budget; NF capped at 100k of its 500k (about 15 min per K = 32 run).
-    # lr 3e-3: over 10k iterations the CNF at 1e-2 drifts away from its early optimum (U1,
-    # M = 8: validation KL 0.109 after 1k, 0.715 after 10k; test 0.122), at 3e-3 it tests
-    # 0.039; the NF on that cell tests 0.023 at 3e-3 and 0.044 at 1e-2 (docs/results.md,
-    # "P5 at the paper's budgets").
-    "full": Scale(("U1", "U2", "U3"), (2, 8, 32), ("circles", "moons"),
-                  {"cnf": PAPER_CNF_ITERS, "nf": 100_000}, {"cnf": PAPER_CNF_ITERS, "nf": 100_000},
-                  density_lr=3e-3),
-}  # fmt: skip
-# Density matching: batch 256 (its lr is per preset, Scale.density_lr). Maximum likelihood:
-# torchdiffeq's cnf.py, batch 512 and lr 1e-3.
-DENSITY_BATCH = 256
-ML = {"batch_size": 512, "lr": 1e-3}
-ML_WIDTH = 64
-DATASET_NAMES = {"circles": "two circles", "moons": "two moons"}
 NOT_JUDGED_BUDGETS = (
     "reported, not judged at this budget: the CNF is far from converged (docs/protocols.md, P5)"
 )
-
-
-def density_name(target: str, model: str, size: int) -> str:
-    """Folder of a part (a) run, e.g. ``u1-cnf-m8``."""
-    return f"{target.lower()}-{model}-{'m' if model == 'cnf' else 'k'}{size}"
-
-
-def ml_name(dataset: str, model: str) -> str:
-    """Folder of a part (b) run, e.g. ``moons-cnf``."""
-    return f"{dataset}-{model}"
 
 
 def _job(ctx: Context, name: str, cost: float, **flags: Any) -> Job:
@@ -338,154 +280,6 @@ def _runs_table(runs: Mapping[str, Any], walls: Mapping[str, float]) -> str:
                "train s", "ms / iteration",
                "wall s (last invocation, with evaluation and figures)"]  # fmt: skip
     return "**Budgets, solver work and times** (one thread)\n\n" + table(headers, rows)
-
-
-@dataclasses.dataclass(frozen=True)
-class DensityFindings:
-    """Part (a) computed: the cells run, those the NF won, and the verdict."""
-
-    cells: list[tuple[str, int]]
-    losses: list[str]
-    planned: int
-
-    @property
-    def wins(self) -> int:
-        """Cells where the CNF's KL is at most the NF's."""
-        return len(self.cells) - len(self.losses)
-
-    @property
-    def holds(self) -> bool | None:
-        """Most planned cells won; ``None`` while the cells not run could change it."""
-        # "Most" of the planned cells: a partial report (--runs, --report-only) decides only
-        # once the cells still missing cannot change the answer.
-        missing = self.planned - len(self.cells)
-        if self.wins > self.planned / 2:
-            return True
-        if self.wins + missing <= self.planned / 2:
-            return False
-        return None
-
-
-def density_findings(s: Scale, runs: Mapping[str, Any]) -> DensityFindings:
-    """Part (a)'s cells where both models finished, and where the NF's KL is lower."""
-    cells, losses = [], []
-    for target in s.targets:
-        for size in s.sizes:
-            cnf = runs.get(density_name(target, "cnf", size))
-            nf = runs.get(density_name(target, "nf", size))
-            if cnf is None or nf is None:
-                continue
-            cells.append((target, size))
-            if cnf["test_kl"] > nf["test_kl"]:
-                losses.append(f"{target} at {size} ({cnf['test_kl']:.3f} vs {nf['test_kl']:.3f})")
-    return DensityFindings(cells, losses, len(s.targets) * len(s.sizes))
-
-
-def density_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
-    """Part (a)'s acceptance: CNF KL ≤ NF KL at K = M in most cells, computed."""
-    f = density_findings(s, runs)
-    if not f.cells:
-        return []
-    missing = f.planned - len(f.cells)
-    if not s.judge_budgets:
-        ok = "not judged at this budget, where the CNF is far from converged"
-    elif f.holds is None:
-        ok = f"undecided, {missing} of {f.planned} cells not run yet"
-    else:
-        ok = "matches" if f.holds else "does NOT match"
-    out = [
-        f"- (a) The CNF's KL is at most the NF's at K = M in {f.wins} of {len(f.cells)} cells"
-        + (f" run ({f.planned} planned)" if missing else "")
-        + f" (acceptance: most cells, after Fig. 4): {ok}."
-        + (f" The NF is lower for {'; '.join(f.losses)}." if f.losses else "")
-    ]
-    ratio = s.density_iters["nf"] / s.density_iters["cnf"]
-    out.append(
-        f"- (a) The NF had {ratio:.0f}× the CNF's iterations here (the paper: "
-        f"{PAPER_NF_ITERS // PAPER_CNF_ITERS}×), at a fraction of the cost per iteration."
-    )
-    even = equal_budget_cells(f, runs)
-    if even:
-        lost = [f"{cell} ({c:.3f} vs {n:.3f})" for cell, c, n in even if c > n]
-        out.append(
-            f"- (a) At equal iterations (each model's best validation KL within the CNF's "
-            f"budget, the NF's read from its epochs up to that point): the CNF's is at most "
-            f"the NF's in {len(even) - len(lost)} of {len(even)} cells (acceptance: most "
-            f"of the {f.planned} planned)"
-            + (f"; the NF is lower for {'; '.join(lost)}." if lost else ".")
-        )
-    return out
-
-
-def equal_budget_cells(f: DensityFindings, runs: Mapping[str, Any]
-                       ) -> list[tuple[str, float, float]]:  # fmt: skip
-    """Part (a) at equal iterations: (cell, CNF's best validation KL, NF's) where both have one."""
-    even = []
-    for target, size in f.cells:
-        pair = equal_budget(runs[density_name(target, "cnf", size)],
-                            runs[density_name(target, "nf", size)], "kl")  # fmt: skip
-        if pair is not None:
-            even.append((f"{target} at {size}", *pair))
-    return even
-
-
-def equal_budget(
-    cnf: Mapping[str, Any], nf: Mapping[str, Any], key: str
-) -> tuple[float, float] | None:
-    """Best validation ``key`` of each model within the CNF's iterations, or ``None``.
-
-    ``None`` when either has no epoch that ends within that budget. The NF usually trains
-    for more iterations than the CNF (each costs far less); its per-epoch validation
-    history tells what it had reached at the CNF's budget.
-    """
-
-    def best_within(summary: Mapping[str, Any], iters: int) -> float | None:
-        per_epoch = summary["iters"] / summary["epochs"]
-        scores = [row[f"val_{key}"] for row in summary["history"]
-                  if row["epoch"] * per_epoch <= iters]  # fmt: skip
-        return min(scores) if scores else None
-
-    budget = cnf["iters"]
-    c, n = best_within(cnf, budget), best_within(nf, budget)
-    return None if c is None or n is None else (c, n)
-
-
-def ml_verdicts(s: Scale, runs: Mapping[str, Any]) -> list[str]:
-    """Part (b)'s acceptance per dataset: CNF NLL < NF NLL (see :func:`ml_holds`)."""
-    out = []
-    for dataset in s.datasets:
-        cnf, nf = runs.get(ml_name(dataset, "cnf")), runs.get(ml_name(dataset, "nf"))
-        if cnf is None or nf is None:
-            continue
-        gap = nf["test_nll"] - cnf["test_nll"]
-        error = math.hypot(cnf["test_nll_stderr"], nf["test_nll_stderr"])  # no overflow
-        better = "lower" if gap > 0 else "higher"
-        verdict = " (acceptance: lower, also at equal iterations): " + (
-            "matches." if ml_holds(cnf, nf) else "does NOT match."
-        )
-        even = equal_budget(cnf, nf, "nll")
-        at_budget = "" if even is None else (
-            f" At equal iterations ({cnf['iters']:,}), best validation NLL {even[0]:.3f} "
-            f"(CNF) vs {even[1]:.3f} (NF)."
-        )  # fmt: skip
-        out.append(
-            f"- (b) {dataset}: test NLL {cnf['test_nll']:.3f} (CNF) vs {nf['test_nll']:.3f} "
-            f"(NF): the CNF's is {better} by {abs(gap):.3f} nats (standard error of the "
-            f"difference {error:.3f}){verdict}{at_budget}"
-        )
-    return out
-
-
-def ml_holds(cnf: Mapping[str, Any], nf: Mapping[str, Any]) -> bool:
-    """Part (b)'s acceptance on one dataset: the CNF's NLL below the NF's.
-
-    At the end (test NLL), and also by best validation NLL at equal iterations where the
-    NF's history has that point.
-    """
-    pair = equal_budget(cnf, nf, "nll")
-    if pair is not None and pair[0] >= pair[1]:
-        return False
-    return bool(cnf["test_nll"] < nf["test_nll"])
 
 
 def _figures(ctx: Context, s: Scale, runs: Mapping[str, Any]) -> str:

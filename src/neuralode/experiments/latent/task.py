@@ -24,13 +24,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..data import IrregularSeries, make_spirals
-from ..nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
-from .config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
-from .distributed import World, unwrap
-from .runs import RunDir
-from .solving import GradientMethod, SolverOptions
-from .training import Schedule, Task, epoch_generator, lr_scheduler
+from ...data import IrregularSeries, make_spirals
+from ...nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
+from .._run.config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
+from .._run.distributed import World, unwrap
+from .._run.runs import RunDir
+from .._run.solving import GradientMethod, SolverOptions
+from .._run.training import Schedule, Task, epoch_generator, lr_scheduler
 
 Model = Literal["latent-ode", "rnn", "rnn-dt"]
 Encoder = Literal["rnn", "gru", "odernn"]
@@ -325,7 +325,7 @@ class LatentTask(Task):
 
     def plots(self, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
         """Observations, reconstruction and extrapolation of four test spirals."""
-        from .latent_plots import plot_spirals
+        from .plots import plot_spirals
 
         model = sequence_model(self.model)
         return [plot_spirals(model, self.splits["test"], self.splits["truth"], run.plots,
@@ -360,3 +360,12 @@ def describe_model(cfg: LatentConfig) -> str:
     name = {"latent-ode": f"latent ODE ({cfg.encoder} encoder)", "rnn": "RNN",
             "rnn-dt": "RNN + Δt"}[cfg.model]  # fmt: skip
     return f"{name}, n = {cfg.n_obs}, noise {cfg.noise:g}"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line ``train latent-ode`` prints at the end."""
+    return (
+        f"{summary['label']}: test extrapolation RMSE {summary['test_rmse_clean']:.4f} "
+        f"vs the noise-free spirals, {summary['test_rmse']:.4f} vs the noisy ones "
+        f"({summary['train_seconds']:.0f} s training)"
+    )

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ..data import sample_toy
-from ..data.densities import PLOT_BOUNDS, Bounds, EnergyTarget
-from ..nn import CNF, PlanarFlow, density_grid, flow_snapshots
-from .plots import pyplot, save
+from ...data import sample_toy
+from ...data.densities import PLOT_BOUNDS, Bounds, EnergyTarget
+from ...nn import CNF, PlanarFlow, density_grid, flow_snapshots
+from .._run.plots import pyplot, save
 
 # Fixed seeds: a figure drawn again from the same weights is the same figure.
 PLOT_SEED = 577_215

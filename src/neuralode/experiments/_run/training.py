@@ -14,42 +14,22 @@ follows epoch ``e - 1`` in the same process or a ``--resume``.
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
-import math
 import os
 import platform
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from .._solution import SolverError, Stats
-from .config import RunOptions, flag
+from ..._solution import Stats
+from .config import RunOptions
 from .distributed import World, unwrap
+from .failures import TrainingInterrupted, bad_weight, check_finite, failures
 from .progress import Progress
 from .runs import BEST, RunDir, default_run_dir
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, a weight or a validation metric became NaN or infinite (or the solver failed).
-
-    The run stopped without saving the bad epoch: the last checkpoint stays as it was.
-    """
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says where. ``--resume`` continues exactly.
-
-    A ``KeyboardInterrupt``, so that code which catches ``Exception`` lets it through.
-    """
-
-
-class OutOfMemory(MemoryError):
-    """The data, the model or a batch did not fit in memory; the message names the sizes."""
-
 
 Schedule = Literal["constant", "cosine"]
 
@@ -187,7 +167,7 @@ def prepare_task(task: Task, world: World, options: RunOptions) -> None:
         OutOfMemory: The data or the model did not fit; the message names the size flags.
     """
     torch.manual_seed(options.seed)
-    with _failures("building the data and the model", 0, task, options):
+    with failures("building the data and the model", 0, task.size_flags, options):
         task.setup(world)
 
 
@@ -239,29 +219,15 @@ def _fit(
     seed, epochs = options.seed, task.epochs
     progress = options.progress and world.is_main
     model = world.wrap(task.model)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {}
-    start = 0
-    if options.resume and run.has_checkpoint():
-        state = run.load_training_state(f"val_{task.select}")
-        run.restore(task.model, state["model"])
-        run.restore(task.optimizer, state["optimizer"])
-        if task.scheduler is not None:
-            run.restore(task.scheduler, state["scheduler"])
-        history, best, start = state["history"], state["best"], state["epoch"]
-        if world.is_main:
-            # The checkpoint's history is the truth: a run killed between its last
-            # checkpoint and metrics.csv (or resumed once finished) would keep a stale table.
-            run.write_metrics(history)
-
+    history, best, start = _resume(task, run, world, options)
     for epoch in range(start, epochs):
         torch.manual_seed(_mix(seed, epoch, 1 + world.rank))
         row = _train_epoch(task, model, world, epoch, progress, options, where)
         where.text = f"epoch {epoch + 1}, after its last step (validating and saving)"
-        with _failures(f"epoch {epoch + 1}, validation", epoch, task, options):
+        with failures(f"epoch {epoch + 1}, validation", epoch, task.size_flags, options):
             val = task.evaluate(model, "val", world)
         metrics = {f"the validation {k}": v for k, v in val.items()}
-        _check_finite(metrics, world, epoch, f"in the validation after epoch {epoch + 1}")
+        check_finite(metrics, world, epoch, f"in the validation after epoch {epoch + 1}")
         row.update({f"val_{k}": v for k, v in val.items()})
         history.append(row)
         score = row[f"val_{task.select}"]
@@ -298,6 +264,28 @@ def _fit(
     return summary
 
 
+def _resume(
+    task: Task, run: RunDir, world: World, options: RunOptions
+) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """History, best epoch and the epoch to start from: the checkpoint's with ``--resume``.
+
+    Restores the model, optimiser and scheduler from the checkpoint when it resumes.
+    """
+    if not (options.resume and run.has_checkpoint()):
+        return [], {}, 0
+    state = run.load_training_state(f"val_{task.select}")
+    run.restore(task.model, state["model"])
+    run.restore(task.optimizer, state["optimizer"])
+    if task.scheduler is not None:
+        run.restore(task.scheduler, state["scheduler"])
+    history: list[dict[str, Any]] = state["history"]
+    if world.is_main:
+        # The checkpoint's history is the truth: a run killed between its last
+        # checkpoint and metrics.csv (or resumed once finished) would keep a stale table.
+        run.write_metrics(history)
+    return history, state["best"], state["epoch"]
+
+
 def _train_epoch(
     task: Task, model: nn.Module, world: World, epoch: int, show: bool, options: RunOptions,
     where: _Where,
@@ -314,10 +302,10 @@ def _train_epoch(
         for step, batch in enumerate(bar):
             at = f"epoch {epoch + 1}, step {step + 1} of {steps}"
             where.text = f"epoch {epoch + 1} step {step + 1} of {steps}"
-            with _failures(f"epoch {epoch + 1}, training step {step + 1} of {steps}", epoch,
-                           task, options):  # fmt: skip
+            with failures(f"epoch {epoch + 1}, training step {step + 1} of {steps}", epoch,
+                          task.size_flags, options):  # fmt: skip
                 loss, metrics = task.loss(model, batch)
-                _check_finite({"the training loss": float(loss.detach())}, world, epoch, f"at {at}")
+                check_finite({"the training loss": float(loss.detach())}, world, epoch, f"at {at}")
                 task.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if task.max_grad_norm is not None:
@@ -325,7 +313,7 @@ def _train_epoch(
                 task.optimizer.step()
             # A finite loss can still give an infinite gradient (or a step too large for
             # float32): the weights it leaves must not reach a checkpoint.
-            _check_finite(_bad_weight(model), world, epoch, f"after the optimiser step at {at}")
+            check_finite(bad_weight(model), world, epoch, f"after the optimiser step at {at}")
             if task.scheduler is not None:
                 task.scheduler.step()
             f, b = solver_work(model)
@@ -356,84 +344,6 @@ def _better(score: float, incumbent: float, higher_is_better: bool) -> bool:
 def _means(sums: Mapping[str, float]) -> dict[str, float]:
     n = max(sums.get("n", 0.0), 1.0)
     return {k: v / n for k, v in sums.items() if k not in ("n", "steps")}
-
-
-@contextlib.contextmanager
-def _failures(where: str, epoch: int, task: Task, options: RunOptions) -> Iterator[None]:
-    """Turn solver and allocation failures into errors that say where training was.
-
-    A solver failure becomes :class:`TrainingDiverged`; an allocation failure
-    :class:`OutOfMemory`, naming the task's size flags.
-    """
-    try:
-        yield
-    except SolverError as exc:
-        raise TrainingDiverged(
-            f"the ODE solver failed at {where}: {exc}. This epoch was not saved "
-            f"(last checkpoint: {_last_checkpoint(epoch)}). A lower --lr, a looser --tol or "
-            "a larger --max-steps may help"
-        ) from exc
-    except (RuntimeError, MemoryError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        sizes = ", ".join(
-            f"{flag(name)} {getattr(options, name)}"
-            for name in task.size_flags
-            if getattr(options, name, None) is not None
-        )
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OutOfMemory(
-            f"not enough memory at {where} ({detail}); lower the sizes"
-            + (f" ({sizes})" if sizes else "")
-            + " or free memory"
-        ) from exc
-
-
-# What torch says when an allocation fails: CUDA raises torch.OutOfMemoryError; the CPU
-# allocator a plain RuntimeError; sizes beyond int64 fail before allocating.
-_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "size calculation overflowed")
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return any(marker in text for marker in _ALLOCATION_FAILURES)
-
-
-def _last_checkpoint(epoch: int) -> str:
-    return f"the end of epoch {epoch}" if epoch else "none (first epoch)"
-
-
-def _check_finite(values: Mapping[str, float], world: World, epoch: int, where: str) -> None:
-    """Stop with :class:`TrainingDiverged` if any of ``values`` is NaN or infinite.
-
-    ``where`` completes "became nan ...", e.g. ``"at epoch 2, step 1 of 5"``.
-    """
-    bad = [(name, value) for name, value in values.items() if not math.isfinite(value)]
-    stop = bool(bad)
-    # Every rank must agree to stop, or the others would wait forever in DDP's all-reduce.
-    if world.size > 1:
-        stop = world.sum({"bad": float(stop)})["bad"] > 0.0
-    if stop:
-        what = f"{bad[0][0]} became {bad[0][1]}" if bad else "another process diverged"
-        raise TrainingDiverged(
-            f"{what} {where}; this epoch was not saved (last checkpoint: "
-            f"{_last_checkpoint(epoch)}). Try a lower --lr or a tighter --tol, and start a "
-            "new run"
-        )
-
-
-def _bad_weight(model: nn.Module) -> dict[str, float]:
-    """``{}`` if every weight is finite (one host sync), else the first bad one's name and value."""
-    params = [p.detach() for p in model.parameters()]
-    if not params or bool(torch.stack([p.isfinite().all() for p in params]).all()):
-        return {}
-    for name, param in unwrap(model).named_parameters():
-        bad = param.detach()[~param.detach().isfinite()]
-        if bad.numel():
-            return {f"the weight {name}": float(bad[0])}
-    return {}  # pragma: no cover - the stack above found one
 
 
 def _state(task: Task, history: list[dict[str, Any]], best: dict[str, Any],

@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ..adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
-from ..compat import METHODS
-from ..controllers import PIDController
+from ...adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
+from ...compat import METHODS
+from ...controllers import PIDController
 from .config import check_positive
 
+# Spelled out rather than derived from METHODS: mypy needs the names in the source, and
+# --help lists them in this order, not METHODS'. A test checks that they are exactly
+# METHODS' adaptive solvers.
 AdaptiveMethod = Literal["dopri5", "tsit5", "bosh3", "dopri8", "adaptive_heun", "fehlberg2"]
 GradientMethod = Literal["direct", "backsolve", "checkpoint"]
 

@@ -6,12 +6,12 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..files import COUNT, NUMBER, POSITIVE, is_number, read_json
-from ..latent import HORIZONS, LatentConfig, LatentTask
-from ..runs import RunDir
-from ..training import Schedule, run_training
-from .base import Claim, Context, Job, Planner
-from .markdown import figure, table
+from .._run.files import COUNT, NUMBER, POSITIVE, is_number, read_json
+from .._run.markdown import figure, table
+from .._run.protocol import Claim, Context, Job, Planner
+from .._run.runs import RunDir
+from .._run.training import Schedule, run_training
+from .task import HORIZONS, LatentConfig, LatentTask
 
 # The paper's Table 2: predictive RMSE on the 100 points after the window (its noise level
 # is not stated; torchdiffeq runs 0.3). It has one RNN, fed the values.

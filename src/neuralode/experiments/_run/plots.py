@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._extras import require
+from .extras import require
 from .files import atomic_write_bytes
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data import (
+from ...data import (
     load_digits,
     load_images,
     random_crop,
@@ -23,11 +23,11 @@ from ..data import (
     to_float,
     train_val_split,
 )
-from ..nn import MLP, ODENet, ResNet, RKNet, zero_residual_branches
-from .config import MAX_LR, RunOptions, check_positive
-from .distributed import World
-from .solving import SolverOptions
-from .training import Task, epoch_generator
+from ...nn import MLP, ODENet, ResNet, RKNet, zero_residual_branches
+from .._run.config import MAX_LR, RunOptions, check_positive
+from .._run.distributed import World
+from .._run.solving import SolverOptions
+from .._run.training import Task, epoch_generator
 
 Model = Literal["odenet", "resnet", "rknet", "mlp"]
 Dataset = Literal["fashion-mnist", "mnist", "digits"]
@@ -290,3 +290,11 @@ def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tens
 
 def _size(images: torch.Tensor) -> str:
     return "×".join(str(n) for n in images.shape[1:])
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line ``train classify`` prints at the end."""
+    return (
+        f"{summary['model']}: test accuracy {summary['test_accuracy']:.4f} "
+        f"({summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s training)"
+    )

@@ -6,13 +6,13 @@ state 64×6×6), one step = solve from t = 0 to 1 + backward of mean(h(1)²), wi
 :class:`~neuralode.CheckpointAdjoint`, under RK4 with a fixed number of steps and dopri5
 at a tolerance.
 
-Each point runs in a new Python process (``python -m neuralode.experiments.memory``), so
-nothing allocated by an earlier point hides in the heap, and with glibc's mmap threshold
-fixed (``MALLOC_MMAP_THRESHOLD_``), so that heap fragmentation does not grow with the
-number of steps. The child warms up on a tiny
-batch, returns freed heap memory to the kernel, reads VmRSS as the baseline, resets the
-peak mark VmHWM (Linux: write 5 to /proc/self/clear_refs), runs the step and reports
-VmHWM − baseline. Linux only (it reads /proc).
+Each point runs in a new Python process
+(``python -m neuralode.experiments.memory.measurement``), so nothing allocated by an
+earlier point hides in the heap, and with glibc's mmap threshold fixed
+(``MALLOC_MMAP_THRESHOLD_``), so that heap fragmentation does not grow with the number of
+steps. The child warms up on a tiny batch, returns freed heap memory to the kernel, reads
+VmRSS as the baseline, resets the peak mark VmHWM (Linux: write 5 to
+/proc/self/clear_refs), runs the step and reports VmHWM − baseline. Linux only (it reads /proc).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class MemoryPoint:
 
 
 def _step(point: MemoryPoint, batch: int) -> dict[str, int]:
-    from .. import (
+    from ... import (
         RK4,
         BacksolveAdjoint,
         CheckpointAdjoint,
@@ -89,7 +89,7 @@ def _step(point: MemoryPoint, batch: int) -> dict[str, int]:
         PIDController,
         solve,
     )
-    from ..nn import ConvODEFunc
+    from ...nn import ConvODEFunc
 
     torch.manual_seed(0)
     f = ConvODEFunc(point.width)

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..files import NUMBER, TEXT, read_json, write_json
-from ..memory import METHODS, MemoryPoint, measure
-from .base import Claim, Context, Job, Planner
-from .markdown import table
+from .._run.files import NUMBER, TEXT, read_json, write_json
+from .._run.markdown import table
+from .._run.protocol import Claim, Context, Job, Planner
+from .measurement import METHODS, MemoryPoint, measure
 
 GRIDS = {
     "demo": ((4, 16, 64), (1e-1, 1e-3)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._extras import require
+from .extras import require
 
 T = TypeVar("T")
 

@@ -21,17 +21,17 @@ import torch
 import tyro
 from torch.nn import functional as F
 
-from ..adjoints import BacksolveAdjoint
-from ..controllers import PIDController
-from ..data import IDXFormatError
-from ..nn import ODEBlock, ODENet
-from ..solvers import Dopri5
-from ._extras import require
-from .classify import ClassifyConfig, build_model, load_splits
-from .config import check_positive
-from .files import NUMBER, RunFolderError, atomic_write_text, load_config, write_json
-from .plots import epoch_axis, pyplot, save
-from .runs import BEST, EXECUTION_FIELDS, RunDir
+from ...adjoints import BacksolveAdjoint
+from ...controllers import PIDController
+from ...data import IDXFormatError
+from ...nn import ODEBlock, ODENet
+from ...solvers import Dopri5
+from .._run.config import check_positive
+from .._run.extras import require
+from .._run.files import NUMBER, RunFolderError, atomic_write_text, load_config, write_json
+from .._run.plots import epoch_axis, pyplot, save
+from .._run.runs import BEST, EXECUTION_FIELDS, RunDir
+from .task import ClassifyConfig, build_model, load_splits
 
 # The reference: Dopri5 in float64, 100× tighter than the tightest tolerance of the sweep
 # but never tighter than 1e-9 (float32 solutions cannot resolve more). Not a higher-order

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import IrregularSeries
-from ..nn import LatentODE, SequenceModel
-from .plots import pyplot, save
+from ...data import IrregularSeries
+from ...nn import LatentODE, SequenceModel
+from .._run.plots import pyplot, save
 
 FIGURE = "extrapolation.png"
 
