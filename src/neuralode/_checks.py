@@ -275,3 +275,107 @@ def check_stops(values: Sequence[float], name: str, lo: float, hi: float) -> Non
             "would be ignored (times in other units?); pass only times inside ts' range, or "
             "build the controller for each interval"
         )
+
+
+def check_times(ts: object) -> list[float]:
+    """Validate joint output times (1-D, floating, finite, strictly monotone); their values."""
+    if not isinstance(ts, torch.Tensor):
+        raise TypeError(
+            f"ts must be a 1-D floating torch.Tensor of output times, got {type(ts).__name__}; "
+            "e.g. ts=torch.linspace(0.0, 1.0, 11)"
+        )
+    check_tensor_input(ts, "ts")
+    if not ts.is_floating_point():
+        raise TypeError(
+            f"ts must be floating point, got dtype {ts.dtype} (values {ts.tolist()[:5]}...); "
+            "convert with ts.float() or ts.double()"
+        )
+    if ts.ndim != 1 or ts.numel() < 1:
+        raise ValueError(
+            f"ts must be 1-D with at least one time, got shape {tuple(ts.shape)}; "
+            "per-sample output times need the per-sample mode"
+        )
+    # One host transfer, then plain Python checks: cheaper than several tensor reductions
+    # and syncs for the short time grids that are the common case.
+    values = ts.tolist()
+    if not all(map(math.isfinite, values)):
+        raise ValueError(f"ts must be finite, got {values}")
+    if len(values) > 1:
+        sign = 1.0 if values[1] > values[0] else -1.0
+        for i, (a, b) in enumerate(zip(values, values[1:], strict=False)):
+            if not sign * (b - a) > 0:
+                raise ValueError(
+                    "ts must be strictly increasing or strictly decreasing, but "
+                    f"ts[{i}]={a} and ts[{i + 1}]={b}; remove repeated times and sort them"
+                )
+    return values
+
+
+def check_batch(parts: tuple[torch.Tensor, ...], y0: object) -> int:
+    """Per-sample mode: the batch size, the same leading dim of every part of ``y0``."""
+    for i, part in enumerate(parts):
+        name = "y0" if isinstance(y0, torch.Tensor) else f"y0[{i}]"
+        if part.ndim < 1:
+            raise ValueError(
+                f"batch_dims=1 needs the samples along the first dim of {name}, got a 0-d "
+                "tensor; add one with y0.unsqueeze(0)"
+            )
+        if part.shape[0] < 1:
+            raise ValueError(
+                f"{name} has an empty batch (shape {tuple(part.shape)}) with batch_dims=1: "
+                "there is no sample to solve; skip the call when the batch is empty"
+            )
+        if part.shape[0] != parts[0].shape[0]:
+            raise ValueError(
+                f"every part of y0 needs the same number of samples with batch_dims=1: "
+                f"y0[0] has {parts[0].shape[0]}, {name} has {part.shape[0]}"
+            )
+    return parts[0].shape[0]
+
+
+def check_sample_times(ts: object, batch: int) -> tuple[torch.Tensor, float]:
+    """Validate per-sample output times; return them as ``(B, T)`` forward time, direction.
+
+    ``ts`` is ``(T,)`` (shared by every sample) or ``(B, T)``; each row strictly monotone,
+    all in the same direction.
+    """
+    if not isinstance(ts, torch.Tensor) or not ts.is_floating_point():
+        raise TypeError(
+            "ts must be a floating torch.Tensor of output times, shape (T,) or (B, T) with "
+            f"batch_dims=1, got {ts.dtype if isinstance(ts, torch.Tensor) else type(ts).__name__}"
+        )
+    check_tensor_input(ts, "ts")
+    if ts.ndim not in (1, 2) or ts.shape[-1] < 1 or (ts.ndim == 2 and ts.shape[0] != batch):
+        raise ValueError(
+            f"ts must have shape (T,) or (B, T) = ({batch}, T) with batch_dims=1 and a batch "
+            f"of {batch} samples, got shape {tuple(ts.shape)}"
+        )
+    grid = ts.detach().to(torch.float64).expand(batch, -1)
+    if not bool(torch.isfinite(grid).all()):
+        raise ValueError(f"ts must be finite, got {ts}")
+    direction = 1.0
+    if grid.shape[1] > 1:
+        steps = grid[:, 1:] - grid[:, :-1]
+        direction = 1.0 if float(steps[0, 0]) > 0 else -1.0
+        bad = (direction * steps <= 0).nonzero()
+        if bad.numel():
+            b, i = bad[0].tolist()
+            where = f"ts[{b}, {i}]={grid[b, i].item()} and ts[{b}, {i + 1}]={grid[b, i + 1].item()}"
+            raise ValueError(
+                "each sample's ts must be strictly monotone, all in the same direction "
+                f"(that of ts[0]), but {where}; sort each row and remove repeated times"
+            )
+    return (direction * grid).contiguous(), direction
+
+
+def check_args(args: object, batch: int) -> tuple[torch.Tensor, ...]:
+    """Per-sample mode: ``args`` as a tuple of tensors with one row per sample."""
+    parts = (args,) if isinstance(args, torch.Tensor) else tuple(args)  # type: ignore[arg-type]
+    for i, a in enumerate(parts):
+        if not isinstance(a, torch.Tensor) or a.ndim < 1 or a.shape[0] != batch:
+            shown = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+            raise ValueError(
+                f"args[{i}] must be a tensor with one row per sample (leading dim {batch}), "
+                f"got {shown}; per-sample constants such as each sample's mu go in args"
+            )
+    return parts

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
-from ._checks import check_state, check_whole_number
+from ._checks import check_state, check_times, check_whole_number
 from ._compat_hooks import Callbacks, CompatController, find_callbacks
 from ._norms import rms_norm
 from ._solution import SolverError, State, Status
-from ._solve import check_times
 from ._vector_field import Structure
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
 from .solvers import (

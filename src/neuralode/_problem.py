@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ._vector_field import Structure, VectorField
+from ._checks import check_args, check_batch, check_sample_times, check_state, check_times
+from ._solution import State
+from ._time_gradients import attach_initial_time
+from ._vector_field import Structure, UserField, VectorField, private_copy
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,57 @@ class Problem:
     def batched(self) -> bool:
         """Whether this is a per-sample problem (the leading dim holds independent samples)."""
         return self.sample_taus is not None
+
+
+def make_problem(
+    f: UserField,
+    y0: State,
+    ts: torch.Tensor,
+    params: Sequence[torch.Tensor] | None = None,
+    *,
+    batch_dims: int = 0,
+    args: torch.Tensor | Sequence[torch.Tensor] = (),
+    tuning: PerSampleTuning | None = None,
+) -> Problem:
+    """Validate the inputs at the boundary and build the flat :class:`Problem`.
+
+    One builder for both modes: ``batch_dims=1`` makes the leading dim of ``y0`` a batch
+    of independent problems with ``(T,)`` or ``(B, T)`` output times and per-sample
+    ``args``; joint problems take 1-D times only.
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable as f(t, y), got {type(f).__name__}")
+    batched = batch_dims == 1
+    sample_taus: torch.Tensor | None = None
+    if batched:
+        parts = check_state(y0, complex_ok=False)
+        batch = check_batch(parts, y0)
+        sample_taus, direction = check_sample_times(ts, batch)
+        args = check_args(args, batch)
+    else:
+        values = check_times(ts)
+        parts = check_state(y0)
+        direction = 1.0 if len(values) == 1 or values[-1] > values[0] else -1.0
+    structure = Structure.of(y0, batched=batched)
+    field = VectorField(f, structure, ts.dtype, parts[0].device, tuple(args))
+    # Every use of y0 downstream, f0 included, must go through the t0-gradient hook.
+    y0_flat = attach_initial_time(field, ts, private_copy(structure, y0))
+    if sample_taus is not None:
+        f0 = field.first((direction * sample_taus[:, 0]).to(ts.dtype), y0_flat, y0)
+    else:
+        f0 = field.first(field.time(values[0]), y0_flat, y0)
+    return Problem(
+        f=field,
+        y0=y0_flat,
+        f0=f0,
+        ts=ts,
+        taus=() if batched else tuple(direction * t for t in values),
+        direction=direction,
+        structure=structure,
+        params=None if params is None else tuple(params),
+        sample_taus=sample_taus,
+        tuning=PerSampleTuning() if tuning is None else tuning,
+    )
 
 
 def flat_tolerance(value: object, problem: Problem) -> torch.Tensor | float:

@@ -17,8 +17,8 @@ import torch
 
 from ._compat_config import CompatSolverError
 from ._compat_hooks import CompatField
+from ._problem import make_problem
 from ._solution import SolverError, State, Status
-from ._solve import make_problem
 from ._vector_field import Structure
 from .adjoints.backsolve import _AugmentedField
 

@@ -10,19 +10,16 @@ import torch
 
 from ._checks import (
     check_norm,
-    check_state,
     check_stops,
-    check_tensor_input,
     check_tolerances_for,
     check_whole_number,
 )
 from ._norms import max_norm, rms_norm
-from ._problem import PerSampleTuning, Problem
-from ._sample_problem import make_sample_problem
+from ._problem import PerSampleTuning, Problem, make_problem
 from ._solution import RawSolution, Solution, State, Status
-from ._vector_field import Structure, UserField, VectorField, private_copy
+from ._time_gradients import attach_output_times
+from ._vector_field import UserField
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, DirectAdjoint
-from .adjoints._time import attach_initial_time, attach_output_times
 from .controllers import AbstractController, PIDController
 from .solvers import AbstractSolver, Dopri5
 
@@ -106,6 +103,20 @@ def solve(
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     max_steps = _check_config(solver, controller, adjoint, max_steps)
     _check_batch_dims(batch_dims, controller)
+    tuning = _per_sample_options(batch_dims, args, compile_step, tuning)
+    problem = make_problem(f, y0, ts, params, batch_dims=batch_dims, args=args, tuning=tuning)
+    _check_controller_for(problem, controller)
+    if problem.y0.is_complex():
+        _check_complex(problem, adjoint)
+    raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
+    raw.ys = attach_output_times(problem.f, problem.ts, raw.ys)
+    return finish(problem, raw, throw=throw)
+
+
+def _per_sample_options(
+    batch_dims: int, args: object, compile_step: bool, tuning: object
+) -> PerSampleTuning | None:
+    """Check the options that only the per-sample mode takes; the driver's tuning."""
     if tuning is not None and not isinstance(tuning, PerSampleTuning):
         raise TypeError(f"tuning must be a neuralode.PerSampleTuning, got {tuning!r}")
     if tuning is not None and not batch_dims:
@@ -123,24 +134,14 @@ def solve(
             "args must be a tensor or a tuple of tensors with one row per sample (batch_dims=1), "
             f"got {type(args).__name__}"
         )
-    if batch_dims:
-        tuning = PerSampleTuning() if tuning is None else tuning
-        if compile_step:
-            tuning = dataclasses.replace(tuning, compile=True)
-        problem = make_sample_problem(f, y0, ts, params, args, tuning=tuning)
-    elif isinstance(args, torch.Tensor) or len(args):
+    if not batch_dims and (isinstance(args, torch.Tensor) or len(args)):
         raise ValueError(
             "args= passes per-sample constants with batch_dims=1; with one joint problem, "
             "let f close over them (e.g. functools.partial or an nn.Module attribute)"
         )
-    else:
-        problem = make_problem(f, y0, ts, params)
-    _check_controller_for(problem, controller)
-    if problem.y0.is_complex():
-        _check_complex(problem, adjoint)
-    raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
-    raw.ys = attach_output_times(problem, raw.ys)
-    return finish(problem, raw, throw=throw)
+    if compile_step:
+        return dataclasses.replace(tuning or PerSampleTuning(), compile=True)
+    return tuning
 
 
 def _check_complex(problem: Problem, adjoint: AbstractAdjoint) -> None:
@@ -227,69 +228,6 @@ def _check_batch_dims(batch_dims: object, controller: AbstractController) -> Non
             "step_ts/jump_ts are not supported with batch_dims=1 yet; use batch_dims=0, or "
             "split the solve at those times"
         )
-
-
-def check_times(ts: object) -> list[float]:
-    if not isinstance(ts, torch.Tensor):
-        raise TypeError(
-            f"ts must be a 1-D floating torch.Tensor of output times, got {type(ts).__name__}; "
-            "e.g. ts=torch.linspace(0.0, 1.0, 11)"
-        )
-    check_tensor_input(ts, "ts")
-    if not ts.is_floating_point():
-        raise TypeError(
-            f"ts must be floating point, got dtype {ts.dtype} (values {ts.tolist()[:5]}...); "
-            "convert with ts.float() or ts.double()"
-        )
-    if ts.ndim != 1 or ts.numel() < 1:
-        raise ValueError(
-            f"ts must be 1-D with at least one time, got shape {tuple(ts.shape)}; "
-            "per-sample output times need the per-sample mode"
-        )
-    # One host transfer, then plain Python checks: cheaper than several tensor reductions
-    # and syncs for the short time grids that are the common case.
-    values = ts.tolist()
-    if not all(map(math.isfinite, values)):
-        raise ValueError(f"ts must be finite, got {values}")
-    if len(values) > 1:
-        sign = 1.0 if values[1] > values[0] else -1.0
-        for i, (a, b) in enumerate(zip(values, values[1:], strict=False)):
-            if not sign * (b - a) > 0:
-                raise ValueError(
-                    "ts must be strictly increasing or strictly decreasing, but "
-                    f"ts[{i}]={a} and ts[{i + 1}]={b}; remove repeated times and sort them"
-                )
-    return values
-
-
-def make_problem(
-    f: UserField,
-    y0: State,
-    ts: torch.Tensor,
-    params: Sequence[torch.Tensor] | None = None,
-) -> Problem:
-    """Validate the inputs at the boundary and build the flat :class:`Problem`."""
-    if not callable(f):
-        raise TypeError(f"f must be callable as f(t, y), got {type(f).__name__}")
-    values = check_times(ts)
-    parts = check_state(y0)
-    structure = Structure.of(y0)
-    field = VectorField(f, structure, ts.dtype, parts[0].device)
-    # Every use of y0 downstream, f0 included, must go through the t0-gradient hook.
-    y0_flat = attach_initial_time(field, ts, private_copy(structure, y0))
-    f0 = field.first(field.time(values[0]), y0_flat, y0)
-    direction = 1.0 if len(values) == 1 or values[-1] > values[0] else -1.0
-    taus = tuple(direction * t for t in values)
-    return Problem(
-        f=field,
-        y0=y0_flat,
-        f0=f0,
-        ts=ts,
-        taus=taus,
-        direction=direction,
-        structure=structure,
-        params=None if params is None else tuple(params),
-    )
 
 
 def finish(problem: Problem, raw: RawSolution, *, throw: bool) -> Solution:

@@ -68,6 +68,20 @@ class Structure:
         return tuple(p.reshape((*lead, *s)) for p, s in zip(parts, self.shapes, strict=True))
 
 
+@dataclass
+class Counts:
+    """Evaluations of a vector field: shared by the field and every view of it.
+
+    Attributes:
+        nfe: Calls of ``f``.
+        rows: Per-sample mode: rows (samples) evaluated, summed over calls (the work done,
+            as finished samples drop out of the batch).
+    """
+
+    nfe: int = 0
+    rows: int = 0
+
+
 class VectorField:
     """``f(t, y)`` on the flat state, with ``t`` a Python float; counts evaluations.
 
@@ -75,10 +89,11 @@ class VectorField:
     in its own structure. The first evaluation is checked in full at the boundary
     (:func:`neuralode.solve`); every evaluation checks the output's shape and dtype
     metadata and that ``f`` did not write into ``y`` (its version counter), which costs no
-    host sync (about a microsecond). In per-sample mode ``t`` is a tensor
-    with one time per row of ``y``; ``rows`` counts the rows evaluated, the per-sample
-    mode's measure of work, and ``args`` are per-sample tensors passed on as
-    ``f(t, y, *args)``, restricted to the samples in the batch by :meth:`select`.
+    host sync (about a microsecond). In per-sample mode ``t`` is a tensor with one time
+    per row of ``y``, and ``args`` are per-sample tensors passed on as ``f(t, y, *args)``.
+
+    A field is not changed once built: :meth:`restrict` (the rows of some samples) and
+    :meth:`uncounted` (for ``torch.compile``) return views that share its :class:`Counts`.
     """
 
     def __init__(
@@ -87,25 +102,54 @@ class VectorField:
         structure: Structure,
         t_dtype: torch.dtype,
         device: torch.device,
+        args: tuple[torch.Tensor, ...] = (),
+        *,
+        counts: Counts | None = None,
+        counting: bool = True,
     ) -> None:
         self.f = f
         self.structure = structure
         self.t_dtype = t_dtype
         self.device = device
-        self.nfe = 0
-        self.rows = 0
-        # Off while torch.compile traces a step: a counter changing under the trace would
-        # be a guard that fails every step; the caller counts for the compiled step.
-        self.counting = True
-        self.args: tuple[torch.Tensor, ...] = ()
-        self.rows_args: tuple[torch.Tensor, ...] = ()
+        self.args = args
+        self.counts = Counts() if counts is None else counts
+        # Off in the view a torch.compile'd step calls: a counter changing under the trace
+        # would be a guard that fails every step; the caller counts for the compiled step.
+        self.counting = counting
 
-    def select(self, index: torch.Tensor | None) -> None:
-        """Pass ``f`` the ``args`` rows of the samples at ``index`` (``None``: all)."""
-        if index is None:
-            self.rows_args = self.args
-        else:
-            self.rows_args = tuple(a.index_select(0, index) for a in self.args)
+    @property
+    def nfe(self) -> int:
+        """Calls of ``f`` so far (this field and its views)."""
+        return self.counts.nfe
+
+    @nfe.setter
+    def nfe(self, value: int) -> None:
+        self.counts.nfe = value
+
+    @property
+    def rows(self) -> int:
+        """Per-sample mode: rows evaluated so far (this field and its views)."""
+        return self.counts.rows
+
+    @rows.setter
+    def rows(self, value: int) -> None:
+        self.counts.rows = value
+
+    def _view(self, args: tuple[torch.Tensor, ...], counting: bool) -> VectorField:
+        return VectorField(
+            self.f, self.structure, self.t_dtype, self.device, args,
+            counts=self.counts, counting=counting,
+        )  # fmt: skip
+
+    def restrict(self, index: torch.Tensor) -> VectorField:
+        """The field on the samples at ``index``: their rows of ``args`` (same counts)."""
+        if not self.args:
+            return self
+        return self._view(tuple(a.index_select(0, index) for a in self.args), self.counting)
+
+    def uncounted(self) -> VectorField:
+        """The same field, not counting its calls (the caller counts them)."""
+        return self._view(self.args, False)
 
     def time(self, t: float) -> torch.Tensor:
         """``t`` as the 0-d tensor the user's function receives."""
@@ -114,7 +158,7 @@ class VectorField:
     def __call__(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Evaluate ``f`` at time ``t`` (a float, or one time per row) on the flat ``y``."""
         if self.counting:
-            self.nfe += 1
+            self.counts.nfe += 1
         # Views share their base's version counter, so this sees writes into any part of
         # a tuple state too. Inference tensors keep no counter (-1: not checked). Skipped
         # under torch.compile (counting off), where the counter is not traceable; the
@@ -123,9 +167,9 @@ class VectorField:
         state: Any = self.structure.unflatten(y)  # a tensor, or a tuple (checked below)
         if isinstance(t, torch.Tensor):
             if self.counting:
-                self.rows += y.shape[0]
+                self.counts.rows += y.shape[0]
             t = t if t.dtype == self.t_dtype else t.to(self.t_dtype)
-            out = self._call(t, state, self.rows_args)
+            out = self._call(t, state, self.args)
         else:
             t = self.time(t)
             out = self._call(t, state, ())
@@ -159,10 +203,10 @@ class VectorField:
         """
         version = _version(y)
         state = self.structure.unflatten(y)
-        out = self._call(t, state, self.rows_args)
-        self.nfe += 1
+        out = self._call(t, state, self.args)
+        self.counts.nfe += 1
         if self.structure.batched:
-            self.rows += y.shape[0]
+            self.counts.rows += y.shape[0]
         if version >= 0 and y._version != version:
             raise in_place_error(t)
         if version < 0 and not torch.equal(y, self.structure.flatten(y0)):

@@ -42,6 +42,8 @@ class _AdjointRows:
         self.params = params
         self.differentiable = differentiable_backward()
         self.stash: list[tuple[Any, torch.Tensor]] = []
+        # The per-sample args of the rows in the batch at the last evaluation: the step's.
+        self.args: tuple[torch.Tensor, ...] = ()
 
     def evaluate(self, t: torch.Tensor, y: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         """``f(t, y)`` on the flat rows with a graph reaching ``y`` and the parameters."""
@@ -54,6 +56,7 @@ class _AdjointRows:
 
     def __call__(self, t: torch.Tensor, state: State, *args: torch.Tensor) -> State:
         y, a = state
+        self.args = args
         if self.differentiable:
             call = self.at(t, args)
             fy, vjp_y, _ = field_vjp(call, y, a, self.params, wrt_params=False)
@@ -78,7 +81,7 @@ class _ParameterQuadrature:
 
     Attributes:
         dynamics: The adjoint dynamics (holds the step's stage graphs).
-        vector_field: Its wrapper (per-sample args of the rows in the batch, counters).
+        vector_field: Its wrapper (its counters count the quadrature's evaluations too).
         weights: The backward solver's ``b``: how its stages make up a step.
         direction: Direction of the backward solve's time.
         params: The parameters.
@@ -112,7 +115,7 @@ class _ParameterQuadrature:
         self.dynamics.stash = []
         n = y0.shape[-1] // 2
         weight = (-self.direction * dt * accept).to(y0.dtype).unsqueeze(-1)  # (A, 1)
-        args = self.vector_field.rows_args
+        args = self.dynamics.args
         if not self.grads:
             self.grads = [torch.zeros_like(p) for p in self.params]
         if self.dynamics.differentiable:
@@ -206,9 +209,7 @@ def _segment(
     """The per-sample backward problem over one output interval (``taus``: forward time)."""
     forward = problem.direction
     structure = Structure.of(state, batched=True)
-    vf = VectorField(dynamics, structure, problem.ts.dtype, state[0].device)
-    vf.args = problem.f.args
-    vf.select(None)
+    vf = VectorField(dynamics, structure, problem.ts.dtype, state[0].device, problem.f.args)
     t0 = (forward * taus[:, 0]).to(problem.ts.dtype)
     f0 = structure.flatten(dynamics(t0, state, *vf.args))
     vf.nfe += 1

@@ -102,7 +102,6 @@ class _Checkpointed(torch.autograd.Function):
             for acc, g in zip(grad_params, grads[1:], strict=True):
                 if g is not None:
                     acc.add_(g)
-        field.select(None)
         setup.stats.nfe_backward += field.nfe - nfe_before
         return (None, None, a + grad_ys[0], *grad_params)
 

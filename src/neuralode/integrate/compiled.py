@@ -117,16 +117,12 @@ def call_compiled(
 
     Dynamo traces at a solve's first call (a new field, solver, controller, dtype or grad
     mode fails its guards) and when one row is left (it specialises size 1); the other
-    calls reuse those graphs, so they skip the config patch. ``f`` counts its own calls
-    only outside the graph: the callers count them from what the graph returns.
+    calls reuse those graphs, so they skip the config patch. The graph calls an uncounted
+    view of ``f``: the callers count its calls from what the graph returns.
     """
     bare, patched = _compiled_graphs(backend)[name]
     call = patched if first or rows.y.shape[0] < 2 else bare
-    f.counting = False
-    try:
-        return call(f, solver, controller, rows, *rest)
-    finally:
-        f.counting = True
+    return call(f.uncounted(), solver, controller, rows, *rest)
 
 
 def compiled_attempt(

@@ -83,13 +83,7 @@ def integrate_joint(
         f1 = out.accept(tau, tau1, dt, y, step, t_f0, t1_stage)
         tau, y, t_f0 = tau1, step.y1, d * tau1
         if out.n_out < len(taus):
-            if tau in jumps:
-                # f jumps here: the FSAL stage is the left limit; restart from the right one.
-                t_f0 = next_float(d * tau, d * taus[-1], t_dtype)
-                f1 = f(t_f0, y)
-            elif f1 is None:
-                f1 = f(d * tau, y)
-        f0 = f1 if f1 is not None else f0
+            f0, t_f0 = _next_f0(problem, tau, y, f1, tau in jumps)
         dt = decision.dt_next
     stats.nfe = f.nfe
     status, detail = ending(failure, d * tau, t_dtype)
@@ -97,6 +91,21 @@ def integrate_joint(
         ys=assemble(out.ys, len(taus)), stats=stats, status=status, t_last=d * tau, y_last=y,
         dt_last=d * dt if dt else 0.0, detail=detail, dense=out.dense,
     )  # fmt: skip
+
+
+def _next_f0(
+    problem: Problem, tau: float, y: torch.Tensor, f1: torch.Tensor | None, jump: bool
+) -> tuple[torch.Tensor, float]:
+    """``f`` at the start of the next step, and the time it was evaluated at.
+
+    The step's ``f1`` when it has one (FSAL or Hermite), else one more call; after a jump
+    of ``f`` at ``tau`` the FSAL stage is the left limit, so restart from the right one.
+    """
+    f, d, t_dtype = problem.f, problem.direction, problem.ts.dtype
+    if jump:
+        t_f0 = next_float(d * tau, d * problem.taus[-1], t_dtype)
+        return f(t_f0, y), t_f0
+    return (f1 if f1 is not None else f(d * tau, y)), d * tau
 
 
 def _start(problem: Problem, solver: AbstractSolver, controller: AbstractController) -> SolveStart:

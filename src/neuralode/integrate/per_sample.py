@@ -55,15 +55,12 @@ def integrate_samples(
     outputs = Collector(n_times * batch, math.nan)
     rows, ended = _initial(problem)
     outputs.add(rows.idx, problem.y0)  # ts[:, 0] is each sample's t0: the first output
-    problem.f.select(None)
     pending = PendingOutputs(problem, solver, outputs)
     if n_times > 1:
-        rows = _start(problem, solver, controller, rows, ended)
         drive = _Driver(problem, solver, controller, ended, pending, max_steps)
-        rows = drive.run(rows, records, on_accept)
+        rows = drive.run(drive.start(rows), records, on_accept)
     # The rows still in the batch are all finished (frozen), or never started.
     ended.add(rows, None, problem.direction)
-    problem.f.select(None)
     pending.flush()
     return sample_result(problem, outputs, ended)
 
@@ -92,42 +89,6 @@ def _initial(problem: Problem) -> tuple[Rows, Ended]:
     return rows, ended
 
 
-def _start(
-    problem: Problem,
-    solver: AbstractSolver,
-    controller: AbstractController,
-    rows: Rows,
-    ended: Ended,
-) -> Rows:
-    """First step sizes; samples whose ``f(t0, y0)`` is not finite fail at once."""
-    d = problem.direction
-    rtol, atol = controller.tolerances()
-    start = SolveStart(
-        solver=solver,
-        f=problem.f,
-        t0=d * rows.tau,
-        y0=rows.y,
-        f0=rows.f0,
-        tau0=rows.tau,
-        tau_end=rows.taus[:, -1],
-        direction=d,
-        rtol=flat_tolerance(rtol, problem),
-        atol=flat_tolerance(atol, problem),
-    )
-    rows.dt, rows.cstate = controller.init(start)
-    if problem.tuning.compile:
-        # The compiled step takes Python numbers as constants (see compiled.py), but a new
-        # tolerance should not recompile it: the state's floats go in as tensors.
-        rows.cstate = tuple(_as_input(x, rows.tau) for x in rows.cstate)
-    bad = ~torch.isfinite(rows.f0).all(dim=-1)
-    n_bad = int(bad.sum())
-    if n_bad:
-        rows.code = torch.where(bad, int(Failure.NONFINITE_AT_T0), 0)
-        rows.live, rows.n_live = ~bad, rows.n_live - n_bad
-        rows, _ = _compact(problem, rows, ended)
-    return rows
-
-
 def _as_input(x: Any, like: torch.Tensor) -> Any:
     """A Python float as a 0-d float64 tensor (a graph input, not a constant)."""
     return torch.tensor(x, dtype=torch.float64, device=like.device) if type(x) is float else x
@@ -148,8 +109,39 @@ class _Driver:
         self.problem, self.solver, self.controller = problem, solver, controller
         self.ended, self.pending, self.max_steps = ended, pending, max_steps
         self.tuning = problem.tuning
+        # The vector field on the rows in the batch (their per-sample args).
+        self.field = problem.f
         # Whether each compiled graph has not been called yet in this solve.
         self.fresh_single = self.fresh_fused = True
+
+    def start(self, rows: Rows) -> Rows:
+        """First step sizes; samples whose ``f(t0, y0)`` is not finite fail at once."""
+        problem, d = self.problem, self.problem.direction
+        rtol, atol = self.controller.tolerances()
+        start = SolveStart(
+            solver=self.solver,
+            f=self.field,
+            t0=d * rows.tau,
+            y0=rows.y,
+            f0=rows.f0,
+            tau0=rows.tau,
+            tau_end=rows.taus[:, -1],
+            direction=d,
+            rtol=flat_tolerance(rtol, problem),
+            atol=flat_tolerance(atol, problem),
+        )
+        rows.dt, rows.cstate = self.controller.init(start)
+        if self.tuning.compile:
+            # The compiled step takes Python numbers as constants (see compiled.py), but a
+            # new tolerance should not recompile it: the state's floats go in as tensors.
+            rows.cstate = tuple(_as_input(x, rows.tau) for x in rows.cstate)
+        bad = ~torch.isfinite(rows.f0).all(dim=-1)
+        n_bad = int(bad.sum())
+        if n_bad:
+            rows.code = torch.where(bad, int(Failure.NONFINITE_AT_T0), 0)
+            rows.live, rows.n_live = ~bad, rows.n_live - n_bad
+            rows, _ = self._compact(rows)
+        return rows
 
     def run(self, rows: Rows, records: list[RowsRecord] | None, on_accept: OnAccept | None) -> Rows:
         """Step until no row is live: fused compiled steps where they can go, else one."""
@@ -176,7 +168,7 @@ class _Driver:
     ) -> Rows:
         """One batched step: attempt, outputs, retirements, next ``f0``."""
         problem, solver, controller = self.problem, self.solver, self.controller
-        f, d = problem.f, problem.direction
+        f, d = self.field, problem.direction
         if self.tuning.compile and on_accept is None:
             step = compiled_attempt(
                 f, solver, controller, rows, self.max_steps, d, self.fresh_single,
@@ -212,7 +204,7 @@ class _Driver:
         """Queue the outputs inside the rows' steps; return ``f1`` (evaluated if Hermite)."""
         hermite = self.solver.needs_f1
         if f1 is None and hermite:
-            f1 = self.problem.f(self.problem.direction * step.update.tau, step.update.y)
+            f1 = self.field(self.problem.direction * step.update.tau, step.update.y)
         window = Window(rows.idx, self.pending.taus, rows.n_out, step.n_outputs, n_outputs)
         self.pending.add(window, rows.tau, step.dt, step.stacked, f1 if hermite else None)
         return f1
@@ -246,8 +238,21 @@ class _Driver:
 
     def _maybe_compact(self, rows: Rows) -> tuple[Rows, torch.Tensor | None]:
         if rows.idx.numel() - rows.n_live > self.tuning.compact_share * rows.idx.numel():
-            return _compact(self.problem, rows, self.ended)
+            return self._compact(rows)
         return rows, None
+
+    def _compact(self, rows: Rows) -> tuple[Rows, torch.Tensor | None]:
+        """Record the frozen rows and drop them (unless the tuning turns compaction off).
+
+        Returns the rows and the positions kept (``None`` if nothing was dropped).
+        """
+        if not self.tuning.compact or not rows.n_live:
+            return rows, None
+        self.ended.add(rows, (~rows.live).nonzero().squeeze(-1), self.problem.direction)
+        keep = rows.live.nonzero().squeeze(-1)
+        rows = rows.take(keep, rows.n_live)
+        self.field = self.problem.f.restrict(rows.idx)
+        return rows, keep
 
     def advance_fused(self, rows: Rows) -> Rows | None:
         """The tuning's ``fused_steps`` batched steps in one compiled call.
@@ -256,7 +261,7 @@ class _Driver:
         or was not finite) in one of them: nothing is kept then, and the caller takes the
         steps one at a time, where :meth:`_next_rows` judges the failures.
         """
-        f, n_steps = self.problem.f, self.tuning.fused_steps
+        f, n_steps = self.field, self.tuning.fused_steps
         fused: Fused = call_compiled(
             "fused", self.fresh_fused, self.tuning.backend, f, self.solver, self.controller,
             rows, self.max_steps, self.problem.direction, n_steps,
@@ -278,17 +283,3 @@ class _Driver:
         n_live = rows.n_live - sum(step[1] for step in summary)
         new, _ = self._maybe_compact(stepped(rows, fused.update, fused.live, n_live))
         return new
-
-
-def _compact(problem: Problem, rows: Rows, ended: Ended) -> tuple[Rows, torch.Tensor | None]:
-    """Record the frozen rows and drop them (unless the tuning turns compaction off).
-
-    Returns the rows and the positions kept (``None`` if nothing was dropped).
-    """
-    if not problem.tuning.compact or not rows.n_live:
-        return rows, None
-    ended.add(rows, (~rows.live).nonzero().squeeze(-1), problem.direction)
-    keep = rows.live.nonzero().squeeze(-1)
-    rows = rows.take(keep, rows.n_live)
-    problem.f.select(rows.idx)
-    return rows, keep

@@ -151,8 +151,7 @@ class RowsRecord(AbstractRecord):
 
     def replay(self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor) -> Replayed:
         """The rows' steps and their outputs, with the outputs' flat positions as ``where``."""
-        f, d = problem.f, problem.direction
-        f.select(self.idx)
+        f, d = problem.f.restrict(self.idx), problem.direction
         f0 = f(d * self.tau0, y0)
         step = solver.step(f, d * self.tau0, y0, f0, d * self.dt)
         if not self.total:

@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from .._problem import Problem
-from .._vector_field import VectorField
+from ._vector_field import VectorField
 
 
 def _field_dot(field: VectorField, t: float, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -32,7 +31,6 @@ def _row_dots(
     field: VectorField, t: torch.Tensor, y: torch.Tensor, g: torch.Tensor
 ) -> torch.Tensor:
     """Per-sample mode: ``⟨g_b, f(t_b, y_b)⟩`` for every sample ``b`` (``t`` shared or ``(B,)``)."""
-    field.select(None)
     with torch.no_grad():
         times = t.detach().expand(y.shape[0])
         return (field(times, y.detach()) * g).sum(-1)
@@ -110,9 +108,9 @@ def attach_initial_time(field: VectorField, ts: torch.Tensor, y0: torch.Tensor) 
     return out
 
 
-def attach_output_times(problem: Problem, ys: torch.Tensor) -> torch.Tensor:
-    """``ys`` with the output-time gradients attached (identity when not needed)."""
-    if not problem.ts.requires_grad:
+def attach_output_times(field: VectorField, ts: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """``ys`` with the output-time gradients attached (identity when ``ts`` needs no grad)."""
+    if not ts.requires_grad:
         return ys
-    out: torch.Tensor = _OutputTimes.apply(ys, problem.ts, problem.f)
+    out: torch.Tensor = _OutputTimes.apply(ys, ts, field)
     return out
