@@ -1,0 +1,99 @@
+"""Before and after a change to neuralode, in the same run: a benchmark on two source trees.
+
+Runs one of the benchmark scripts (``bench_forward.py``, ``bench_per_sample.py``,
+``bench_gradients.py``...) alternately on two checkouts of neuralode -- ``before``,
+``after``, ``before``, ``after``... -- each run a fresh process of that tree's own copy of
+the script with its ``src`` first on the path, and reads neuralode's wall times from the
+Markdown reports. Each table row's time is the median over the rounds; the report gives
+``after / before`` per row and the median over the rows. The peers in every run are the
+same code, so their columns show how much the machine drifted between rounds.
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/compare_trees.py /tmp/before . bench_forward.py --rounds 3 -- --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+NUMBER = re.compile(r"^\s*([0-9.]+(?:e[+-]?[0-9]+)?)")
+
+
+def neuralode_times(report: str) -> dict[tuple[str, str], float]:
+    """``{(section, row label): neuralode's time}`` from every table with a neuralode column.
+
+    The row label is the row's cells before the first library column (the case).
+    """
+    times: dict[tuple[str, str], float] = {}
+    section, header = "", None
+    for line in report.splitlines():
+        if line.startswith("#"):
+            section, header = line.lstrip("# ").strip(), None
+            continue
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        if set(line) <= set("|-: "):
+            continue
+        if "neuralode" not in header:
+            continue
+        col = header.index("neuralode")
+        match = NUMBER.match(cells[col]) if col < len(cells) else None
+        if match:
+            times[(section, " / ".join(cells[: max(col - 1, 1)]))] = float(match.group(1))
+    return times
+
+
+def run(tree: Path, script: str, extra: list[str], out: Path) -> dict[tuple[str, str], float]:
+    """One run of the tree's own copy of ``script`` with its ``src`` first on the path."""
+    env = dict(os.environ, PYTHONPATH=str(tree / "src"))
+    path = tree / "benchmarks" / script
+    subprocess.run([sys.executable, str(path), *extra, "--out", str(out)], env=env, check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    return neuralode_times(out.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("before", type=Path, help="checkout of neuralode before the change")
+    parser.add_argument("after", type=Path, help="checkout after the change")
+    parser.add_argument("script", help="benchmark script in benchmarks/, e.g. bench_forward.py")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each tree (interleaved)")
+    parser.add_argument("extra", nargs="*", help="arguments for the script (after --)")
+    opts = parser.parse_args()
+    runs: dict[str, list[dict[tuple[str, str], float]]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(opts.rounds):
+            for name in ("before", "after"):
+                tree = getattr(opts, name)
+                report = Path(tmp) / f"{name}{r}.md"
+                runs[name].append(run(tree.resolve(), opts.script, opts.extra, report))
+                print(f"round {r + 1}/{opts.rounds}: {name} done", file=sys.stderr, flush=True)
+    keys = [k for k in runs["before"][0] if all(k in t for t in runs["before"] + runs["after"])]
+    print(f"# {opts.script} {' '.join(opts.extra)}: after / before, {opts.rounds} interleaved "
+          "rounds (medians of neuralode's time)\n")  # fmt: skip
+    print("| table | case | before | after | after / before |\n|---|---|---|---|---|")
+    ratios = []
+    for key in keys:
+        before = statistics.median(t[key] for t in runs["before"])
+        after = statistics.median(t[key] for t in runs["after"])
+        ratios.append(after / before)
+        print(f"| {key[0][:40]} | {key[1]} | {before:.4g} | {after:.4g} | {after / before:.3f} |")
+    print(f"\nmedian after / before over {len(ratios)} rows: {statistics.median(ratios):.3f}; "
+          f"range {min(ratios):.3f}-{max(ratios):.3f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
