@@ -27,9 +27,11 @@ NUMBER = re.compile(r"^\s*([0-9.]+(?:e[+-]?[0-9]+)?)")
 
 
 def neuralode_times(report: str) -> dict[tuple[str, str], float]:
-    """``{(section, row label): neuralode's time}`` from every table with a neuralode column.
+    """``{(section, case): neuralode's wall time}`` from the report's timing tables.
 
-    The row label is the row's cells before the first library column (the case).
+    A timing cell reads ``median (IQR)``. neuralode's is either in its own column (the
+    case: the cells before the first library column) or in the cell after one that names
+    it (the case: the cells before that one). Tables of counts are left out.
     """
     times: dict[tuple[str, str], float] = {}
     section, header = "", None
@@ -46,12 +48,15 @@ def neuralode_times(report: str) -> dict[tuple[str, str], float]:
             continue
         if set(line) <= set("|-: "):
             continue
-        if "neuralode" not in header:
+        if "neuralode" in header:
+            col, case = header.index("neuralode"), cells[: max(header.index("neuralode") - 1, 1)]
+        elif "neuralode" in cells:
+            col, case = cells.index("neuralode") + 1, cells[: cells.index("neuralode")]
+        else:
             continue
-        col = header.index("neuralode")
         match = NUMBER.match(cells[col]) if col < len(cells) else None
-        if match:
-            times[(section, " / ".join(cells[: max(col - 1, 1)]))] = float(match.group(1))
+        if match and "(" in cells[col]:
+            times[(section, " / ".join(case))] = float(match.group(1))
     return times
 
 
@@ -70,8 +75,10 @@ def main() -> int:
     parser.add_argument("after", type=Path, help="checkout after the change")
     parser.add_argument("script", help="benchmark script in benchmarks/, e.g. bench_forward.py")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each tree (interleaved)")
-    parser.add_argument("extra", nargs="*", help="arguments for the script (after --)")
-    opts = parser.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    opts = parser.parse_args(argv[:cut])
+    opts.extra = argv[cut + 1 :]  # the script's own arguments, after --
     runs: dict[str, list[dict[tuple[str, str], float]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(opts.rounds):

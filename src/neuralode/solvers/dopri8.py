@@ -56,7 +56,7 @@ _B_HAT = (
 # appended FSAL stage): row i holds the coefficients of θ, θ², …, θ⁶ in b_i(θ), with the
 # 20-digit decimals torchdiffeq transcribes (it evaluates them only at θ = 1/2, as the
 # midpoint of a quartic). Verified to satisfy every order condition up to order 5 at any θ
-# (to about 1e-18) and to violate order 6; see tests/test_tableaus.py. Rows 1–4 are zero.
+# (to about 1e-18) and to violate order 6; see tests/solvers/test_tableaus.py. Rows 1–4 are zero.
 _BS_POLYNOMIALS = {
     0: (
         "1.0",

@@ -28,7 +28,7 @@ _A7 = (
 # two solutions (OrdinaryDiffEq.jl's ``btilde = b_hat - b``, e.g. -0.00178001105222577 for
 # stage 1), and that vector is easily mistaken for b_hat; ``ButcherTableau`` wants the
 # weights (b_hat_7 = +1/66), which satisfy the 4th-order conditions, whereas the difference
-# sums to 0 and fails even the first (tests/test_tableaus.py checks both).
+# sums to 0 and fails even the first (tests/solvers/test_tableaus.py checks both).
 _B_HAT = (
     F("0.0946807557658394580747887625576"),
     F("0.00918356554034325309677636393665"),

@@ -1,6 +1,8 @@
-"""Run by tests/test_cli_classify.py under torchrun: train a tiny classifier with DDP and save
-each rank's first (averaged) gradient and its weights as they are at the end of training
-(before the best checkpoint is reloaded, which would make the ranks equal trivially)."""
+"""Run by tests/experiments/test_cli_classify.py under torchrun.
+
+Trains a tiny classifier with DDP and saves each rank's first (averaged) gradient and its
+weights as they are at the end of training (before the best checkpoint is reloaded, which
+would make the ranks equal trivially)."""
 
 from __future__ import annotations
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import neuralode as no
+from generic import ALL_SOLVERS
 
 F64 = torch.float64
-ADAPTIVE = [cls for cls in no.ALL_SOLVERS if cls.tableau.b_hat is not None]
-FIXED = [cls for cls in no.ALL_SOLVERS if cls.tableau.b_hat is None]
+ADAPTIVE = [cls for cls in ALL_SOLVERS if cls.tableau.b_hat is not None]
+FIXED = [cls for cls in ALL_SOLVERS if cls.tableau.b_hat is None]
 THETA = 0.37
 
 
@@ -52,7 +53,7 @@ def one_step_error(problem, solver, h: float) -> float:
 
 
 SOLVER_VARIANTS = [
-    *(pytest.param(cls(), id=cls.__name__) for cls in no.ALL_SOLVERS),
+    *(pytest.param(cls(), id=cls.__name__) for cls in ALL_SOLVERS),
     *(
         pytest.param(cls(interpolation="hermite"), id=f"{cls.__name__}-hermite")
         for cls in (no.Dopri5, no.Tsit5, no.Dopri8)
@@ -79,7 +80,7 @@ def test_interpolant_has_the_claimed_local_order(solver, exact_problem):
 
 def test_claimed_dense_orders():
     # The orders the test above relies on, as the tableaus declare them.
-    dense = {cls.__name__: cls.tableau.dense_order for cls in no.ALL_SOLVERS}
+    dense = {cls.__name__: cls.tableau.dense_order for cls in ALL_SOLVERS}
     assert dense["Dopri5"] == dense["Tsit5"] == 4
     assert dense["Dopri8"] == 5
     assert all(dense[cls.__name__] is None for cls in FIXED)
@@ -96,7 +97,7 @@ def _left_of(t: float) -> float:
     return math.nextafter(t, -math.inf)
 
 
-@pytest.mark.parametrize("solver_cls", no.ALL_SOLVERS, ids=_ids)
+@pytest.mark.parametrize("solver_cls", ALL_SOLVERS, ids=_ids)
 def test_dense_output_is_exact_at_step_ends(solver_cls, exact_problem):
     grid = torch.tensor(GRID, dtype=F64)
 
@@ -169,7 +170,7 @@ def test_adaptive_dense_output_is_exact_at_forced_step_ends(solver_cls):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver_cls", no.ALL_SOLVERS, ids=_ids)
+@pytest.mark.parametrize("solver_cls", ALL_SOLVERS, ids=_ids)
 def test_output_times_inside_steps_do_not_change_the_steps(solver_cls):
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
     coarse = np.linspace(0.0, 3.0, 7)
@@ -192,7 +193,7 @@ def test_output_times_inside_steps_do_not_change_the_steps(solver_cls):
     torch.testing.assert_close(b.ys[idx], a.ys, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("solver_cls", no.ALL_SOLVERS, ids=_ids)
+@pytest.mark.parametrize("solver_cls", ALL_SOLVERS, ids=_ids)
 def test_dense_output_agrees_with_output_times(solver_cls):
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
     ts = torch.linspace(0.0, 3.0, 41, dtype=F64)
@@ -209,7 +210,7 @@ def test_dense_output_agrees_with_output_times(solver_cls):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver_cls", no.ALL_SOLVERS, ids=_ids)
+@pytest.mark.parametrize("solver_cls", ALL_SOLVERS, ids=_ids)
 def test_reverse_time_interpolation_mirrors_forward_time(solver_cls):
     # y(t) backwards from t=0 equals z(s) = y(-s) forwards, z' = -f(-s, z): the same
     # arithmetic up to signs, so outputs inside steps and the dense output must agree.

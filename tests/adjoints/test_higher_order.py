@@ -23,15 +23,11 @@ import torch
 from torch.autograd import gradgradcheck
 
 import neuralode as no
+from generic import ALL_ADJOINTS
 
 D = torch.float64
 TIGHT = no.PIDController(rtol=1e-10, atol=1e-10)
-METHODS = {
-    "direct": no.DirectAdjoint(),
-    "backsolve": no.BacksolveAdjoint(),
-    "backsolve_seminorm": no.BacksolveAdjoint(seminorm=True),
-    "checkpoint": no.CheckpointAdjoint(),
-}
+METHODS = ALL_ADJOINTS
 # (solver, controller, batch_dims): fixed steps (exact discrete derivatives), adaptive
 # steps, and the per-sample mode (adaptive by definition) with per-sample output times.
 SETTINGS = {

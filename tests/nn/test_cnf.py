@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import neuralode as no
+from generic import EACH_ADJOINT
 from neuralode.nn import (
     CNF,
     ConcatLinear,
@@ -19,7 +20,7 @@ from neuralode.nn import (
 )
 
 TIGHT = no.PIDController(rtol=1e-10, atol=1e-10)
-ADJOINTS = [no.DirectAdjoint(), no.BacksolveAdjoint(), no.CheckpointAdjoint()]
+ADJOINTS = list(EACH_ADJOINT.values())
 EXACT_TRACES = [ExactTrace(), ExactTrace(batched=True)]
 
 

@@ -28,6 +28,8 @@ pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
 from cli_helpers import TINY_CLASSIFY  # noqa: E402
+from test_reproduce import tiny  # noqa: E402, F401 (the fixture)
+
 from neuralode.experiments import reproduce as reproduce_module  # noqa: E402
 from neuralode.experiments._run import files, training  # noqa: E402
 from neuralode.experiments._run.protocol import Context  # noqa: E402
@@ -41,7 +43,6 @@ from neuralode.experiments.latent import protocol as p4  # noqa: E402
 from neuralode.experiments.memory import protocol as p2  # noqa: E402
 from neuralode.experiments.registry import PLANNERS  # noqa: E402
 from neuralode.experiments.reproduce import ReproduceConfig  # noqa: E402
-from test_reproduce import tiny  # noqa: E402, F401 (the fixture)
 
 TINY = [*TINY_CLASSIFY, "--model", "odenet", "--tol", "1e-1", "--epochs", "1"]
 TINY_CONFIG = dict(
@@ -53,7 +54,7 @@ LOCK_HOLDER = (
     "import sys; from neuralode.experiments._run.runs import RunDir; RunDir(sys.argv[1]).lock(); "
     "print('locked', flush=True); sys.stdin.read()"
 )
-SRC = str(Path(__file__).parents[1] / "src")
+SRC = str(Path(__file__).parents[2] / "src")
 EVALUATE = ["--images", "20", "--tolerances", "1e-1", "--backward-batches", "1", "--no-progress"]
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import neuralode as no
+from generic import EACH_ADJOINT
 from neuralode.data import IrregularSeries, from_arrays, make_spirals
 from neuralode.nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
 
 TIGHT = no.PIDController(rtol=1e-9, atol=1e-9)
-ADJOINTS = [no.DirectAdjoint(), no.BacksolveAdjoint(), no.CheckpointAdjoint()]
+ADJOINTS = list(EACH_ADJOINT.values())
 
 
 def latent(encoder: str = "rnn", **kwargs) -> LatentODE:

@@ -17,11 +17,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+import test_data  # the helpers and the `isolated` fixture of the IDX tests
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_data import idx_bytes, write, write_split
 
-import test_data  # the helpers and the `isolated` fixture of the IDX tests
 from neuralode.data import (
     DownloadError,
     IDXChecksumError,
@@ -45,11 +46,10 @@ from neuralode.data import (
     train_val_split,
 )
 from neuralode.data import images as images_module
-from test_data import idx_bytes, write, write_split
 
 isolated = test_data.isolated
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_debian_fashion = pytest.mark.skipif(
     not all((DEBIAN_FASHION / f"{s}.gz").is_file() for s in images_module.SPLITS["test"]),

@@ -13,14 +13,11 @@ import torch
 from torch.autograd import gradcheck
 
 import neuralode as no
+from generic import EACH_ADJOINT
 
 D = torch.float64
 TIGHT = no.PIDController(rtol=1e-10, atol=1e-10)
-METHODS = {
-    "direct": no.DirectAdjoint(),
-    "checkpoint": no.CheckpointAdjoint(),
-    "backsolve": no.BacksolveAdjoint(),
-}
+METHODS = EACH_ADJOINT
 
 
 def field(t, y, scale, W, b):

@@ -23,15 +23,11 @@ import torch
 from torch.autograd import gradcheck
 
 import neuralode as no
+from generic import ALL_ADJOINTS
 
 D = torch.float64
 
-METHODS = {
-    "direct": no.DirectAdjoint(),
-    "backsolve": no.BacksolveAdjoint(),
-    "backsolve_seminorm": no.BacksolveAdjoint(seminorm=True),
-    "checkpoint": no.CheckpointAdjoint(),
-}
+METHODS = ALL_ADJOINTS
 REPLAYING = ["backsolve", "backsolve_seminorm", "checkpoint"]  # re-run f in backward
 TIGHT = 1e-10
 

@@ -389,3 +389,26 @@ def test_float32_state_with_a_float64_clock():
             f, y0[b : b + 1], ts[b : b + 1], controller=controller, batch_dims=1, args=mu[b : b + 1]
         )
         torch.testing.assert_close(sol.ys[:, b], alone.ys[:, 0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fused_steps": 0}, "fused_steps must be a whole number >= 1, got 0"),
+        ({"fused_steps": 2.5}, "fused_steps must be a whole number >= 1, got 2.5"),
+        ({"compact_share": 1.0}, r"compact_share must lie in \[0, 1\), got 1.0"),
+        ({"pending_elements": 0}, "pending_elements must be a whole number >= 1, got 0"),
+    ],
+)
+def test_tuning_refuses_what_cannot_work(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PerSampleTuning(**kwargs)
+
+
+def test_tuning_is_for_the_per_sample_mode_only():
+    y0 = torch.ones(2, dtype=D)
+    ts = torch.tensor([0.0, 1.0], dtype=D)
+    with pytest.raises(ValueError, match="tuning= configures the per-sample driver"):
+        solve(lambda t, y: -y, y0, ts, tuning=PerSampleTuning())
+    with pytest.raises(TypeError, match="tuning must be a neuralode.PerSampleTuning"):
+        solve(lambda t, y: -y, y0[None], ts, batch_dims=1, tuning={"fused_steps": 2})

@@ -18,6 +18,7 @@ from cli_helpers import (  # noqa: E402
     metrics_rows,
     record_runs,
 )
+
 from neuralode.experiments._run.protocol import Context  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.cnf import plots as cnf_plots  # noqa: E402

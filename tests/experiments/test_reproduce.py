@@ -21,6 +21,7 @@ pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
 from cli_helpers import record_runs  # noqa: E402
+
 from neuralode.experiments import reproduce  # noqa: E402
 from neuralode.experiments._run import failures, training  # noqa: E402
 from neuralode.experiments._run.protocol import Context  # noqa: E402

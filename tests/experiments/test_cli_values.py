@@ -14,10 +14,10 @@ import torch
 pytest.importorskip("tyro")
 pytest.importorskip("sklearn")
 
+from cli_helpers import TINY_CLASSIFY, assert_refused, metrics_rows, train_classify, weights  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from cli_helpers import TINY_CLASSIFY, assert_refused, metrics_rows, train_classify, weights  # noqa: E402
 from neuralode.experiments._run.runs import RunDir  # noqa: E402
 from neuralode.experiments.classify import task as classify  # noqa: E402
 from neuralode.experiments.classify.evaluate import EvaluateClassifyConfig  # noqa: E402

@@ -22,7 +22,7 @@ torchdiffeq = pytest.importorskip("torchdiffeq")
 pytest.importorskip("scipy")
 
 D = torch.float64
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def decay(t, y):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import neuralode as no
+from generic import ALL_SOLVERS
 
 T_END = 4.0
 
@@ -44,10 +45,10 @@ def global_error(problem, solver, n: int) -> float:
 
 
 def test_step_counts_cover_every_order():
-    assert {cls.tableau.order for cls in no.ALL_SOLVERS} <= STEPS.keys()
+    assert {cls.tableau.order for cls in ALL_SOLVERS} <= STEPS.keys()
 
 
-@pytest.mark.parametrize("solver_cls", no.ALL_SOLVERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("solver_cls", ALL_SOLVERS, ids=lambda c: c.__name__)
 def test_global_error_has_the_tableau_order(solver_cls, exact_problem):
     order = solver_cls.tableau.order
     ns = np.array(STEPS[order])

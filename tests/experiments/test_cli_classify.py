@@ -22,6 +22,7 @@ from cli_helpers import (
     train_classify,
     weights,
 )  # noqa: E402
+
 from neuralode.experiments._run import training  # noqa: E402
 from neuralode.experiments._run.runs import RunDir  # noqa: E402
 from neuralode.experiments.classify import task as classify  # noqa: E402

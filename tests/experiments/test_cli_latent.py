@@ -12,6 +12,7 @@ pytest.importorskip("tyro")
 pytest.importorskip("matplotlib")
 
 from cli_helpers import assert_refused, assert_resume_is_exact, metrics_rows  # noqa: E402
+
 from neuralode.experiments._run.distributed import World  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.latent import protocol as p4  # noqa: E402
