@@ -2,7 +2,7 @@
 
 Runs one of the benchmark scripts (``bench_forward.py``, ``bench_per_sample.py``,
 ``bench_gradients.py``...) alternately on two checkouts of neuralode -- ``before``,
-``after``, ``before``, ``after``... -- each run a fresh process of that tree's own copy of
+``after``, ``after``, ``before``... -- each run a fresh process of that tree's own copy of
 the script with its ``src`` first on the path, and reads neuralode's wall times from the
 Markdown reports. Each table row's time is the median over the rounds; the report gives
 ``after / before`` per row and the median over the rows. The peers in every run are the
@@ -31,7 +31,8 @@ def neuralode_times(report: str) -> dict[tuple[str, str], float]:
 
     A timing cell reads ``median (IQR)``. neuralode's is either in its own column (the
     case: the cells before the first library column) or in the cell after one that names
-    it (the case: the cells before that one). Tables of counts are left out.
+    it, ``neuralode`` or a variant such as ``neuralode compiled`` (the case: the cells up
+    to that one). Tables of counts are left out.
     """
     times: dict[tuple[str, str], float] = {}
     section, header = "", None
@@ -48,10 +49,11 @@ def neuralode_times(report: str) -> dict[tuple[str, str], float]:
             continue
         if set(line) <= set("|-: "):
             continue
+        named = [i for i, c in enumerate(cells) if c == "neuralode" or c.startswith("neuralode ")]
         if "neuralode" in header:
             col, case = header.index("neuralode"), cells[: max(header.index("neuralode") - 1, 1)]
-        elif "neuralode" in cells:
-            col, case = cells.index("neuralode") + 1, cells[: cells.index("neuralode")]
+        elif named:
+            col, case = named[0] + 1, cells[: named[0] + 1]
         else:
             continue
         match = NUMBER.match(cells[col]) if col < len(cells) else None
@@ -66,7 +68,9 @@ def run(tree: Path, script: str, extra: list[str], out: Path) -> dict[tuple[str,
     path = tree / "benchmarks" / script
     subprocess.run([sys.executable, str(path), *extra, "--out", str(out)], env=env, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
-    return neuralode_times(out.read_text())
+    # Some scripts take --out as a folder and write their report into it.
+    report = next(out.glob("*.md")) if out.is_dir() else out
+    return neuralode_times(report.read_text())
 
 
 def main() -> int:
@@ -82,7 +86,9 @@ def main() -> int:
     runs: dict[str, list[dict[tuple[str, str], float]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(opts.rounds):
-            for name in ("before", "after"):
+            # ABBA: the second run of a pair tends to be slower (the machine warms up),
+            # so the order alternates and neither tree always goes second.
+            for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
                 tree = getattr(opts, name)
                 report = Path(tmp) / f"{name}{r}.md"
                 runs[name].append(run(tree.resolve(), opts.script, opts.extra, report))

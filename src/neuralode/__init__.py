@@ -6,6 +6,7 @@ from ._solution import Solution, SolverError, Stats, Status
 from ._solve import solve
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
+from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
 from .solvers import (
     ALL_SOLVERS,
     RK4,
@@ -30,6 +31,7 @@ __all__ = [
     "RK4",
     "AbstractAdjoint",
     "AbstractController",
+    "AbstractRegularizer",
     "AbstractSolver",
     "AdaptiveHeun",
     "BacksolveAdjoint",
@@ -44,6 +46,8 @@ __all__ = [
     "Fehlberg2",
     "Heun2",
     "Heun3",
+    "JacobianFrobenius",
+    "KineticEnergy",
     "Midpoint",
     "PIDController",
     "PerSampleTuning",

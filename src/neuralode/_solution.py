@@ -122,6 +122,9 @@ class Solution:
         dense: A dense interpolant over the whole solve, when ``dense=True`` was asked for.
         sample_status: Per-sample mode: how each sample ended; ``status`` is then
             ``SUCCESS`` only if every sample succeeded, else the first failing sample's.
+        regularization: With ``solve(..., regularizers=[...])``: each regulariser's
+            integral over the solve (``ts[0]`` to the last output time) by its name, a 0-d
+            tensor, or ``(B,)`` (one per sample) in per-sample mode. Differentiable.
     """
 
     ts: torch.Tensor
@@ -132,6 +135,7 @@ class Solution:
     y_last: State | None = None
     dense: DenseInterpolation | None = None
     sample_status: tuple[Status, ...] | None = None
+    regularization: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def failed_samples(self) -> list[int]:

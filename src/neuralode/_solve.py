@@ -21,6 +21,7 @@ from ._time_gradients import attach_output_times
 from ._vector_field import UserField
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, DirectAdjoint
 from .controllers import AbstractController, PIDController
+from .regularizers import AbstractRegularizer, solve_regularized
 from .solvers import AbstractSolver, Dopri5
 
 DEFAULT_MAX_STEPS = 10_000
@@ -42,6 +43,7 @@ def solve(
     args: torch.Tensor | Sequence[torch.Tensor] = (),
     compile_step: bool = False,
     tuning: PerSampleTuning | None = None,
+    regularizers: Sequence[AbstractRegularizer] = (),
 ) -> Solution:
     """Solve ``dy/dt = f(t, y)``, ``y(ts[0]) = y0``, and return the state at every ``ts``.
 
@@ -89,6 +91,11 @@ def solve(
         tuning: Per-sample mode only: the driver's performance knobs
             (:class:`~neuralode.PerSampleTuning`: compile backend, steps fused per compiled
             call, compaction, output batching). None of them changes a number.
+        regularizers: Integrals along the trajectory to penalise in training
+            (:class:`~neuralode.KineticEnergy`, :class:`~neuralode.JacobianFrobenius`),
+            solved as extra states of this solve and outside its error control (a PID
+            controller takes the steps it would take without them); their values are
+            in ``Solution.regularization`` by name. Not with ``dense=True``.
 
     Returns:
         A :class:`Solution` with ``ys`` of shape ``(T, *y0.shape)``: in per-sample mode
@@ -101,6 +108,12 @@ def solve(
         )
     controller = _default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
+    if regularizers:
+        return solve_regularized(
+            solve, f, y0, ts, regularizers, controller=controller, batch_dims=batch_dims,
+            dense=dense, solver=solver, adjoint=adjoint, max_steps=max_steps, throw=throw,
+            params=params, args=args, compile_step=compile_step, tuning=tuning,
+        )  # fmt: skip
     max_steps = _check_config(solver, controller, adjoint, max_steps)
     _check_batch_dims(batch_dims, controller)
     tuning = _per_sample_options(batch_dims, args, compile_step, tuning)
