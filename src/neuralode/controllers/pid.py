@@ -312,14 +312,19 @@ class PIDController(AbstractController):
             accept = accept | (_arith.logical_not(nonfinite) & (dt <= self.dt_min * (1 + 1e-9)))
         # ε = 0 (e.g. a constant solution) would make the factor infinite: cap it. A
         # rejected ratio is > 1, so the cap leaves the shrink factor's input alone.
-        ratio = _arith.maximum(ratio, 1e-10)
-        grow = self._grow(ratio, prev1, prev2, k)
-        # The I controller's grow factor is the shrink's formula clipped to [factor_min,
-        # factor_max]; on a rejected ratio (> 1, or inf) the formula is below
-        # safety <= 1 < factor_max, so the clip is the shrink's max with factor_min, and
-        # one factor serves both.
-        i_only = self._i_only(k)
-        factor = grow if i_only and rows else _arith.where(accept, grow, self._shrink(ratio, k))
+        if rows:
+            ratio = torch.clamp(ratio, min=1e-10)
+            grow = self._grow(ratio, prev1, prev2, k)
+            # The I controller's grow factor is the shrink's formula clipped to
+            # [factor_min, factor_max]; on a rejected ratio (> 1, or inf) the formula is
+            # below safety <= 1 < factor_max, so the clip is the shrink's max with
+            # factor_min, and one factor serves both.
+            i_only = self._i_only(k)
+            factor = grow if i_only else torch.where(accept, grow, self._shrink(ratio, k))
+        else:
+            # Floats, in plain Python: this runs at every step of the joint loop.
+            ratio, i_only = max(ratio, 1e-10), False
+            factor = self._grow(ratio, prev1, prev2, k) if accept else self._shrink(ratio, k)
         dt_next = dt * factor
         if self.dt_min > 0 or self.dt_max < math.inf:
             dt_reject = dt_next
@@ -330,7 +335,10 @@ class PIDController(AbstractController):
             dt_next = _arith.where(accept, dt_accept, dt_reject)
         if not i_only:
             # The P and D terms read the last two accepted ratios; the I controller never.
-            history = _arith.where(accept, ratio, prev1), _arith.where(accept, prev1, prev2)
+            if rows:
+                history = torch.where(accept, ratio, prev1), torch.where(accept, prev1, prev2)
+            else:
+                history = (ratio, prev1) if accept else (prev1, prev2)
             state = (k, rtol, atol, *history)
         return Decision(accept, dt_next, state, nonfinite)
 

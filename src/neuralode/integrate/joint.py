@@ -83,7 +83,10 @@ def integrate_joint(
         f1 = out.accept(tau, tau1, dt, y, step, t_f0, t1_stage)
         tau, y, t_f0 = tau1, step.y1, d * tau1
         if out.n_out < len(taus):
-            f0, t_f0 = _next_f0(problem, tau, y, f1, tau in jumps)
+            if tau in jumps:
+                f0, t_f0 = _restart(problem, tau, y)
+            else:
+                f0 = f1 if f1 is not None else f(d * tau, y)
         dt = decision.dt_next
     stats.nfe = f.nfe
     status, detail = ending(failure, d * tau, t_dtype)
@@ -93,19 +96,15 @@ def integrate_joint(
     )  # fmt: skip
 
 
-def _next_f0(
-    problem: Problem, tau: float, y: torch.Tensor, f1: torch.Tensor | None, jump: bool
-) -> tuple[torch.Tensor, float]:
-    """``f`` at the start of the next step, and the time it was evaluated at.
+def _restart(problem: Problem, tau: float, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``f`` just past a jump of ``f`` at ``tau``, and that time.
 
-    The step's ``f1`` when it has one (FSAL or Hermite), else one more call; after a jump
-    of ``f`` at ``tau`` the FSAL stage is the left limit, so restart from the right one.
+    The step that ended on the jump evaluated its end stages at the left limit, so its
+    ``f1`` is not the next step's ``f0``: restart from the right one.
     """
-    f, d, t_dtype = problem.f, problem.direction, problem.ts.dtype
-    if jump:
-        t_f0 = next_float(d * tau, d * problem.taus[-1], t_dtype)
-        return f(t_f0, y), t_f0
-    return (f1 if f1 is not None else f(d * tau, y)), d * tau
+    d = problem.direction
+    t_f0 = next_float(d * tau, d * problem.taus[-1], problem.ts.dtype)
+    return problem.f(t_f0, y), t_f0
 
 
 def _start(problem: Problem, solver: AbstractSolver, controller: AbstractController) -> SolveStart:
@@ -147,6 +146,8 @@ class _Collected:
         records: list[StepRecord] | None,
     ) -> None:
         self.problem, self.solver, self.records = problem, solver, records
+        # (Read at every accepted step: kept as attributes of their own.)
+        self.f, self.d, self.taus = problem.f, problem.direction, problem.taus
         self.ys = [problem.y0.unsqueeze(0)]  # ts[0] is t0: the first output is y0 itself
         self.n_out = 1
         self.hermite = solver.needs_f1
@@ -164,7 +165,7 @@ class _Collected:
         t1_stage: float | None,
     ) -> torch.Tensor | None:
         """Keep what an accepted step gives; return ``f(t1, y1)`` if it is known by now."""
-        f, d, taus = self.problem.f, self.problem.direction, self.problem.taus
+        f, d, taus = self.f, self.d, self.taus
         f1 = step.f1
         n_out_before = self.n_out
         n_next = bisect.bisect_right(taus, tau1, lo=self.n_out)
