@@ -133,3 +133,27 @@ def test_refusals_name_the_problem():
         no.solve(lambda t, y: -y, y0, ts, regularizers=["kinetic"])
     with pytest.raises(ValueError, match="estimator must be one of"):
         no.JacobianFrobenius(estimator="trace")
+
+
+def test_an_ode_block_carries_its_regularisers_into_training():
+    torch.manual_seed(0)
+    func = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    block = no.nn.ODEBlock(FieldModule(func), regularizers=[no.KineticEnergy()],
+                           adjoint=no.CheckpointAdjoint())  # fmt: skip
+    x = torch.randn(4, 3)
+    out = block(x)
+    assert set(block.regularization) == {"kinetic"}
+    (out.square().mean() + 0.1 * block.regularization["kinetic"] / len(x)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in func.parameters())
+    plain = no.nn.ODEBlock(FieldModule(func), adjoint=no.CheckpointAdjoint())
+    torch.testing.assert_close(plain(x), out)  # the penalty rides along, the output is the same
+    assert plain.regularization == {}
+
+
+class FieldModule(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return self.net(y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from .._solution import Stats
 from .._solve import DEFAULT_MAX_STEPS, solve
 from ..adjoints import AbstractAdjoint
 from ..controllers import AbstractController
+from ..regularizers import AbstractRegularizer
 from ..solvers import AbstractSolver
 
 
@@ -27,11 +29,16 @@ class ODEBlock(nn.Module):
         adjoint: Gradient method (``DirectAdjoint()`` if ``None``).
         t1: End time of the solve.
         max_steps: Step budget per solve.
+        regularizers: Integrals along the solve to penalise in training (e.g.
+            ``KineticEnergy()``; see ``solve(regularizers=...)``).
 
     Attributes:
         stats: :class:`Stats` of the most recent forward solve; ``stats.nfe`` is its
             forward evaluation count and ``stats.nfe_backward`` is filled in by gradient
             methods that solve backwards, once ``backward()`` has run.
+        regularization: The regularisers' integrals over the most recent forward solve,
+            by name (0-d tensors over the whole batch, differentiable): add them, weighted,
+            to the loss.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class ODEBlock(nn.Module):
         adjoint: AbstractAdjoint | None = None,
         t1: float = 1.0,
         max_steps: int = DEFAULT_MAX_STEPS,
+        regularizers: Sequence[AbstractRegularizer] = (),
     ) -> None:
         super().__init__()
         self.func = func
@@ -51,7 +59,9 @@ class ODEBlock(nn.Module):
         self.adjoint = adjoint
         self.t1 = t1
         self.max_steps = max_steps
+        self.regularizers = tuple(regularizers)
         self.stats = Stats()
+        self.regularization: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Solve from ``x`` at ``t = 0`` and return the state at ``t1``."""
@@ -64,7 +74,9 @@ class ODEBlock(nn.Module):
             controller=self.controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
+            regularizers=self.regularizers,
         )
         self.stats = sol.stats
+        self.regularization = sol.regularization
         ys: Any = sol.ys
         return ys[-1]
