@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -218,3 +219,24 @@ def test_epoch_generators_differ_by_epoch_and_stream():
     assert torch.equal(a, torch.randperm(50, generator=training.epoch_generator(0, 0)))
     assert not torch.equal(a, torch.randperm(50, generator=training.epoch_generator(0, 1)))
     assert not torch.equal(a, torch.randperm(50, generator=training.epoch_generator(0, 0, 1)))
+
+
+def test_kinetic_and_jacobian_regularise_the_ode_block(tmp_path):
+    out = tmp_path / "reg"
+    status = train_classify(out, "--model", "odenet", "--epochs", "1", "--kinetic", "0.01",
+                            "--jacobian", "0.01", "--adjoint", "direct")  # fmt: skip
+    assert status == 0
+    rows = metrics_rows(out)
+    for name in ("train_kinetic", "train_jacobian"):
+        value = float(rows[-1][name])
+        assert math.isfinite(value) and value > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["kinetic"] == 0.01 and config["jacobian"] == 0.01
+
+
+def test_regularisers_need_the_ode_net(tmp_path, capsys):
+    assert_refused(
+        lambda: train_classify(tmp_path / "r", "--model", "resnet", "--kinetic", "0.1"),
+        capsys,
+        "--kinetic and --jacobian regularise the ODE block of --model odenet, got --model resnet",
+    )

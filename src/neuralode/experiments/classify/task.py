@@ -23,9 +23,10 @@ from ...data import (
     to_float,
     train_val_split,
 )
-from ...nn import MLP, ODENet, ResNet, RKNet, zero_residual_branches
+from ...nn import MLP, ODEBlock, ODENet, ResNet, RKNet, zero_residual_branches
+from ...regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
 from .._run.config import MAX_LR, RunOptions, check_positive
-from .._run.distributed import World
+from .._run.distributed import World, unwrap
 from .._run.solving import SolverOptions
 from .._run.training import Task, epoch_generator
 
@@ -105,6 +106,12 @@ class ClassifyConfig(SolverOptions, RunOptions):
     function's last norm scale): the ODE-Net then trains about as fast as the ResNets from
     the first step (demo preset, 768 steps at 14×14, seeds 0 and 3: ODE-Net 18.2% and 16.0%
     test error without, 15.5% and 15.0% with; ResNet-6 15.0% and 14.4% either way)."""
+    kinetic: float = 0.0
+    """odenet only: weight of the kinetic energy ∫‖f‖² dt of the ODE block, per image,
+    added to the loss (RNODE, Finlay et al. 2020; 0: off). Recorded as train_kinetic."""
+    jacobian: float = 0.0
+    """odenet only: weight of the Jacobian's Frobenius norm ∫‖∂f/∂h‖²_F dt per image
+    (Hutchinson's estimator; 0: off). Recorded as train_jacobian."""
     augment: bool = False
     """Random crops with 4-pixel padding, as in the reference's 160-epoch schedule. Off by
     default: in a few epochs it slows learning (ResNet-1, 300 steps: 70% validation
@@ -121,6 +128,12 @@ class ClassifyConfig(SolverOptions, RunOptions):
         check_positive(self, "val_size", "batch_size", "eval_batch_size")
         check_positive(self, "lr", maximum=MAX_LR)
         check_positive(self, "blocks", maximum=MAX_BLOCKS)
+        check_positive(self, "kinetic", "jacobian", allow_zero=True)
+        if (self.kinetic or self.jacobian) and self.model != "odenet":
+            raise ValueError(
+                f"--kinetic and --jacobian regularise the ODE block of --model odenet, got "
+                f"--model {self.model}; drop them or train the ODE-Net"
+            )
         if self.image_size is not None and not MIN_IMAGE <= self.image_size <= MAX_IMAGE:
             raise ValueError(
                 f"--image-size must lie in [{MIN_IMAGE}, {MAX_IMAGE}], got {self.image_size} "
@@ -184,13 +197,25 @@ class ClassifyTask(Task):
             yield x.to(self.device), labels[idx].to(self.device)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy; sums of loss and correct predictions."""
+        """Cross-entropy plus the weighted regularisers; sums of loss, accuracy, regularisers.
+
+        The regularisers' values are per image (their integrals over the batch's solve,
+        divided by its size), as RNODE weighs them.
+        """
         x, y = batch
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         n = len(y)
         correct = float((logits.argmax(1) == y).sum())
-        return loss, {"loss": float(loss.detach()) * n, "accuracy": correct, "n": n}
+        sums = {"loss": float(loss.detach()) * n, "accuracy": correct, "n": n}
+        weights = {"kinetic": self.config.kinetic, "jacobian": self.config.jacobian}
+        if any(weights.values()):
+            block: ODEBlock = unwrap(model).ode_block  # type: ignore[assignment]
+            values = block.regularization
+            for name, value in values.items():
+                loss = loss + weights[name] * value / n
+                sums[name] = float(value.detach())
+        return loss, sums
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, world: World) -> dict[str, float]:
@@ -227,6 +252,7 @@ def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
     if cfg.model == "odenet":
         net = ODENet(cfg.width, **cfg.ode_options())
         net.ode_block.max_steps = cfg.max_steps
+        net.ode_block.regularizers = regularizers(cfg)
     elif cfg.model == "resnet":
         net = ResNet(cfg.width, blocks=cfg.blocks)
     elif cfg.model == "rknet":
@@ -234,6 +260,16 @@ def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
     else:
         net = MLP(pixels=int(image_size.numel()))
     return zero_residual_branches(net) if cfg.zero_init else net
+
+
+def regularizers(cfg: ClassifyConfig) -> tuple[AbstractRegularizer, ...]:
+    """The regularisers that ``--kinetic`` and ``--jacobian`` switch on."""
+    chosen: list[AbstractRegularizer] = []
+    if cfg.kinetic:
+        chosen.append(KineticEnergy())
+    if cfg.jacobian:
+        chosen.append(JacobianFrobenius())
+    return tuple(chosen)
 
 
 def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
