@@ -64,6 +64,10 @@ class PerSampleTuning:
             )
 
 
+# The default, built once: a solve without tuning= need not build and validate one.
+DEFAULT_TUNING = PerSampleTuning()
+
+
 @dataclass(frozen=True)
 class Problem:
     """Everything the step loop needs, in its own terms.
@@ -96,7 +100,7 @@ class Problem:
     structure: Structure
     params: tuple[torch.Tensor, ...] | None = None
     sample_taus: torch.Tensor | None = None
-    tuning: PerSampleTuning = PerSampleTuning()
+    tuning: PerSampleTuning = DEFAULT_TUNING
 
     @property
     def batched(self) -> bool:
@@ -151,7 +155,7 @@ def make_problem(
         structure=structure,
         params=None if params is None else tuple(params),
         sample_taus=sample_taus,
-        tuning=PerSampleTuning() if tuning is None else tuning,
+        tuning=DEFAULT_TUNING if tuning is None else tuning,
     )
 
 

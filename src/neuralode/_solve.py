@@ -15,7 +15,7 @@ from ._checks import (
     check_whole_number,
 )
 from ._norms import max_norm, rms_norm
-from ._problem import PerSampleTuning, Problem, make_problem
+from ._problem import DEFAULT_TUNING, PerSampleTuning, Problem, make_problem
 from ._solution import RawSolution, Solution, State, Status
 from ._time_gradients import attach_output_times
 from ._vector_field import UserField
@@ -153,7 +153,7 @@ def _per_sample_options(
             "let f close over them (e.g. functools.partial or an nn.Module attribute)"
         )
     if compile_step:
-        return dataclasses.replace(tuning or PerSampleTuning(), compile=True)
+        return dataclasses.replace(tuning or DEFAULT_TUNING, compile=True)
     return tuning
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._noise import check_noise, probe
+
 
 class AbstractTrace(abc.ABC):
     """How ``tr(∂f/∂z)`` is computed. Holds configuration only; noise lives per solve."""
@@ -147,9 +149,6 @@ class ExactTrace(AbstractTrace):
         return total
 
 
-_NOISES = ("rademacher", "gaussian")
-
-
 @dataclass(frozen=True)
 class HutchinsonTrace(AbstractTrace):
     """Hutchinson's unbiased estimator ``εᵀ (∂f/∂z) ε`` with ``E[εεᵀ] = I``.
@@ -167,17 +166,13 @@ class HutchinsonTrace(AbstractTrace):
     noise: str = "rademacher"
 
     def __post_init__(self) -> None:
-        if self.noise not in _NOISES:
-            raise ValueError(f"noise must be one of {_NOISES}, got {self.noise!r}")
+        check_noise(self.noise)
 
     def draw_noise(
         self, z: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor | None:
         """One draw of ``ε`` shaped like ``z`` (independent per sample)."""
-        if self.noise == "gaussian":
-            return torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-        bits = torch.randint(0, 2, z.shape, generator=generator, device=z.device)
-        return bits.to(z.dtype) * 2 - 1
+        return probe(self.noise, z, generator)
 
     def __call__(
         self,

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._noise import check_noise, probe
 from .._solution import Solution, State
 from .._vector_field import Structure
 from ..controllers import AbstractController, PIDController
 
 Vjp = Callable[[torch.Tensor], torch.Tensor]
-_NOISES = ("rademacher", "gaussian")
 _ESTIMATORS = ("hutchinson", "exact")
 
 
@@ -86,8 +86,7 @@ class JacobianFrobenius(AbstractRegularizer):
     def __post_init__(self) -> None:
         if self.estimator not in _ESTIMATORS:
             raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {self.estimator!r}")
-        if self.noise not in _NOISES:
-            raise ValueError(f"noise must be one of {_NOISES}, got {self.noise!r}")
+        check_noise(self.noise)
 
     @property
     def needs_vjp(self) -> bool:
@@ -96,11 +95,7 @@ class JacobianFrobenius(AbstractRegularizer):
 
     def draw_noise(self, y: torch.Tensor) -> torch.Tensor | None:
         """``ε`` shaped like the flat state (``None`` for the exact norm)."""
-        if self.estimator == "exact":
-            return None
-        if self.noise == "gaussian":
-            return torch.randn(y.shape, dtype=y.dtype, device=y.device)
-        return torch.randint(0, 2, y.shape, device=y.device).to(y.dtype) * 2 - 1
+        return None if self.estimator == "exact" else probe(self.noise, y)
 
     def integrand(self, f: torch.Tensor, vjp: Vjp, noise: torch.Tensor | None) -> torch.Tensor:
         """``‖εᵀ ∂f/∂y‖²`` per sample, or the exact squared norm (``N`` products)."""
