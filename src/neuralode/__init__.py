@@ -1,5 +1,6 @@
 """neuralode: differentiable ODE solvers and neural ODE models for PyTorch."""
 
+from ._events import Event
 from ._norms import max_norm, rms_norm
 from ._problem import PerSampleTuning
 from ._solution import Solution, SolverError, Stats, Status
@@ -40,6 +41,7 @@ __all__ = [
     "CheckpointAdjoint",
     "ConstantStepSize",
     "DirectAdjoint",
+    "Event",
     "Dopri5",
     "Dopri8",
     "Euler",
