@@ -249,7 +249,9 @@ def _event(
         y_var = y_e.detach().requires_grad_(True)
         g = rows.condition(events, which, element, t_var, y_var, idx)
         f_var = rows.field(t_var.detach(), y_var.detach(), idx)
-        dg_dt, dg_dy = torch.autograd.grad(g.sum(), (t_var, y_var), allow_unused=True)
+        dg_dt = dg_dy = None
+        if g.requires_grad:  # (a condition may not depend on t or y at all)
+            dg_dt, dg_dy = torch.autograd.grad(g.sum(), (t_var, y_var), allow_unused=True)
     rate = (dg_dy * f_var).sum(-1) if dg_dy is not None else torch.zeros_like(g)
     if dg_dt is not None:
         rate = rate + dg_dt.to(rate.dtype)

@@ -283,6 +283,36 @@ def _as_dtype(ys: State, dtype: torch.dtype) -> State:
     return tuple(y if y.dtype == dtype else y.to(dtype) for y in ys)
 
 
+def _first_sign_change(event_fn: Callable[..., torch.Tensor], t0: torch.Tensor, y0: State) -> Event:
+    """Torchdiffeq's event: the first time any element of ``event_fn`` leaves its sign at t0.
+
+    torchdiffeq multiplies each element by its sign at ``t0`` and stops when the smallest
+    product changes sign, reaching zero included (an ``event_fn`` that returns exactly
+    zero past some time stops the solve there). neuralode's :class:`~neuralode.Event`
+    needs a side change for an event, so the product is made negative where it is zero
+    or below: the root found is the first time it is zero or negative, as torchdiffeq's.
+    """
+    with torch.no_grad():
+        signs = torch.sign(event_fn(t0.detach(), y0))
+    if bool((signs == 0).any()):
+        # torchdiffeq's product is then zero for ever: its solve runs until its step
+        # budget (2**31 - 1 steps) is spent. Say so at once instead.
+        raise ValueError(
+            "event_fn is exactly zero at t[0] (in at least one element): torchdiffeq's "
+            "event (a change of sign of event_fn times its sign at t[0]) can then never "
+            "happen and its solve runs until max_num_steps; start where event_fn is "
+            "non-zero, or use neuralode.solve(event=neuralode.Event(...)), which meets an "
+            "event at t0 when the condition leaves zero"
+        )
+
+    def condition(t: torch.Tensor, y: State) -> torch.Tensor:
+        value = (event_fn(t, y) * signs).min()
+        tiny = torch.finfo(value.dtype).tiny
+        return torch.where(value > 0, value, value - tiny)
+
+    return Event(condition)
+
+
 def _event_interval(t: torch.Tensor) -> torch.Tensor:
     """Torchdiffeq's event mode: ``t`` gives the start and the direction; the end is far.
 
@@ -309,8 +339,7 @@ def _solve(
     event_fn: Callable[..., torch.Tensor] | None,
 ) -> Solution:
     field = CompatField(func, y0, nudge=config.nudge)
-    # torchdiffeq's event: the first sign change of any element stops the solve.
-    event = None if event_fn is None else Event(event_fn)
+    event = None if event_fn is None else _first_sign_change(event_fn, config.t[0], y0)
     if adjoint is None:
         return solve(field, y0, config.t, solver=config.solver, controller=config.controller,
                      max_steps=config.max_steps, event=event)  # fmt: skip
