@@ -58,6 +58,7 @@ def test_train_writes_the_run_layout(tmp_path, model):
     for plot in summary["plots"]:
         assert (out / "plots" / plot).stat().st_size > 10_000
     ode = model[1] in ("odenet", "rknet")
+    assert (summary["test_nfe_forward"] > 0) == ode
     assert (float(rows[0]["nfe_forward"]) > 0) == ode
     # Backprop through RK4 solves nothing backwards; the adjoint does.
     assert (float(rows[0]["nfe_backward"]) > 0) == (model[1] == "odenet")
@@ -238,5 +239,47 @@ def test_regularisers_need_the_ode_net(tmp_path, capsys):
     assert_refused(
         lambda: train_classify(tmp_path / "r", "--model", "resnet", "--kinetic", "0.1"),
         capsys,
-        "--kinetic and --jacobian regularise the ODE block of --model odenet, got --model resnet",
+        "--kinetic apply to the ODE block of --model odenet, got --model resnet",
     )
+    assert_refused(
+        lambda: train_classify(
+            tmp_path / "r", "--model", "rknet", "--augment-dim", "2", "--steer", "0.1"
+        ),  # fmt: skip
+        capsys,
+        "--augment-dim and --steer apply to the ODE block of --model odenet, got --model rknet",
+    )
+
+
+def test_augment_dim_and_steer_train_the_ode_net(tmp_path):
+    out = tmp_path / "anode"
+    status = train_classify(out, "--model", "odenet", "--epochs", "1", "--augment-dim", "4",
+                            "--steer", "0.5", "--tol", "1e-2")  # fmt: skip
+    assert status == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["augment_dim"] == 4 and config["steer"] == 0.5
+    state = weights(out)
+    assert state["1.func.conv1.conv.weight"].shape[1] == 8 + 4 + 1  # ODE function: C + K + t
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_nfe_forward"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--augment-dim", "-1"], "--augment-dim must be an integer ≥ 0 (0: off), got -1"),
+        (
+            ["--width", "32", "--augment-dim", "5"],
+            "--augment-dim 5 makes the ODE function 32 + 5 = 37 channels wide",
+        ),
+        (["--steer", "1"], "--steer must lie in [0, 1)"),
+        (["--steer", "-0.1"], "--steer must lie in [0, 1)"),
+    ],  # fmt: skip
+)
+def test_augment_dim_and_steer_refusals_name_the_flag(tmp_path, capsys, flags, message):
+    assert_refused(lambda: train_classify(tmp_path / "r", *flags), capsys, message)
+
+
+def test_resume_is_exact_with_steer(tmp_path, monkeypatch):
+    # STEER's end times come from the global generator, which every epoch re-seeds.
+    args = ["--model", "odenet", "--tol", "1e-2", "--epochs", "2", "--steer", "0.5"]
+    assert len(assert_resume_is_exact(_train, tmp_path, monkeypatch, args)) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,8 @@ class ODEBlock(nn.Module):
     after training (e.g. a looser tolerance at test time: Figure 3b).
 
     Args:
-        func: The vector field ``func(t, h)`` (an ``nn.Module``).
+        func: The vector field ``func(t, h)`` (an ``nn.Module``). With ``augment_dim = K``
+            it sees ``K`` more channels (dim 1) than the block's input.
         solver: Solver (``Dopri5()`` by default, as ``solve``).
         controller: Step-size control (``solve``'s default if ``None``).
         adjoint: Gradient method (``DirectAdjoint()`` if ``None``).
@@ -31,6 +33,14 @@ class ODEBlock(nn.Module):
         max_steps: Step budget per solve.
         regularizers: Integrals along the solve to penalise in training (e.g.
             ``KineticEnergy()``; see ``solve(regularizers=...)``).
+        augment_dim: ANODE (Dupont et al., NeurIPS 2019): ``K`` zero channels appended to
+            the state along dim 1 before the solve and dropped after it, so that the flow
+            can move points around each other in the extra dimensions (a plain ODE's flow
+            cannot cross trajectories). ``0``: off.
+        steer: STEER (Ghosh et al., NeurIPS 2020): in training mode the end time is drawn
+            uniformly from ``[t1 − steer, t1 + steer]`` at every forward (from torch's
+            global generator), in eval mode it is ``t1``. Needs ``0 ≤ steer < t1``. ``0``:
+            off.
 
     Attributes:
         stats: :class:`Stats` of the most recent forward solve; ``stats.nfe`` is its
@@ -39,6 +49,8 @@ class ODEBlock(nn.Module):
         regularization: The regularisers' integrals over the most recent forward solve,
             by name (0-d tensors over the whole batch, differentiable): add them, weighted,
             to the loss.
+        end_time: The end time of the most recent forward solve (``t1`` unless STEER drew
+            another).
     """
 
     def __init__(
@@ -51,8 +63,15 @@ class ODEBlock(nn.Module):
         t1: float = 1.0,
         max_steps: int = DEFAULT_MAX_STEPS,
         regularizers: Sequence[AbstractRegularizer] = (),
+        augment_dim: int = 0,
+        steer: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(augment_dim, bool) or not isinstance(augment_dim, int) or augment_dim < 0:
+            raise ValueError(
+                f"augment_dim must be an integer ≥ 0 (extra zero channels; 0: off), got "
+                f"{augment_dim!r}"
+            )
         self.func = func
         self.solver = solver
         self.controller = controller
@@ -60,15 +79,19 @@ class ODEBlock(nn.Module):
         self.t1 = t1
         self.max_steps = max_steps
         self.regularizers = tuple(regularizers)
+        self.augment_dim = augment_dim
+        self.steer = check_steer(steer, t1 - 0.0)
         self.stats = Stats()
         self.regularization: dict[str, torch.Tensor] = {}
+        self.end_time = float(t1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Solve from ``x`` at ``t = 0`` and return the state at ``t1``."""
-        ts = torch.tensor([0.0, self.t1], dtype=x.dtype, device=x.device)
+        """Solve from ``x`` at ``t = 0`` (zero-padded by ``augment_dim``) to the end time."""
+        self.end_time = steered_time(self.t1, self.steer, self.training)
+        ts = torch.tensor([0.0, self.end_time], dtype=x.dtype, device=x.device)
         sol = solve(
             self.func,
-            x,
+            augment(x, self.augment_dim),
             ts,
             solver=self.solver,
             controller=self.controller,
@@ -79,4 +102,43 @@ class ODEBlock(nn.Module):
         self.stats = sol.stats
         self.regularization = sol.regularization
         ys: Any = sol.ys
-        return ys[-1]
+        return ys[-1][:, : x.shape[1]] if self.augment_dim else ys[-1]
+
+
+def augment(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` ``(B, C, ...)`` with ``k`` zero channels appended: ``(B, C + k, ...)``."""
+    if not k:
+        return x
+    if x.ndim < 2:
+        raise ValueError(
+            f"augment_dim pads channels along dim 1 of a batch (B, C, ...), got an input of "
+            f"shape {tuple(x.shape)}; add a batch dimension or use augment_dim=0"
+        )
+    return torch.cat([x, x.new_zeros((x.shape[0], k, *x.shape[2:]))], dim=1)
+
+
+def check_steer(steer: object, span: float, name: str = "steer") -> float:
+    """``steer`` as a float in ``[0, |span|)`` (STEER's half-width against the time span).
+
+    ``name`` is how the caller spells the argument in the message (e.g. ``--steer``).
+    """
+    if isinstance(steer, bool) or not isinstance(steer, (int, float)):
+        raise TypeError(f"{name} must be a float (the half-width b of STEER), got {steer!r}")
+    if not (math.isfinite(steer) and 0 <= steer < abs(span)):
+        raise ValueError(
+            f"{name} must lie in [0, {abs(span):g}) (below the length of the time span, so "
+            f"that the end time never reaches the start), got {steer!r}; 0 turns it off"
+        )
+    return float(steer)
+
+
+def steered_time(t1: float, steer: float, training: bool) -> float:
+    """``t1``, or in training with ``steer > 0`` a uniform draw from ``t1 ± steer``.
+
+    STEER (Ghosh et al. 2020) draws the end time afresh for every training batch from
+    torch's global generator (which the training loop seeds per epoch, so a resumed run
+    draws alike); the paper's fixed ``t1`` is used for evaluation.
+    """
+    if not (training and steer):
+        return float(t1)
+    return float(t1) + steer * (2.0 * float(torch.rand(())) - 1.0)
