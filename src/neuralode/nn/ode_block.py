@@ -132,13 +132,15 @@ def check_steer(steer: object, span: float, name: str = "steer") -> float:
     return float(steer)
 
 
-def steered_time(t1: float, steer: float, training: bool) -> float:
+def steered_time(
+    t1: float, steer: float, training: bool, generator: torch.Generator | None = None
+) -> float:
     """``t1``, or in training with ``steer > 0`` a uniform draw from ``t1 ± steer``.
 
-    STEER (Ghosh et al. 2020) draws the end time afresh for every training batch from
-    torch's global generator (which the training loop seeds per epoch, so a resumed run
-    draws alike); the paper's fixed ``t1`` is used for evaluation.
+    STEER (Ghosh et al. 2020) draws the end time afresh for every training batch, from
+    ``generator`` or torch's global one (which the training loop seeds per epoch, so a
+    resumed run draws alike); the fixed ``t1`` is used for evaluation.
     """
     if not (training and steer):
         return float(t1)
-    return float(t1) + steer * (2.0 * float(torch.rand(())) - 1.0)
+    return float(t1) + steer * (2.0 * float(torch.rand((), generator=generator)) - 1.0)

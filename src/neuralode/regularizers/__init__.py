@@ -15,6 +15,18 @@ of error control: the solve takes the steps it would take without it.
 
 from __future__ import annotations
 
-from ._augment import AbstractRegularizer, JacobianFrobenius, KineticEnergy, solve_regularized
+from ._augment import (
+    AbstractRegularizer,
+    JacobianFrobenius,
+    KineticEnergy,
+    solve_regularized,
+    state_only,
+)
 
-__all__ = ["AbstractRegularizer", "JacobianFrobenius", "KineticEnergy", "solve_regularized"]
+__all__ = [
+    "AbstractRegularizer",
+    "JacobianFrobenius",
+    "KineticEnergy",
+    "solve_regularized",
+    "state_only",
+]
