@@ -272,7 +272,7 @@ def test_augment_dim_and_steer_train_the_ode_net(tmp_path):
             "--augment-dim 5 makes the ODE function 32 + 5 = 37 channels wide",
         ),
         (["--steer", "1"], "--steer must lie in [0, 1)"),
-        (["--steer", "-0.1"], "--steer must lie in [0, 1)"),
+        (["--steer", "-0.1"], "--steer must be ≥ 0, got -0.1"),
     ],  # fmt: skip
 )
 def test_augment_dim_and_steer_refusals_name_the_flag(tmp_path, capsys, flags, message):

@@ -341,7 +341,7 @@ def _write_p4(ctx, table):
         for n, rmse in row.items():
             folder = ctx.folder("p4", p4.run_name(model, n, 0.3))
             folder.mkdir(parents=True)
-            summary = {"test_rmse_clean": rmse, "test_rmse": rmse, "test_nfe": 30,
+            summary = {"test_rmse_clean": rmse, "test_rmse": rmse, "test_nfe_forward": 30,
                        "train_seconds": 1.0, "parameters": 100, "best_epoch": 1,
                        "iters_per_epoch": 1, "history": [{"nfe_forward": 30}]}  # fmt: skip
             (folder / "summary.json").write_text(json.dumps(summary))

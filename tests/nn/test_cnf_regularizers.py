@@ -128,3 +128,13 @@ def test_steer_draws_the_data_time_in_training_only():
     assert cnf.end_time == 2.0
     with pytest.raises(ValueError, match=r"steer must lie in \[0, 2\)"):
         CNF(PlanarDynamics(2, 4), t1=2.0, steer=2.0)
+
+
+def test_penalties_are_computed_in_training_mode_only():
+    cnf = CNF(PlanarDynamics(2, 4), regularizers=[no.KineticEnergy()])
+    x = torch.randn(3, 2)
+    cnf.log_prob(x)
+    assert set(cnf.regularization) == {"kinetic"}
+    cnf.eval()
+    cnf.log_prob(x)
+    assert cnf.regularization == {}

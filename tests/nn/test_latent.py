@@ -309,3 +309,6 @@ def test_regularisers_ride_on_the_latent_solve_only():
     loss, _ = model.loss(batch, generator=torch.Generator().manual_seed(0))
     (loss + model.regularization["kinetic"]).backward()
     assert all(p.grad is not None for p in model.dynamics.parameters())
+    model.eval()
+    model.extrapolate(batch, times)
+    assert model.regularization == {}  # penalties are for training

@@ -145,6 +145,16 @@ def test_augmented_block_pads_zero_channels_and_drops_them_after():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in func.parameters())
 
 
+def test_block_penalties_are_computed_in_training_mode_only():
+    block = ODEBlock(_Tanh(), regularizers=[no.KineticEnergy()])
+    x = torch.randn(2, 4)
+    block(x)
+    assert set(block.regularization) == {"kinetic"}
+    block.eval()
+    block(x)
+    assert block.regularization == {}
+
+
 def test_augment_dim_zero_is_the_plain_block():
     torch.manual_seed(0)
     func = _Tanh()

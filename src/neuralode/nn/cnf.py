@@ -209,7 +209,8 @@ class CNF(nn.Module):
             ``∫‖∂f/∂z‖²_F dt``, RNODE, Finlay et al. 2020). They ride as extra states of
             the same solve, outside error control; with a :class:`HutchinsonTrace` a
             Hutchinson ``JacobianFrobenius`` of the same noise kind uses the trace's own
-            ``ε`` and vector-Jacobian product (no further backward pass).
+            ``ε`` and vector-Jacobian product (no further backward pass). Training mode
+            only: eval mode solves without them.
         steer: STEER (Ghosh et al. 2020): in training mode the data time ``t1`` of
             :meth:`log_prob` and :meth:`sample_and_log_prob` is drawn uniformly from
             ``[t1 − steer, t1 + steer]`` per call (``0 ≤ steer < |t1 − t0|``); in eval
@@ -336,15 +337,17 @@ class CNF(nn.Module):
         self, z: torch.Tensor, times: list[float], generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         noise = self.trace.draw_noise(z, generator)
-        noises = [_shared_noise(reg, self.trace, noise, z) for reg in self.regularizers]
-        field = _AugmentedDynamics(self.dynamics, self.trace, noise, self.regularizers, noises)
+        # Penalties are for training: eval mode solves without them.
+        regs = self.regularizers if self.training else ()
+        noises = [_shared_noise(reg, self.trace, noise, z) for reg in regs]
+        field = _AugmentedDynamics(self.dynamics, self.trace, noise, regs, noises)
         ts = torch.tensor(times, dtype=z.dtype, device=z.device)
         delta0 = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        if not self.regularizers:
+        if not regs:
             self.regularization = {}
             zs, deltas = self._solve(field, (z, delta0), ts).ys
             return zs, deltas
-        r0 = torch.zeros(z.shape[0], len(self.regularizers), dtype=z.dtype, device=z.device)
+        r0 = torch.zeros(z.shape[0], len(regs), dtype=z.dtype, device=z.device)
         # The integrals stay out of error control: the solve takes the steps it would
         # take without them (as solve(regularizers=...) does).
         controller = self.controller or _default_controller(self.solver or Dopri5())
@@ -353,7 +356,7 @@ class CNF(nn.Module):
         # Solved backwards (log_prob: data → base) the state gathers −∫ r dt.
         sign = 1.0 if times[-1] > times[0] else -1.0
         self.regularization = {reg.name: sign * rs[-1][:, i].sum()
-                               for i, reg in enumerate(self.regularizers)}  # fmt: skip
+                               for i, reg in enumerate(regs)}  # fmt: skip
         return zs, deltas
 
     def _solve(

@@ -84,7 +84,7 @@ class LatentODE(SequenceModel):
         max_steps: Step budget of each solve.
         regularizers: Integrals along the latent trajectory's solve (the decoder's, from
             ``t = 0`` to the batch's last time) to penalise in training, e.g.
-            ``KineticEnergy()`` (see ``solve(regularizers=...)``).
+            ``KineticEnergy()`` (see ``solve(regularizers=...)``); training mode only.
 
     Attributes:
         solve_stats: Statistics of every solve in the latest call (the encoder's too, with
@@ -172,7 +172,10 @@ class LatentODE(SequenceModel):
         )
         index = torch.zeros(times.shape, dtype=torch.long, device=times.device)
         index[mask] = inverse[1:]
-        zs = self._solve(self.dynamics, z0, grid, self.regularizers)  # (T, B, latent_dim)
+        # Penalties are for training: eval mode solves without them.
+        regs = self.regularizers if self.training else ()
+        self.regularization = {}
+        zs = self._solve(self.dynamics, z0, grid, regs)  # (T, B, latent_dim)
         rows = torch.arange(z0.shape[0], device=z0.device)[:, None]
         return self.decoder(zs[index, rows])  # (B, N, D)
 

@@ -32,7 +32,8 @@ class ODEBlock(nn.Module):
         t1: End time of the solve.
         max_steps: Step budget per solve.
         regularizers: Integrals along the solve to penalise in training (e.g.
-            ``KineticEnergy()``; see ``solve(regularizers=...)``).
+            ``KineticEnergy()``; see ``solve(regularizers=...)``); computed in training
+            mode only.
         augment_dim: ANODE (Dupont et al., NeurIPS 2019): ``K`` zero channels appended to
             the state along dim 1 before the solve and dropped after it, so that the flow
             can move points around each other in the extra dimensions (a plain ODE's flow
@@ -48,7 +49,7 @@ class ODEBlock(nn.Module):
             methods that solve backwards, once ``backward()`` has run.
         regularization: The regularisers' integrals over the most recent forward solve,
             by name (0-d tensors over the whole batch, differentiable): add them, weighted,
-            to the loss.
+            to the loss. Empty after a forward in eval mode.
         end_time: The end time of the most recent forward solve (``t1`` unless STEER drew
             another).
     """
@@ -97,7 +98,9 @@ class ODEBlock(nn.Module):
             controller=self.controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
-            regularizers=self.regularizers,
+            # Penalties are for training: eval mode solves without them (the Jacobian
+            # term's products would cost time and nothing reads them).
+            regularizers=self.regularizers if self.training else (),
         )
         self.stats = sol.stats
         self.regularization = sol.regularization

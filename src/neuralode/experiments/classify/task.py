@@ -26,9 +26,9 @@ from ...data import (
 from ...nn import MLP, ODEBlock, ODENet, ResNet, RKNet, zero_residual_branches
 from ...nn.classifiers import check_augment_dim
 from ...nn.ode_block import check_steer
-from ...regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
-from .._run.config import MAX_LR, RunOptions, check_positive, flag
+from .._run.config import MAX_LR, RunOptions, check_positive
 from .._run.distributed import World, unwrap
+from .._run.regularizing import RegularizerOptions, penalize
 from .._run.solving import SolverOptions
 from .._run.training import Task, epoch_generator, solver_work
 
@@ -62,7 +62,7 @@ DIGITS_SIZES: dict[str, int | None] = {"train_size": None, "val_size": 300}
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifyConfig(SolverOptions, RunOptions):
+class ClassifyConfig(RegularizerOptions, SolverOptions, RunOptions):
     """Train an image classifier: ODE-Net, ResNet, RK-Net or MLP (the paper's Table 1).
 
     Defaults are protocol P1's quick preset (docs/protocols.md): Fashion-MNIST, 20k training
@@ -116,13 +116,13 @@ class ClassifyConfig(SolverOptions, RunOptions):
     jacobian: float = 0.0
     """odenet only: weight of the Jacobian's Frobenius norm ∫‖∂f/∂h‖²_F dt per image
     (Hutchinson's estimator; 0: off). Recorded as train_jacobian."""
+    steer: float = 0.0
+    """odenet only: STEER (Ghosh et al. 2020): each training batch solves to an end time
+    drawn uniformly from [1 - B, 1 + B]; validation and test use 1 (0: off; B < 1)."""
     augment_dim: int = 0
     """odenet only: ANODE (Dupont et al. 2019): K zero channels appended to the ODE block's
     state and dropped after the solve (0: off). width + K must be at most 32 or a multiple
     of 32 (group normalisation)."""
-    steer: float = 0.0
-    """odenet only: STEER (Ghosh et al. 2020): each training batch solves to an end time
-    drawn uniformly from [1 - B, 1 + B]; validation and test use 1 (0: off; B < 1)."""
     augment: bool = False
     """Random crops with 4-pixel padding, as in the reference's 160-epoch schedule. Off by
     default: in a few epochs it slows learning (ResNet-1, 300 steps: 70% validation
@@ -139,13 +139,10 @@ class ClassifyConfig(SolverOptions, RunOptions):
         check_positive(self, "val_size", "batch_size", "eval_batch_size")
         check_positive(self, "lr", maximum=MAX_LR)
         check_positive(self, "blocks", maximum=MAX_BLOCKS)
-        check_positive(self, "kinetic", "jacobian", allow_zero=True)
-        odenet_only = [flag(name) for name in ODENET_ONLY if getattr(self, name)]
-        if odenet_only and self.model != "odenet":
-            raise ValueError(
-                f"{' and '.join(odenet_only)} apply to the ODE block of --model odenet, got "
-                f"--model {self.model}; drop them or train the ODE-Net"
-            )
+        RegularizerOptions.__post_init__(self)
+        if self.model != "odenet":
+            self.refuse(ODENET_ONLY, f"apply to the ODE block of --model odenet, got --model "
+                                     f"{self.model}; drop them or train the ODE-Net")  # fmt: skip
         check_steer(self.steer, 1.0, "--steer")
         check_augment_dim(self.width, self.augment_dim, "--augment-dim")
         if self.image_size is not None and not MIN_IMAGE <= self.image_size <= MAX_IMAGE:
@@ -222,13 +219,9 @@ class ClassifyTask(Task):
         n = len(y)
         correct = float((logits.argmax(1) == y).sum())
         sums = {"loss": float(loss.detach()) * n, "accuracy": correct, "n": n}
-        weights = {"kinetic": self.config.kinetic, "jacobian": self.config.jacobian}
-        if any(weights.values()):
+        if self.config.regularizers():
             block: ODEBlock = unwrap(model).ode_block  # type: ignore[assignment]
-            values = block.regularization
-            for name, value in values.items():
-                loss = loss + weights[name] * value / n
-                sums[name] = float(value.detach())
+            loss = penalize(loss, sums, block.regularization, self.config, n)
         return loss, sums
 
     @torch.no_grad()
@@ -277,7 +270,7 @@ def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
     if cfg.model == "odenet":
         net = ODENet(cfg.width, augment_dim=cfg.augment_dim, steer=cfg.steer, **cfg.ode_options())
         net.ode_block.max_steps = cfg.max_steps
-        net.ode_block.regularizers = regularizers(cfg)
+        net.ode_block.regularizers = cfg.regularizers()
     elif cfg.model == "resnet":
         net = ResNet(cfg.width, blocks=cfg.blocks)
     elif cfg.model == "rknet":
@@ -285,16 +278,6 @@ def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
     else:
         net = MLP(pixels=int(image_size.numel()))
     return zero_residual_branches(net) if cfg.zero_init else net
-
-
-def regularizers(cfg: ClassifyConfig) -> tuple[AbstractRegularizer, ...]:
-    """The regularisers that ``--kinetic`` and ``--jacobian`` switch on."""
-    chosen: list[AbstractRegularizer] = []
-    if cfg.kinetic:
-        chosen.append(KineticEnergy())
-    if cfg.jacobian:
-        chosen.append(JacobianFrobenius())
-    return tuple(chosen)
 
 
 def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
