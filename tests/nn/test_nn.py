@@ -166,6 +166,8 @@ def test_augmented_odenet_widens_only_its_ode_function():
     torch.manual_seed(0)
     net = ODENet(8, augment_dim=4)
     assert net.ode_block.func.conv1.conv.in_channels == 8 + 4 + 1  # + the time channel
+    # Above 32 channels that 32 does not divide, group norm takes the most groups that do.
+    assert ODENet(32, augment_dim=8).ode_block.func.norm1.num_groups == 8
     logits = net(torch.randn(2, 1, 28, 28))
     assert logits.shape == (2, 10)
     logits.sum().backward()
@@ -175,8 +177,8 @@ def test_augmented_odenet_widens_only_its_ode_function():
 def test_augment_refusals_name_the_argument():
     with pytest.raises(ValueError, match="augment_dim must be an integer ≥ 0.*got -1"):
         ODEBlock(_Tanh(), augment_dim=-1)
-    with pytest.raises(ValueError, match=r"32 \+ 5 = 37 channels.*e.g. augment_dim 32"):
-        ODENet(32, augment_dim=5)
+    with pytest.raises(ValueError, match="augment_dim must be an integer ≥ 0 .0: off., got 1.5"):
+        ODENet(8, augment_dim=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"augment_dim pads channels along dim 1.*shape \(4,\)"):
         ODEBlock(_Tanh(), augment_dim=1)(torch.randn(4))
 

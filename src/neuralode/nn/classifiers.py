@@ -63,7 +63,7 @@ class ODENet(_ConvClassifier):
     ``adjoint=BacksolveAdjoint()`` for the O(1)-memory training of Table 1.
     ``augment_dim`` and ``steer`` are the :class:`ODEBlock`'s (ANODE's extra channels,
     STEER's random end time); the ODE function is then ``width + augment_dim`` channels
-    wide, and with group normalisation that must be at most 32 or a multiple of 32.
+    wide.
     """
 
     def __init__(
@@ -79,7 +79,7 @@ class ODENet(_ConvClassifier):
     ) -> None:
         controller = controller or PIDController(rtol=1e-3, atol=1e-3)
         block = ODEBlock(
-            ConvODEFunc(width + check_augment_dim(width, augment_dim)),
+            ConvODEFunc(width + check_augment_dim(augment_dim)),
             solver=solver, controller=controller, adjoint=adjoint, augment_dim=augment_dim,
             steer=steer,
         )  # fmt: skip
@@ -91,21 +91,10 @@ class ODENet(_ConvClassifier):
         return cast(ODEBlock, self[1])
 
 
-def check_augment_dim(width: int, augment_dim: int, name: str = "augment_dim") -> int:
-    """``augment_dim``, checked against group normalisation's 32 groups at ``width + K``.
-
-    ``name`` is how the caller spells the argument in the message (e.g. ``--augment-dim``).
-    """
+def check_augment_dim(augment_dim: int, name: str = "augment_dim") -> int:
+    """``augment_dim`` if it is an integer ≥ 0; ``name`` spells it in the message."""
     if isinstance(augment_dim, bool) or not isinstance(augment_dim, int) or augment_dim < 0:
         raise ValueError(f"{name} must be an integer ≥ 0 (0: off), got {augment_dim!r}")
-    channels = width + augment_dim
-    if channels > 32 and channels % 32:
-        fits = [k for k in (32 - width, -(-channels // 32) * 32 - width) if k > 0]
-        raise ValueError(
-            f"{name} {augment_dim} makes the ODE function {width} + {augment_dim} = "
-            f"{channels} channels wide; with group normalisation (32 groups) that must be at "
-            f"most 32 or a multiple of 32, e.g. {name} {' or '.join(map(str, fits))}"
-        )
     return augment_dim
 
 

@@ -121,8 +121,7 @@ class ClassifyConfig(RegularizerOptions, SolverOptions, RunOptions):
     drawn uniformly from [1 - B, 1 + B]; validation and test use 1 (0: off; B < 1)."""
     augment_dim: int = 0
     """odenet only: ANODE (Dupont et al. 2019): K zero channels appended to the ODE block's
-    state and dropped after the solve (0: off). width + K must be at most 32 or a multiple
-    of 32 (group normalisation)."""
+    state and dropped after the solve (0: off)."""
     augment: bool = False
     """Random crops with 4-pixel padding, as in the reference's 160-epoch schedule. Off by
     default: in a few epochs it slows learning (ResNet-1, 300 steps: 70% validation
@@ -144,7 +143,7 @@ class ClassifyConfig(RegularizerOptions, SolverOptions, RunOptions):
             self.refuse(ODENET_ONLY, f"apply to the ODE block of --model odenet, got --model "
                                      f"{self.model}; drop them or train the ODE-Net")  # fmt: skip
         check_steer(self.steer, 1.0, "--steer")
-        check_augment_dim(self.width, self.augment_dim, "--augment-dim")
+        check_augment_dim(self.augment_dim, "--augment-dim")
         if self.image_size is not None and not MIN_IMAGE <= self.image_size <= MAX_IMAGE:
             raise ValueError(
                 f"--image-size must lie in [{MIN_IMAGE}, {MAX_IMAGE}], got {self.image_size} "
