@@ -239,14 +239,15 @@ def test_regularisers_need_the_ode_net(tmp_path, capsys):
     assert_refused(
         lambda: train_classify(tmp_path / "r", "--model", "resnet", "--kinetic", "0.1"),
         capsys,
-        "--kinetic apply to the ODE block of --model odenet, got --model resnet",
+        "--kinetic applies to the ODE block of --model odenet only, got --model resnet",
     )
     assert_refused(
         lambda: train_classify(
             tmp_path / "r", "--model", "rknet", "--augment-dim", "2", "--steer", "0.1"
         ),  # fmt: skip
         capsys,
-        "--augment-dim and --steer apply to the ODE block of --model odenet, got --model rknet",
+        "--augment-dim and --steer apply to the ODE block of --model odenet only, got --model "
+        "rknet",
     )
 
 

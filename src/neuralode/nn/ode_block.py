@@ -81,7 +81,7 @@ class ODEBlock(nn.Module):
         self.max_steps = max_steps
         self.regularizers = tuple(regularizers)
         self.augment_dim = augment_dim
-        self.steer = check_steer(steer, t1 - 0.0)
+        self.steer = check_steer(steer, t1)  # the span from t = 0
         self.stats = Stats()
         self.regularization: dict[str, torch.Tensor] = {}
         self.end_time = float(t1)

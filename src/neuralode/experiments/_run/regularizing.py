@@ -41,11 +41,12 @@ class RegularizerOptions:
             chosen.append(JacobianFrobenius())
         return tuple(chosen)
 
-    def refuse(self, names: tuple[str, ...], reason: str) -> None:
-        """Raise ``ValueError`` naming each of ``names`` that is set, with ``reason``."""
+    def refuse(self, names: tuple[str, ...], where: str) -> None:
+        """Raise ``ValueError`` naming each of ``names`` that is set: they apply ``where``."""
         given = [flag(name) for name in names if getattr(self, name)]
         if given:
-            raise ValueError(f"{' and '.join(given)} {reason}")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{' and '.join(given)} {verb} {where}")
 
 
 def penalize(

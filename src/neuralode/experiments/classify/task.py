@@ -140,7 +140,7 @@ class ClassifyConfig(RegularizerOptions, SolverOptions, RunOptions):
         check_positive(self, "blocks", maximum=MAX_BLOCKS)
         RegularizerOptions.__post_init__(self)
         if self.model != "odenet":
-            self.refuse(ODENET_ONLY, f"apply to the ODE block of --model odenet, got --model "
+            self.refuse(ODENET_ONLY, f"to the ODE block of --model odenet only, got --model "
                                      f"{self.model}; drop them or train the ODE-Net")  # fmt: skip
         check_steer(self.steer, 1.0, "--steer")
         check_augment_dim(self.augment_dim, "--augment-dim")

@@ -146,7 +146,7 @@ class CNFConfig(RegularizerOptions, SolverOptions, RunOptions):
             )
         RegularizerOptions.__post_init__(self)
         if self.model == "nf":
-            self.refuse(("kinetic", "jacobian", "steer"), "apply to --model cnf only (an NF "
+            self.refuse(("kinetic", "jacobian", "steer"), "to --model cnf only (an NF "
                         "has no dynamics to regularise and no flow time); drop them")  # fmt: skip
             if self.trace != "exact":
                 raise ValueError("--trace applies to --model cnf only (an NF has exact log-dets)")

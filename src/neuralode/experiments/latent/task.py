@@ -134,11 +134,14 @@ class LatentConfig(RegularizerOptions, SolverOptions, RunOptions):
         check_positive(self, "kl_warmup", allow_zero=True)
         check_seed(self, "data_seed")
         RegularizerOptions.__post_init__(self)
-        self.refuse(("steer",), "does not apply to train latent-ode: the latent solve must end "
-                    "at the observation and extrapolation times, which STEER's random end "
-                    "time would move; drop it (STEER: train classify or train cnf)")  # fmt: skip
+        if self.steer:
+            raise ValueError(
+                "--steer does not apply to train latent-ode: the latent solve must end at the "
+                "observation and extrapolation times, which STEER's random end time would "
+                "move; drop it (STEER: train classify or train cnf)"
+            )
         if self.model != "latent-ode":
-            self.refuse(("kinetic", "jacobian"), f"apply to --model latent-ode only (an RNN "
+            self.refuse(("kinetic", "jacobian"), f"to --model latent-ode only (an RNN "
                         f"solves no ODE), got --model {self.model}; drop them")  # fmt: skip
         if not 1 <= self.n_obs <= WINDOW:
             raise ValueError(f"--n-obs must lie in [1, {WINDOW}], got {self.n_obs}")
