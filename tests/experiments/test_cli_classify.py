@@ -225,10 +225,11 @@ def test_epoch_generators_differ_by_epoch_and_stream():
 def test_kinetic_and_jacobian_regularise_the_ode_block(tmp_path):
     out = tmp_path / "reg"
     status = train_classify(out, "--model", "odenet", "--epochs", "1", "--kinetic", "0.01",
-                            "--jacobian", "0.01", "--adjoint", "direct")  # fmt: skip
+                            "--jacobian", "0.01", "--local-error", "0.1",
+                            "--adjoint", "direct")  # fmt: skip
     assert status == 0
     rows = metrics_rows(out)
-    for name in ("train_kinetic", "train_jacobian"):
+    for name in ("train_kinetic", "train_jacobian", "train_local_error"):
         value = float(rows[-1][name])
         assert math.isfinite(value) and value > 0
     config = json.loads((out / "config.json").read_text())

@@ -140,6 +140,7 @@ def test_every_epoch_draws_new_training_samples(tmp_path):
         ),
         (["--task", "ml", "--t1", "1", "--steer", "1"], "--steer must lie in [0, 1)"),
         (["--jacobian", "-1"], "--jacobian must be ≥ 0, got -1.0"),
+        (["--local-error", "1"], "--local-error applies to train classify's ODE block only"),
     ],  # fmt: skip
 )
 def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):

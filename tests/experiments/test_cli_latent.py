@@ -124,6 +124,7 @@ def test_iterations_walk_through_reshuffles_and_warm_up_the_kl():
         (["--grad-clip", "-1"], "--grad-clip must be > 0, got -1.0"),
         (["--seminorm"], "--seminorm needs --adjoint backsolve"),
         (["--steer", "0.1"], "--steer does not apply to train latent-ode"),
+        (["--local-error", "1"], "--local-error applies to train classify's ODE block only"),
         (["--model", "rnn", "--kinetic", "1"], "--kinetic applies to --model latent-ode only"),
     ],
 )

@@ -12,9 +12,9 @@ from torch import nn
 from .._solution import Stats
 from .._solve import DEFAULT_MAX_STEPS, solve
 from ..adjoints import AbstractAdjoint
-from ..controllers import AbstractController
-from ..regularizers import AbstractRegularizer
-from ..solvers import AbstractSolver
+from ..controllers import AbstractController, PIDController
+from ..regularizers import AbstractRegularizer, LocalError, local_error
+from ..solvers import AbstractSolver, Dopri5
 
 
 class ODEBlock(nn.Module):
@@ -32,8 +32,10 @@ class ODEBlock(nn.Module):
         t1: End time of the solve.
         max_steps: Step budget per solve.
         regularizers: Integrals along the solve to penalise in training (e.g.
-            ``KineticEnergy()``; see ``solve(regularizers=...)``); computed in training
-            mode only.
+            ``KineticEnergy()``; see ``solve(regularizers=...)``), and
+            :class:`~neuralode.regularizers.LocalError` (the solver's error estimate of
+            one step from a random time ``t*``: the solve then also outputs ``y(t*)``);
+            computed in training mode only.
         augment_dim: ANODE (Dupont et al., NeurIPS 2019): ``K`` zero channels appended to
             the state along dim 1 before the solve and dropped after it, so that the flow
             can move points around each other in the extra dimensions (a plain ODE's flow
@@ -63,7 +65,7 @@ class ODEBlock(nn.Module):
         adjoint: AbstractAdjoint | None = None,
         t1: float = 1.0,
         max_steps: int = DEFAULT_MAX_STEPS,
-        regularizers: Sequence[AbstractRegularizer] = (),
+        regularizers: Sequence[AbstractRegularizer | LocalError] = (),
         augment_dim: int = 0,
         steer: float = 0.0,
     ) -> None:
@@ -88,23 +90,37 @@ class ODEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Solve from ``x`` at ``t = 0`` (zero-padded by ``augment_dim``) to the end time."""
-        self.end_time = steered_time(self.t1, self.steer, self.training)
-        ts = torch.tensor([0.0, self.end_time], dtype=x.dtype, device=x.device)
+        self.end_time = end = steered_time(self.t1, self.steer, self.training)
+        # Penalties are for training: eval mode solves without them (the Jacobian term's
+        # products would cost time and nothing reads them).
+        regs = self.regularizers if self.training else ()
+        integrals = [r for r in regs if not isinstance(r, LocalError)]
+        local = [r for r in regs if isinstance(r, LocalError)]
+        # LocalError's random time t* inside (0, end), an extra output of the same solve.
+        t_star = end * (0.001 + 0.998 * float(torch.rand(()))) if local else None
+        times = [0.0, end] if t_star is None else [0.0, t_star, end]
         sol = solve(
             self.func,
             augment(x, self.augment_dim),
-            ts,
+            torch.tensor(times, dtype=x.dtype, device=x.device),
             solver=self.solver,
             controller=self.controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
-            # Penalties are for training: eval mode solves without them (the Jacobian
-            # term's products would cost time and nothing reads them).
-            regularizers=self.regularizers if self.training else (),
+            regularizers=integrals,
         )
         self.stats = sol.stats
-        self.regularization = sol.regularization
+        self.regularization = dict(sol.regularization)
         ys: Any = sol.ys
+        if t_star is not None:
+            # One step of the solve's own size (its mean accepted step) from y(t*). Its
+            # evaluations of f are not in stats.nfe (that counts the solve's); they show
+            # in the training time.
+            dt = end / max(sol.stats.accepted, 1)
+            errors = local_error(self.func, self.solver or Dopri5(),
+                                 self.controller or PIDController(), t_star, ys[1], dt)  # fmt: skip
+            for reg in local:
+                self.regularization[reg.name] = errors.sum()
         return ys[-1][:, : x.shape[1]] if self.augment_dim else ys[-1]
 
 

@@ -28,12 +28,18 @@ class RegularizerOptions:
     steer: float = 0.0
     """STEER (Ghosh et al. 2020): each training batch solves to an end time drawn uniformly
     from [t1 - B, t1 + B]; evaluation uses t1 (0: off; B below the time span)."""
+    local_error: float = 0.0
+    """Weight of the solver's own scaled error estimate of one step from a random time of
+    the solve, per sample (Pal et al. 2023; 0: off). Recorded as train_local_error."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "kinetic", "jacobian", "steer", allow_zero=True)
+        check_positive(self, "kinetic", "jacobian", "steer", "local_error", allow_zero=True)
 
     def regularizers(self) -> tuple[AbstractRegularizer, ...]:
-        """The regularisers that ``--kinetic`` and ``--jacobian`` switch on."""
+        """The integrals that ``--kinetic`` and ``--jacobian`` switch on.
+
+        Not ``--local-error``: only the ODE block takes it (``LocalError``).
+        """
         chosen: list[AbstractRegularizer] = []
         if self.kinetic:
             chosen.append(KineticEnergy())

@@ -26,6 +26,7 @@ from ...data import (
 from ...nn import MLP, ODEBlock, ODENet, ResNet, RKNet, zero_residual_branches
 from ...nn.classifiers import check_augment_dim
 from ...nn.ode_block import check_steer
+from ...regularizers import LocalError
 from .._run.config import MAX_LR, RunOptions, check_positive
 from .._run.distributed import World, unwrap
 from .._run.regularizing import RegularizerOptions, penalize
@@ -45,7 +46,7 @@ MIN_IMAGE, MAX_IMAGE = 10, 256
 # The ResNet's blocks (the paper's 6): an absurd count would build for hours, not fail.
 MAX_BLOCKS = 1_000
 # Flags that change the ODE block, refused for the other models.
-ODENET_ONLY = ("kinetic", "jacobian", "augment_dim", "steer")
+ODENET_ONLY = ("kinetic", "jacobian", "local_error", "augment_dim", "steer")
 
 
 class DatasetDefault(int):
@@ -119,6 +120,10 @@ class ClassifyConfig(RegularizerOptions, SolverOptions, RunOptions):
     steer: float = 0.0
     """odenet only: STEER (Ghosh et al. 2020): each training batch solves to an end time
     drawn uniformly from [1 - B, 1 + B]; validation and test use 1 (0: off; B < 1)."""
+    local_error: float = 0.0
+    """odenet only: weight of the solver's own scaled error estimate of one step from
+    y(t*) at a random t* of the block's solve, per image (Pal et al. 2023; every
+    --adjoint; 0: off). Recorded as train_local_error."""
     augment_dim: int = 0
     """odenet only: ANODE (Dupont et al. 2019): K zero channels appended to the ODE block's
     state and dropped after the solve (0: off)."""
@@ -218,7 +223,7 @@ class ClassifyTask(Task):
         n = len(y)
         correct = float((logits.argmax(1) == y).sum())
         sums = {"loss": float(loss.detach()) * n, "accuracy": correct, "n": n}
-        if self.config.regularizers():
+        if self.config.regularizers() or self.config.local_error:
             block: ODEBlock = unwrap(model).ode_block  # type: ignore[assignment]
             loss = penalize(loss, sums, block.regularization, self.config, n)
         return loss, sums
@@ -269,7 +274,8 @@ def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
     if cfg.model == "odenet":
         net = ODENet(cfg.width, augment_dim=cfg.augment_dim, steer=cfg.steer, **cfg.ode_options())
         net.ode_block.max_steps = cfg.max_steps
-        net.ode_block.regularizers = cfg.regularizers()
+        local = (LocalError(),) if cfg.local_error else ()
+        net.ode_block.regularizers = (*cfg.regularizers(), *local)
     elif cfg.model == "resnet":
         net = ResNet(cfg.width, blocks=cfg.blocks)
     elif cfg.model == "rknet":

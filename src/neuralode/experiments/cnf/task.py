@@ -155,6 +155,8 @@ class CNFConfig(RegularizerOptions, SolverOptions, RunOptions):
         if self.device != "cpu":
             raise ValueError(f"--device must be cpu for train cnf, got {self.device!r}")
         check_steer(self.steer, self.flow_time(), "--steer")
+        self.refuse(("local_error",), "to train classify's ODE block only for now (the "
+                    "CNF's density solve does not take it); drop it")  # fmt: skip
 
     def steps_per_epoch(self) -> int:
         """Iterations per epoch."""

@@ -140,6 +140,8 @@ class LatentConfig(RegularizerOptions, SolverOptions, RunOptions):
                 "observation and extrapolation times, which STEER's random end time would "
                 "move; drop it (STEER: train classify or train cnf)"
             )
+        self.refuse(("local_error",), "to train classify's ODE block only for now (the "
+                    "latent solve does not take it); drop it")  # fmt: skip
         if self.model != "latent-ode":
             self.refuse(("kinetic", "jacobian"), f"to --model latent-ode only (an RNN "
                         f"solves no ODE), got --model {self.model}; drop them")  # fmt: skip
