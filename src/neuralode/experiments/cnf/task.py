@@ -127,6 +127,9 @@ class CNFConfig(RegularizerOptions, SolverOptions, RunOptions):
     steer: float = 0.0
     """CNF only: STEER (Ghosh et al. 2020): each training batch flows to a data time drawn
     uniformly from [t1 - B, t1 + B]; validation and test use t1 (0: off; B < t1)."""
+    local_error: float = 0.0
+    """Not available here yet (0 only): the solver's local error penalty is an option of
+    train classify's ODE block."""
 
     def __post_init__(self) -> None:
         RunOptions.__post_init__(self)

@@ -121,6 +121,9 @@ class LatentConfig(RegularizerOptions, SolverOptions, RunOptions):
     steer: float = 0.0
     """Not available here (0 only): the latent solve ends at the observation and
     extrapolation times, which a random end time would move."""
+    local_error: float = 0.0
+    """Not available here yet (0 only): the solver's local error penalty is an option of
+    train classify's ODE block."""
 
     def __post_init__(self) -> None:
         RunOptions.__post_init__(self)
