@@ -138,3 +138,18 @@ def test_penalties_are_computed_in_training_mode_only():
     cnf.eval()
     cnf.log_prob(x)
     assert cnf.regularization == {}
+
+
+@pytest.mark.parametrize("adjoint", list(EACH_ADJOINT.values()), ids=lambda a: type(a).__name__)
+def test_penalties_pass_gradcheck(adjoint):
+    torch.manual_seed(0)
+    dynamics = PlanarDynamics(2, 3, hidden=4).double()
+    cnf = CNF(dynamics, trace=HutchinsonTrace(), adjoint=adjoint, controller=TIGHT,
+              regularizers=[no.KineticEnergy(), no.JacobianFrobenius()])  # fmt: skip
+
+    def penalties(x):
+        cnf.log_prob(x, generator=torch.Generator().manual_seed(0))  # the same ε every call
+        return cnf.regularization["kinetic"], cnf.regularization["jacobian"]
+
+    x = torch.randn(3, 2, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(penalties, (x,), eps=1e-6, atol=1e-5)
