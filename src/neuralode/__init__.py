@@ -7,7 +7,7 @@ from ._solution import Solution, SolverError, Stats, Status
 from ._solve import solve
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
-from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
+from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy, LocalError
 from .solvers import (
     ALL_SOLVERS,
     RK4,
@@ -50,6 +50,7 @@ __all__ = [
     "Heun3",
     "JacobianFrobenius",
     "KineticEnergy",
+    "LocalError",
     "Midpoint",
     "PIDController",
     "PerSampleTuning",

@@ -119,7 +119,7 @@ def solve(
         raise TypeError(
             f"solver must be a neuralode solver instance such as Dopri5(), got {solver!r}"
         )
-    controller = _default_controller(solver) if controller is None else controller
+    controller = default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     if event is not None and (dense or regularizers):
         raise ValueError(
@@ -226,7 +226,8 @@ def _check_complex(problem: Problem, adjoint: AbstractAdjoint) -> None:
         )
 
 
-def _default_controller(solver: AbstractSolver) -> AbstractController:
+def default_controller(solver: AbstractSolver) -> AbstractController:
+    """The controller ``solve`` uses when given none: a PID one for adaptive solvers."""
     if not solver.adaptive:
         raise ValueError(
             f"{type(solver).__name__} is a fixed-step solver and has no error estimate: "

@@ -203,6 +203,6 @@ def test_an_ode_block_penalises_its_local_error_with_every_gradient_method(adjoi
 def test_local_error_refuses_solvers_without_an_estimate():
     block = ODEBlock(FieldModule(torch.nn.Linear(2, 2)), solver=no.RK4(),
                      controller=no.ConstantStepSize(0.25), regularizers=[LocalError()])  # fmt: skip
-    with pytest.raises(TypeError, match="LocalError needs an explicit Runge–Kutta solver with "
-                       "an error estimate .e.g. Dopri5.., Tsit5..., got RK4"):  # fmt: skip
+    with pytest.raises(TypeError, match="LocalError needs a solver whose error estimate is a "
+                       "sum of its stages .e.g. Dopri5.., Tsit5..., got RK4"):  # fmt: skip
         block(torch.randn(3, 2))

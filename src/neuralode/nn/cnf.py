@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._solution import Stats
-from .._solve import DEFAULT_MAX_STEPS, _default_controller, solve
+from .._solve import DEFAULT_MAX_STEPS, default_controller, solve
 from ..adjoints import AbstractAdjoint
 from ..controllers import AbstractController
 from ..regularizers import AbstractRegularizer, JacobianFrobenius, state_only
@@ -350,7 +350,7 @@ class CNF(nn.Module):
         r0 = torch.zeros(z.shape[0], len(regs), dtype=z.dtype, device=z.device)
         # The integrals stay out of error control: the solve takes the steps it would
         # take without them (as solve(regularizers=...) does).
-        controller = self.controller or _default_controller(self.solver or Dopri5())
+        controller = self.controller or default_controller(self.solver or Dopri5())
         integrals_free = state_only(controller, z.numel() + delta0.numel())
         zs, deltas, rs = self._solve(field, (z, delta0, r0), ts, integrals_free).ys
         # Solved backwards (log_prob: data → base) the state gathers −∫ r dt.

@@ -61,10 +61,10 @@ def local_error(
     Returns:
         ``(B,)``: the RMS over each row of the scaled error estimate.
     """
-    weights = getattr(getattr(solver, "tableau", None), "error_float", None)
+    weights = solver.error_weights
     if weights is None:
         raise TypeError(
-            "LocalError needs an explicit Runge–Kutta solver with an error estimate (e.g. "
+            "LocalError needs a solver whose error estimate is a sum of its stages (e.g. "
             f"Dopri5(), Tsit5()), got {type(solver).__name__}"
         )
     if not isinstance(controller, PIDController):

@@ -170,6 +170,15 @@ class AbstractSolver(abc.ABC):
         """
         return None
 
+    @property
+    def error_weights(self) -> tuple[float, ...] | None:
+        """``e`` with ``y_error = dt Σ_i e_i k_i``, if the estimate is such a sum (else ``None``).
+
+        :class:`~neuralode.regularizers.LocalError` differentiates the estimate with them
+        (a step keeps its own estimate out of the graph).
+        """
+        return None
+
 
 _INTERPOLATIONS = ("auto", "hermite", "linear")
 
@@ -237,6 +246,11 @@ class ExplicitRK(AbstractSolver):
     def quadrature_weights(self) -> tuple[float, ...]:
         """The tableau's ``b``."""
         return self.tableau.b_float
+
+    @property
+    def error_weights(self) -> tuple[float, ...] | None:
+        """The tableau's error weights (``None`` for a fixed-step method)."""
+        return self.tableau.error_float
 
     def _kind(self) -> str:
         if self.interpolation == "auto":
