@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _plotting import pyplot  # examples/ is on sys.path when a script runs
 from torch import nn
 
 import neuralode
@@ -143,19 +144,6 @@ def train(args: argparse.Namespace, ts: torch.Tensor, ys: torch.Tensor) -> tuple
                 flush=True,
             )
     return func, loss.item()
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or exit with the install line."""
-    # Imported here, not at the top: the library never needs matplotlib, only this plot.
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("plotting needs matplotlib: pip install 'neuralode[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot(
