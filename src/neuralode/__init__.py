@@ -20,7 +20,10 @@ from .solvers import (
     Fehlberg2,
     Heun2,
     Heun3,
+    Kvaerno3,
+    Kvaerno5,
     Midpoint,
+    Newton,
     Tsit5,
 )
 
@@ -48,7 +51,10 @@ __all__ = [
     "Heun3",
     "JacobianFrobenius",
     "KineticEnergy",
+    "Kvaerno3",
+    "Kvaerno5",
     "Midpoint",
+    "Newton",
     "PIDController",
     "PerSampleTuning",
     "Solution",

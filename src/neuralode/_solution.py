@@ -91,6 +91,10 @@ class Stats:
             the batch. ``0`` in joint mode.
         sample_steps: Per-sample mode: steps attempted by each sample, ``(B,)``.
         sample_accepted: Per-sample mode: steps accepted by each sample, ``(B,)``.
+        njev: Implicit solvers: Jacobians ``∂f/∂y`` evaluated in the forward solve
+            (per-sample mode: batched evaluations, each one Jacobian per sample).
+        nlu: Implicit solvers: LU factorisations of the Newton matrix ``I − hγJ``.
+        nsolve: Implicit solvers: linear solves with those factorisations.
 
     In per-sample mode ``steps``, ``accepted`` and ``rejected`` are sums over samples and
     ``nfe`` counts batched calls of ``f`` (each on however many samples were left).
@@ -104,6 +108,9 @@ class Stats:
     rows: int = 0
     sample_steps: torch.Tensor | None = None
     sample_accepted: torch.Tensor | None = None
+    njev: int = 0
+    nlu: int = 0
+    nsolve: int = 0
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Explicit Runge–Kutta solvers: one tableau each, one generic step for all."""
+"""Solvers: explicit Runge–Kutta (one tableau each, one generic step) and implicit ESDIRK."""
 
+from ._esdirk import ESDIRK, ESDIRKTableau
 from ._explicit_rk import AbstractSolver, ExplicitRK, StepResult
+from ._newton import Newton
 from ._tableau import ButcherTableau
 from .adaptive_heun import AdaptiveHeun
 from .bosh3 import Bosh3
@@ -8,6 +10,8 @@ from .dopri5 import Dopri5
 from .dopri8 import Dopri8
 from .fehlberg2 import Fehlberg2
 from .fixed import RK4, Euler, Heun2, Heun3, Midpoint
+from .kvaerno3 import Kvaerno3
+from .kvaerno5 import Kvaerno5
 from .tsit5 import Tsit5
 
 # Every solver, for tests and docs; adding a solver means adding it here.
@@ -24,6 +28,8 @@ ALL_SOLVERS: tuple[type[ExplicitRK], ...] = (
     Tsit5,
     Dopri8,
 )
+# The implicit (stiff) solvers, for their own tests and docs.
+IMPLICIT_SOLVERS: tuple[type[ESDIRK], ...] = (Kvaerno3, Kvaerno5)
 
 __all__ = [
     "ALL_SOLVERS",
@@ -32,6 +38,8 @@ __all__ = [
     "AdaptiveHeun",
     "Bosh3",
     "ButcherTableau",
+    "ESDIRK",
+    "ESDIRKTableau",
     "Dopri5",
     "Dopri8",
     "Euler",
@@ -39,7 +47,11 @@ __all__ = [
     "Fehlberg2",
     "Heun2",
     "Heun3",
+    "IMPLICIT_SOLVERS",
+    "Kvaerno3",
+    "Kvaerno5",
     "Midpoint",
+    "Newton",
     "StepResult",
     "Tsit5",
 ]

@@ -1,0 +1,326 @@
+"""Linear algebra and simplified Newton for implicit stage equations, on rows.
+
+Every implicit stage equation here has the form ``z = ψ + hγ f(t, z)``, solved by
+simplified Newton (Hairer & Wanner II, §IV.8): one Jacobian ``J = ∂f/∂y`` and one LU
+factorisation of ``M = I − hγJ`` per step, reused by every iteration of every stage.
+
+Everything works on *rows*: a ``(R, n)`` tensor of ``R`` independent problems of size
+``n``. Joint mode is one row (the whole state, flattened); per-sample mode is one row per
+sample, so its Jacobian is a ``(B, n, n)`` batch, never one dense Jacobian of the whole
+batch, and a sample whose Newton iteration fails fails alone.
+
+Gradients through a stage solve come from the implicit-function theorem, not from the
+iterations (see :class:`_StageGradient`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._explicit_rk import FlatField, StepSize, Time
+
+# f on rows: (t, (R, n)) -> (R, n).
+RowField = Callable[[Time, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Newton:
+    """Settings of the simplified Newton iteration that solves each implicit stage.
+
+    The iteration stops when the predicted distance to the root, ``η‖Δ‖`` with the rate
+    ``θ = ‖Δ_k‖/‖Δ_(k−1)‖`` and ``η = θ/(1 − θ)``, falls below ``kappa`` in the norm
+    ``RMS(Δ / (atol + rtol·|z|))`` (Hairer & Wanner II, §IV.8, eq. 8.10–8.11). It gives up
+    (and the step is rejected and retried smaller) when ``θ ≥ 1`` (divergence), when the
+    rate predicts no convergence within ``max_iters``, or on a non-finite value.
+
+    Set ``rtol``/``atol`` to the step-size controller's: Newton errors well below the
+    tolerance keep the error estimate meaningful (diffrax does the same, with
+    ``kappa = 0.01``). They are raised to ``100·eps`` of the state's dtype, below which
+    the iteration stalls on rounding.
+
+    Attributes:
+        rtol: Relative tolerance of the stage solutions.
+        atol: Absolute tolerance of the stage solutions.
+        kappa: Fraction of the tolerance the iteration error must reach.
+        max_iters: Most iterations per stage (each costs one evaluation of ``f``).
+    """
+
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    kappa: float = 1e-2
+    max_iters: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol", "kappa"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"Newton {name} must be a positive finite number, got {value!r}; "
+                    "e.g. Newton(rtol=1e-6, atol=1e-8) to match PIDController's defaults"
+                )
+        if not (isinstance(self.max_iters, int) and self.max_iters >= 1):
+            raise ValueError(
+                f"Newton max_iters must be a positive int, got {self.max_iters!r}; "
+                "the default is 10"
+            )
+
+
+def count(f: Any, **amounts: int) -> None:
+    """Add to the field's work counters (``njev``, ``nlu``, ``nsolve``) when it has them.
+
+    The library's :class:`~neuralode._vector_field.VectorField` has them; a plain
+    function given to ``step`` directly does not, and is not counted.
+    """
+    counts = getattr(f, "counts", None)
+    if counts is None or not getattr(f, "counting", True):
+        return
+    for name, amount in amounts.items():
+        setattr(counts, name, getattr(counts, name) + amount)
+
+
+def jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
+    """``∂f/∂z`` for every row: ``(R, n, n)``, row ``r``'s ``J[r, i, j] = ∂f_i/∂z_j``.
+
+    Forward mode, vmapped: the ``n`` tangents ``e_j`` (the same on every row) go through
+    one batched evaluation. Rows are independent problems (per-sample mode's contract),
+    so tangent ``e_j`` on every row gives column ``j`` of every row's own Jacobian at once.
+    A field forward mode cannot trace (a custom autograd Function, such as the backsolve
+    adjoint's augmented field) falls back to ``n`` reverse-mode products.
+    """
+    z = z.detach()
+    rows, n = z.shape
+    eye = torch.eye(n, dtype=z.dtype, device=z.device)
+    tangents = eye.unsqueeze(1).expand(n, rows, n)  # (n, R, n): tangent j is e_j on each row
+
+    def column(v: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(lambda x: call(t, x), (z,), (v,))[1]
+
+    try:
+        with torch.no_grad():
+            columns = torch.func.vmap(column)(tangents)  # (n, R, n): [j, r, i]
+        return columns.permute(1, 2, 0)
+    except (RuntimeError, NotImplementedError):
+        pass
+    with torch.enable_grad():
+        x = z.requires_grad_(True)
+        out = call(t, x)
+        if not out.requires_grad:
+            return z.new_zeros(rows, n, n)
+        lines = [
+            torch.autograd.grad(out, x, eye[i].expand(rows, n), retain_graph=i < n - 1)[0]
+            for i in range(n)
+        ]
+    return torch.stack(lines, dim=1).detach()  # (R, n_out, n_in)
+
+
+@dataclass
+class Factorised:
+    """``M = I − hγJ`` for every row, LU-factorised once and solved many times.
+
+    Attributes:
+        lu: The packed LU factors, ``(R, n, n)``.
+        pivots: Their pivots, ``(R, n)``.
+        singular: Rows whose ``M`` is singular or not finite, ``(R,)``.
+    """
+
+    lu: torch.Tensor
+    pivots: torch.Tensor
+    singular: torch.Tensor
+
+    @staticmethod
+    def of(jac: torch.Tensor, h_gamma: StepSize, f: Any) -> Factorised:
+        """Factorise ``I − hγJ`` (``h_gamma`` a float, or ``(R, 1)`` per row)."""
+        n = jac.shape[-1]
+        hg = h_gamma if isinstance(h_gamma, float) else h_gamma.unsqueeze(-1)  # (R, 1, 1)
+        matrix = torch.eye(n, dtype=jac.dtype, device=jac.device) - hg * jac
+        bad = ~torch.isfinite(matrix).all(dim=-1).all(dim=-1)
+        # A non-finite row would poison nothing else (the factorisation is per row), but
+        # LAPACK may refuse it: factorise the identity there and mark the row.
+        matrix = torch.where(bad[:, None, None], torch.eye(n, dtype=jac.dtype), matrix)
+        lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
+        count(f, nlu=1)
+        return Factorised(lu, pivots, bad | (info != 0))
+
+    def solve(self, rhs: torch.Tensor, f: Any) -> torch.Tensor:
+        """``M⁻¹ rhs`` for every row (``rhs`` is ``(R, n)``)."""
+        count(f, nsolve=1)
+        return torch.linalg.lu_solve(self.lu, self.pivots, rhs.unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass
+class StageSolution:
+    """A solved stage ``z = ψ + hγ f(t, z)``.
+
+    Attributes:
+        z: The stage value, ``(R, n)``, differentiable by the implicit-function theorem
+            (finite placeholders on failed rows).
+        failed: Rows whose iteration did not converge, ``(R,)``.
+    """
+
+    z: torch.Tensor
+    failed: torch.Tensor
+
+
+def solve_stage(
+    call: RowField,
+    f: FlatField,
+    t: Time,
+    psi: torch.Tensor,
+    z0: torch.Tensor,
+    h_gamma: StepSize,
+    matrix: Factorised,
+    settings: Newton,
+    failed: torch.Tensor,
+) -> StageSolution:
+    """Solve ``z = ψ + hγ f(t, z)`` by simplified Newton from the guess ``z0``.
+
+    ``call`` is ``f`` on rows; ``f`` is the field itself (for its counters). Rows already
+    ``failed`` (an earlier stage, a singular ``M``) are not iterated. Each row stops as it
+    converges, so a row's iterates are the ones it would have alone (batch invariance).
+    The iterations run without a graph. When autograd is recording, ``f`` is evaluated
+    once more, with a graph, at each row's last iterate, and that last update is redone
+    through :class:`_StageGradient`: the same value, differentiable by the
+    implicit-function theorem (one evaluation per stage more, only then).
+    """
+    eps = torch.finfo(psi.dtype).eps
+    rtol, atol = max(settings.rtol, 100 * eps), max(settings.atol, 100 * eps)
+    if bool(failed.all()):
+        return StageSolution(psi, failed)  # nothing to solve: the step is rejected
+    z0 = z0.detach()
+    # The first iteration's f, evaluated as autograd is set: whether its output has a
+    # graph tells whether the stage needs one (the parameters f closes over are unknown).
+    f_first = call(t, z0)
+    needs_graph = f_first.requires_grad or psi.requires_grad
+    needs_graph = needs_graph or (isinstance(h_gamma, torch.Tensor) and h_gamma.requires_grad)
+    with torch.no_grad():
+        z_at, z, failed = _iterate(call, f, t, psi.detach(), z0, f_first.detach(), h_gamma,
+                                   matrix, settings, failed, rtol, atol)  # fmt: skip
+    if not needs_graph:
+        return StageSolution(z, failed)
+    # Failed rows iterate from a finite placeholder (ψ): the row is rejected anyway, and a
+    # NaN there would reach the shared parameters' gradient through 0·NaN.
+    z_at = torch.where(failed.unsqueeze(-1), psi.detach(), z_at)
+    f_at = call(t, z_at)
+    r = psi + h_gamma * f_at - z_at  # with the graph of ψ, h and θ (z_at is constant)
+    link = _Link(call, f, t, z_at, h_gamma, failed)
+    z_out = z_at + _StageGradient.apply(r, matrix.lu, matrix.pivots, link)
+    count(f, nsolve=1)
+    return StageSolution(z_out, failed)
+
+
+def _iterate(
+    call: RowField,
+    f: FlatField,
+    t: Time,
+    psi: torch.Tensor,
+    z: torch.Tensor,
+    fz: torch.Tensor,
+    h_gamma: StepSize,
+    matrix: Factorised,
+    settings: Newton,
+    failed: torch.Tensor,
+    rtol: float,
+    atol: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Newton iterations from ``z`` (where ``f`` is ``fz``).
+
+    Returns each row's last iterate (where its last update was computed), its final
+    value, and the rows that failed.
+    """
+    active = ~failed
+    failed = failed.clone()
+    z_at = z
+    previous = torch.full((psi.shape[0],), math.inf, dtype=psi.dtype, device=psi.device)
+    for k in range(settings.max_iters):
+        if k > 0:
+            fz = call(t, z)
+        residual = psi + h_gamma * fz - z  # r = ψ + hγ f(z) − z
+        delta = matrix.solve(residual, f)
+        size = _scaled_rms(delta, z, rtol, atol)  # (R,)
+        bad = ~torch.isfinite(size)
+        if k == 0:
+            eta = torch.ones_like(size)
+        else:
+            rate = size / previous  # θ_k, the contraction rate
+            eta = rate / (1 - rate)
+            # Diverging, or too slow to converge in the iterations left (Hairer & Wanner
+            # II, §IV.8: θ^(k_max − k)/(1 − θ)·‖Δ‖ > κ).
+            left = settings.max_iters - 1 - k
+            slow = rate.pow(left) / (1 - rate) * size > settings.kappa
+            bad = bad | (rate >= 1) | slow
+        done = ~bad & (eta * size <= settings.kappa)
+        stepping = active & ~bad
+        keep = stepping.unsqueeze(-1)
+        z_at = torch.where(keep, z, z_at)
+        z = torch.where(keep, z + delta, z)
+        failed = failed | (active & bad)
+        active = stepping & ~done
+        previous = size
+        if not bool(active.any()):
+            break
+    else:
+        failed = failed | active  # out of iterations
+    return z_at, z, failed
+
+
+def _scaled_rms(delta: torch.Tensor, z: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+    """Per row ``RMS(Δ / (atol + rtol·|z|))``, ``(R,)``."""
+    scale = z.abs().mul(rtol).add_(atol)
+    return torch.linalg.vector_norm(delta / scale, dim=-1) / math.sqrt(max(delta.shape[-1], 1))
+
+
+@dataclass(frozen=True)
+class _Link:
+    """What the backward pass of a stage solve needs: the converged point and ``hγ``."""
+
+    call: RowField
+    f: Any
+    t: Time
+    z: torch.Tensor
+    h_gamma: StepSize
+    failed: torch.Tensor
+
+
+class _StageGradient(torch.autograd.Function):
+    """The last Newton update forwards; the implicit-function theorem backwards.
+
+    Forwards: ``M₀⁻¹ r`` with the step's factorisation ``M₀`` and the residual
+    ``r = ψ + hγ f(t, z) − z`` at the last iterate (the update Newton made there).
+    Backwards, for a cotangent ``v`` of the stage value: ``w = (I − hγ ∂f/∂z)⁻ᵀ v`` with
+    the exact Jacobian at the converged stage, one transposed linear solve, handed to
+    ``r``, whose graph applies the VJP of ``f`` (to ``θ``, ``t``) and reaches ``ψ`` and
+    ``h``. With ``g(z, p) = z − ψ(p) − hγ f(t, z; p) = 0`` at the root, ``dz/dp =
+    (∂g/∂z)⁻¹ ∂r/∂p``: the gradient of the exact stage solution, independent of how many
+    iterations found it (Blondel et al., "Efficient and modular implicit
+    differentiation", NeurIPS 2022; diffrax's implicit solvers do the same). First
+    derivatives only.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, r: torch.Tensor, lu: torch.Tensor, pivots: torch.Tensor, link: _Link
+    ) -> torch.Tensor:
+        ctx.link = link
+        return torch.linalg.lu_solve(lu, pivots, r.detach().unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, v: torch.Tensor) -> tuple[Any, ...]:
+        link: _Link = ctx.link
+        jac = jacobian(link.call, link.t, link.z)
+        count(link.f, njev=1)
+        n = jac.shape[-1]
+        hg = link.h_gamma
+        hg = hg if isinstance(hg, float) else hg.detach().unsqueeze(-1)
+        matrix = torch.eye(n, dtype=jac.dtype, device=jac.device) - hg * jac
+        ok = ~link.failed
+        w = torch.zeros_like(v)
+        if bool(ok.any()):
+            sol = torch.linalg.solve(matrix[ok].mT, v[ok].unsqueeze(-1)).squeeze(-1)
+            w[ok] = sol
+        return w, None, None, None
