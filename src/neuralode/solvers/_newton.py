@@ -83,38 +83,55 @@ def count(f: Any, **amounts: int) -> None:
         setattr(counts, name, getattr(counts, name) + amount)
 
 
+# Up to this many state components, n reverse-mode products beat one vmapped
+# forward-mode evaluation, whose set-up costs about 0.5 ms (measured on CPU: 0.15 ms
+# against 0.55 ms for Van der Pol, n = 2; about even for an MLP at n = 32).
+_REVERSE_UP_TO = 8
+
+
 def jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
     """``∂f/∂z`` for every row: ``(R, n, n)``, row ``r``'s ``J[r, i, j] = ∂f_i/∂z_j``.
 
     Forward mode, vmapped: the ``n`` tangents ``e_j`` (the same on every row) go through
     one batched evaluation. Rows are independent problems (per-sample mode's contract),
     so tangent ``e_j`` on every row gives column ``j`` of every row's own Jacobian at once.
-    A field forward mode cannot trace (a custom autograd Function, such as the backsolve
-    adjoint's augmented field) falls back to ``n`` reverse-mode products.
+    Small states, and fields forward mode cannot trace (a custom autograd Function, such
+    as the backsolve adjoint's augmented field), use ``n`` reverse-mode products instead,
+    with cotangent ``e_i`` on every row for row ``i`` of every Jacobian.
     """
     z = z.detach()
     rows, n = z.shape
+    if n > _REVERSE_UP_TO:
+        eye = torch.eye(n, dtype=z.dtype, device=z.device)
+        tangents = eye.unsqueeze(1).expand(n, rows, n)  # (n, R, n): tangent j is e_j per row
+
+        def column(v: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(lambda x: call(t, x), (z,), (v,))[1]
+
+        try:
+            with torch.no_grad():
+                columns = torch.func.vmap(column)(tangents)  # (n, R, n): [j, r, i]
+            return columns.permute(1, 2, 0)
+        except (RuntimeError, NotImplementedError):
+            pass
+    return _reverse_jacobian(call, t, z)
+
+
+def _reverse_jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
+    rows, n = z.shape
     eye = torch.eye(n, dtype=z.dtype, device=z.device)
-    tangents = eye.unsqueeze(1).expand(n, rows, n)  # (n, R, n): tangent j is e_j on each row
-
-    def column(v: torch.Tensor) -> torch.Tensor:
-        return torch.func.jvp(lambda x: call(t, x), (z,), (v,))[1]
-
-    try:
-        with torch.no_grad():
-            columns = torch.func.vmap(column)(tangents)  # (n, R, n): [j, r, i]
-        return columns.permute(1, 2, 0)
-    except (RuntimeError, NotImplementedError):
-        pass
     with torch.enable_grad():
-        x = z.requires_grad_(True)
+        x = z.detach().requires_grad_(True)
         out = call(t, x)
         if not out.requires_grad:
-            return z.new_zeros(rows, n, n)
+            return z.new_zeros(rows, n, n)  # f does not depend on y
         lines = [
-            torch.autograd.grad(out, x, eye[i].expand(rows, n), retain_graph=i < n - 1)[0]
+            torch.autograd.grad(
+                out, x, eye[i].expand(rows, n), retain_graph=i < n - 1, allow_unused=True
+            )[0]
             for i in range(n)
         ]
+    lines = [torch.zeros_like(z) if g is None else g for g in lines]
     return torch.stack(lines, dim=1).detach()  # (R, n_out, n_in)
 
 
