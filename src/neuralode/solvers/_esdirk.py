@@ -263,7 +263,7 @@ class ESDIRK(AbstractSolver):
         if isinstance(dt, float):
             k = [kj.reshape(shape) for kj in k]
             z, y_error = z.reshape(shape), y_error.reshape(shape)
-        return StepResult(y1=z, y_error=y_error, f1=k[-1], k=tuple(k))
+        return StepResult(y1=z, y_error=y_error, f1=k[-1], k=tuple(k), newton_failed=failed)
 
     @staticmethod
     def _stage_time(t0: Time, dt: StepSize, c: float, t1_stage: float | None) -> Time:

@@ -28,12 +28,17 @@ class StepResult:
             fixed-step methods.
         f1: ``f(t0 + dt, y1)`` when the method has it for free (FSAL), else ``None``.
         k: The stage derivatives, in order (``k[0]`` is ``f0``).
+        newton_failed: Implicit solvers: the rows (``(1,)`` in joint mode, ``(B,)``
+            per-sample) whose Newton iteration did not converge, so that their ``y1`` and
+            ``y_error`` are NaN; ``None`` for explicit solvers. Lets a driver name the
+            cause when such failures persist.
     """
 
     y1: torch.Tensor
     y_error: torch.Tensor | None
     f1: torch.Tensor | None
     k: tuple[torch.Tensor, ...]
+    newton_failed: torch.Tensor | None = None
 
 
 def combine(
