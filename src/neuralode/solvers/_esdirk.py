@@ -237,7 +237,7 @@ class ESDIRK(AbstractSolver):
         count(f, njev=1)
         matrix = Factorised.of(jac, h_gamma, f)
         failed = matrix.singular
-        z = y
+        z, eta = y, None
         for i, row in enumerate(tab.a_float, start=1):
             t_stage = self._stage_time(t0, dt, tab.c_float[i], t1_stage)
             psi = combine(y, k, row, h)  # y0 + dt Σ_{j<i} a_ij k_j
@@ -246,8 +246,10 @@ class ESDIRK(AbstractSolver):
                     guess = combine(y, k, tab.predictor_float[i - 1], h)
                 else:
                     guess = psi + h_gamma * k[-1]
-            stage = solve_stage(call, f, t_stage, psi, guess, h_gamma, matrix, self.newton, failed)
-            z, failed = stage.z, stage.failed
+            stage = solve_stage(
+                call, f, t_stage, psi, guess, h_gamma, matrix, self.newton, failed, eta
+            )
+            z, failed, eta = stage.z, stage.failed, stage.eta
             k.append((z - psi) / h_gamma)
         with torch.no_grad():
             if isinstance(h, float):

@@ -177,10 +177,12 @@ class StageSolution:
         z: The stage value, ``(R, n)``, differentiable by the implicit-function theorem
             (finite placeholders on failed rows).
         failed: Rows whose iteration did not converge, ``(R,)``.
+        eta: Each row's last ``η = θ/(1 − θ)``, the next stage's first estimate.
     """
 
     z: torch.Tensor
     failed: torch.Tensor
+    eta: torch.Tensor
 
 
 def solve_stage(
@@ -193,6 +195,7 @@ def solve_stage(
     matrix: Factorised,
     settings: Newton,
     failed: torch.Tensor,
+    eta: torch.Tensor | None = None,
 ) -> StageSolution:
     """Solve ``z = ψ + hγ f(t, z)`` by simplified Newton from the guess ``z0``.
 
@@ -203,11 +206,18 @@ def solve_stage(
     once more, with a graph, at each row's last iterate, and that last update is redone
     through :class:`_StageGradient`: the same value, differentiable by the
     implicit-function theorem (one evaluation per stage more, only then).
+
+    ``eta``, the previous stage's rate estimate per row, lets the first iteration stop
+    when the rate is known to be fast (Hairer & Wanner II, §IV.8: ``η₀ =
+    max(η_old, uround)^0.8``); without it the first update must itself be below ``κ``.
     """
     eps = torch.finfo(psi.dtype).eps
     rtol, atol = max(settings.rtol, 100 * eps), max(settings.atol, 100 * eps)
+    eta0 = torch.ones(psi.shape[0], dtype=psi.dtype, device=psi.device)
+    if eta is not None:
+        eta0 = eta.clamp(min=eps).pow(0.8)
     if bool(failed.all()):
-        return StageSolution(psi, failed)  # nothing to solve: the step is rejected
+        return StageSolution(psi, failed, eta0)  # nothing to solve: the step is rejected
     z0 = z0.detach()
     # The first iteration's f, evaluated as autograd is set: whether its output has a
     # graph tells whether the stage needs one (the parameters f closes over are unknown).
@@ -215,10 +225,12 @@ def solve_stage(
     needs_graph = f_first.requires_grad or psi.requires_grad
     needs_graph = needs_graph or (isinstance(h_gamma, torch.Tensor) and h_gamma.requires_grad)
     with torch.no_grad():
-        z_at, z, failed = _iterate(call, f, t, psi.detach(), z0, f_first.detach(), h_gamma,
-                                   matrix, settings, failed, rtol, atol)  # fmt: skip
+        z_at, z, failed, eta = _iterate(
+            call, f, t, psi.detach(), z0, f_first.detach(), h_gamma, matrix, settings, failed,
+            eta0, rtol, atol,
+        )  # fmt: skip
     if not needs_graph:
-        return StageSolution(z, failed)
+        return StageSolution(z, failed, eta)
     # Failed rows iterate from a finite placeholder (ψ): the row is rejected anyway, and a
     # NaN there would reach the shared parameters' gradient through 0·NaN.
     z_at = torch.where(failed.unsqueeze(-1), psi.detach(), z_at)
@@ -227,7 +239,7 @@ def solve_stage(
     link = _Link(call, f, t, z_at, h_gamma, failed)
     z_out = z_at + _StageGradient.apply(r, matrix.lu, matrix.pivots, link)
     count(f, nsolve=1)
-    return StageSolution(z_out, failed)
+    return StageSolution(z_out, failed, eta)
 
 
 def _iterate(
@@ -241,17 +253,18 @@ def _iterate(
     matrix: Factorised,
     settings: Newton,
     failed: torch.Tensor,
+    eta0: torch.Tensor,
     rtol: float,
     atol: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Newton iterations from ``z`` (where ``f`` is ``fz``).
 
     Returns each row's last iterate (where its last update was computed), its final
-    value, and the rows that failed.
+    value, the rows that failed, and each row's last ``η``.
     """
     active = ~failed
     failed = failed.clone()
-    z_at = z
+    z_at, eta_out = z, eta0
     previous = torch.full((psi.shape[0],), math.inf, dtype=psi.dtype, device=psi.device)
     for k in range(settings.max_iters):
         if k > 0:
@@ -261,7 +274,7 @@ def _iterate(
         size = _scaled_rms(delta, z, rtol, atol)  # (R,)
         bad = ~torch.isfinite(size)
         if k == 0:
-            eta = torch.ones_like(size)
+            eta = eta0
         else:
             rate = size / previous  # θ_k, the contraction rate
             eta = rate / (1 - rate)
@@ -276,13 +289,14 @@ def _iterate(
         z_at = torch.where(keep, z, z_at)
         z = torch.where(keep, z + delta, z)
         failed = failed | (active & bad)
+        eta_out = torch.where(stepping, eta, eta_out)
         active = stepping & ~done
         previous = size
         if not bool(active.any()):
             break
     else:
         failed = failed | active  # out of iterations
-    return z_at, z, failed
+    return z_at, z, failed, eta_out
 
 
 def _scaled_rms(delta: torch.Tensor, z: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
