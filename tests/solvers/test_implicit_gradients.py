@@ -26,6 +26,13 @@ SOLVERS = {
     "kvaerno3": no.Kvaerno3(newton=TIGHT_NEWTON),
     "kvaerno5": no.Kvaerno5(newton=TIGHT_NEWTON),
 }
+# The fixed-step ones with Direct only: an implicit first stage (SDIRK2) and a method that
+# is not stiffly accurate (the implicit midpoint rule) take the step's other paths.
+FIXED = {
+    "implicit_midpoint": no.ImplicitMidpoint(newton=TIGHT_NEWTON),
+    "sdirk2": no.SDIRK2(newton=TIGHT_NEWTON),
+    "trbdf2": no.TRBDF2(newton=TIGHT_NEWTON),
+}
 TS = (0.0, 0.3, 0.7, 1.0)
 # Per-sample backsolve refuses an implicit backward solve (tested below).
 PER_SAMPLE = [m for m in EACH_ADJOINT if m != "backsolve"]
@@ -174,3 +181,9 @@ def test_per_sample_backsolve_with_an_explicit_backward_solver():
     )
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(FIXED))
+def test_gradcheck_fixed_step_methods(name):
+    fn = solve_fn(FIXED[name], no.ConstantStepSize(0.05), no.DirectAdjoint())
+    assert gradcheck(fn, inputs(), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)

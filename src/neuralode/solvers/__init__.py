@@ -1,6 +1,6 @@
-"""Solvers: explicit Runge–Kutta (one tableau each, one generic step) and implicit ESDIRK."""
+"""Solvers: explicit Runge–Kutta (one tableau each, one generic step) and implicit DIRK."""
 
-from ._esdirk import ESDIRK, ESDIRKTableau
+from ._dirk import DIRK, DIRKTableau
 from ._explicit_rk import AbstractSolver, ExplicitRK, StepResult
 from ._newton import Newton
 from ._tableau import ButcherTableau
@@ -10,6 +10,7 @@ from .dopri5 import Dopri5
 from .dopri8 import Dopri8
 from .fehlberg2 import Fehlberg2
 from .fixed import RK4, Euler, Heun2, Heun3, Midpoint
+from .implicit_fixed import SDIRK2, TRBDF2, ImplicitEuler, ImplicitMidpoint, Trapezoid
 from .kvaerno3 import Kvaerno3
 from .kvaerno5 import Kvaerno5
 from .tsit5 import Tsit5
@@ -29,17 +30,27 @@ ALL_SOLVERS: tuple[type[ExplicitRK], ...] = (
     Dopri8,
 )
 # The implicit (stiff) solvers, for their own tests and docs.
-IMPLICIT_SOLVERS: tuple[type[ESDIRK], ...] = (Kvaerno3, Kvaerno5)
+IMPLICIT_SOLVERS: tuple[type[DIRK], ...] = (
+    ImplicitEuler,
+    ImplicitMidpoint,
+    Trapezoid,
+    SDIRK2,
+    TRBDF2,
+    Kvaerno3,
+    Kvaerno5,
+)
 
 __all__ = [
     "ALL_SOLVERS",
     "RK4",
+    "SDIRK2",
+    "TRBDF2",
     "AbstractSolver",
     "AdaptiveHeun",
     "Bosh3",
     "ButcherTableau",
-    "ESDIRK",
-    "ESDIRKTableau",
+    "DIRK",
+    "DIRKTableau",
     "Dopri5",
     "Dopri8",
     "Euler",
@@ -48,10 +59,13 @@ __all__ = [
     "Heun2",
     "Heun3",
     "IMPLICIT_SOLVERS",
+    "ImplicitEuler",
+    "ImplicitMidpoint",
     "Kvaerno3",
     "Kvaerno5",
     "Midpoint",
     "Newton",
     "StepResult",
+    "Trapezoid",
     "Tsit5",
 ]

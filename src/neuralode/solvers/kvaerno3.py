@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._esdirk import ESDIRK, ESDIRKTableau
+from ._dirk import DIRK, DIRKTableau
 
 # γ is the root near 0.4359 of γ³ − 3γ² + 3γ/2 − 1/6 = 0, which makes the method
 # L-stable; the paper prints it to 10 digits (0.4358665215), here to full double
@@ -22,20 +22,22 @@ _A43 = (-6 * _G**2 + 6 * _G - 1) / (6 * _G - 3)
 # (stage 3, also at c = 1).
 _THETA = 1 / (2 * _G)
 
-KVAERNO3_TABLEAU = ESDIRKTableau(
+_B = (_A41, _A42, _A43, _G)
+
+KVAERNO3_TABLEAU = DIRKTableau(
     name="Kvaerno3",
-    gamma=_G,
     c=(0, 2 * _G, 1, 1),
-    a=((_G,), (_A31, _A32), (_A41, _A42, _A43)),
-    b_hat=(_A31, _A32, _G, 0),
+    a=((0,), (_G, _G), (_A31, _A32, _G), _B),
+    b=_B,
     order=3,
+    b_hat=(_A31, _A32, _G, 0),
     embedded_order=2,
     predictor=((1.0,), (1 - _THETA, _THETA), (_A31, _A32, _G)),
 )
 
 
 @dataclass(frozen=True)
-class Kvaerno3(ESDIRK):
+class Kvaerno3(DIRK):
     """Kværnø's 3(2) method: an L-stable, stiffly accurate ESDIRK pair for stiff problems.
 
     Order 3, embedded order 2 (the third stage, itself stiffly accurate), 4 stages: one
@@ -47,4 +49,4 @@ class Kvaerno3(ESDIRK):
     explicit first stage", BIT Numerical Mathematics 44 (2004), 489–502.
     """
 
-    tableau: ClassVar[ESDIRKTableau] = KVAERNO3_TABLEAU
+    tableau: ClassVar[DIRKTableau] = KVAERNO3_TABLEAU

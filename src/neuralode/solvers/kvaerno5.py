@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._esdirk import ESDIRK, ESDIRKTableau
+from ._dirk import DIRK, DIRKTableau
 
 _G = 0.26
+# The rows below the first, each ending on the diagonal γ.
 _A = (
-    (_G,),
-    (0.13, 0.84033320996790809),
-    (0.22371961478320505, 0.47675532319799699, -0.06470895363112615),
-    (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998),
-    (0.13855640231268224, 0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676),
+    (_G, _G),
+    (0.13, 0.84033320996790809, _G),
+    (0.22371961478320505, 0.47675532319799699, -0.06470895363112615, _G),
+    (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998, _G),
+    (0.13855640231268224, 0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676, _G),
     (
         0.13659751177640291,
         0,
@@ -21,6 +22,7 @@ _A = (
         -0.04118626728321046,
         0.62993304899016403,
         0.06962479448202728,
+        _G,
     ),
 )
 # The nodes are the row sums (with γ); c_3 > 1, so one stage is evaluated past the step.
@@ -33,23 +35,23 @@ _PREDICTOR = (
     (-0.19650552613122207, 0.8113579546496623, 0.38514757148155954),
     (0.10375304369958693, 0.937994698066431, -0.04174774176601781, 0),
     (-0.17281112873898072, 0.6235784481025847, 0.5492326806363959, 0, 0),
-    (*_A[4], _G),
+    _A[4],
 )
 
-KVAERNO5_TABLEAU = ESDIRKTableau(
+KVAERNO5_TABLEAU = DIRKTableau(
     name="Kvaerno5",
-    gamma=_G,
     c=_C,
-    a=_A,
-    b_hat=(*_A[4], _G, 0),
+    a=((0,), *_A),
+    b=_A[-1],
     order=5,
+    b_hat=(*_A[4], 0),
     embedded_order=4,
     predictor=_PREDICTOR,
 )
 
 
 @dataclass(frozen=True)
-class Kvaerno5(ESDIRK):
+class Kvaerno5(DIRK):
     """Kværnø's 5(4) method: an L-stable, stiffly accurate ESDIRK pair for stiff problems.
 
     Order 5, embedded order 4 (the sixth stage, itself stiffly accurate), 7 stages: one
@@ -63,4 +65,4 @@ class Kvaerno5(ESDIRK):
     coefficients to 17 digits).
     """
 
-    tableau: ClassVar[ESDIRKTableau] = KVAERNO5_TABLEAU
+    tableau: ClassVar[DIRKTableau] = KVAERNO5_TABLEAU

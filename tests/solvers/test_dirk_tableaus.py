@@ -1,9 +1,10 @@
-"""The ESDIRK tableaus: order conditions, embedded orders and stability, exactly.
+"""The implicit (DIRK) tableaus: order conditions, embedded orders and stability.
 
 The same rooted-tree conditions as the explicit tableaus (``test_tableaus``), on the full
 Butcher matrix with ``γ`` on the diagonal (Hairer, Nørsett & Wanner I, §II.2 holds for any
-Runge–Kutta matrix). Kvaerno3's coefficients are closed forms in an irrational ``γ`` and
-Kvaerno5's are printed to 17 digits, so the conditions hold to rounding, not exactly.
+Runge–Kutta matrix), in exact arithmetic on the stored coefficients. Tableaus of exact
+fractions satisfy them exactly; the others (closed forms in √2 or in Kvaerno3's
+irrational ``γ``, Kvaerno5's 17-digit decimals) to rounding.
 """
 
 from __future__ import annotations
@@ -16,18 +17,29 @@ import pytest
 from test_tableaus import VIOLATION, density, rooted_trees, tree_order, trees_up_to
 
 from neuralode.solvers import IMPLICIT_SOLVERS
-from neuralode.solvers._esdirk import ESDIRKTableau
+from neuralode.solvers._dirk import DIRKTableau
 from neuralode.solvers._tableau import _invert
 
 TABLEAUS = tuple(cls.tableau for cls in IMPLICIT_SOLVERS)
-TOLERANCE = {"Kvaerno3": 1e-15, "Kvaerno5": 1e-15}
+EMBEDDED = tuple(t for t in TABLEAUS if t.b_hat is not None)
+# A(∞) = 0 (L-stable) for all but the implicit midpoint and trapezoidal rules (|R(∞)| = 1).
+L_STABLE = tuple(t for t in TABLEAUS if t.name not in ("ImplicitMidpoint", "Trapezoid"))
+TOLERANCE = {
+    "ImplicitEuler": 0.0,
+    "ImplicitMidpoint": 0.0,
+    "Trapezoid": 0.0,
+    "SDIRK2": 1e-16,
+    "TRBDF2": 1e-16,
+    "Kvaerno3": 1e-15,
+    "Kvaerno5": 1e-15,
+}
 
 
-def _ids(tableaus: Sequence[ESDIRKTableau]) -> list[str]:
+def _ids(tableaus: Sequence[DIRKTableau]) -> list[str]:
     return [t.name for t in tableaus]
 
 
-def _exact(tableau: ESDIRKTableau) -> list[list[Fraction]]:
+def _exact(tableau: DIRKTableau) -> list[list[Fraction]]:
     return [[Fraction(x) for x in row] for row in tableau.matrix()]
 
 
@@ -47,7 +59,7 @@ def residual(a: list[list[Fraction]], weights: Sequence[Fraction], tree: tuple) 
     return abs(float(value - Fraction(1, density(tree))))
 
 
-def assert_order(tableau: ESDIRKTableau, weights: Sequence, order: int) -> None:
+def assert_order(tableau: DIRKTableau, weights: Sequence, order: int) -> None:
     a, w = _exact(tableau), [Fraction(x) for x in weights]
     for tree in trees_up_to(order):
         res = residual(a, w, tree)
@@ -59,24 +71,30 @@ def assert_order(tableau: ESDIRKTableau, weights: Sequence, order: int) -> None:
 
 
 @pytest.mark.parametrize("tableau", TABLEAUS, ids=_ids(TABLEAUS))
-def test_b_has_exactly_the_claimed_order(tableau: ESDIRKTableau) -> None:
+def test_b_has_exactly_the_claimed_order(tableau: DIRKTableau) -> None:
     assert_order(tableau, tableau.b, tableau.order)
 
 
-@pytest.mark.parametrize("tableau", TABLEAUS, ids=_ids(TABLEAUS))
-def test_b_hat_has_exactly_the_claimed_embedded_order(tableau: ESDIRKTableau) -> None:
+@pytest.mark.parametrize("tableau", EMBEDDED, ids=_ids(EMBEDDED))
+def test_b_hat_has_exactly_the_claimed_embedded_order(tableau: DIRKTableau) -> None:
     assert_order(tableau, tableau.b_hat, tableau.embedded_order)
 
 
-@pytest.mark.parametrize("tableau", TABLEAUS, ids=_ids(TABLEAUS))
-def test_stiffly_accurate_and_consistent(tableau: ESDIRKTableau) -> None:
+@pytest.mark.parametrize("tableau", EMBEDDED, ids=_ids(EMBEDDED))
+def test_adaptive_ones_are_stiffly_accurate_esdirk(tableau: DIRKTableau) -> None:
     a = np.array(tableau.matrix(), dtype=float)
-    assert np.allclose(a[-1], tableau.b_float, atol=0)  # y1 is the last stage
+    assert tableau.stiffly_accurate and np.array_equal(a[-1], tableau.b_float)
     assert np.allclose(a.sum(axis=1), tableau.c_float, atol=1e-15)
-    assert np.all(np.diag(a)[1:] == tableau.gamma_float) and a[0, 0] == 0
+    assert np.all(np.diag(a)[1:] == tableau.gamma) and a[0, 0] == 0 and tableau.explicit_first
 
 
-def stability(tableau: ESDIRKTableau, weights: Sequence[float], z: np.ndarray) -> np.ndarray:
+def test_gauss_and_trapezoid_are_a_stable_but_not_l_stable() -> None:
+    for tableau in TABLEAUS:
+        if tableau not in L_STABLE:
+            assert abs(stability_exact(tableau, Fraction(-(10**12)))) == pytest.approx(1.0)
+
+
+def stability(tableau: DIRKTableau, weights: Sequence[float], z: np.ndarray) -> np.ndarray:
     """R(z) = 1 + z bᵀ (I − zA)⁻¹ 1, the method on y' = λy with z = hλ."""
     a = np.array(tableau.matrix(), dtype=float)
     s = a.shape[0]
@@ -84,8 +102,8 @@ def stability(tableau: ESDIRKTableau, weights: Sequence[float], z: np.ndarray) -
     return np.array([1 + zi * b @ np.linalg.solve(np.eye(s) - zi * a, one) for zi in z])
 
 
-@pytest.mark.parametrize("tableau", TABLEAUS, ids=_ids(TABLEAUS))
-def test_l_stable(tableau: ESDIRKTableau) -> None:
+@pytest.mark.parametrize("tableau", L_STABLE, ids=_ids(L_STABLE))
+def test_l_stable(tableau: DIRKTableau) -> None:
     # A-stable: |R| ≤ 1 on the imaginary axis (and R is analytic in the left half-plane,
     # its poles at 1/γ > 0); L-stable: R(z) → 0 as z → −∞.
     axis = 1j * np.concatenate([-np.logspace(-3, 6, 400), np.logspace(-3, 6, 400)])
@@ -95,7 +113,7 @@ def test_l_stable(tableau: ESDIRKTableau) -> None:
     assert abs(stability_exact(tableau, Fraction(-(10**12)))) < 1e-10
 
 
-def stability_exact(tableau: ESDIRKTableau, z: Fraction) -> float:
+def stability_exact(tableau: DIRKTableau, z: Fraction) -> float:
     """R(z) in exact arithmetic (in floats, I − zA is too ill-conditioned at large |z|)."""
     a = _exact(tableau)
     s = len(a)
@@ -106,7 +124,7 @@ def stability_exact(tableau: ESDIRKTableau, z: Fraction) -> float:
 
 
 def test_kvaerno3_gamma_is_the_l_stable_root() -> None:
-    g = Fraction(TABLEAUS[0].gamma_float)
+    g = Fraction(next(t for t in TABLEAUS if t.name == "Kvaerno3").gamma)
     assert abs(float(g**3 - 3 * g**2 + Fraction(3, 2) * g - Fraction(1, 6))) < 1e-16
 
 
@@ -114,21 +132,24 @@ def test_kvaerno3_gamma_is_the_l_stable_root() -> None:
     ("change", "message"),
     [
         ({"c": (0, 0.6, 1)}, "does not sum"),
-        ({"gamma": 0.0}, "gamma must be positive"),
+        ({"a": ((0,), (0.25, 0.25), (0.5, 0.25, 0.5))}, "diagonal must be one positive gamma"),
         ({"b_hat": (0.5, 0.5, 0.5)}, "b_hat must have 3 entries summing to 1"),
-        ({"a": ((0.25,),)}, "rows of lengths"),
+        ({"a": ((0,), (0.25, 0.25))}, "rows of lengths"),
+        ({"c": (0.1, 0.5, 1), "a": ((0.1,), (0.25, 0.25), (0.5, 0.25, 0.25))}, "diagonal"),
+        ({"embedded_order": None}, "give b_hat and embedded_order together"),
     ],
 )
 def test_tableau_validation_names_the_problem(change, message) -> None:
     spec = {
         "name": "Toy",
-        "gamma": 0.25,
         "c": (0, 0.5, 1),
-        "a": ((0.25,), (0.5, 0.25)),
-        "b_hat": (0.5, 0.5, 0),
+        "a": ((0,), (0.25, 0.25), (0.5, 0.25, 0.25)),
+        "b": (0.5, 0.25, 0.25),
         "order": 1,
+        "b_hat": (0.5, 0.5, 0),
         "embedded_order": 1,
     }
-    ESDIRKTableau(**spec)  # the unchanged spec is valid
+    tableau = DIRKTableau(**spec)  # the unchanged spec is valid
+    assert tableau.explicit_first and tableau.stiffly_accurate and tableau.gamma == 0.25
     with pytest.raises(ValueError, match=message):
-        ESDIRKTableau(**{**spec, **change})
+        DIRKTableau(**{**spec, **change})
