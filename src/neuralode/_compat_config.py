@@ -23,7 +23,10 @@ from ._solution import SolverError, State, Status
 from ._vector_field import Structure
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
 from .solvers import (
+    DIRK,
     RK4,
+    SDIRK2,
+    TRBDF2,
     AbstractSolver,
     AdaptiveHeun,
     Bosh3,
@@ -34,12 +37,16 @@ from .solvers import (
     Fehlberg2,
     Heun2,
     Heun3,
+    ImplicitEuler,
+    ImplicitMidpoint,
     Midpoint,
+    Trapezoid,
     Tsit5,
 )
 
-# torchdiffeq's method names → solver classes.
-METHODS: dict[str, type[ExplicitRK]] = {
+# torchdiffeq's method names → solver classes. The implicit ones are torchdiffeq's
+# development (post-0.2.5) names; their Newton iterations use neuralode.Newton's defaults.
+METHODS: dict[str, type[ExplicitRK] | type[DIRK]] = {
     "dopri8": Dopri8,
     "dopri5": Dopri5,
     "tsit5": Tsit5,
@@ -51,6 +58,11 @@ METHODS: dict[str, type[ExplicitRK]] = {
     "heun2": Heun2,
     "heun3": Heun3,
     "rk4": RK4,
+    "implicit_euler": ImplicitEuler,
+    "implicit_midpoint": ImplicitMidpoint,
+    "trapezoid": Trapezoid,
+    "sdirk2": SDIRK2,
+    "trbdf2": TRBDF2,
 }
 SCIPY = "scipy_solver"
 
@@ -58,6 +70,12 @@ UNSUPPORTED = {
     "explicit_adams": "multistep Adams methods are not implemented; use 'rk4' or 'dopri5'",
     "implicit_adams": "multistep Adams methods are not implemented; use 'dopri5'",
     "fixed_adams": "multistep Adams methods are not implemented; use 'rk4'",
+    **{
+        name: "fully implicit Runge–Kutta methods are not implemented yet; use "
+        "'trbdf2' or 'sdirk2' (fixed steps), or neuralode.solve with neuralode.Kvaerno5() "
+        "(adaptive, L-stable, 5th order)"
+        for name in ("radauIIA3", "radauIIA5", "gl4", "gl6")
+    },
 }
 
 # torchdiffeq's own default: no budget to speak of. Natively neuralode keeps a finite one.
