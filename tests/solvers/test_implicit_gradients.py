@@ -187,3 +187,12 @@ def test_per_sample_backsolve_with_an_explicit_backward_solver():
 def test_gradcheck_fixed_step_methods(name):
     fn = solve_fn(FIXED[name], no.ConstantStepSize(0.05), no.DirectAdjoint())
     assert gradcheck(fn, inputs(), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    # The stage solves' backward is differentiable once: create_graph=True must raise,
+    # not return a Hessian missing the Jacobian's own dependence on the parameters.
+    y0, W, b = inputs(batch=1)
+    ys = solve_fn(no.Kvaerno5(), no.PIDController(), no.DirectAdjoint())(y0, W, b)
+    with pytest.raises(NotImplementedError, match="second derivatives .* not supported"):
+        torch.autograd.grad(ys.sum(), W, create_graph=True)

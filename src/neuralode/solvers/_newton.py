@@ -305,6 +305,13 @@ def _scaled_rms(delta: torch.Tensor, z: torch.Tensor, rtol: float, atol: float) 
     return torch.linalg.vector_norm(delta / scale, dim=-1) / math.sqrt(max(delta.shape[-1], 1))
 
 
+_SECOND_ORDER = (
+    "second derivatives (create_graph=True, e.g. Hessian-vector products) through an "
+    "implicit solver's stage solves are not supported: their implicit-function-theorem "
+    "backward is differentiable once; use an explicit solver such as Dopri5() for them"
+)
+
+
 @dataclass(frozen=True)
 class _Link:
     """What the backward pass of a stage solve needs: the converged point and ``hγ``."""
@@ -340,8 +347,12 @@ class _StageGradient(torch.autograd.Function):
         return torch.linalg.lu_solve(lu, pivots, r.detach().unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, v: torch.Tensor) -> tuple[Any, ...]:
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradient would have to be differentiable, and this
+            # backward's Jacobian is not (once_differentiable would silently drop its
+            # dependence on θ and give a wrong Hessian when v is a constant).
+            raise NotImplementedError(_SECOND_ORDER)
         link: _Link = ctx.link
         jac = jacobian(link.call, link.t, link.z)
         count(link.f, njev=1)
