@@ -33,7 +33,16 @@ from ._explicit_rk import (
     hermite_weights,
     weighted_sum,
 )
-from ._newton import Factorised, Newton, RowField, count, jacobian, solve_stage
+from ._newton import (
+    Factorised,
+    Newton,
+    RowField,
+    ScaledField,
+    count,
+    jacobian,
+    per_matrix,
+    solve_stage,
+)
 from ._tableau import Number
 
 _CONSISTENCY_TOL = 1e-12
@@ -278,7 +287,7 @@ class DIRK(AbstractSolver):
         else:
             h = as_dtype(dt, y0.dtype).unsqueeze(-1)  # (B, 1)
         h_gamma = h * tab.gamma
-        matrix = Factorised.of(jacobian(call, t0, y), h_gamma, f)
+        matrix = Factorised.of(per_matrix(h_gamma) * jacobian(call, t0, y), f)
         count(f, njev=1)
         failed, eta, z = matrix.singular, None, y
         k = [k0] if tab.explicit_first else []
@@ -291,9 +300,8 @@ class DIRK(AbstractSolver):
                     guess = combine(y, k, tab.predictor_float[i - tab.stages], h)
                 else:
                     guess = psi + h_gamma * (k[-1] if k else k0)
-            stage = solve_stage(
-                call, f, t_stage, psi, guess, h_gamma, matrix, self.newton, failed, eta
-            )
+            stage_map = ScaledField(call, f, t_stage, h_gamma)
+            stage = solve_stage(stage_map, psi, guess, matrix, self.newton, failed, eta)
             z, failed, eta = stage.z, stage.failed, stage.eta
             k.append((z - psi) / h_gamma)
         y1 = z if tab.stiffly_accurate else combine(y, k, tab.b_float, h)

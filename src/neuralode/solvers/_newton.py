@@ -15,6 +15,7 @@ iterations (see :class:`_StageGradient`).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ._explicit_rk import FlatField, StepSize, Time
+from ._explicit_rk import StepSize, Time
 
 # f on rows: (t, (R, n)) -> (R, n).
 RowField = Callable[[Time, torch.Tensor], torch.Tensor]
@@ -137,11 +138,11 @@ def _reverse_jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Factorised:
-    """``M = I − hγJ`` for every row, LU-factorised once and solved many times.
+    """``M = I − hγJ`` (or its stacked form) for every row, factorised once, solved often.
 
     Attributes:
-        lu: The packed LU factors, ``(R, n, n)``.
-        pivots: Their pivots, ``(R, n)``.
+        lu: The packed LU factors, ``(R, m, m)``.
+        pivots: Their pivots, ``(R, m)``.
         singular: Rows whose ``M`` is singular or not finite, ``(R,)``.
     """
 
@@ -150,15 +151,15 @@ class Factorised:
     singular: torch.Tensor
 
     @staticmethod
-    def of(jac: torch.Tensor, h_gamma: StepSize, f: Any) -> Factorised:
-        """Factorise ``I − hγJ`` (``h_gamma`` a float, or ``(R, 1)`` per row)."""
-        n = jac.shape[-1]
-        hg = h_gamma if isinstance(h_gamma, float) else h_gamma.unsqueeze(-1)  # (R, 1, 1)
-        matrix = torch.eye(n, dtype=jac.dtype, device=jac.device) - hg * jac
+    def of(slope: torch.Tensor, f: Any) -> Factorised:
+        """Factorise ``I − slope`` for every row (``slope`` is ``(R, m, m)``, e.g. ``hγJ``)."""
+        m = slope.shape[-1]
+        eye = torch.eye(m, dtype=slope.dtype, device=slope.device)
+        matrix = eye - slope
         bad = ~torch.isfinite(matrix).all(dim=-1).all(dim=-1)
         # A non-finite row would poison nothing else (the factorisation is per row), but
         # LAPACK may refuse it: factorise the identity there and mark the row.
-        matrix = torch.where(bad[:, None, None], torch.eye(n, dtype=jac.dtype), matrix)
+        matrix = torch.where(bad[:, None, None], eye, matrix)
         lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
         count(f, nlu=1)
         return Factorised(lu, pivots, bad | (info != 0))
@@ -167,6 +168,51 @@ class Factorised:
         """``M⁻¹ rhs`` for every row (``rhs`` is ``(R, n)``)."""
         count(f, nsolve=1)
         return torch.linalg.lu_solve(self.lu, self.pivots, rhs.unsqueeze(-1)).squeeze(-1)
+
+
+class StageMap(abc.ABC):
+    """The implicit part ``G`` of a stage equation ``z = ψ + G(z)``, on rows ``(R, m)``.
+
+    One DIRK stage: ``G(z) = hγ f(t, z)`` (:class:`ScaledField`). A fully implicit method
+    stacks its ``s`` stages into ``m = s·n`` and couples them through its matrix ``A``.
+
+    Attributes:
+        f: The vector field, for its work counters.
+    """
+
+    f: Any
+
+    @abc.abstractmethod
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """``G(z)``, ``(R, m)``."""
+
+    @abc.abstractmethod
+    def slope(self, z: torch.Tensor) -> torch.Tensor:
+        """``∂G/∂z`` at ``z``, exactly, ``(R, m, m)`` (for the gradient's linear solve)."""
+
+
+@dataclass(frozen=True)
+class ScaledField(StageMap):
+    """``G(z) = hγ f(t, z)``: one stage of a diagonally implicit method."""
+
+    call: RowField
+    f: Any
+    t: Time
+    h_gamma: StepSize
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """``hγ f(t, z)``."""
+        return self.h_gamma * self.call(self.t, z)
+
+    def slope(self, z: torch.Tensor) -> torch.Tensor:
+        """``hγ ∂f/∂z``."""
+        count(self.f, njev=1)
+        return per_matrix(self.h_gamma) * jacobian(self.call, self.t, z)
+
+
+def per_matrix(h: StepSize) -> StepSize:
+    """A step size as a factor of ``(R, m, m)`` matrices: ``(R, 1)`` becomes ``(R, 1, 1)``."""
+    return h if isinstance(h, float) else h.detach().unsqueeze(-1)
 
 
 @dataclass
@@ -186,23 +232,20 @@ class StageSolution:
 
 
 def solve_stage(
-    call: RowField,
-    f: FlatField,
-    t: Time,
+    stage_map: StageMap,
     psi: torch.Tensor,
     z0: torch.Tensor,
-    h_gamma: StepSize,
     matrix: Factorised,
     settings: Newton,
     failed: torch.Tensor,
     eta: torch.Tensor | None = None,
 ) -> StageSolution:
-    """Solve ``z = ψ + hγ f(t, z)`` by simplified Newton from the guess ``z0``.
+    """Solve ``z = ψ + G(z)`` by simplified Newton from the guess ``z0``.
 
-    ``call`` is ``f`` on rows; ``f`` is the field itself (for its counters). Rows already
-    ``failed`` (an earlier stage, a singular ``M``) are not iterated. Each row stops as it
+    ``matrix`` is ``I − ∂G/∂z`` at the step's start, factorised. Rows already ``failed``
+    (an earlier stage, a singular matrix) are not iterated. Each row stops as it
     converges, so a row's iterates are the ones it would have alone (batch invariance).
-    The iterations run without a graph. When autograd is recording, ``f`` is evaluated
+    The iterations run without a graph. When autograd is recording, ``G`` is evaluated
     once more, with a graph, at each row's last iterate, and that last update is redone
     through :class:`_StageGradient`: the same value, differentiable by the
     implicit-function theorem (one evaluation per stage more, only then).
@@ -219,37 +262,32 @@ def solve_stage(
     if bool(failed.all()):
         return StageSolution(psi, failed, eta0)  # nothing to solve: the step is rejected
     z0 = z0.detach()
-    # The first iteration's f, evaluated as autograd is set: whether its output has a
+    # The first iteration's G, evaluated as autograd is set: whether its output has a
     # graph tells whether the stage needs one (the parameters f closes over are unknown).
-    f_first = call(t, z0)
-    needs_graph = f_first.requires_grad or psi.requires_grad
-    needs_graph = needs_graph or (isinstance(h_gamma, torch.Tensor) and h_gamma.requires_grad)
+    g_first = stage_map(z0)
+    needs_graph = g_first.requires_grad or psi.requires_grad
     with torch.no_grad():
         z_at, z, failed, eta = _iterate(
-            call, f, t, psi.detach(), z0, f_first.detach(), h_gamma, matrix, settings, failed,
-            eta0, rtol, atol,
+            stage_map, psi.detach(), z0, g_first.detach(), matrix, settings, failed, eta0,
+            rtol, atol,
         )  # fmt: skip
     if not needs_graph:
         return StageSolution(z, failed, eta)
     # Failed rows iterate from a finite placeholder (ψ): the row is rejected anyway, and a
     # NaN there would reach the shared parameters' gradient through 0·NaN.
     z_at = torch.where(failed.unsqueeze(-1), psi.detach(), z_at)
-    f_at = call(t, z_at)
-    r = psi + h_gamma * f_at - z_at  # with the graph of ψ, h and θ (z_at is constant)
-    link = _Link(call, f, t, z_at, h_gamma, failed)
+    r = psi + stage_map(z_at) - z_at  # with the graph of ψ, h and θ (z_at is constant)
+    link = _Link(stage_map, z_at, failed)
     z_out = z_at + _StageGradient.apply(r, matrix.lu, matrix.pivots, link)
-    count(f, nsolve=1)
+    count(stage_map.f, nsolve=1)
     return StageSolution(z_out, failed, eta)
 
 
 def _iterate(
-    call: RowField,
-    f: FlatField,
-    t: Time,
+    stage_map: StageMap,
     psi: torch.Tensor,
     z: torch.Tensor,
-    fz: torch.Tensor,
-    h_gamma: StepSize,
+    gz: torch.Tensor,
     matrix: Factorised,
     settings: Newton,
     failed: torch.Tensor,
@@ -257,7 +295,7 @@ def _iterate(
     rtol: float,
     atol: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The Newton iterations from ``z`` (where ``f`` is ``fz``).
+    """The Newton iterations from ``z`` (where ``G`` is ``gz``).
 
     Returns each row's last iterate (where its last update was computed), its final
     value, the rows that failed, and each row's last ``η``.
@@ -268,9 +306,9 @@ def _iterate(
     previous = torch.full((psi.shape[0],), math.inf, dtype=psi.dtype, device=psi.device)
     for k in range(settings.max_iters):
         if k > 0:
-            fz = call(t, z)
-        residual = psi + h_gamma * fz - z  # r = ψ + hγ f(z) − z
-        delta = matrix.solve(residual, f)
+            gz = stage_map(z)
+        residual = psi + gz - z  # r = ψ + G(z) − z
+        delta = matrix.solve(residual, stage_map.f)
         size = _scaled_rms(delta, z, rtol, atol)  # (R,)
         bad = ~torch.isfinite(size)
         if k == 0:
@@ -314,13 +352,10 @@ _SECOND_ORDER = (
 
 @dataclass(frozen=True)
 class _Link:
-    """What the backward pass of a stage solve needs: the converged point and ``hγ``."""
+    """What the backward pass of a stage solve needs: ``G`` and the converged point."""
 
-    call: RowField
-    f: Any
-    t: Time
+    stage_map: StageMap
     z: torch.Tensor
-    h_gamma: StepSize
     failed: torch.Tensor
 
 
@@ -328,15 +363,15 @@ class _StageGradient(torch.autograd.Function):
     """The last Newton update forwards; the implicit-function theorem backwards.
 
     Forwards: ``M₀⁻¹ r`` with the step's factorisation ``M₀`` and the residual
-    ``r = ψ + hγ f(t, z) − z`` at the last iterate (the update Newton made there).
-    Backwards, for a cotangent ``v`` of the stage value: ``w = (I − hγ ∂f/∂z)⁻ᵀ v`` with
-    the exact Jacobian at the converged stage, one transposed linear solve, handed to
-    ``r``, whose graph applies the VJP of ``f`` (to ``θ``, ``t``) and reaches ``ψ`` and
-    ``h``. With ``g(z, p) = z − ψ(p) − hγ f(t, z; p) = 0`` at the root, ``dz/dp =
-    (∂g/∂z)⁻¹ ∂r/∂p``: the gradient of the exact stage solution, independent of how many
-    iterations found it (Blondel et al., "Efficient and modular implicit
-    differentiation", NeurIPS 2022; diffrax's implicit solvers do the same). First
-    derivatives only.
+    ``r = ψ + G(z) − z`` at the last iterate (the update Newton made there); for a DIRK
+    stage ``G(z) = hγ f(t, z)``. Backwards, for a cotangent ``v`` of the stage value:
+    ``w = (I − ∂G/∂z)⁻ᵀ v`` with the exact Jacobian at the converged stage, one
+    transposed linear solve, handed to ``r``, whose graph applies the VJP of ``f`` (to
+    ``θ``, ``t``) and reaches ``ψ`` and ``h``. With ``g(z, p) = z − ψ(p) − G(z; p) = 0`` at
+    the root, ``dz/dp = (∂g/∂z)⁻¹ ∂r/∂p``: the gradient of the exact stage solution,
+    independent of how many iterations found it (Blondel et al., "Efficient and modular
+    implicit differentiation", NeurIPS 2022; diffrax's implicit solvers do the same).
+    First derivatives only.
     """
 
     @staticmethod
@@ -354,12 +389,8 @@ class _StageGradient(torch.autograd.Function):
             # dependence on θ and give a wrong Hessian when v is a constant).
             raise NotImplementedError(_SECOND_ORDER)
         link: _Link = ctx.link
-        jac = jacobian(link.call, link.t, link.z)
-        count(link.f, njev=1)
-        n = jac.shape[-1]
-        hg = link.h_gamma
-        hg = hg if isinstance(hg, float) else hg.detach().unsqueeze(-1)
-        matrix = torch.eye(n, dtype=jac.dtype, device=jac.device) - hg * jac
+        slope = link.stage_map.slope(link.z)
+        matrix = torch.eye(slope.shape[-1], dtype=slope.dtype, device=slope.device) - slope
         ok = ~link.failed
         w = torch.zeros_like(v)
         if bool(ok.any()):
