@@ -21,28 +21,9 @@ from typing import ClassVar
 
 import torch
 
-from ._explicit_rk import (
-    AbstractSolver,
-    FlatField,
-    StepResult,
-    StepSize,
-    Time,
-    as_dtype,
-    combine,
-    hermite_polynomials,
-    hermite_weights,
-    weighted_sum,
-)
-from ._newton import (
-    Factorised,
-    Newton,
-    RowField,
-    ScaledField,
-    count,
-    jacobian,
-    per_matrix,
-    solve_stage,
-)
+from ._explicit_rk import FlatField, StepResult, StepSize, Time, combine
+from ._implicit import ImplicitRK, on_rows, stage_time
+from ._newton import Factorised, ScaledField, count, jacobian, per_matrix, solve_stage
 from ._tableau import Number
 
 _CONSISTENCY_TOL = 1e-12
@@ -163,12 +144,9 @@ class DIRKTableau:
         return [[*row, *([0] * (s - len(row)))] for row in self.a]
 
 
-_INTERPOLATIONS = ("hermite", "linear")
-
-
 @dataclass(frozen=True)
-class DIRK(AbstractSolver):
-    """Base of the implicit solvers: a DIRK tableau, Newton settings and the generic step.
+class DIRK(ImplicitRK):
+    """Base of the diagonally implicit solvers: a DIRK tableau and the generic step.
 
     Each step evaluates the Jacobian ``∂f/∂y`` once at ``(t0, y0)`` (autograd; per sample
     in per-sample mode), factorises ``I − dt γ J`` once and solves every stage by
@@ -181,87 +159,9 @@ class DIRK(AbstractSolver):
     which also makes the cubic Hermite dense output free.
 
     Subclasses are frozen dataclasses that set the class attribute ``tableau``.
-
-    Attributes:
-        newton: Settings of the stage solves (match its ``rtol``/``atol`` to the
-            controller's).
-        interpolation: Output times inside a step: ``"hermite"`` (cubic Hermite, 3rd
-            order, the default) or ``"linear"`` (what torchdiffeq's fixed-grid solvers do
-            by default).
     """
 
     tableau: ClassVar[DIRKTableau]
-    newton: Newton = field(default_factory=Newton)
-    interpolation: str = "hermite"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.newton, Newton):
-            raise TypeError(
-                f"newton must be a neuralode.Newton, got {type(self.newton).__name__}; "
-                f"e.g. {type(self).__name__}(newton=Newton(rtol=1e-8, atol=1e-10))"
-            )
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
-            )
-
-    @property
-    def order(self) -> int:
-        """Classical order of the propagated solution."""
-        return self.tableau.order
-
-    @property
-    def error_order(self) -> int:
-        """``min(order, embedded order)``: the exponent base for step-size control."""
-        embedded = self.tableau.embedded_order
-        return self.tableau.order if embedded is None else min(self.tableau.order, embedded)
-
-    @property
-    def adaptive(self) -> bool:
-        """Whether the tableau has an embedded error estimate."""
-        return self.tableau.adaptive
-
-    @property
-    def fsal(self) -> bool:
-        """An explicit first stage and a stiffly accurate last one: ``f1`` is free."""
-        return self.tableau.explicit_first and self.tableau.stiffly_accurate
-
-    @property
-    def needs_f1(self) -> bool:
-        """Cubic Hermite dense output weighs ``f1`` (free when the method is FSAL)."""
-        return self.interpolation == "hermite"
-
-    @property
-    def quadrature_weights(self) -> None:
-        """``None``: no quadrature over the field's own evaluations.
-
-        ``y1 = y0 + dt Σ b_i k_i`` holds, but the ``k_i`` are recovered from the stage
-        values, not evaluations of ``f`` at them: the per-sample backsolve adjoint, which
-        replays a step's evaluations as its quadrature nodes, would integrate the
-        parameter gradient at the Newton iterates instead (measured: wrong in the third
-        digit). It refuses this solver with a message instead.
-        """
-        return None
-
-    def _dense_b(self) -> tuple[float, ...]:
-        # The step's k starts with f0 (Hermite's h10 weighs it): an implicit first stage
-        # comes after it, with weight 0 on f0 in y1.
-        b = self.tableau.b_float
-        return b if self.tableau.explicit_first else (0.0, *b)
-
-    def stage_weights(self, thetas: Sequence[float]) -> list[list[float]]:
-        """Cubic Hermite (on ``k`` and ``f1``) or linear weights at each ``θ``."""
-        b = self._dense_b()
-        if self.interpolation == "linear":
-            return [[theta * bi for bi in b] for theta in thetas]
-        return [hermite_weights(b, theta) for theta in thetas]
-
-    def stage_polynomials(self) -> list[list[float]]:
-        """:meth:`stage_weights` as polynomial coefficients."""
-        b = self._dense_b()
-        if self.interpolation == "linear":
-            return [[0.0, bi] for bi in b]
-        return hermite_polynomials(b)
 
     def step(
         self,
@@ -274,18 +174,7 @@ class DIRK(AbstractSolver):
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
         tab = self.tableau
-        shape = y0.shape
-        call: RowField = f
-        h: StepSize = dt
-        y, k0 = y0, f0
-        if isinstance(dt, float):
-            # Joint mode: the whole state is one row.
-            def call(t: Time, z: torch.Tensor) -> torch.Tensor:
-                return f(t, z.reshape(shape)).reshape(1, -1)
-
-            y, k0 = y0.reshape(1, -1), f0.reshape(1, -1)
-        else:
-            h = as_dtype(dt, y0.dtype).unsqueeze(-1)  # (B, 1)
+        call, y, k0, h = on_rows(f, y0, f0, dt)
         h_gamma = h * tab.gamma
         matrix = Factorised.of(per_matrix(h_gamma) * jacobian(call, t0, y), f)
         count(f, njev=1)
@@ -293,7 +182,7 @@ class DIRK(AbstractSolver):
         k = [k0] if tab.explicit_first else []
         for i in range(len(k), tab.stages):
             row = tab.a_float[i][:-1]
-            t_stage = self._stage_time(t0, dt, tab.c_float[i], t1_stage)
+            t_stage = stage_time(t0, dt, tab.c_float[i], t1_stage)
             psi = combine(y, k, row, h) if k else y  # y0 + dt Σ_{j<i} a_ij k_j
             with torch.no_grad():
                 if tab.predictor_float is not None:
@@ -305,41 +194,4 @@ class DIRK(AbstractSolver):
             z, failed, eta = stage.z, stage.failed, stage.eta
             k.append((z - psi) / h_gamma)
         y1 = z if tab.stiffly_accurate else combine(y, k, tab.b_float, h)
-        y_error = self._error(k, h)
-        if bool(failed.any()):
-            # A failed Newton iteration is a rejected step: NaN is what the controller
-            # rejects and shrinks, row by row.
-            rejected = failed.unsqueeze(-1)
-            y1 = torch.where(rejected, math.nan, y1)
-            if y_error is not None:
-                y_error = torch.where(rejected, math.nan, y_error)
-        f1 = k[-1] if tab.stiffly_accurate else None
-        if not tab.explicit_first:
-            k.insert(0, k0)
-        if isinstance(dt, float):
-            k = [kj.reshape(shape) for kj in k]
-            f1 = None if f1 is None else k[-1]
-            y1 = y1.reshape(shape)
-            y_error = None if y_error is None else y_error.reshape(shape)
-        return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k), newton_failed=failed)
-
-    def _error(self, k: list[torch.Tensor], h: StepSize) -> torch.Tensor | None:
-        """``dt Σ (b_i − b̂_i) k_i``, out of the graph (step-size control is not differentiated)."""
-        error = self.tableau.error_float
-        if error is None:
-            return None
-        with torch.no_grad():
-            if isinstance(h, float):
-                return weighted_sum(k, [e * h for e in error])
-            return weighted_sum(k, error).mul_(h)
-
-    @staticmethod
-    def _stage_time(t0: Time, dt: StepSize, c: float, t1_stage: float | None) -> Time:
-        if c == 1.0:
-            # Exactly the step end (or the left limit before a jump there).
-            if t1_stage is not None:
-                return t1_stage
-            return t0 + dt
-        if isinstance(dt, float):
-            return t0 + c * dt
-        return torch.add(t0, dt, alpha=c)
+        return self._result(y0, y1, k, k0, h, failed)
