@@ -23,7 +23,6 @@ from ._solution import SolverError, State, Status
 from ._vector_field import Structure
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
 from .solvers import (
-    DIRK,
     RK4,
     SDIRK2,
     TRBDF2,
@@ -35,18 +34,23 @@ from .solvers import (
     Euler,
     ExplicitRK,
     Fehlberg2,
+    GaussLegendre4,
+    GaussLegendre6,
     Heun2,
     Heun3,
     ImplicitEuler,
     ImplicitMidpoint,
+    ImplicitRK,
     Midpoint,
+    RadauIIA3,
+    RadauIIA5,
     Trapezoid,
     Tsit5,
 )
 
 # torchdiffeq's method names → solver classes. The implicit ones are torchdiffeq's
 # development (post-0.2.5) names; their Newton iterations use neuralode.Newton's defaults.
-METHODS: dict[str, type[ExplicitRK] | type[DIRK]] = {
+METHODS: dict[str, type[ExplicitRK] | type[ImplicitRK]] = {
     "dopri8": Dopri8,
     "dopri5": Dopri5,
     "tsit5": Tsit5,
@@ -63,6 +67,10 @@ METHODS: dict[str, type[ExplicitRK] | type[DIRK]] = {
     "trapezoid": Trapezoid,
     "sdirk2": SDIRK2,
     "trbdf2": TRBDF2,
+    "radauIIA3": RadauIIA3,
+    "radauIIA5": RadauIIA5,
+    "gl4": GaussLegendre4,
+    "gl6": GaussLegendre6,
 }
 SCIPY = "scipy_solver"
 
@@ -70,12 +78,6 @@ UNSUPPORTED = {
     "explicit_adams": "multistep Adams methods are not implemented; use 'rk4' or 'dopri5'",
     "implicit_adams": "multistep Adams methods are not implemented; use 'dopri5'",
     "fixed_adams": "multistep Adams methods are not implemented; use 'rk4'",
-    **{
-        name: "fully implicit Runge–Kutta methods are not implemented yet; use "
-        "'trbdf2' or 'sdirk2' (fixed steps), or neuralode.solve with neuralode.Kvaerno5() "
-        "(adaptive, L-stable, 5th order)"
-        for name in ("radauIIA3", "radauIIA5", "gl4", "gl6")
-    },
 }
 
 # torchdiffeq's own default: no budget to speak of. Natively neuralode keeps a finite one.

@@ -18,7 +18,10 @@ D = torch.float64
 ADAPTIVE = [name for name, cls in METHODS.items() if cls.tableau.adaptive]
 # torchdiffeq 0.2.5 has no tsit5 and none of the implicit methods (its development
 # version's names; tested in tests/solvers/test_implicit_compat.py).
-IMPLICIT = {"implicit_euler", "implicit_midpoint", "trapezoid", "sdirk2", "trbdf2"}
+IMPLICIT = {
+    "implicit_euler", "implicit_midpoint", "trapezoid", "sdirk2", "trbdf2", "radauIIA3",
+    "radauIIA5", "gl4", "gl6",
+}  # fmt: skip
 FIXED = [n for n, cls in METHODS.items() if not cls.tableau.adaptive and n not in IMPLICIT]
 NOT_IN_TORCHDIFFEQ = {"tsit5"}
 

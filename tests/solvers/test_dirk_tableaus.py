@@ -1,4 +1,4 @@
-"""The implicit (DIRK) tableaus: order conditions, embedded orders and stability.
+"""The implicit tableaus (DIRK and FIRK): order conditions, embedded orders, stability.
 
 The same rooted-tree conditions as the explicit tableaus (``test_tableaus``), on the full
 Butcher matrix with ``γ`` on the diagonal (Hairer, Nørsett & Wanner I, §II.2 holds for any
@@ -18,18 +18,24 @@ from test_tableaus import VIOLATION, density, rooted_trees, tree_order, trees_up
 
 from neuralode.solvers import IMPLICIT_SOLVERS
 from neuralode.solvers._dirk import DIRKTableau
+from neuralode.solvers._firk import FIRKTableau
 from neuralode.solvers._tableau import _invert
 
 TABLEAUS = tuple(cls.tableau for cls in IMPLICIT_SOLVERS)
-EMBEDDED = tuple(t for t in TABLEAUS if t.b_hat is not None)
-# A(∞) = 0 (L-stable) for all but the implicit midpoint and trapezoidal rules (|R(∞)| = 1).
-L_STABLE = tuple(t for t in TABLEAUS if t.name not in ("ImplicitMidpoint", "Trapezoid"))
+EMBEDDED = tuple(t for t in TABLEAUS if t.adaptive)
+# R(∞) = 0 (L-stable) for all but the Gauss methods and the trapezoidal rule (|R(∞)| = 1).
+A_ONLY = ("ImplicitMidpoint", "Trapezoid", "GaussLegendre4", "GaussLegendre6")
+L_STABLE = tuple(t for t in TABLEAUS if t.name not in A_ONLY)
 TOLERANCE = {
     "ImplicitEuler": 0.0,
     "ImplicitMidpoint": 0.0,
     "Trapezoid": 0.0,
     "SDIRK2": 1e-16,
     "TRBDF2": 1e-16,
+    "RadauIIA3": 0.0,
+    "RadauIIA5": 1e-15,
+    "GaussLegendre4": 1e-15,
+    "GaussLegendre6": 1e-15,
     "Kvaerno3": 1e-15,
     "Kvaerno5": 1e-15,
 }
@@ -121,6 +127,22 @@ def stability_exact(tableau: DIRKTableau, z: Fraction) -> float:
     inverse = _invert(m)
     x = [sum(row, Fraction(0)) for row in inverse]  # (I − zA)⁻¹ 1
     return float(1 + z * sum(Fraction(bi) * xi for bi, xi in zip(tableau.b, x, strict=True)))
+
+
+def test_gauss_legendre4_nodes_are_symmetric() -> None:
+    # torchdiffeq's development tableau has 1/2 − √3/6 twice, which loses the order.
+    gl4 = next(t for t in TABLEAUS if t.name == "GaussLegendre4")
+    assert gl4.c_float[0] + gl4.c_float[1] == pytest.approx(1.0, abs=1e-15)
+    wrong = FIRKTableau(
+        name="GaussLegendre4", c=(gl4.c[0], gl4.c[0]),
+        a=(gl4.a[0], (gl4.a[0][0] + gl4.a[0][1] - 0.25, 0.25)), b=gl4.b, order=4,
+    )  # fmt: skip
+    worst = max(residual(_exact(wrong), _fr(wrong.b), tree) for tree in trees_up_to(3))
+    assert worst > 1e-3
+
+
+def _fr(weights):
+    return [Fraction(x) for x in weights]
 
 
 def test_kvaerno3_gamma_is_the_l_stable_root() -> None:

@@ -17,7 +17,13 @@ NAMES = {
     "trapezoid": no.Trapezoid,
     "sdirk2": no.SDIRK2,
     "trbdf2": no.TRBDF2,
+    "radauIIA3": no.RadauIIA3,
+    "radauIIA5": no.RadauIIA5,
+    "gl4": no.GaussLegendre4,
+    "gl6": no.GaussLegendre6,
 }
+# Not L-stable: the stiff mode's error decays slowly (|R(∞)| = 1), so a coarse bound.
+A_ONLY = {"implicit_midpoint", "gl4", "gl6"}
 
 
 def stiff(t, y):
@@ -38,7 +44,7 @@ def test_method_names_give_the_native_solvers(name):
     torch.testing.assert_close(ours, native, rtol=0, atol=0)
     # Stable at a step 500 times the explicit limit, and on the slow solution cos(t).
     error = float((ours - torch.cos(ts)[:, None]).abs().max())
-    assert error < (0.5 if name == "implicit_midpoint" else 5e-3)
+    assert error < (0.5 if name in A_ONLY else 5e-3)
 
 
 def test_cubic_interp_is_hermite():
@@ -47,10 +53,3 @@ def test_cubic_interp_is_hermite():
     cubic = odeint(stiff, y0, ts, method="trbdf2", options={"step_size": 0.1, "interp": "cubic"})
     linear = odeint(stiff, y0, ts, method="trbdf2", options={"step_size": 0.1})
     assert abs(float(cubic[1, 0]) - math.cos(0.33)) < abs(float(linear[1, 0]) - math.cos(0.33))
-
-
-@pytest.mark.parametrize("name", ["radauIIA3", "radauIIA5", "gl4", "gl6"])
-def test_fully_implicit_names_say_what_to_use(name):
-    y0 = torch.tensor([1.0], dtype=D)
-    with pytest.raises(ValueError, match="fully implicit Runge–Kutta methods are not implemented"):
-        odeint(stiff, y0, torch.tensor([0.0, 1.0], dtype=D), method=name)

@@ -26,12 +26,14 @@ SOLVERS = {
     "kvaerno3": no.Kvaerno3(newton=TIGHT_NEWTON),
     "kvaerno5": no.Kvaerno5(newton=TIGHT_NEWTON),
 }
-# The fixed-step ones with Direct only: an implicit first stage (SDIRK2) and a method that
-# is not stiffly accurate (the implicit midpoint rule) take the step's other paths.
+# The fixed-step ones with Direct only: an implicit first stage (SDIRK2), a method that is
+# not stiffly accurate (implicit midpoint, Gauss) and the stacked fully implicit step.
 FIXED = {
     "implicit_midpoint": no.ImplicitMidpoint(newton=TIGHT_NEWTON),
     "sdirk2": no.SDIRK2(newton=TIGHT_NEWTON),
     "trbdf2": no.TRBDF2(newton=TIGHT_NEWTON),
+    "radau_iia5": no.RadauIIA5(newton=TIGHT_NEWTON),
+    "gauss_legendre4": no.GaussLegendre4(newton=TIGHT_NEWTON),
 }
 TS = (0.0, 0.3, 0.7, 1.0)
 # Per-sample backsolve refuses an implicit backward solve (tested below).
@@ -196,3 +198,20 @@ def test_second_derivatives_are_refused_not_wrong():
     ys = solve_fn(no.Kvaerno5(), no.PIDController(), no.DirectAdjoint())(y0, W, b)
     with pytest.raises(NotImplementedError, match="second derivatives .* not supported"):
         torch.autograd.grad(ys.sum(), W, create_graph=True)
+
+
+def test_fully_implicit_gradients_match_an_explicit_solver():
+    # The stacked system's implicit-function backward (fixed steps: joint mode only).
+    y0, W, b = inputs(batch=2)
+    ts = torch.tensor(TS, dtype=D)
+
+    def grads(solver, controller):
+        ys = no.solve(
+            lambda t, y: field(t, y, W, b), y0, ts, solver=solver, controller=controller
+        ).ys
+        return torch.autograd.grad(ys.sum(), (y0, W, b))
+
+    reference = grads(no.Dopri5(), no.PIDController(rtol=1e-11, atol=1e-11))
+    implicit = grads(no.RadauIIA5(newton=TIGHT_NEWTON), no.ConstantStepSize(0.01))
+    for got, want in zip(implicit, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

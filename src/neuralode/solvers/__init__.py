@@ -2,6 +2,8 @@
 
 from ._dirk import DIRK, DIRKTableau
 from ._explicit_rk import AbstractSolver, ExplicitRK, StepResult
+from ._firk import FIRK, FIRKTableau
+from ._implicit import ImplicitRK
 from ._newton import Newton
 from ._tableau import ButcherTableau
 from .adaptive_heun import AdaptiveHeun
@@ -10,7 +12,17 @@ from .dopri5 import Dopri5
 from .dopri8 import Dopri8
 from .fehlberg2 import Fehlberg2
 from .fixed import RK4, Euler, Heun2, Heun3, Midpoint
-from .implicit_fixed import SDIRK2, TRBDF2, ImplicitEuler, ImplicitMidpoint, Trapezoid
+from .implicit_fixed import (
+    SDIRK2,
+    TRBDF2,
+    GaussLegendre4,
+    GaussLegendre6,
+    ImplicitEuler,
+    ImplicitMidpoint,
+    RadauIIA3,
+    RadauIIA5,
+    Trapezoid,
+)
 from .kvaerno3 import Kvaerno3
 from .kvaerno5 import Kvaerno5
 from .tsit5 import Tsit5
@@ -30,12 +42,16 @@ ALL_SOLVERS: tuple[type[ExplicitRK], ...] = (
     Dopri8,
 )
 # The implicit (stiff) solvers, for their own tests and docs.
-IMPLICIT_SOLVERS: tuple[type[DIRK], ...] = (
+IMPLICIT_SOLVERS: tuple[type[ImplicitRK], ...] = (
     ImplicitEuler,
     ImplicitMidpoint,
     Trapezoid,
     SDIRK2,
     TRBDF2,
+    RadauIIA3,
+    RadauIIA5,
+    GaussLegendre4,
+    GaussLegendre6,
     Kvaerno3,
     Kvaerno5,
 )
@@ -54,6 +70,10 @@ __all__ = [
     "Dopri5",
     "Dopri8",
     "Euler",
+    "FIRK",
+    "FIRKTableau",
+    "GaussLegendre4",
+    "GaussLegendre6",
     "ExplicitRK",
     "Fehlberg2",
     "Heun2",
@@ -61,10 +81,13 @@ __all__ = [
     "IMPLICIT_SOLVERS",
     "ImplicitEuler",
     "ImplicitMidpoint",
+    "ImplicitRK",
     "Kvaerno3",
     "Kvaerno5",
     "Midpoint",
     "Newton",
+    "RadauIIA3",
+    "RadauIIA5",
     "StepResult",
     "Trapezoid",
     "Tsit5",
