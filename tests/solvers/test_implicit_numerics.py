@@ -287,3 +287,48 @@ def test_float32_state(solver_cls):
                    controller=no.PIDController(rtol=1e-4, atol=1e-7))  # fmt: skip
     assert sol.ys.dtype == torch.float32 and sol.success
     torch.testing.assert_close(sol.ys[-1].sum(), torch.tensor(1.0), rtol=1e-5, atol=1e-5)
+
+
+# --- dense output -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interpolation", ["hermite", "linear"])
+@pytest.mark.parametrize("solver_cls", IMPLICIT_SOLVERS, ids=lambda c: c.__name__)
+def test_stage_weights_are_the_stage_polynomials(solver_cls, interpolation):
+    # The joint driver evaluates the weights, the per-sample one the polynomials.
+    solver = solver_cls(interpolation=interpolation)
+    thetas = [0.0, 0.3, 0.5, 1.0]
+    polys = solver.stage_polynomials()
+    for theta, weights in zip(thetas, solver.stage_weights(thetas), strict=True):
+        from_polys = [sum(c * theta**p for p, c in enumerate(row)) for row in polys]
+        assert from_polys == pytest.approx(weights, abs=1e-15)
+    # At θ = 1 the interpolant is y1: the weights are b (f0 first, weight 0, when the first
+    # stage is implicit; f1 last, weight 0, for Hermite).
+    at_one = solver.stage_weights([1.0])[0]
+    assert sum(at_one) == pytest.approx(1.0, abs=1e-14)
+
+
+def test_hermite_outputs_inside_steps_are_third_order(exact_problem):
+    # Cubic Hermite between step ends: errors at mid-step fall like dt^4 (locally).
+    errors, steps = [], (32, 64, 128)
+    for n in steps:
+        ts_steps = torch.linspace(0.0, T_END, n + 1, dtype=D)
+        mids = (ts_steps[:-1] + ts_steps[1:]) / 2
+        ts = torch.stack([ts_steps[:-1], mids], 1).reshape(-1)
+        sol = no.solve(
+            exact_problem.f, exact_problem.y0_tensor(), ts, solver=no.Kvaerno5(newton=TIGHT),
+            controller=no.ConstantStepSize(T_END / n),
+        )  # fmt: skip
+        exact = exact_problem.exact(ts.numpy())
+        errors.append(float(np.abs(sol.ys.numpy() - exact)[1::2].max()))
+    slope = np.polyfit(np.log(T_END / np.array(steps)), np.log(errors), 1)[0]
+    assert 3.6 <= slope <= 4.4, (slope, errors)
+
+
+def test_per_sample_outputs_inside_steps_match_joint():
+    y0 = torch.tensor([2.0, 0.0], dtype=D)
+    ts = torch.linspace(0.0, 1.0, 7, dtype=D)
+    f = van_der_pol(50.0)
+    joint = no.solve(f, y0, ts, solver=no.Kvaerno5())
+    rows = no.solve(f, y0[None], ts, solver=no.Kvaerno5(), batch_dims=1)
+    torch.testing.assert_close(rows.ys[:, 0], joint.ys, rtol=1e-10, atol=1e-12)
