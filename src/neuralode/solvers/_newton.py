@@ -316,11 +316,15 @@ def _iterate(
         else:
             rate = size / previous  # θ_k, the contraction rate
             eta = rate / (1 - rate)
-            # Diverging, or too slow to converge in the iterations left (Hairer & Wanner
-            # II, §IV.8: θ^(k_max − k)/(1 − θ)·‖Δ‖ > κ).
-            left = settings.max_iters - 1 - k
-            slow = rate.pow(left) / (1 - rate) * size > settings.kappa
-            bad = bad | (rate >= 1) | slow
+            bad = bad | (rate >= 1)  # diverging
+            if k >= 2:
+                # Too slow to converge in the iterations left (Hairer & Wanner II, §IV.8:
+                # θ^(k_max − k)/(1 − θ)·‖Δ‖ > κ). Not on the first rate estimate, which
+                # rejected steps that then converged: from k = 2 on, Kvaerno5 on VDPOL at
+                # rtol 1e-4 fails Newton at 76 steps instead of 145 and takes 3,924
+                # evaluations instead of 4,580 (ROBER: 1,579 instead of 1,626).
+                left = settings.max_iters - 1 - k
+                bad = bad | (rate.pow(left) / (1 - rate) * size > settings.kappa)
         done = ~bad & (eta * size <= settings.kappa)
         stepping = active & ~bad
         keep = stepping.unsqueeze(-1)
