@@ -22,11 +22,12 @@ class Status(enum.Enum):
     MAX_STEPS = (
         "the step budget max_steps was used up before the last output time; raise max_steps, "
         "loosen rtol/atol, or use a solver suited to the problem (a stiff problem needs an "
-        "implicit solver)"
+        "implicit solver such as neuralode.Kvaerno5())"
     )
     DT_MIN = (
         "the step size fell below dt_min (or below the floating-point resolution of t): the "
-        "solution may blow up in finite time near here, or the problem is stiff"
+        "solution may blow up in finite time near here, or the problem is stiff (use an "
+        "implicit solver such as neuralode.Kvaerno5())"
     )
     NONFINITE = (
         "the vector field returned a non-finite value (NaN or inf) and shrinking the step did "

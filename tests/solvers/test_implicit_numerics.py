@@ -332,3 +332,9 @@ def test_per_sample_outputs_inside_steps_match_joint():
     joint = no.solve(f, y0, ts, solver=no.Kvaerno5())
     rows = no.solve(f, y0[None], ts, solver=no.Kvaerno5(), batch_dims=1)
     torch.testing.assert_close(rows.ys[:, 0], joint.ys, rtol=1e-10, atol=1e-12)
+
+
+def test_an_explicit_solver_failing_on_a_stiff_problem_names_the_implicit_one():
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=D)
+    with pytest.raises(no.SolverError, match=r"implicit solver such as neuralode\.Kvaerno5\(\)"):
+        no.solve(rober, y0, torch.tensor([0.0, 1e3], dtype=D), solver=no.Dopri5(), max_steps=500)
