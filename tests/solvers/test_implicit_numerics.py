@@ -338,3 +338,12 @@ def test_an_explicit_solver_failing_on_a_stiff_problem_names_the_implicit_one():
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=D)
     with pytest.raises(no.SolverError, match=r"implicit solver such as neuralode\.Kvaerno5\(\)"):
         no.solve(rober, y0, torch.tensor([0.0, 1e3], dtype=D), solver=no.Dopri5(), max_steps=500)
+
+
+def test_compiled_per_sample_step_says_why_it_cannot():
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 0.0]], dtype=D)
+    with pytest.raises(RuntimeError, match="Kvaerno5 cannot run inside torch.compile"):
+        no.solve(
+            van_der_pol(10.0), y0, torch.tensor([0.0, 1.0], dtype=D), solver=no.Kvaerno5(),
+            batch_dims=1, compile_step=True,
+        )  # fmt: skip

@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 
 from ._explicit_rk import FlatField, StepResult, StepSize, Time, combine
-from ._implicit import ImplicitRK, on_rows, stage_time
+from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, ScaledField, count, jacobian, per_matrix, solve_stage
 from ._tableau import Number
 
@@ -173,6 +173,7 @@ class DIRK(ImplicitRK):
         t1_stage: float | None = None,
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
+        refuse_compile(self)
         tab = self.tableau
         call, y, k0, h = on_rows(f, y0, f0, dt)
         h_gamma = h * tab.gamma

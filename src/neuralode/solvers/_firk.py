@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ._explicit_rk import FlatField, StepResult, StepSize, Time
-from ._implicit import ImplicitRK, on_rows, stage_time
+from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, RowField, StageMap, count, jacobian, per_matrix, solve_stage
 from ._tableau import Number, _invert
 
@@ -154,6 +154,7 @@ class FIRK(ImplicitRK):
         t1_stage: float | None = None,
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
+        refuse_compile(self)
         tab = self.tableau
         call, y, k0, h = on_rows(f, y0, f0, dt)
         s, (rows, n) = tab.stages, y.shape

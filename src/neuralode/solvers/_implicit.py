@@ -59,6 +59,20 @@ def on_rows(
     return call, y0.reshape(1, -1), f0.reshape(1, -1), dt
 
 
+def refuse_compile(solver: AbstractSolver) -> None:
+    """Raise inside ``torch.compile``: an implicit step cannot be one graph.
+
+    Its Newton iterations stop on a host-side convergence test and take the Jacobian by
+    ``torch.func``/``torch.autograd.grad``. Under ``fullgraph=True`` dynamo reports this
+    as an unsupported exception that carries this message.
+    """
+    if torch.compiler.is_compiling():
+        raise TypeError(
+            f"{type(solver).__name__} cannot run inside torch.compile (its Newton iterations "
+            "stop on a host-side convergence test): solve with compile_step=False"
+        )
+
+
 def stage_time(t0: Time, dt: StepSize, c: float, t1_stage: float | None) -> Time:
     """``t0 + c dt``; exactly the step end (or the left limit before a jump) at ``c = 1``."""
     if c == 1.0:
