@@ -347,3 +347,24 @@ def test_compiled_per_sample_step_says_why_it_cannot():
             van_der_pol(10.0), y0, torch.tensor([0.0, 1.0], dtype=D), solver=no.Kvaerno5(),
             batch_dims=1, compile_step=True,
         )  # fmt: skip
+
+
+# --- the rest of the solve interface ------------------------------------------------------
+
+
+def test_reverse_time_and_tuple_state(exact_problem):
+    # Backwards from the exact end state to t = 0, with the state split into a tuple.
+    ts = torch.tensor([T_END, 2.0, 0.0], dtype=D)
+    y_end = torch.tensor(exact_problem.exact(np.array([T_END]))[0], dtype=D)
+
+    def split_field(t, y):
+        out = exact_problem.f(t, torch.cat(y))
+        return out[:1], out[1:]
+
+    tol = no.PIDController(rtol=1e-9, atol=1e-9)
+    newton = no.Newton(rtol=1e-9, atol=1e-9)
+    sol = no.solve(split_field, (y_end[:1], y_end[1:]), ts, solver=no.Kvaerno5(newton=newton),
+                   controller=tol)  # fmt: skip
+    exact = exact_problem.exact(ts.numpy())
+    got = torch.cat(sol.ys, dim=-1).numpy()
+    assert np.abs(got - exact).max() < 1e-6
