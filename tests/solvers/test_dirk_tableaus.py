@@ -19,7 +19,7 @@ from test_tableaus import VIOLATION, density, rooted_trees, tree_order, trees_up
 from neuralode.solvers import IMPLICIT_SOLVERS
 from neuralode.solvers._dirk import DIRKTableau
 from neuralode.solvers._firk import FIRKTableau
-from neuralode.solvers._tableau import _invert
+from neuralode.solvers._tableau import invert_exact
 
 TABLEAUS = tuple(cls.tableau for cls in IMPLICIT_SOLVERS)
 EMBEDDED = tuple(t for t in TABLEAUS if t.adaptive)
@@ -124,7 +124,7 @@ def stability_exact(tableau: DIRKTableau, z: Fraction) -> float:
     a = _exact(tableau)
     s = len(a)
     m = [[Fraction(int(i == j)) - z * a[i][j] for j in range(s)] for i in range(s)]
-    inverse = _invert(m)
+    inverse = invert_exact(m)
     x = [sum(row, Fraction(0)) for row in inverse]  # (I − zA)⁻¹ 1
     return float(1 + z * sum(Fraction(bi) * xi for bi, xi in zip(tableau.b, x, strict=True)))
 

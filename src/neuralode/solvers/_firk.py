@@ -20,7 +20,7 @@ import torch
 from ._explicit_rk import FlatField, StepResult, StepSize, Time
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, RowField, StageMap, count, jacobian, per_matrix, solve_stage
-from ._tableau import Number, _invert
+from ._tableau import Number, invert_exact
 
 _CONSISTENCY_TOL = 1e-12
 
@@ -68,7 +68,7 @@ class FIRKTableau:
             abs(float(x) - float(y)) <= _CONSISTENCY_TOL
             for x, y in zip(self.a[-1], self.b, strict=True)
         )
-        inverse = _invert([[Fraction(x) for x in row] for row in self.a])
+        inverse = invert_exact([[Fraction(x) for x in row] for row in self.a])
         set_(self, "stiffly_accurate", stiffly_accurate)
         set_(self, "c_float", tuple(float(x) for x in self.c))
         set_(self, "a_float", tuple(tuple(float(x) for x in row) for row in self.a))
@@ -105,11 +105,7 @@ class _Collocation(StageMap):
         rows, s = z.shape[0], len(self.times)
         stages = z.view(rows, s, -1)
         values = torch.stack([self.call(t, stages[:, j]) for j, t in enumerate(self.times)], 1)
-        return (self.h_rows * torch.einsum("ij,rjn->rin", self.a, values)).reshape(rows, -1)
-
-    @property
-    def h_rows(self) -> StepSize:
-        return self.h if isinstance(self.h, float) else self.h.unsqueeze(-1)  # (R, 1, 1)
+        return _times_rows(self.h, torch.einsum("ij,rjn->rin", self.a, values)).reshape(rows, -1)
 
     def slope(self, z: torch.Tensor) -> torch.Tensor:
         """``dt [a_ij J(z_j)]``: block ``(i, j)`` is ``a_ij`` times stage ``j``'s Jacobian."""

@@ -1,8 +1,10 @@
 """Linear algebra and simplified Newton for implicit stage equations, on rows.
 
-Every implicit stage equation here has the form ``z = ψ + hγ f(t, z)``, solved by
-simplified Newton (Hairer & Wanner II, §IV.8): one Jacobian ``J = ∂f/∂y`` and one LU
-factorisation of ``M = I − hγJ`` per step, reused by every iteration of every stage.
+Every implicit stage equation here has the form ``z = ψ + G(z)``: ``G(z) = hγ f(t, z)``
+for one stage of a diagonally implicit method, ``G = h (A ⊗ I) F`` for the stacked stages
+of a fully implicit one (:class:`StageMap`). It is solved by simplified Newton (Hairer &
+Wanner II, §IV.8): one Jacobian ``J = ∂f/∂y`` and one LU factorisation of ``I − ∂G/∂z``
+(``I − hγJ``) per step, reused by every iteration of every stage.
 
 Everything works on *rows*: a ``(R, n)`` tensor of ``R`` independent problems of size
 ``n``. Joint mode is one row (the whole state, flattened); per-sample mode is one row per
@@ -37,7 +39,8 @@ class Newton:
     ``θ = ‖Δ_k‖/‖Δ_(k−1)‖`` and ``η = θ/(1 − θ)``, falls below ``kappa`` in the norm
     ``RMS(Δ / (atol + rtol·|z|))`` (Hairer & Wanner II, §IV.8, eq. 8.10–8.11). It gives up
     (and the step is rejected and retried smaller) when ``θ ≥ 1`` (divergence), when the
-    rate predicts no convergence within ``max_iters``, or on a non-finite value.
+    rate predicts no convergence within ``max_iters`` (from the second rate estimate on),
+    or on a non-finite value.
 
     Set ``rtol``/``atol`` to the step-size controller's: Newton errors well below the
     tolerance keep the error estimate meaningful (diffrax does the same, with
@@ -138,7 +141,7 @@ def _reverse_jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Factorised:
-    """``M = I − hγJ`` (or its stacked form) for every row, factorised once, solved often.
+    """``M = I − hγJ`` (or a stacked ``I − ∂G/∂z``) for every row: factorised once, solved often.
 
     Attributes:
         lu: The packed LU factors, ``(R, m, m)``.
@@ -165,7 +168,7 @@ class Factorised:
         return Factorised(lu, pivots, bad | (info != 0))
 
     def solve(self, rhs: torch.Tensor, f: Any) -> torch.Tensor:
-        """``M⁻¹ rhs`` for every row (``rhs`` is ``(R, n)``)."""
+        """``M⁻¹ rhs`` for every row (``rhs`` is ``(R, m)``)."""
         count(f, nsolve=1)
         return torch.linalg.lu_solve(self.lu, self.pivots, rhs.unsqueeze(-1)).squeeze(-1)
 
@@ -217,10 +220,10 @@ def per_matrix(h: StepSize) -> StepSize:
 
 @dataclass
 class StageSolution:
-    """A solved stage ``z = ψ + hγ f(t, z)``.
+    """A solved stage ``z = ψ + G(z)``.
 
     Attributes:
-        z: The stage value, ``(R, n)``, differentiable by the implicit-function theorem
+        z: The stage value, ``(R, m)``, differentiable by the implicit-function theorem
             (finite placeholders on failed rows).
         failed: Rows whose iteration did not converge, ``(R,)``.
         eta: Each row's last ``η = θ/(1 − θ)``, the next stage's first estimate.
