@@ -215,3 +215,28 @@ def test_fully_implicit_gradients_match_an_explicit_solver():
     implicit = grads(no.RadauIIA5(newton=TIGHT_NEWTON), no.ConstantStepSize(0.01))
     for got, want in zip(implicit, reference, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_newton_failures_in_one_sample_leave_the_shared_gradient_exact():
+    # Sample 1's stiffness is hidden from autograd: its Newton iterations fail and its
+    # steps are rejected many times. The shared parameter's gradient is still the sum of
+    # each sample's own gradient (nothing of the failed attempts leaks into it).
+    w = torch.tensor(1.0, dtype=D, requires_grad=True)
+
+    def f(t, y, hidden):
+        return -w * y - 1000.0 * hidden[:, None] * y.detach() + 0.0 * y
+
+    y0 = torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=D)
+    hidden = torch.tensor([0.0, 1.0], dtype=D)
+    ts = torch.tensor([0.0, 0.05], dtype=D)
+
+    def grad(rows):
+        sol = no.solve(
+            f, y0[rows], ts, solver=no.Kvaerno5(), controller=no.PIDController(dt0=0.01),
+            batch_dims=1, args=hidden[rows],
+        )  # fmt: skip
+        return sol, torch.autograd.grad(sol.ys[-1].sum(), w)[0]
+
+    both, g = grad(slice(0, 2))
+    assert both.stats.rejected > 10
+    torch.testing.assert_close(g, grad(slice(0, 1))[1] + grad(slice(1, 2))[1])
