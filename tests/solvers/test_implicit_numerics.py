@@ -368,3 +368,16 @@ def test_reverse_time_and_tuple_state(exact_problem):
     exact = exact_problem.exact(ts.numpy())
     got = torch.cat(sol.ys, dim=-1).numpy()
     assert np.abs(got - exact).max() < 1e-6
+
+
+@pytest.mark.parametrize("solver", [no.SDIRK2(), no.RadauIIA5(), no.ImplicitMidpoint()])
+def test_dense_interpolant_of_fixed_step_methods(solver):
+    # An implicit first stage (f0 put first, weight 0), a stacked step, and one that is not
+    # stiffly accurate (f1 evaluated by the loop for Hermite).
+    ts = torch.tensor([0.0, 2.0], dtype=D)
+    sol = no.solve(lambda t, y: -y, torch.tensor([1.0], dtype=D), ts, solver=solver,
+                   controller=no.ConstantStepSize(0.1), dense=True)  # fmt: skip
+    for t in (0.05, 1.05, 1.93):
+        assert float(sol.dense(torch.tensor(t, dtype=D))[0]) == pytest.approx(
+            math.exp(-t), abs=5e-4
+        )
