@@ -428,3 +428,23 @@ def test_neural_field_per_sample_and_joint():
     torch.testing.assert_close(rows.ys[:, 2], reference.ys, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(joint.ys, reference.ys, rtol=1e-5, atol=1e-6)
     assert rows.stats.sample_steps.max() < reference.stats.steps / 5  # stiff: far fewer steps
+
+
+def test_a_jump_in_f_at_a_step_end_is_not_seen_by_the_stage_past_it():
+    # Kvaerno5's node c = 1.23 lies past the step end: before a jump of f it is evaluated
+    # at the left limit too, so the steps up to the jump are not rejected for it.
+    def f(t, y):
+        return -y + 5.0 * (t > 1.0).to(D)
+
+    def exact(t):
+        return math.exp(-t) if t <= 1 else 5 + (math.exp(-1.0) - 5) * math.exp(1 - t)
+
+    ts = torch.tensor([0.0, 1.0, 2.0], dtype=D)
+    tol = dict(rtol=1e-8, atol=1e-10)
+    sol = no.solve(
+        f, torch.tensor([1.0], dtype=D), ts, solver=no.Kvaerno5(newton=no.Newton(**tol)),
+        controller=no.PIDController(**tol, jump_ts=[1.0]),
+    )  # fmt: skip
+    assert sol.stats.rejected <= 3 and sol.stats.steps < 40  # measured: 1 of 21
+    errors = [abs(float(sol.ys[i, 0]) - exact(float(t))) for i, t in enumerate(ts)]
+    assert max(errors) < 1e-7
