@@ -1,12 +1,13 @@
 """neuralode: differentiable ODE solvers and neural ODE models for PyTorch."""
 
+from ._events import Event
 from ._norms import max_norm, rms_norm
 from ._problem import PerSampleTuning
 from ._solution import Solution, SolverError, Stats, Status
 from ._solve import solve
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, DirectAdjoint
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
-from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
+from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy, LocalError
 from .solvers import (
     ALL_SOLVERS,
     RK4,
@@ -52,6 +53,7 @@ __all__ = [
     "CheckpointAdjoint",
     "ConstantStepSize",
     "DirectAdjoint",
+    "Event",
     "Dopri5",
     "Dopri8",
     "Euler",
@@ -66,6 +68,7 @@ __all__ = [
     "KineticEnergy",
     "Kvaerno3",
     "Kvaerno5",
+    "LocalError",
     "Midpoint",
     "Newton",
     "PIDController",

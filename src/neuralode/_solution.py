@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from ._events import EventLog
     from .interpolation import DenseInterpolation
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
@@ -126,13 +127,20 @@ class Solution:
         status: How the solve ended (:class:`Status`).
         t_last: The last time the solve reached with an accepted step (per-sample mode: a
             ``(B,)`` tensor, one per sample).
-        y_last: The state at ``t_last`` (the last good state).
+        y_last: The state at ``t_last`` (the last good state). Where an event stopped a
+            sample, the state it stopped in, differentiable (also through the event time).
         dense: A dense interpolant over the whole solve, when ``dense=True`` was asked for.
         sample_status: Per-sample mode: how each sample ended; ``status`` is then
             ``SUCCESS`` only if every sample succeeded, else the first failing sample's.
         regularization: With ``solve(..., regularizers=[...])``: each regulariser's
             integral over the solve (``ts[0]`` to the last output time) by its name, a 0-d
             tensor, or ``(B,)`` (one per sample) in per-sample mode. Differentiable.
+        event_ts: With ``solve(..., event=...)``: the times of the events met, in time
+            order: ``(K,)``, or ``(B, K)`` per sample (NaN-padded) in per-sample mode.
+            Differentiable (implicit-function theorem at each root).
+        event_index: Which event each was (its position in the ``event`` tuple), laid
+            out like ``event_ts`` (``-1`` padding).
+        event_element: Which element of that event's condition crossed zero.
     """
 
     ts: torch.Tensor
@@ -144,6 +152,9 @@ class Solution:
     dense: DenseInterpolation | None = None
     sample_status: tuple[Status, ...] | None = None
     regularization: dict[str, torch.Tensor] = field(default_factory=dict)
+    event_ts: torch.Tensor | None = None
+    event_index: torch.Tensor | None = None
+    event_element: torch.Tensor | None = None
 
     @property
     def failed_samples(self) -> list[int]:
@@ -173,6 +184,7 @@ class RawSolution:
         dense: The dense interpolant if asked for.
         sample_status: Per-sample mode: how each sample ended (``t_last`` is then a
             ``(B,)`` tensor and ``ys`` is ``(len(ts), B, N)``).
+        events: The events met, when the loop looked for some.
     """
 
     ys: torch.Tensor
@@ -184,6 +196,7 @@ class RawSolution:
     detail: str = ""
     dense: DenseInterpolation | None = None
     sample_status: tuple[Status, ...] | None = None
+    events: EventLog | None = None
 
     def error(self, context: str = "") -> SolverError | None:
         """The :class:`SolverError` of a failed solve (``None`` if it succeeded).

@@ -14,6 +14,8 @@ from ._checks import (
     check_tolerances_for,
     check_whole_number,
 )
+from ._event_solve import replay
+from ._events import Event, as_events
 from ._norms import max_norm, rms_norm
 from ._problem import DEFAULT_TUNING, PerSampleTuning, Problem, make_problem
 from ._solution import RawSolution, Solution, State, Status
@@ -21,6 +23,7 @@ from ._time_gradients import attach_output_times
 from ._vector_field import UserField
 from .adjoints import AbstractAdjoint, BacksolveAdjoint, DirectAdjoint
 from .controllers import AbstractController, PIDController
+from .integrate import Watcher, integrate
 from .regularizers import AbstractRegularizer, solve_regularized
 from .solvers import AbstractSolver, Dopri5
 
@@ -44,6 +47,7 @@ def solve(
     compile_step: bool = False,
     tuning: PerSampleTuning | None = None,
     regularizers: Sequence[AbstractRegularizer] = (),
+    event: Event | Sequence[Event] | None = None,
 ) -> Solution:
     """Solve ``dy/dt = f(t, y)``, ``y(ts[0]) = y0``, and return the state at every ``ts``.
 
@@ -96,6 +100,15 @@ def solve(
             solved as extra states of this solve and outside its error control (a PID
             controller takes the steps it would take without them); their values are
             in ``Solution.regularization`` by name. Not with ``dense=True``.
+        event: An :class:`~neuralode.Event` or a tuple of them: zero crossings of
+            conditions on the solution that stop a sample, change its state (a jump) or
+            are only recorded, each sample on its own in per-sample mode. The events met
+            are in ``Solution.event_ts`` / ``event_index`` / ``event_element``; outputs
+            after a jump are the post-jump trajectory, outputs after a stop are NaN.
+            Under ``torch.no_grad()`` the solve runs once; with autograd on it runs a
+            second, differentiable pass between the events the first found (so
+            gradients reach the event times and through the jumps with every gradient
+            method). Not with ``dense=True`` or ``regularizers``.
 
     Returns:
         A :class:`Solution` with ``ys`` of shape ``(T, *y0.shape)``: in per-sample mode
@@ -106,8 +119,13 @@ def solve(
         raise TypeError(
             f"solver must be a neuralode solver instance such as Dopri5(), got {solver!r}"
         )
-    controller = _default_controller(solver) if controller is None else controller
+    controller = default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
+    if event is not None and (dense or regularizers):
+        raise ValueError(
+            "event= cannot be combined with dense=True or regularizers yet: an event cuts "
+            "steps, which the dense output and the regularisers' integrals do not follow"
+        )
     if regularizers:
         return solve_regularized(
             solve, f, y0, ts, regularizers, controller=controller, batch_dims=batch_dims,
@@ -121,6 +139,40 @@ def solve(
     _check_controller_for(problem, controller)
     if problem.y0.is_complex():
         _check_complex(problem, adjoint)
+    if event is not None:
+        events = as_events(event)
+        watcher = Watcher(problem, solver, events)
+        with torch.no_grad():
+            raw = integrate(problem, solver, controller, max_steps=max_steps, watcher=watcher)
+        assert raw.events is not None
+        table = raw.events.table(problem.y0.shape[0] if problem.batched else 1)
+        event_ts = table.times.to(ts.dtype)
+        if torch.is_grad_enabled():
+
+            def segment(
+                y: State, seg_ts: torch.Tensor, seg_args: tuple[torch.Tensor, ...]
+            ) -> Solution:
+                return solve(
+                    f, y, seg_ts, solver=solver, controller=controller, adjoint=adjoint,
+                    max_steps=max_steps, params=params, batch_dims=batch_dims, args=seg_args,
+                    tuning=tuning,
+                )  # fmt: skip
+
+            ys, event_ts, y_event, nfe = replay(
+                segment, problem, f, ts, y0, problem.f.args, events, table, raw
+            )
+            raw.ys = ys.reshape(raw.ys.shape)
+            stopped = table.stopped.unsqueeze(-1)
+            if not problem.batched:
+                y_event, stopped = y_event[0].reshape(raw.y_last.shape), table.stopped[0]
+            # Where an event stopped a sample, its last state, differentiable.
+            raw.y_last = torch.where(stopped, y_event, raw.y_last)
+            raw.stats.nfe += nfe
+        solution = finish(problem, raw, throw=throw)
+        lead = slice(None) if problem.batched else 0
+        solution.event_ts = event_ts[lead]
+        solution.event_index, solution.event_element = table.event[lead], table.element[lead]
+        return solution
     raw = adjoint.solve(problem, solver, controller, max_steps=max_steps, dense=dense)
     raw.ys = attach_output_times(problem.f, problem.ts, raw.ys)
     return finish(problem, raw, throw=throw)
@@ -174,7 +226,8 @@ def _check_complex(problem: Problem, adjoint: AbstractAdjoint) -> None:
         )
 
 
-def _default_controller(solver: AbstractSolver) -> AbstractController:
+def default_controller(solver: AbstractSolver) -> AbstractController:
+    """The controller ``solve`` uses when given none: a PID one for adaptive solvers."""
     if not solver.adaptive:
         raise ValueError(
             f"{type(solver).__name__} is a fixed-step solver and has no error estimate: "
@@ -275,7 +328,14 @@ def _fail_nonfinite_outputs(problem: Problem, raw: RawSolution) -> None:
     an answer (one reduction over the outputs and one host sync per solve).
     """
     with torch.no_grad():
-        finite = torch.isfinite(raw.ys).reshape(*raw.ys.shape[:2], -1).all(-1).all(0)
+        # Per output (joint, (T,)) or per output and sample ((T, B)).
+        lead = raw.ys.shape[:2] if raw.sample_status is not None else raw.ys.shape[:1]
+        finite = torch.isfinite(raw.ys).reshape(*lead, -1).all(-1)
+        if raw.events is not None:
+            # Outputs after a sample stopped at an event are NaN by design.
+            finite = finite | ~_reached(problem, raw)
+        if raw.sample_status is not None:
+            finite = finite.all(0)
     detail = (
         "an output inside the last step is not finite (the step's interpolant used a "
         "non-finite stage, e.g. f(t1, y1) overflowed): reduce the step size or tighten "
@@ -283,7 +343,7 @@ def _fail_nonfinite_outputs(problem: Problem, raw: RawSolution) -> None:
     )
     if raw.sample_status is None:
         if raw.status is Status.SUCCESS and not bool(finite.all()):
-            bad = int((~torch.isfinite(raw.ys).reshape(raw.ys.shape[0], -1).all(-1)).nonzero()[0])
+            bad = int((~finite).nonzero()[0]) if finite.ndim else 0
             raw.status, raw.detail = Status.NONFINITE, f"{detail} (ts[{bad}])"
         return
     statuses = list(raw.sample_status)
@@ -296,3 +356,13 @@ def _fail_nonfinite_outputs(problem: Problem, raw: RawSolution) -> None:
         raw.sample_status = tuple(statuses)
         raw.status = next(s for s in statuses if s is not Status.SUCCESS)
         raw.detail = detail
+
+
+def _reached(problem: Problem, raw: RawSolution) -> torch.Tensor:
+    """Which outputs a solve reached, ``(T, B)`` (joint: ``(T,)``): at or before ``t_last``."""
+    d = problem.direction
+    t_last = torch.as_tensor(raw.t_last, dtype=torch.float64)
+    if problem.batched:
+        assert problem.sample_taus is not None
+        return (problem.sample_taus <= d * t_last.unsqueeze(-1)).T
+    return torch.tensor(problem.taus, dtype=torch.float64) <= d * t_last

@@ -28,7 +28,8 @@ import torch
 from ._compat_adjoint import AdjointSpec, backward_adjoint, expose_adjoint_options
 from ._compat_config import METHODS, CompatSolverError, Config, configure
 from ._compat_hooks import CompatField, Promote
-from ._solution import SolverError, State
+from ._events import Event
+from ._solution import Solution, SolverError, State, Status
 from ._solve import solve
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "odeint",
     "odeint_adjoint",
     "odeint_dense",
+    "odeint_event",
 ]
 
 # The torchdiffeq release whose API and behaviour this module reproduces.
@@ -74,18 +76,22 @@ def odeint(
             min_step, max_step, safety, ifactor, dfactor, dtype`` (adaptive); ``step_size,
             grid_constructor, interp, perturb`` (fixed-step); ``solver, min_step,
             max_step`` (``scipy_solver``). Others warn and are ignored, as in torchdiffeq.
-        event_fn: Not supported yet; raises if given.
+        event_fn: ``event_fn(t, y)`` returning a tensor: the solve runs from ``t[0]`` in
+            the direction of ``t[1]`` (``t`` must then hold two times, as torchdiffeq
+            asks) until any element of it changes sign, and returns
+            ``(event_t, solution)``, ``solution`` holding ``y0`` and the state at
+            ``event_t``. Both are differentiable (the event time by the implicit-function
+            theorem), as with :func:`odeint_event`.
 
     Returns:
         The solution at ``t``: shape ``(len(t), *y0.shape)`` (a tuple for tuple states),
-        in ``y0``'s dtype.
+        in ``y0``'s dtype; ``(event_t, solution)`` with ``event_fn``.
 
     Raises:
         CompatSolverError: If the solve fails (an ``AssertionError`` as in torchdiffeq,
             and a :class:`~neuralode.SolverError`).
     """
-    _no_events(event_fn, "odeint")
-    return _run(func, y0, t, rtol, atol, method, options, adjoint=None)
+    return _run(func, y0, t, rtol, atol, method, options, adjoint=None, event_fn=event_fn)
 
 
 def odeint_adjoint(
@@ -115,7 +121,6 @@ def odeint_adjoint(
     of the callbacks are called during the backward solve. Runs
     :class:`~neuralode.BacksolveAdjoint`.
     """
-    _no_events(event_fn, "odeint_adjoint")
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
         raise ValueError(
             "func must be an nn.Module when adjoint_params is not given (as in torchdiffeq); "
@@ -140,7 +145,33 @@ def odeint_adjoint(
         options=dict(adjoint_options),
         params=tuple(p for p in params if isinstance(p, torch.Tensor) and p.requires_grad),
     )
-    return _run(func, y0, t, rtol, atol, method, options, adjoint=spec)
+    return _run(func, y0, t, rtol, atol, method, options, adjoint=spec, event_fn=event_fn)
+
+
+def odeint_event(
+    func: Callable[..., State],
+    y0: State,
+    t0: torch.Tensor,
+    *,
+    event_fn: Callable[..., torch.Tensor],
+    reverse_time: bool = False,
+    odeint_interface: Callable[..., Any] = odeint,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, State]:
+    """``torchdiffeq.odeint_event``: solve from ``t0`` until ``event_fn(t, y)`` hits zero.
+
+    Runs forwards (backwards with ``reverse_time=True``) until any element of
+    ``event_fn(t, y)`` changes sign, and returns ``(event_t, solution)``: the event time
+    and the states at ``t0`` and at ``event_t``, both differentiable with respect to
+    ``y0``, the parameters of ``func`` and those of ``event_fn`` (the event time by the
+    implicit-function theorem at the root). ``odeint_interface`` is :func:`odeint` or
+    :func:`odeint_adjoint`; ``kwargs`` go to it (``rtol``, ``atol``, ``method``, ...).
+    """
+    t0 = torch.as_tensor(t0).reshape(-1)
+    later = t0.detach() + (-1.0 if reverse_time else 1.0)
+    t = torch.cat([t0, later])
+    result: tuple[torch.Tensor, State] = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+    return result
 
 
 def odeint_dense(
@@ -184,14 +215,6 @@ def odeint_dense(
     return dense_output_fn
 
 
-def _no_events(event_fn: object, name: str) -> None:
-    if event_fn is not None:
-        raise ValueError(
-            f"event_fn is not supported by neuralode.compat.{name} yet; solve to a fixed "
-            "time and locate the event on the output, or use torchdiffeq for event handling"
-        )
-
-
 def _run(
     func: Callable[..., State],
     y0: State,
@@ -202,8 +225,16 @@ def _run(
     options: dict[str, Any] | None,
     *,
     adjoint: AdjointSpec | None,
-) -> State:
+    event_fn: Callable[..., torch.Tensor] | None = None,
+) -> Any:
+    if event_fn is not None:
+        t = _event_interval(t)
     config = configure(func, y0, t, rtol, atol, method, options, names=_NAMES)
+    if config.solver is None and event_fn is not None:
+        raise ValueError(
+            "event_fn needs one of neuralode's own methods, not 'scipy_solver' (scipy's "
+            "own events are not wired through)"
+        )
     if config.solver is None:
         from ._scipy_bridge import scipy_odeint
 
@@ -212,7 +243,7 @@ def _run(
     dtype = (y0 if isinstance(y0, torch.Tensor) else y0[0]).dtype
     try:
         try:
-            ys = _solve(func, y0, t, config, adjoint)
+            sol = _solve(func, y0, t, config, adjoint, event_fn)
         except Promote as wider:
             # torchdiffeq computes in the dtype f returns when it is wider than the state.
             y0 = (
@@ -220,12 +251,83 @@ def _run(
                 if isinstance(y0, torch.Tensor)
                 else tuple(y.to(wider.dtype) for y in y0)
             )
-            ys = _solve(func, y0, t, config, adjoint)
+            sol = _solve(func, y0, t, config, adjoint, event_fn)
     except SolverError as error:
         raise CompatSolverError.of(error, config.budget) from error
+    if event_fn is None:
+        return _as_dtype(sol.ys, dtype)
+    if sol.event_ts is None or not sol.event_ts.numel():
+        raise CompatSolverError.of(
+            SolverError(
+                Status.MAX_STEPS,
+                t=float(sol.t_last),
+                dt=0.0,
+                steps=sol.stats.steps,
+                detail=f"event_fn did not change sign before t={float(t[-1]):.6g}",
+            ),
+            config.budget,
+        )
+    last = sol.y_last
+    assert last is not None
+    solution = (
+        torch.stack([y0, last])
+        if isinstance(y0, torch.Tensor) and isinstance(last, torch.Tensor)
+        else tuple(torch.stack([a, b]) for a, b in zip(y0, last, strict=True))
+    )
+    return sol.event_ts[0].to(t.dtype), _as_dtype(solution, dtype)
+
+
+def _as_dtype(ys: State, dtype: torch.dtype) -> State:
     if isinstance(ys, torch.Tensor):
         return ys if ys.dtype == dtype else ys.to(dtype)
     return tuple(y if y.dtype == dtype else y.to(dtype) for y in ys)
+
+
+def _first_sign_change(event_fn: Callable[..., torch.Tensor], t0: torch.Tensor, y0: State) -> Event:
+    """Torchdiffeq's event: the first time any element of ``event_fn`` leaves its sign at t0.
+
+    torchdiffeq multiplies each element by its sign at ``t0`` and stops when the smallest
+    product changes sign, reaching zero included (an ``event_fn`` that returns exactly
+    zero past some time stops the solve there). neuralode's :class:`~neuralode.Event`
+    needs a side change for an event, so the product is made negative where it is zero
+    or below: the root found is the first time it is zero or negative, as torchdiffeq's.
+    """
+    with torch.no_grad():
+        signs = torch.sign(event_fn(t0.detach(), y0))
+    if bool((signs == 0).any()):
+        # torchdiffeq's product is then zero for ever: its solve runs until its step
+        # budget (2**31 - 1 steps) is spent. Say so at once instead.
+        raise ValueError(
+            "event_fn is exactly zero at t[0] (in at least one element): torchdiffeq's "
+            "event (a change of sign of event_fn times its sign at t[0]) can then never "
+            "happen and its solve runs until max_num_steps; start where event_fn is "
+            "non-zero, or use neuralode.solve(event=neuralode.Event(...)), which meets an "
+            "event at t0 when the condition leaves zero"
+        )
+
+    def condition(t: torch.Tensor, y: State) -> torch.Tensor:
+        value = (event_fn(t, y) * signs).min()
+        tiny = torch.finfo(value.dtype).tiny
+        return torch.where(value > 0, value, value - tiny)
+
+    return Event(condition)
+
+
+def _event_interval(t: torch.Tensor) -> torch.Tensor:
+    """Torchdiffeq's event mode: ``t`` gives the start and the direction; the end is far.
+
+    torchdiffeq integrates without an end until the event (or its step budget); neuralode
+    needs one, so the solve ends so far away that only the step budget stops it first.
+    """
+    if not isinstance(t, torch.Tensor) or t.ndim != 1 or len(t) != 2:
+        shown = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(
+            f"We require len(t) == 2 when in event handling mode, but got t of shape {shown}: "
+            "pass t = [t0, t1], where t1 only gives the direction (torchdiffeq's rule)"
+        )
+    far = torch.finfo(t.dtype).max ** 0.25
+    direction = 1.0 if float(t[1].detach()) > float(t[0].detach()) else -1.0
+    return torch.stack([t[0], (t[0].detach() + direction * far).to(t.dtype)])
 
 
 def _solve(
@@ -234,13 +336,16 @@ def _solve(
     t: torch.Tensor,
     config: Config,
     adjoint: AdjointSpec | None,
-) -> State:
+    event_fn: Callable[..., torch.Tensor] | None,
+) -> Solution:
     field = CompatField(func, y0, nudge=config.nudge)
+    event = None if event_fn is None else _first_sign_change(event_fn, config.t[0], y0)
     if adjoint is None:
         return solve(field, y0, config.t, solver=config.solver, controller=config.controller,
-                     max_steps=config.max_steps).ys  # fmt: skip
+                     max_steps=config.max_steps, event=event)  # fmt: skip
     back = backward_adjoint(func, y0, t, config, adjoint)
-    ys = solve(field, y0, config.t, solver=config.solver, controller=config.controller,
-               adjoint=back, max_steps=config.max_steps, params=adjoint.params).ys  # fmt: skip
-    expose_adjoint_options(ys, back)
-    return ys
+    sol = solve(field, y0, config.t, solver=config.solver, controller=config.controller,
+                adjoint=back, max_steps=config.max_steps, params=adjoint.params,
+                event=event)  # fmt: skip
+    expose_adjoint_options(sol.ys, back)
+    return sol

@@ -58,6 +58,7 @@ def test_train_writes_the_run_layout(tmp_path, model):
     for plot in summary["plots"]:
         assert (out / "plots" / plot).stat().st_size > 10_000
     ode = model[1] in ("odenet", "rknet")
+    assert (summary["test_nfe_forward"] > 0) == ode
     assert (float(rows[0]["nfe_forward"]) > 0) == ode
     # Backprop through RK4 solves nothing backwards; the adjoint does.
     assert (float(rows[0]["nfe_backward"]) > 0) == (model[1] == "odenet")
@@ -224,10 +225,11 @@ def test_epoch_generators_differ_by_epoch_and_stream():
 def test_kinetic_and_jacobian_regularise_the_ode_block(tmp_path):
     out = tmp_path / "reg"
     status = train_classify(out, "--model", "odenet", "--epochs", "1", "--kinetic", "0.01",
-                            "--jacobian", "0.01", "--adjoint", "direct")  # fmt: skip
+                            "--jacobian", "0.01", "--local-error", "0.1",
+                            "--adjoint", "direct")  # fmt: skip
     assert status == 0
     rows = metrics_rows(out)
-    for name in ("train_kinetic", "train_jacobian"):
+    for name in ("train_kinetic", "train_jacobian", "train_local_error"):
         value = float(rows[-1][name])
         assert math.isfinite(value) and value > 0
     config = json.loads((out / "config.json").read_text())
@@ -238,5 +240,44 @@ def test_regularisers_need_the_ode_net(tmp_path, capsys):
     assert_refused(
         lambda: train_classify(tmp_path / "r", "--model", "resnet", "--kinetic", "0.1"),
         capsys,
-        "--kinetic and --jacobian regularise the ODE block of --model odenet, got --model resnet",
+        "--kinetic applies to the ODE block of --model odenet only, got --model resnet",
     )
+    assert_refused(
+        lambda: train_classify(
+            tmp_path / "r", "--model", "rknet", "--augment-dim", "2", "--steer", "0.1"
+        ),  # fmt: skip
+        capsys,
+        "--augment-dim and --steer apply to the ODE block of --model odenet only, got --model "
+        "rknet",
+    )
+
+
+def test_augment_dim_and_steer_train_the_ode_net(tmp_path):
+    out = tmp_path / "anode"
+    status = train_classify(out, "--model", "odenet", "--epochs", "1", "--augment-dim", "3",
+                            "--steer", "0.5", "--tol", "1e-2")  # fmt: skip
+    assert status == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["augment_dim"] == 3 and config["steer"] == 0.5
+    state = weights(out)
+    assert state["1.func.conv1.conv.weight"].shape[1] == 8 + 3 + 1  # ODE function: C + K + t
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_nfe_forward"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--augment-dim", "-1"], "--augment-dim must be an integer ≥ 0 (0: off), got -1"),
+        (["--steer", "1"], "--steer must lie in [0, 1)"),
+        (["--steer", "-0.1"], "--steer must be ≥ 0, got -0.1"),
+    ],  # fmt: skip
+)
+def test_augment_dim_and_steer_refusals_name_the_flag(tmp_path, capsys, flags, message):
+    assert_refused(lambda: train_classify(tmp_path / "r", *flags), capsys, message)
+
+
+def test_resume_is_exact_with_steer(tmp_path, monkeypatch):
+    # STEER's end times come from the global generator, which every epoch re-seeds.
+    args = ["--model", "odenet", "--tol", "1e-2", "--epochs", "2", "--steer", "0.5"]
+    assert len(assert_resume_is_exact(_train, tmp_path, monkeypatch, args)) == 2

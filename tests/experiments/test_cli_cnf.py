@@ -84,7 +84,7 @@ def test_train_writes_the_run_layout(tmp_path, args, capsys):
     assert (float(rows[0]["nfe_forward"]) > 0) == cnf
     # Direct backprop by default replays no field; the backsolve adjoint solves backwards.
     assert (float(rows[0]["nfe_backward"]) > 0) == ("backsolve" in args)
-    assert (summary["test_nfe"] > 0) == cnf
+    assert (summary["test_nfe_forward"] > 0) == cnf
     assert {"fit.png", "flow.png", "learning_curves.png"} <= set(summary["plots"])
     for plot in summary["plots"]:
         assert (out / "plots" / plot).stat().st_size > 5_000
@@ -134,10 +134,46 @@ def test_every_epoch_draws_new_training_samples(tmp_path):
         (["--device", "cuda"], "--device"),  # cpu is the only choice offered
         (["--target", "U9"], "--target"),
         (["--seminorm", "--adjoint", "direct"], "--seminorm needs --adjoint backsolve"),
-    ],
+        (
+            ["--model", "nf", "--kinetic", "1", "--steer", "0.1"],
+            "--kinetic and --steer apply to --model cnf only",
+        ),
+        (["--task", "ml", "--t1", "1", "--steer", "1"], "--steer must lie in [0, 1)"),
+        (["--jacobian", "-1"], "--jacobian must be ≥ 0, got -1.0"),
+        (["--local-error", "1"], "--local-error applies to train classify's ODE block only"),
+    ],  # fmt: skip
 )
 def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):
     assert_refused(lambda: _train(tmp_path / "run", *args), capsys, message)
+
+
+@pytest.mark.parametrize("task", ["ml", "density"])
+def test_regularisers_and_steer_train_the_cnf(tmp_path, task):
+    out = tmp_path / "reg"
+    args = ["--task", task, "--model", "cnf", "--width", "2", "--t1", "1", "--kinetic", "0.1",
+            "--jacobian", "0.1", "--steer", "0.5", "--trace", "hutchinson"]  # fmt: skip
+    assert _train(out, *args) == 0
+    rows = metrics_rows(out)
+    for name in ("train_kinetic", "train_jacobian"):
+        assert float(rows[-1][name]) > 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["kinetic"], config["jacobian"], config["steer"]) == (0.1, 0.1, 0.5)
+    assert json.loads((out / "summary.json").read_text())["test_nfe_forward"] > 0
+
+
+def test_the_cnf_penalties_enter_the_loss(monkeypatch):
+    """The loss is the objective plus weight × penalty per sample; "loss" stays the objective."""
+    from neuralode.experiments._run.distributed import World
+    from neuralode.experiments.cnf.task import CNFConfig, CNFTask
+
+    task = CNFTask(CNFConfig(task="ml", model="cnf", width=2, t1=1.0, iters=2, iters_per_epoch=2,
+                             batch_size=8, kinetic=0.5, tol=1e-3))  # fmt: skip
+    task.setup(World())
+    batch = next(iter(task.train_batches(0, World())))
+    loss, sums = task.loss(task.model, batch)
+    expected = sums["nll"] / 8 + 0.5 * sums["kinetic"] / 8
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+    assert sums["kinetic"] > 0 and sums["loss"] == sums["nll"]
 
 
 def test_nan_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch, capsys):

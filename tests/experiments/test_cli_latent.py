@@ -52,8 +52,17 @@ def test_train_writes_the_run_layout(tmp_path, model):
         assert (out / "plots" / plot).stat().st_size > 10_000
     ode = model == "latent-ode"
     assert (float(rows[0]["nfe_forward"]) > 0) == ode
-    assert (summary["test_nfe"] > 0) == ode
+    assert (summary["test_nfe_forward"] > 0) == ode
     assert ("train_kl" in rows[0]) == ode
+
+
+def test_regularisers_train_the_latent_ode(tmp_path):
+    out = tmp_path / "reg"
+    assert _train(out, "--kinetic", "0.1", "--jacobian", "0.1", "--iters", "10") == 0
+    row = metrics_rows(out)[-1]
+    assert float(row["train_kinetic"]) > 0 and float(row["train_jacobian"]) > 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["kinetic"], config["jacobian"], config["steer"]) == (0.1, 0.1, 0.0)
 
 
 def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
@@ -114,6 +123,9 @@ def test_iterations_walk_through_reshuffles_and_warm_up_the_kl():
         (["--lr", "0"], "--lr must be > 0"),
         (["--grad-clip", "-1"], "--grad-clip must be > 0, got -1.0"),
         (["--seminorm"], "--seminorm needs --adjoint backsolve"),
+        (["--steer", "0.1"], "--steer does not apply to train latent-ode"),
+        (["--local-error", "1"], "--local-error applies to train classify's ODE block only"),
+        (["--model", "rnn", "--kinetic", "1"], "--kinetic applies to --model latent-ode only"),
     ],
 )
 def test_bad_flags_name_the_flag(tmp_path, capsys, args, message):

@@ -292,3 +292,23 @@ def test_bad_batches_are_named():
         model.extrapolate(batch, torch.tensor([2.0, 1.0]))
     with pytest.raises(ValueError, match=r"times must have shape \(M,\) or \(2, M\)"):
         model.extrapolate(batch, torch.ones(3, 1))
+
+
+def test_regularisers_ride_on_the_latent_solve_only():
+    plain = latent("odernn", controller=TIGHT)
+    model = latent("odernn", controller=TIGHT, regularizers=[no.KineticEnergy()])
+    batch = ragged()
+    times = torch.tensor([0.05, 0.7, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(model.extrapolate(batch, times), plain.extrapolate(batch, times))
+    assert plain.regularization == {}
+    with torch.no_grad():
+        z0, _ = model.encode(batch)
+        direct = no.solve(model.dynamics, z0, torch.cat([times.new_zeros(1), times]),
+                          controller=TIGHT, regularizers=[no.KineticEnergy()])  # fmt: skip
+    torch.testing.assert_close(model.regularization["kinetic"], direct.regularization["kinetic"])
+    loss, _ = model.loss(batch, generator=torch.Generator().manual_seed(0))
+    (loss + model.regularization["kinetic"]).backward()
+    assert all(p.grad is not None for p in model.dynamics.parameters())
+    model.eval()
+    model.extrapolate(batch, times)
+    assert model.regularization == {}  # penalties are for training

@@ -10,6 +10,8 @@ from torch.autograd import gradcheck
 
 import neuralode as no
 from generic import EACH_ADJOINT
+from neuralode.nn import ODEBlock
+from neuralode.regularizers import LocalError, local_error
 
 D = torch.float64
 TIGHT = no.PIDController(rtol=1e-10, atol=1e-12)
@@ -138,14 +140,14 @@ def test_refusals_name_the_problem():
 def test_an_ode_block_carries_its_regularisers_into_training():
     torch.manual_seed(0)
     func = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-    block = no.nn.ODEBlock(FieldModule(func), regularizers=[no.KineticEnergy()],
+    block = ODEBlock(FieldModule(func), regularizers=[no.KineticEnergy()],
                            adjoint=no.CheckpointAdjoint())  # fmt: skip
     x = torch.randn(4, 3)
     out = block(x)
     assert set(block.regularization) == {"kinetic"}
     (out.square().mean() + 0.1 * block.regularization["kinetic"] / len(x)).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in func.parameters())
-    plain = no.nn.ODEBlock(FieldModule(func), adjoint=no.CheckpointAdjoint())
+    plain = ODEBlock(FieldModule(func), adjoint=no.CheckpointAdjoint())
     torch.testing.assert_close(plain(x), out)  # the penalty rides along, the output is the same
     assert plain.regularization == {}
 
@@ -157,3 +159,50 @@ class FieldModule(torch.nn.Module):
 
     def forward(self, t, y):
         return self.net(y)
+
+
+def test_local_error_is_the_solvers_own_estimate_made_differentiable():
+    torch.manual_seed(0)
+    a = torch.tensor([[-1.0, 2.0], [-0.5, -0.3]], dtype=D, requires_grad=True)
+    y = torch.randn(4, 2, dtype=D)
+    controller = no.PIDController(rtol=1e-4, atol=1e-6)
+    got = local_error(lambda t, x: x @ a.T, no.Dopri5(), controller, 0.3, y, 0.2)
+    # The library's step, its no-grad estimate, scaled as the controller scales it.
+    step = no.Dopri5().step(lambda t, x: x @ a.T, 0.3, y, y @ a.T, 0.2)
+    scale = torch.maximum(y.abs(), step.y1.abs()) * 1e-4 + 1e-6
+    expected = (step.y_error / scale).square().mean(-1).sqrt()
+    torch.testing.assert_close(got, expected.detach())
+    got.sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    # Smaller steps, smaller errors (fifth order: about 2**5 per halving).
+    half = local_error(lambda t, x: x @ a.T, no.Dopri5(), controller, 0.3, y, 0.1)
+    assert (half < got / 16).all()
+
+
+@pytest.mark.parametrize("adjoint", list(EACH_ADJOINT.values()), ids=lambda a: type(a).__name__)
+def test_an_ode_block_penalises_its_local_error_with_every_gradient_method(adjoint):
+    torch.manual_seed(0)
+    func = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    block = ODEBlock(FieldModule(func), regularizers=[LocalError(), no.KineticEnergy()],
+                           adjoint=adjoint)  # fmt: skip
+    x = torch.randn(4, 3)
+    out = block(x)
+    assert set(block.regularization) == {"local_error", "kinetic"}
+    assert float(block.regularization["local_error"].detach()) > 0
+    block.regularization["local_error"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in func.parameters())
+    # The extra output time t* leaves the result and the steps as they were.
+    plain = ODEBlock(FieldModule(func), adjoint=adjoint)
+    torch.testing.assert_close(plain(x), out)
+    assert plain.stats.accepted == block.stats.accepted
+    block.eval()
+    block(x)
+    assert block.regularization == {}
+
+
+def test_local_error_refuses_solvers_without_an_estimate():
+    block = ODEBlock(FieldModule(torch.nn.Linear(2, 2)), solver=no.RK4(),
+                     controller=no.ConstantStepSize(0.25), regularizers=[LocalError()])  # fmt: skip
+    with pytest.raises(TypeError, match="LocalError needs a solver whose error estimate is a "
+                       "sum of its stages .e.g. Dopri5.., Tsit5..., got RK4"):  # fmt: skip
+        block(torch.randn(3, 2))

@@ -240,3 +240,19 @@ def test_newton_failures_in_one_sample_leave_the_shared_gradient_exact():
     both, g = grad(slice(0, 2))
     assert both.stats.rejected > 10
     torch.testing.assert_close(g, grad(slice(0, 1))[1] + grad(slice(1, 2))[1])
+
+
+def test_error_weights_give_the_steps_own_estimate_with_a_graph():
+    # LocalError differentiates dt Σ e_i k_i over the step's stages; for the implicit
+    # solvers those k carry the implicit-function gradients.
+    y0, W, b = inputs(batch=2)
+    for solver in (no.Kvaerno3(), no.Kvaerno5()):
+        step = solver.step(lambda t, y: field(torch.as_tensor(t), y, W, b), 0.0, y0,
+                           field(torch.tensor(0.0), y0, W, b), 0.05)  # fmt: skip
+        weights = solver.error_weights
+        assert weights is not None and len(weights) == len(step.k)
+        estimate = sum(w * 0.05 * kj for w, kj in zip(weights, step.k, strict=True))
+        torch.testing.assert_close(estimate.detach(), step.y_error)
+        (grad_w,) = torch.autograd.grad(estimate.square().sum(), W)
+        assert torch.isfinite(grad_w).all() and grad_w.abs().sum() > 0
+    assert no.RadauIIA5().error_weights is None and no.SDIRK2().error_weights is None

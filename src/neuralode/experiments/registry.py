@@ -18,6 +18,7 @@ from .classify.evaluate import EvaluateClassifyConfig, evaluate_classify
 from .classify.protocol import FigureThree, TableOne
 from .cnf import task as cnf
 from .cnf.protocol import FlowComparison
+from .fast_dynamics.protocol import FastDynamics
 from .latent import task as latent
 from .latent.protocol import TableTwo
 from .memory.protocol import MemoryTable
@@ -82,6 +83,8 @@ EXPERIMENTS = (
         train=Train(cnf.CNFConfig, cnf.CNFTask, cnf.summary_line),
         protocols=(FlowComparison(),),
     ),
+    # Beyond the paper: classify's and cnf's models with the regularisers.
+    Experiment("fast-dynamics", protocols=(FastDynamics(),)),
 )
 
 

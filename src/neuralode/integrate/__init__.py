@@ -13,6 +13,7 @@ from .._problem import Problem
 from .._solution import RawSolution
 from ..controllers import AbstractController
 from ..solvers._explicit_rk import AbstractSolver
+from .events import Watcher
 from .hooks import OnAccept
 from .joint import integrate_joint
 from .per_sample import integrate_samples
@@ -24,6 +25,7 @@ __all__ = [
     "Replayed",
     "RowsRecord",
     "StepRecord",
+    "Watcher",
     "integrate",
 ]
 
@@ -37,6 +39,7 @@ def integrate(
     dense: bool = False,
     records: list[AbstractRecord] | None = None,
     on_accept: OnAccept | None = None,
+    watcher: Watcher | None = None,
 ) -> RawSolution:
     """Solve ``problem`` and return the outputs at its output times.
 
@@ -49,18 +52,29 @@ def integrate(
         records: When a list, every accepted step is appended to it, as a record that
             replays it (:class:`~neuralode.integrate.records.AbstractRecord`).
         on_accept: Called after every accepted step (see :class:`OnAccept`).
+        watcher: Events to look for (:class:`~neuralode.integrate.events.Watcher`): they
+            cut steps, jump and stop samples; the ones met are in ``RawSolution.events``.
+            Not with ``dense`` or ``records`` (their steps would not be the cut ones).
     """
+    if watcher is not None and (dense or records is not None):
+        raise ValueError("events cannot be combined with dense output or step records")
     if not problem.batched:
-        return integrate_joint(
+        raw = integrate_joint(
             problem, solver, controller, max_steps=max_steps, dense=dense,
-            records=records, on_accept=on_accept,  # type: ignore[arg-type]
+            records=records, on_accept=on_accept, watcher=watcher,  # type: ignore[arg-type]
         )  # fmt: skip
+        if watcher is not None:
+            raw.events = watcher.result(problem.y0.device)
+        return raw
     if dense:
         raise ValueError(
             "dense=True is not available in per-sample mode (batch_dims=1): each sample "
             "has its own steps; pass the times you need in ts (shape (B, T)) instead"
         )
-    return integrate_samples(
+    raw = integrate_samples(
         problem, solver, controller, max_steps=max_steps, records=records,  # type: ignore[arg-type]
-        on_accept=on_accept,
+        on_accept=on_accept, watcher=watcher,
     )  # fmt: skip
+    if watcher is not None:
+        raw.events = watcher.result(problem.y0.device)
+    return raw

@@ -21,6 +21,7 @@ from ..interpolation import DenseInterpolation
 from ..solvers._explicit_rk import AbstractSolver, StepResult
 from .clock import landing, next_float, step_to
 from .endings import Failure, ending, hopeless
+from .events import Cut, Watcher
 from .hooks import OnAccept
 from .outputs import assemble, outputs_in_step
 from .records import StepRecord
@@ -35,6 +36,7 @@ def integrate_joint(
     dense: bool = False,
     records: list[StepRecord] | None = None,
     on_accept: OnAccept | None = None,
+    watcher: Watcher | None = None,
 ) -> RawSolution:
     """Solve a joint ``problem``; see :func:`neuralode.integrate.integrate`."""
     f, d, taus = problem.f, problem.direction, problem.taus
@@ -45,9 +47,11 @@ def integrate_joint(
         # Nothing a smaller step can fix: fail before choosing a (NaN) first step.
         failure = Failure.NONFINITE_AT_T0
     elif len(taus) > 1:
-        dt, cstate = controller.init(_start(problem, solver, controller))
+        dt, cstate = controller.init(_start(problem, solver, controller, tau, y, f0))
     stops, jumps = _forced_stops(controller, problem)
     t_dtype, t_f0, streak = problem.ts.dtype, d * tau, 0
+    if watcher is not None:
+        watcher.start(torch.tensor([tau], dtype=torch.float64), y.reshape(1, -1))
     while not failure and out.n_out < len(taus):
         if stats.steps >= max_steps:
             failure = Failure.MAX_STEPS
@@ -80,6 +84,22 @@ def integrate_joint(
         stats.accepted += 1
         if on_accept is not None:
             on_accept(tau, dt, y, step, True)
+        cut = None if watcher is None else _watch(watcher, tau, dt, tau1, y, step, f)
+        if cut is not None:
+            # The step ends at the event: its outputs up to it, then the state after it.
+            tau_e, y_e = float(cut.tau[0]), cut.y[0].reshape(y.shape)
+            out.accept(tau, tau1, dt, y, step, t_f0, t1_stage, tau_end=tau_e)
+            tau, y, t_f0 = tau_e, y_e, d * tau_e
+            if bool(cut.stop[0]):
+                break
+            dt = decision.dt_next
+            if out.n_out < len(taus):
+                f0 = f(t_f0, y)
+                if bool(cut.jumped[0]):
+                    # The state jumped: the step-size history says nothing about what
+                    # follows, so choose the next step as at the start of a solve.
+                    dt, cstate = controller.init(_start(problem, solver, controller, tau, y, f0))
+            continue
         f1 = out.accept(tau, tau1, dt, y, step, t_f0, t1_stage)
         tau, y, t_f0 = tau1, step.y1, d * tau1
         if out.n_out < len(taus):
@@ -96,6 +116,28 @@ def integrate_joint(
     )  # fmt: skip
 
 
+def _watch(
+    watcher: Watcher,
+    tau: float,
+    dt: float,
+    tau1: float,
+    y: torch.Tensor,
+    step: StepResult,
+    f: object,
+) -> Cut | None:
+    """The joint state's accepted step, searched for events as the watcher's one row."""
+    f1 = step.f1
+    if watcher.solver.needs_f1 and f1 is None:
+        f1 = f(watcher.d * tau1, step.y1)  # type: ignore[operator]
+    clock = torch.tensor([tau, dt, tau1], dtype=torch.float64)
+    stacked = torch.stack([y, *step.k, step.y1]).reshape(1, len(step.k) + 2, -1)
+    one = torch.ones(1, dtype=torch.bool)
+    return watcher.check(
+        torch.zeros(1, dtype=torch.long), clock[:1], clock[1:2], clock[2:], stacked,
+        None if f1 is None else f1.reshape(1, -1), one,
+    )  # fmt: skip
+
+
 def _restart(problem: Problem, tau: float, y: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``f`` just past a jump of ``f`` at ``tau``, and that time.
 
@@ -107,16 +149,23 @@ def _restart(problem: Problem, tau: float, y: torch.Tensor) -> tuple[torch.Tenso
     return problem.f(t_f0, y), t_f0
 
 
-def _start(problem: Problem, solver: AbstractSolver, controller: AbstractController) -> SolveStart:
-    """What the controller may look at to choose the first step."""
+def _start(
+    problem: Problem,
+    solver: AbstractSolver,
+    controller: AbstractController,
+    tau: float,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+) -> SolveStart:
+    """What the controller may look at to choose a first step from ``(tau, y)``."""
     rtol, atol = controller.tolerances()
-    d, tau = problem.direction, problem.taus[0]
+    d = problem.direction
     return SolveStart(
         solver=solver,
         f=problem.f,
         t0=d * tau,
-        y0=problem.y0,
-        f0=problem.f0,
+        y0=y,
+        f0=f0,
         tau0=tau,
         tau_end=problem.taus[-1],
         direction=d,
@@ -163,12 +212,16 @@ class _Collected:
         step: StepResult,
         t_f0: float,
         t1_stage: float | None,
+        tau_end: float | None = None,
     ) -> torch.Tensor | None:
-        """Keep what an accepted step gives; return ``f(t1, y1)`` if it is known by now."""
+        """Keep what an accepted step gives; return ``f(t1, y1)`` if it is known by now.
+
+        ``tau_end``: an event cut the step there; only the outputs up to it are kept.
+        """
         f, d, taus = self.f, self.d, self.taus
         f1 = step.f1
         n_out_before = self.n_out
-        n_next = bisect.bisect_right(taus, tau1, lo=self.n_out)
+        n_next = bisect.bisect_right(taus, tau1 if tau_end is None else tau_end, lo=self.n_out)
         if n_next > self.n_out:
             # Hermite needs f(t1, y1) only for outputs strictly inside the step.
             if self.hermite and f1 is None and taus[self.n_out] < tau1:

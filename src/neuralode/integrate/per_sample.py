@@ -30,10 +30,11 @@ from ..solvers._explicit_rk import AbstractSolver
 from .clock import landing
 from .compiled import Fused, call_compiled, compiled_attempt
 from .endings import Failure, failures, sample_result
+from .events import Watcher
 from .hooks import OnAccept
 from .outputs import Collector, PendingOutputs, Window
 from .records import RowsRecord
-from .rows import Attempt, Ended, Rows, attempt, stepped
+from .rows import Attempt, Ended, Rows, RowUpdate, attempt, stepped
 
 
 def integrate_samples(
@@ -44,6 +45,7 @@ def integrate_samples(
     max_steps: int,
     records: list[RowsRecord] | None = None,
     on_accept: OnAccept | None = None,
+    watcher: Watcher | None = None,
 ) -> RawSolution:
     """Solve every sample of a per-sample ``problem``; see :func:`neuralode.integrate.integrate`.
 
@@ -56,8 +58,10 @@ def integrate_samples(
     rows, ended = _initial(problem)
     outputs.add(rows.idx, problem.y0)  # ts[:, 0] is each sample's t0: the first output
     pending = PendingOutputs(problem, solver, outputs)
+    if watcher is not None:
+        watcher.start(rows.tau, rows.y)
     if n_times > 1:
-        drive = _Driver(problem, solver, controller, ended, pending, max_steps)
+        drive = _Driver(problem, solver, controller, ended, pending, max_steps, watcher)
         rows = drive.run(drive.start(rows), records, on_accept)
     # The rows still in the batch are all finished (frozen), or never started.
     ended.add(rows, None, problem.direction)
@@ -89,6 +93,16 @@ def _initial(problem: Problem) -> tuple[Rows, Ended]:
     return rows, ended
 
 
+def _rows_of(x: Any, idx: torch.Tensor) -> Any:
+    """A per-sample tolerance's rows for samples ``idx`` (a float stays as it is)."""
+    return x.index_select(0, idx) if isinstance(x, torch.Tensor) and x.ndim == 2 else x
+
+
+def _per_row(x: Any, like: torch.Tensor) -> bool:
+    """Whether a controller-state entry holds one value per row of ``like``."""
+    return isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == like.shape[0]
+
+
 def _as_input(x: Any, like: torch.Tensor) -> Any:
     """A Python float as a 0-d float64 tensor (a graph input, not a constant)."""
     return torch.tensor(x, dtype=torch.float64, device=like.device) if type(x) is float else x
@@ -105,9 +119,11 @@ class _Driver:
         ended: Ended,
         pending: PendingOutputs,
         max_steps: int,
+        watcher: Watcher | None = None,
     ) -> None:
         self.problem, self.solver, self.controller = problem, solver, controller
         self.ended, self.pending, self.max_steps = ended, pending, max_steps
+        self.watcher = watcher
         self.tuning = problem.tuning
         # The vector field on the rows in the batch (their per-sample args).
         self.field = problem.f
@@ -116,20 +132,7 @@ class _Driver:
 
     def start(self, rows: Rows) -> Rows:
         """First step sizes; samples whose ``f(t0, y0)`` is not finite fail at once."""
-        problem, d = self.problem, self.problem.direction
-        rtol, atol = self.controller.tolerances()
-        start = SolveStart(
-            solver=self.solver,
-            f=self.field,
-            t0=d * rows.tau,
-            y0=rows.y,
-            f0=rows.f0,
-            tau0=rows.tau,
-            tau_end=rows.taus[:, -1],
-            direction=d,
-            rtol=flat_tolerance(rtol, problem),
-            atol=flat_tolerance(atol, problem),
-        )
+        start = self._solve_start(self.field, rows.tau, rows.y, rows.f0, rows.taus[:, -1], None)
         rows.dt, rows.cstate = self.controller.init(start)
         if self.tuning.compile:
             # The compiled step takes Python numbers as constants (see compiled.py), but a
@@ -143,10 +146,30 @@ class _Driver:
             rows, _ = self._compact(rows)
         return rows
 
+    def _solve_start(
+        self,
+        field: Any,
+        tau: torch.Tensor,
+        y: torch.Tensor,
+        f0: torch.Tensor,
+        tau_end: torch.Tensor,
+        idx: torch.Tensor | None,
+    ) -> SolveStart:
+        """What the controller needs to choose first steps for rows (samples ``idx``)."""
+        problem, d = self.problem, self.problem.direction
+        rtol, atol = (flat_tolerance(x, problem) for x in self.controller.tolerances())
+        if idx is not None:
+            rtol, atol = (_rows_of(x, idx) for x in (rtol, atol))
+        return SolveStart(
+            solver=self.solver, f=field, t0=d * tau, y0=y, f0=f0, tau0=tau, tau_end=tau_end,
+            direction=d, rtol=rtol, atol=atol,
+        )  # fmt: skip
+
     def run(self, rows: Rows, records: list[RowsRecord] | None, on_accept: OnAccept | None) -> Rows:
         """Step until no row is live: fused compiled steps where they can go, else one."""
         tuning, solver = self.tuning, self.solver
         fusable = tuning.compile and records is None and on_accept is None
+        fusable = fusable and self.watcher is None
         fusable = fusable and tuning.fused_steps > 1 and not solver.needs_f1 and solver.fsal
         # Steps still to take one at a time after fused steps met trouble, and how many
         # to take after the next trouble: doubled while fused calls keep meeting it (a
@@ -181,6 +204,9 @@ class _Driver:
         n_outputs, n_leaving, n_accepted, n_trouble = step.summary.tolist()
         f1 = step.step_f1()
         has_f1 = f1 is not None
+        if self.watcher is not None and n_accepted:
+            step, f1 = self._cut(rows, step, f1)
+            n_outputs, n_leaving, n_accepted, n_trouble = step.summary.tolist()
         if records is not None and n_accepted:
             window = (rows.tau, step.dt, step.n_outputs)
             records.append(RowsRecord.of(rows, step.accept, *window, n_outputs))
@@ -197,6 +223,67 @@ class _Driver:
                 f1 = f(d * rows.tau, rows.y)
             rows.f0 = torch.where(accept.unsqueeze(-1), f1, rows.f0)
         return rows
+
+    def _cut(
+        self, rows: Rows, step: Attempt, f1: torch.Tensor | None
+    ) -> tuple[Attempt, torch.Tensor | None]:
+        """The step with the rows whose step met an event cut at it (see events.py).
+
+        A cut row's step ends at its event with the state after the jump: its outputs are
+        those up to the event (from the step's dense output), its ``f0`` is ``f`` there,
+        and it leaves the batch if the event stops it. Returns the step and ``f1``
+        (evaluated here when Hermite dense output needs it).
+        """
+        assert self.watcher is not None
+        update, d = step.update, self.problem.direction
+        if self.solver.needs_f1 and f1 is None:
+            f1 = self.field(d * update.tau, update.y)
+        cut = self.watcher.check(
+            rows.idx, rows.tau, step.dt, update.tau, step.stacked, f1, step.accept
+        )
+        if cut is None:
+            return step, f1
+        pos = cut.pos
+        tau = update.tau.index_copy(0, pos, cut.tau)
+        field = self.problem.f.restrict(rows.idx.index_select(0, pos))
+        f_cut = field(d * cut.tau, cut.y)
+        n_out = torch.searchsorted(rows.taus, tau.unsqueeze(-1), right=True).squeeze(-1)
+        update = update._replace(
+            tau=tau, y=update.y.index_copy(0, pos, cut.y),
+            f0=update.f0.index_copy(0, pos, f_cut), n_out=n_out,
+        )  # fmt: skip
+        if bool(cut.jumped.any()):
+            update = self._restart(rows, update, field, pos, cut, f_cut)
+        count = n_out - rows.n_out
+        stays = ~cut.stop & (n_out.index_select(0, pos) < rows.taus.shape[1])
+        leaving = step.leaving.index_copy(0, pos, ~stays)
+        summary = torch.stack([count.sum(), leaving.sum(), step.summary[2], step.summary[3]])
+        return step._replace(update=update, n_outputs=count, leaving=leaving, summary=summary), f1
+
+    def _restart(
+        self, rows: Rows, update: RowUpdate, field: Any, pos: torch.Tensor, cut: Any,
+        f_cut: torch.Tensor,
+    ) -> RowUpdate:  # fmt: skip
+        """Rows whose state jumped choose their next step as at the start of a solve.
+
+        The step-size history says nothing about the dynamics after a jump (a ball that
+        bounced with a step as long as its whole fall would skip its next bounce).
+        """
+        jumped = cut.jumped.nonzero().squeeze(-1)
+        at = pos.index_select(0, jumped)
+        idx = rows.idx.index_select(0, at)
+        start = self._solve_start(
+            field.restrict(jumped) if field.args else field, cut.tau[jumped], cut.y[jumped],
+            f_cut[jumped], rows.tau_end.index_select(0, at), idx,
+        )  # fmt: skip
+        dt, cstate = self.controller.init(start)
+        merged = tuple(
+            old.index_copy(0, at, new.to(old.dtype))
+            if _per_row(old, rows.tau) and _per_row(new, dt)
+            else old
+            for old, new in zip(update.cstate, cstate, strict=True)
+        )
+        return update._replace(dt=update.dt.index_copy(0, at, dt), cstate=merged)
 
     def _outputs(
         self, rows: Rows, step: Attempt, f1: torch.Tensor | None, n_outputs: int

@@ -61,6 +61,9 @@ class ODENet(_ConvClassifier):
 
     Defaults follow the paper: Dopri5 at ``rtol = atol = 1e-3``. Pass
     ``adjoint=BacksolveAdjoint()`` for the O(1)-memory training of Table 1.
+    ``augment_dim`` and ``steer`` are the :class:`ODEBlock`'s (ANODE's extra channels,
+    STEER's random end time); the ODE function is then ``width + augment_dim`` channels
+    wide.
     """
 
     def __init__(
@@ -71,15 +74,28 @@ class ODENet(_ConvClassifier):
         solver: AbstractSolver | None = None,
         controller: AbstractController | None = None,
         adjoint: AbstractAdjoint | None = None,
+        augment_dim: int = 0,
+        steer: float = 0.0,
     ) -> None:
         controller = controller or PIDController(rtol=1e-3, atol=1e-3)
-        block = ODEBlock(ConvODEFunc(width), solver=solver, controller=controller, adjoint=adjoint)
+        block = ODEBlock(
+            ConvODEFunc(width + check_augment_dim(augment_dim)),
+            solver=solver, controller=controller, adjoint=adjoint, augment_dim=augment_dim,
+            steer=steer,
+        )  # fmt: skip
         super().__init__(width, classes, block)
 
     @property
     def ode_block(self) -> ODEBlock:
         """The ODE block (to read its statistics or change its tolerance)."""
         return cast(ODEBlock, self[1])
+
+
+def check_augment_dim(augment_dim: int, name: str = "augment_dim") -> int:
+    """``augment_dim`` if it is an integer ≥ 0; ``name`` spells it in the message."""
+    if isinstance(augment_dim, bool) or not isinstance(augment_dim, int) or augment_dim < 0:
+        raise ValueError(f"{name} must be an integer ≥ 0 (0: off), got {augment_dim!r}")
+    return augment_dim
 
 
 class RKNet(ODENet):

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from .._solution import Stats
-from .._solve import DEFAULT_MAX_STEPS, solve
+from .._solve import DEFAULT_MAX_STEPS, default_controller, solve
 from ..adjoints import AbstractAdjoint
 from ..controllers import AbstractController
-from ..solvers import AbstractSolver
+from ..regularizers import AbstractRegularizer, JacobianFrobenius, state_only
+from ..solvers import AbstractSolver, Dopri5
 from .cnf_dynamics import check_state
-from .traces import AbstractTrace, ExactTrace
+from .ode_block import check_steer, steered_time
+from .traces import AbstractTrace, ExactTrace, HutchinsonTrace
 
 
 class BaseDistribution(Protocol):
@@ -139,35 +141,51 @@ def base_sample(
 
 
 class _AugmentedDynamics(nn.Module):
-    """``(z, Δ) ↦ (f(t, z), −tr ∂f/∂z)`` with one solve's trace noise held fixed.
+    """``(z, Δ[, R]) ↦ (f(t, z), −tr ∂f/∂z[, r])`` with one solve's noise held fixed.
 
-    A fresh instance per solve: the backward pass of an adjoint may run after the next
-    forward solve has started, and must see its own solve's noise. Parameters are those
-    of ``dynamics`` (a submodule), which is how the adjoints find them.
+    ``R`` ``(B, k)`` carries the regularisers' integrals: their integrands ``r`` are built
+    from the same evaluation of ``f`` and the trace's vector-Jacobian products (see
+    :meth:`AbstractTrace.field_trace_and_vjp`). A fresh instance per solve: the backward
+    pass of an adjoint may run after the next forward solve has started, and must see its
+    own solve's noise. Parameters are those of ``dynamics`` (a submodule), which is how
+    the adjoints find them.
     """
 
     def __init__(
-        self, dynamics: nn.Module, trace: AbstractTrace, noise: torch.Tensor | None
+        self,
+        dynamics: nn.Module,
+        trace: AbstractTrace,
+        noise: torch.Tensor | None,
+        regularizers: Sequence[AbstractRegularizer] = (),
+        noises: Sequence[torch.Tensor | None] = (),
     ) -> None:
         super().__init__()
         self.dynamics = dynamics
         self.trace = trace
         self.noise = noise
+        self.regularizers = tuple(regularizers)
+        self.noises = tuple(noises)
 
-    def forward(
-        self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         # Whether this evaluation is being differentiated: backprop through the solver,
         # or an adjoint's backward pass (both run with grad enabled). A forward solve
         # under no_grad (adjoint forward, evaluation) may still need autograd for ∂f/∂z,
         # but must neither keep the graph nor return tensors attached to it.
         differentiate = torch.is_grad_enabled()
-        f, trace = self.trace.field_and_trace(
-            self.dynamics, t, state[0], self.noise, create_graph=differentiate
-        )
-        if not differentiate:
-            return f.detach(), -trace.detach()
-        return f, -trace
+        if not self.regularizers:
+            f, trace = self.trace.field_and_trace(
+                self.dynamics, t, state[0], self.noise, create_graph=differentiate
+            )
+            out: tuple[torch.Tensor, ...] = (f, -trace)
+        else:
+            f, trace, vjp = self.trace.field_trace_and_vjp(
+                self.dynamics, t, state[0], self.noise, create_graph=differentiate
+            )
+            r = torch.stack([reg.integrand(f, vjp, noise)
+                             for reg, noise in zip(self.regularizers, self.noises, strict=True)],
+                            dim=-1)  # fmt: skip
+            out = (f, -trace, r)
+        return out if differentiate else tuple(x.detach() for x in out)
 
 
 class CNF(nn.Module):
@@ -186,6 +204,17 @@ class CNF(nn.Module):
             uses ``PIDController(rtol=1e-5, atol=1e-5)``).
         adjoint: Gradient method (``DirectAdjoint()`` if ``None``); all three work.
         max_steps: Step budget per solve.
+        regularizers: Integrals along the density solves to penalise in training
+            (``KineticEnergy()``: ``∫‖f‖² dt``; ``JacobianFrobenius()``:
+            ``∫‖∂f/∂z‖²_F dt``, RNODE, Finlay et al. 2020). They ride as extra states of
+            the same solve, outside error control; with a :class:`HutchinsonTrace` a
+            Hutchinson ``JacobianFrobenius`` of the same noise kind uses the trace's own
+            ``ε`` and vector-Jacobian product (no further backward pass). Training mode
+            only: eval mode solves without them.
+        steer: STEER (Ghosh et al. 2020): in training mode the data time ``t1`` of
+            :meth:`log_prob` and :meth:`sample_and_log_prob` is drawn uniformly from
+            ``[t1 − steer, t1 + steer]`` per call (``0 ≤ steer < |t1 − t0|``); in eval
+            mode it is ``t1``. ``0``: off.
 
     Solver, controller, adjoint and trace are plain attributes: they can be changed after
     training (e.g. an exact trace and a tighter tolerance for evaluation).
@@ -194,6 +223,9 @@ class CNF(nn.Module):
         stats: :class:`~neuralode.Stats` of the most recent solve: ``stats.nfe`` forward
             evaluations, ``stats.nfe_backward`` filled in by ``BacksolveAdjoint`` and
             ``CheckpointAdjoint`` once ``backward()`` has run.
+        regularization: The regularisers' integrals over ``[t0, end_time]`` along the
+            most recent density solve, by name (0-d sums over the batch, differentiable).
+        end_time: The data time of the most recent density solve.
     """
 
     def __init__(
@@ -208,6 +240,8 @@ class CNF(nn.Module):
         controller: AbstractController | None = None,
         adjoint: AbstractAdjoint | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        regularizers: Sequence[AbstractRegularizer] = (),
+        steer: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(dynamics, nn.Module):
@@ -233,7 +267,11 @@ class CNF(nn.Module):
         self.controller = controller
         self.adjoint = adjoint
         self.max_steps = max_steps
+        self.regularizers = tuple(regularizers)
+        self.steer = check_steer(steer, self.t1 - self.t0)
         self.stats = Stats()
+        self.regularization: dict[str, torch.Tensor] = {}
+        self.end_time = self.t1
 
     @property
     def dim(self) -> int:
@@ -255,7 +293,7 @@ class CNF(nn.Module):
         """
         check_state(x, self.dim, "CNF.log_prob")
         check_fractions([fraction])
-        t = self.time(fraction)
+        t = self._data_time(generator) if fraction == 1.0 else self.time(fraction)
         if t == self.t0:
             return self.base.log_prob(x)
         zs, deltas = self._solve_with_density(x, [t, self.t0], generator)
@@ -266,7 +304,7 @@ class CNF(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples ``(n, D)`` and their log-densities ``(n,)``, differentiably."""
         z0 = self._base_sample(n, generator)
-        zs, deltas = self._solve_with_density(z0, [self.t0, self.t1], generator)
+        zs, deltas = self._solve_with_density(z0, [self.t0, self._data_time(generator)], generator)
         return zs[-1], self.base.log_prob(z0) + deltas[-1]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -290,24 +328,68 @@ class CNF(nn.Module):
     def _base_sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         return base_sample(self.base, n, generator, next(self.dynamics.parameters(), None))
 
+    def _data_time(self, generator: torch.Generator | None) -> float:
+        """``t1``, or STEER's draw around it in training mode (kept in ``end_time``)."""
+        self.end_time = steered_time(self.t1, self.steer, self.training, generator)
+        return self.end_time
+
     def _solve_with_density(
         self, z: torch.Tensor, times: list[float], generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        field = _AugmentedDynamics(self.dynamics, self.trace, self.trace.draw_noise(z, generator))
+        noise = self.trace.draw_noise(z, generator)
+        # Penalties are for training: eval mode solves without them.
+        regs = self.regularizers if self.training else ()
+        noises = [_shared_noise(reg, self.trace, noise, z) for reg in regs]
+        field = _AugmentedDynamics(self.dynamics, self.trace, noise, regs, noises)
         ts = torch.tensor(times, dtype=z.dtype, device=z.device)
         delta0 = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        zs, deltas = self._solve(field, (z, delta0), ts).ys
+        if not regs:
+            self.regularization = {}
+            zs, deltas = self._solve(field, (z, delta0), ts).ys
+            return zs, deltas
+        r0 = torch.zeros(z.shape[0], len(regs), dtype=z.dtype, device=z.device)
+        # The integrals stay out of error control: the solve takes the steps it would
+        # take without them (as solve(regularizers=...) does).
+        controller = self.controller or default_controller(self.solver or Dopri5())
+        integrals_free = state_only(controller, z.numel() + delta0.numel())
+        zs, deltas, rs = self._solve(field, (z, delta0, r0), ts, integrals_free).ys
+        # Solved backwards (log_prob: data → base) the state gathers −∫ r dt.
+        sign = 1.0 if times[-1] > times[0] else -1.0
+        self.regularization = {reg.name: sign * rs[-1][:, i].sum()
+                               for i, reg in enumerate(regs)}  # fmt: skip
         return zs, deltas
 
-    def _solve(self, field: nn.Module, y0: Any, ts: torch.Tensor) -> Any:
+    def _solve(
+        self, field: nn.Module, y0: Any, ts: torch.Tensor,
+        controller: AbstractController | None = None,
+    ) -> Any:  # fmt: skip
         sol = solve(
             field,
             y0,
             ts,
             solver=self.solver,
-            controller=self.controller,
+            controller=controller or self.controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
         )
         self.stats = sol.stats
         return sol
+
+
+def _shared_noise(
+    reg: AbstractRegularizer, trace: AbstractTrace, noise: torch.Tensor | None, z: torch.Tensor
+) -> torch.Tensor | None:
+    """The trace's own ``ε`` for a Hutchinson Jacobian penalty of the same noise kind.
+
+    Sharing it lets the penalty reuse the trace's product ``εᵀ ∂f/∂z`` (RNODE's FFJORD
+    does the same); each estimate stays unbiased. Any other regulariser draws its own.
+    """
+    if (
+        noise is not None
+        and isinstance(reg, JacobianFrobenius)
+        and reg.estimator == "hutchinson"
+        and isinstance(trace, HutchinsonTrace)
+        and reg.noise == trace.noise
+    ):
+        return noise
+    return reg.draw_noise(z)

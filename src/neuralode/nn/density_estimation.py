@@ -139,16 +139,20 @@ def evaluate_kl(
 
     Returns:
         ``kl`` and ``kl_stderr`` (the Monte Carlo standard error), plus ``log_z`` and
-        ``log_z_error`` (the quadrature's error estimate, far below the Monte Carlo one).
+        ``log_z_error`` (the quadrature's error estimate, far below the Monte Carlo one),
+        and ``nfe_forward``: the solves' forward evaluations per batch (0 for an NF).
     """
-    parts = []
+    parts, nfe = [], 0.0
+    batches = _batches(n, batch_size)
     with torch.no_grad():
-        for size in _batches(n, batch_size):
+        for size in batches:
             x, log_q = model.sample_and_log_prob(size, generator)
             parts.append((log_q + target.energy(x)).double())
+            nfe += solver_metrics(model).get("nfe_forward", 0.0)
     normalizer = target.normalizer
     out = _mean_and_stderr(torch.cat(parts) + normalizer.log_z, "kl")
-    return {**out, "log_z": normalizer.log_z, "log_z_error": normalizer.error}
+    return {**out, "log_z": normalizer.log_z, "log_z_error": normalizer.error,
+            "nfe_forward": nfe / len(batches)}  # fmt: skip
 
 
 def evaluate_nll(
@@ -167,14 +171,17 @@ def evaluate_nll(
     trace.
 
     Returns:
-        ``nll`` and ``nll_stderr`` (the standard error over the test points).
+        ``nll`` and ``nll_stderr`` (the standard error over the test points), and
+        ``nfe_forward``: the solves' forward evaluations per batch (0 for an NF).
     """
-    parts = []
+    parts, nfe = [], 0.0
+    batches = _batches(n, batch_size)
     with torch.no_grad():
-        for size in _batches(n, batch_size):
+        for size in batches:
             x = sample_toy(dataset, size, generator, dtype=dtype)
             parts.append(-model.log_prob(x).double())
-    return _mean_and_stderr(torch.cat(parts), "nll")
+            nfe += solver_metrics(model).get("nfe_forward", 0.0)
+    return {**_mean_and_stderr(torch.cat(parts), "nll"), "nfe_forward": nfe / len(batches)}
 
 
 def density_grid(

@@ -21,6 +21,7 @@ from .._solve import DEFAULT_MAX_STEPS, solve
 from ..adjoints import AbstractAdjoint
 from ..controllers import AbstractController, PIDController
 from ..data.irregular import IrregularSeries
+from ..regularizers import AbstractRegularizer
 from ..solvers import AbstractSolver
 from .encoders import ODERNNEncoder, RecognitionRNN
 from .sequence import (
@@ -81,10 +82,15 @@ class LatentODE(SequenceModel):
         controller: Step-size control; ``PIDController(rtol=1e-5, atol=1e-5)`` by default.
         adjoint: Gradient method (``DirectAdjoint()`` by default).
         max_steps: Step budget of each solve.
+        regularizers: Integrals along the latent trajectory's solve (the decoder's, from
+            ``t = 0`` to the batch's last time) to penalise in training, e.g.
+            ``KineticEnergy()`` (see ``solve(regularizers=...)``); training mode only.
 
     Attributes:
         solve_stats: Statistics of every solve in the latest call (the encoder's too, with
             ``"odernn"``); :attr:`nfe_forward` and :attr:`nfe_backward` sum them.
+        regularization: The regularisers' integrals over the latest latent solve, by name
+            (0-d sums over the batch, differentiable).
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class LatentODE(SequenceModel):
         controller: AbstractController | None = None,
         adjoint: AbstractAdjoint | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        regularizers: Sequence[AbstractRegularizer] = (),
     ) -> None:
         super().__init__()
         _check_positive("obs_std", obs_std)
@@ -116,8 +123,13 @@ class LatentODE(SequenceModel):
         self.controller = controller or PIDController(rtol=1e-5, atol=1e-5)
         self.adjoint = adjoint
         self.max_steps = max_steps
+        self.regularizers = tuple(regularizers)
+        self.regularization: dict[str, torch.Tensor] = {}
 
-    def _solve(self, f: nn.Module, y0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    def _solve(
+        self, f: nn.Module, y0: torch.Tensor, ts: torch.Tensor,
+        regularizers: Sequence[AbstractRegularizer] = (),
+    ) -> torch.Tensor:  # fmt: skip
         """One solve with this model's options, its statistics recorded."""
         sol = solve(
             f,
@@ -127,8 +139,11 @@ class LatentODE(SequenceModel):
             controller=self.controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
+            regularizers=regularizers,
         )
         self.solve_stats.append(sol.stats)
+        if regularizers:
+            self.regularization = sol.regularization
         ys: Any = sol.ys
         return ys
 
@@ -157,7 +172,10 @@ class LatentODE(SequenceModel):
         )
         index = torch.zeros(times.shape, dtype=torch.long, device=times.device)
         index[mask] = inverse[1:]
-        zs = self._solve(self.dynamics, z0, grid)  # (T, B, latent_dim)
+        # Penalties are for training: eval mode solves without them.
+        regs = self.regularizers if self.training else ()
+        self.regularization = {}
+        zs = self._solve(self.dynamics, z0, grid, regs)  # (T, B, latent_dim)
         rows = torch.arange(z0.shape[0], device=z0.device)[:, None]
         return self.decoder(zs[index, rows])  # (B, N, D)
 

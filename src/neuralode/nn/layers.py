@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from math import gcd
+
 import torch
 from torch import nn
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """``GroupNorm(min(32, C), C)``, the normalisation used throughout the paper's models."""
-    return nn.GroupNorm(min(32, channels), channels)
+    """``GroupNorm(min(32, C), C)``, the normalisation used throughout the paper's models.
+
+    A ``C`` above 32 that 32 does not divide (an ANODE-augmented ODE function, e.g.
+    32 + 8 channels) gets ``gcd(32, C)`` groups instead, the most that divide it.
+    """
+    groups = min(32, channels) if channels <= 32 or channels % 32 == 0 else gcd(32, channels)
+    return nn.GroupNorm(groups, channels)
 
 
 class ConcatConv2d(nn.Module):

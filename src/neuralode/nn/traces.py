@@ -23,6 +23,8 @@ import torch
 
 from .._noise import check_noise, probe
 
+Vjp = Callable[[torch.Tensor], torch.Tensor]
+
 
 class AbstractTrace(abc.ABC):
     """How ``tr(∂f/∂z)`` is computed. Holds configuration only; noise lives per solve."""
@@ -46,6 +48,38 @@ class AbstractTrace(abc.ABC):
             z_in = z if z.requires_grad else z.detach().requires_grad_(True)
             f = dynamics(t, z_in)
             return f, self(f, z_in, noise, create_graph=create_graph)
+
+    def field_trace_and_vjp(
+        self,
+        dynamics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        t: torch.Tensor,
+        z: torch.Tensor,
+        noise: torch.Tensor | None,
+        *,
+        create_graph: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, Vjp]:
+        """``(f, tr ∂f/∂z, vjp)``: also ``v ↦ vᵀ ∂f/∂z`` for further integrands.
+
+        The products are memoised per cotangent tensor, and the trace is built from the
+        same ones: a Jacobian penalty probed with this solve's Hutchinson noise reuses the
+        trace's own product ``εᵀ ∂f/∂z`` (RNODE's FFJORD shares it likewise, Finlay et
+        al. 2020, §4) and costs no further backward pass.
+        """
+        with torch.enable_grad():
+            z_in = z if z.requires_grad else z.detach().requires_grad_(True)
+            f = dynamics(t, z_in)
+            vjp = Products(f, z_in, create_graph)
+            return f, self.trace_of(vjp, z_in, noise), vjp
+
+    def trace_of(self, vjp: Vjp, z: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The per-sample trace from vector-Jacobian products ``vjp(v) = vᵀ ∂f/∂z``."""
+        del noise
+        total = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        for i in range(z.shape[-1]):
+            basis = torch.zeros_like(z)
+            basis[:, i] = 1.0
+            total = total + vjp(basis)[:, i]
+        return total
 
     def draw_noise(
         self, z: torch.Tensor, generator: torch.Generator | None = None
@@ -122,6 +156,24 @@ class ExactTrace(AbstractTrace):
         f, trace = closed(t, z)
         return f, trace
 
+    def field_trace_and_vjp(
+        self,
+        dynamics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        t: torch.Tensor,
+        z: torch.Tensor,
+        noise: torch.Tensor | None,
+        *,
+        create_graph: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, Vjp]:
+        """``(f, tr ∂f/∂z, vjp)``, the trace in closed form where the dynamics give one."""
+        closed = getattr(dynamics, "forward_with_trace", None) if self.closed_form else None
+        if closed is None:
+            return super().field_trace_and_vjp(dynamics, t, z, noise, create_graph=create_graph)
+        with torch.enable_grad():
+            z_in = z if z.requires_grad else z.detach().requires_grad_(True)
+            f, trace = closed(t, z_in)
+            return f, trace, Products(f, z_in, create_graph)
+
     def __call__(
         self,
         f: torch.Tensor,
@@ -191,3 +243,33 @@ class HutchinsonTrace(AbstractTrace):
             )
         (vjp,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
         return (vjp * noise).sum(-1)
+
+    def trace_of(self, vjp: Vjp, z: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """``εᵀ (∂f/∂z) ε`` from the product ``vjp(ε)`` (kept for a penalty with the same ε)."""
+        if noise is None:
+            raise ValueError("HutchinsonTrace needs this solve's noise; draw it with draw_noise(z)")
+        return (vjp(noise) * noise).sum(-1)
+
+
+class Products:
+    """``v ↦ vᵀ ∂f/∂z`` for one evaluation, memoised per cotangent tensor.
+
+    The graph is retained across products; ``create_graph`` keeps each product
+    differentiable (training). Rows are independent, so one backward pass gives every
+    sample's product.
+    """
+
+    def __init__(self, f: torch.Tensor, z: torch.Tensor, create_graph: bool) -> None:
+        self.f, self.z, self.create_graph = f, z, create_graph
+        self.done: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``vᵀ ∂f/∂z`` (one backward pass the first time ``v`` is seen)."""
+        for seen, product in self.done:
+            if seen is v:
+                return product
+        (product,) = torch.autograd.grad(
+            self.f, self.z, v, create_graph=self.create_graph, retain_graph=True
+        )
+        self.done.append((v, product))
+        return product

@@ -11,10 +11,27 @@ of error control: the solve takes the steps it would take without it.
 - :class:`JacobianFrobenius`: ``∫ ‖∂f/∂y‖_F² dt`` (RNODE), by Hutchinson's estimator
   ``‖εᵀ ∂f/∂y‖²`` (one vector-Jacobian product per evaluation, noise drawn once per
   solve as for the CNF's trace) or exactly.
+- :class:`LocalError`: not an integral but the solver's own error estimate of one step
+  from the solution at a random time (Pal et al., ICML 2023), for the ODE block.
 """
 
 from __future__ import annotations
 
-from ._augment import AbstractRegularizer, JacobianFrobenius, KineticEnergy, solve_regularized
+from ._augment import (
+    AbstractRegularizer,
+    JacobianFrobenius,
+    KineticEnergy,
+    solve_regularized,
+    state_only,
+)
+from ._local import LocalError, local_error
 
-__all__ = ["AbstractRegularizer", "JacobianFrobenius", "KineticEnergy", "solve_regularized"]
+__all__ = [
+    "AbstractRegularizer",
+    "JacobianFrobenius",
+    "KineticEnergy",
+    "LocalError",
+    "local_error",
+    "solve_regularized",
+    "state_only",
+]

@@ -230,13 +230,17 @@ def solve_regularized(
     zeros = torch.zeros((*lead, len(regs)), dtype=flat.dtype, device=flat.device)
     noises = [reg.draw_noise(flat.detach()) for reg in regs]
     field = _Augmented(f, regs, noises, structure, solver_state.shape)
-    sol = solve(field, (*parts, zeros), ts, controller=_leading(controller, flat.shape[-1]),
+    sol = solve(field, (*parts, zeros), ts, controller=state_only(controller, flat.shape[-1]),
                 batch_dims=batch_dims, dense=False, **options)  # fmt: skip
     return _split(sol, isinstance(y0, torch.Tensor), names)
 
 
-def _leading(controller: AbstractController, n: int) -> AbstractController:
-    """The controller with its error norm over the state only (PID), else unchanged."""
+def state_only(controller: AbstractController, n: int) -> AbstractController:
+    """The controller with its error norm over the first ``n`` flat components (PID).
+
+    The integrals appended after the state are then carried but never judged; other
+    controllers are returned unchanged.
+    """
     if not isinstance(controller, PIDController):
         return controller
     rtol, atol = (_append(tol) for tol in controller.tolerances())

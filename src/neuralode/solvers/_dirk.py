@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from ._explicit_rk import FlatField, StepResult, StepSize, Time, combine
+from ._explicit_rk import FlatField, StepResult, StepSize, Time, combine, combine_step
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, ScaledField, count, jacobian, per_matrix, solve_stage
 from ._tableau import Number
@@ -194,5 +194,5 @@ class DIRK(ImplicitRK):
             stage = solve_stage(stage_map, psi, guess, matrix, self.newton, failed, eta)
             z, failed, eta = stage.z, stage.failed, stage.eta
             k.append((z - psi) / h_gamma)
-        y1 = z if tab.stiffly_accurate else combine(y, k, tab.b_float, h)
+        y1 = z if tab.stiffly_accurate else combine_step(y, k, tab.b_float, h)
         return self._result(y0, y1, k, k0, h, failed)

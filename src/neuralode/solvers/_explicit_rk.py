@@ -66,6 +66,30 @@ def combine(
     return torch.addcmul(y0, dt, weighted_sum(k, weights))
 
 
+def combine_step(
+    y0: torch.Tensor, k: Sequence[torch.Tensor], weights: Sequence[float], dt: StepSize
+) -> torch.Tensor:
+    """:func:`combine` for the step's new state ``y1``: the increment summed first.
+
+    Adding each stage's term into ``y0`` rounds at ``y0``'s magnitude once per stage,
+    and the state carries those roundings from step to step: in float32, RK4 drifted
+    four times further than one rounding per step (1e-4 against 2.6e-5 over 150 steps
+    of a linear solution). Summing the small terms first and adding them to ``y0`` once
+    costs one tensor op per step; the stages, whose roundings do not accumulate, keep
+    :func:`combine`.
+    """
+    if isinstance(dt, float):
+        terms = [(w, kj) for w, kj in zip(weights, k, strict=False) if w != 0.0]
+        if not terms:
+            return y0.clone()
+        w0, k0 = terms[0]
+        out = torch.mul(k0, dt * w0)
+        for w, kj in terms[1:]:
+            out.add_(kj, alpha=dt * w)
+        return out.add_(y0)
+    return combine(y0, k, weights, dt)
+
+
 def weighted_sum(k: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """Return ``Σ_j weights[j] * k[j]`` (at least one weight must be non-zero)."""
     terms = [(w, kj) for w, kj in zip(weights, k, strict=False) if w != 0.0]
@@ -151,6 +175,15 @@ class AbstractSolver(abc.ABC):
         """
         return None
 
+    @property
+    def error_weights(self) -> tuple[float, ...] | None:
+        """``e`` with ``y_error = dt Σ_i e_i k_i``, if the estimate is such a sum (else ``None``).
+
+        :class:`~neuralode.regularizers.LocalError` differentiates the estimate with them
+        (a step keeps its own estimate out of the graph).
+        """
+        return None
+
 
 _INTERPOLATIONS = ("auto", "hermite", "linear")
 
@@ -232,6 +265,11 @@ class ExplicitRK(AbstractSolver):
         """The tableau's ``b``."""
         return self.tableau.b_float
 
+    @property
+    def error_weights(self) -> tuple[float, ...] | None:
+        """The tableau's error weights (``None`` for a fixed-step method)."""
+        return self.tableau.error_float
+
     def _kind(self) -> str:
         if self.interpolation == "auto":
             return "dense" if self.tableau.b_dense is not None else "hermite"
@@ -278,8 +316,10 @@ class ExplicitRK(AbstractSolver):
         k = [f0]
         y_stage = y0
         t_end = None
+        last = len(a)
         for i, row in enumerate(a, start=1):
-            y_stage = combine(y0, k, row, h)
+            # With FSAL the last stage's state is y1 itself (see combine_step).
+            y_stage = (combine_step if i == last and tab.fsal else combine)(y0, k, row, h)
             if c[i] == 1.0:
                 # The last node of most tableaus is exactly 1: use t0 + dt, not t0 + 1.0 * dt,
                 # so the FSAL stage is evaluated at exactly the step end. Formed once, as
@@ -296,7 +336,7 @@ class ExplicitRK(AbstractSolver):
             # The last stage was evaluated at y1 itself: reuse it instead of recombining.
             y1, f1 = y_stage, k[-1]
         else:
-            y1, f1 = combine(y0, k, b, h), None
+            y1, f1 = combine_step(y0, k, b, h), None
         y_error = None
         if error is not None:
             # Step-size control is not differentiated: keep the estimate out of the graph.

@@ -159,6 +159,18 @@ class ImplicitRK(AbstractSolver):
         """
         return None
 
+    @property
+    def error_weights(self) -> tuple[float, ...] | None:
+        """``e`` with ``y_error = dt Σ_i e_i k_i`` over the step's ``k`` (``None`` without one).
+
+        Differentiable through the stage solves (the implicit-function theorem), which is
+        what :class:`~neuralode.regularizers.LocalError` needs.
+        """
+        error = self._tab.error_float
+        if error is None or self._tab.explicit_first:
+            return error
+        return (0.0, *error)  # the step's k start with f0
+
     def _dense_b(self) -> tuple[float, ...]:
         # The step's k starts with f0 (Hermite's h10 weighs it): an implicit first stage
         # comes after it, with weight 0 on f0 in y1.

@@ -85,10 +85,18 @@ class Claim:
 
 
 class Planner(abc.ABC):
-    """One protocol: the jobs a preset needs, and the report section from their results."""
+    """One protocol: the jobs a preset needs, and the report section from their results.
+
+    Attributes:
+        name: ``p<N>``.
+        title: Its section's heading.
+        default: Whether ``neuralode reproduce`` runs it without ``--only`` (the paper's
+            protocols); the ones beyond the paper run only when named.
+    """
 
     name: str
     title: str
+    default: bool = True
 
     @abc.abstractmethod
     def jobs(self, ctx: Context) -> list[Job]:

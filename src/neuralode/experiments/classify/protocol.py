@@ -93,12 +93,25 @@ def run_name(model: str, width: int) -> str:
 
 
 def _train_job(ctx: Context, model: str, width: int) -> Job:
+    return train_job(ctx, "p1", run_name(model, width), model, width)
+
+
+def train_job(
+    ctx: Context, protocol: str, name: str, model: str, width: int, cost_factor: float = 1.0,
+    **flags: Any,
+) -> Job:  # fmt: skip
+    """A ``train classify`` run of P1's sizes at the preset, in ``OUT/<protocol>/<name>``.
+
+    ``model`` is a key of :data:`MODELS`; ``flags`` are further config fields (P6's
+    regularisers); ``cost_factor`` scales the ETA's cost of a step.
+    """
     s = scale(ctx)
-    folder = ctx.folder("p1", run_name(model, width))
+    folder = ctx.folder(protocol, name)
     config = ClassifyConfig(
         out=folder, seed=ctx.seed, progress=ctx.progress, dataset=ctx.image_dataset,  # type: ignore[arg-type]
         data_dir=ctx.data_dir, width=width, epochs=s.epochs, train_size=s.train_size,
         val_size=s.val_size, image_size=s.image_size, zero_init=s.zero_init, **MODELS[model],
+        **flags,
     )  # fmt: skip
 
     def run() -> None:
@@ -107,8 +120,8 @@ def _train_job(ctx: Context, model: str, width: int) -> Job:
 
     n_train = s.train_size or 50_000
     pixels = (s.image_size or 28) ** 2 / 28**2
-    cost = STEP_COST[model] * (width / 32) ** 2 * pixels * s.epochs * n_train / 128
-    return Job("p1", run_name(model, width), run, (folder / "summary.json").is_file, cost)
+    cost = STEP_COST[model] * cost_factor * (width / 32) ** 2 * pixels * s.epochs * n_train / 128
+    return Job(protocol, name, run, (folder / "summary.json").is_file, cost)
 
 
 class TableOne(Planner):

@@ -24,11 +24,14 @@ from ...data import (
     train_val_split,
 )
 from ...nn import MLP, ODEBlock, ODENet, ResNet, RKNet, zero_residual_branches
-from ...regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
+from ...nn.classifiers import check_augment_dim
+from ...nn.ode_block import check_steer
+from ...regularizers import LocalError
 from .._run.config import MAX_LR, RunOptions, check_positive
 from .._run.distributed import World, unwrap
+from .._run.regularizing import RegularizerOptions, penalize
 from .._run.solving import SolverOptions
-from .._run.training import Task, epoch_generator
+from .._run.training import Task, epoch_generator, solver_work
 
 Model = Literal["odenet", "resnet", "rknet", "mlp"]
 Dataset = Literal["fashion-mnist", "mnist", "digits"]
@@ -42,6 +45,8 @@ DIGITS_TEST_SEED = 1797
 MIN_IMAGE, MAX_IMAGE = 10, 256
 # The ResNet's blocks (the paper's 6): an absurd count would build for hours, not fail.
 MAX_BLOCKS = 1_000
+# Flags that change the ODE block, refused for the other models.
+ODENET_ONLY = ("kinetic", "jacobian", "local_error", "augment_dim", "steer")
 
 
 class DatasetDefault(int):
@@ -58,7 +63,7 @@ DIGITS_SIZES: dict[str, int | None] = {"train_size": None, "val_size": 300}
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifyConfig(SolverOptions, RunOptions):
+class ClassifyConfig(RegularizerOptions, SolverOptions, RunOptions):
     """Train an image classifier: ODE-Net, ResNet, RK-Net or MLP (the paper's Table 1).
 
     Defaults are protocol P1's quick preset (docs/protocols.md): Fashion-MNIST, 20k training
@@ -112,6 +117,16 @@ class ClassifyConfig(SolverOptions, RunOptions):
     jacobian: float = 0.0
     """odenet only: weight of the Jacobian's Frobenius norm ∫‖∂f/∂h‖²_F dt per image
     (Hutchinson's estimator; 0: off). Recorded as train_jacobian."""
+    steer: float = 0.0
+    """odenet only: STEER (Ghosh et al. 2020): each training batch solves to an end time
+    drawn uniformly from [1 - B, 1 + B]; validation and test use 1 (0: off; B < 1)."""
+    local_error: float = 0.0
+    """odenet only: weight of the solver's own scaled error estimate of one step from
+    y(t*) at a random t* of the block's solve, per image (Pal et al. 2023; every
+    --adjoint; 0: off). Recorded as train_local_error."""
+    augment_dim: int = 0
+    """odenet only: ANODE (Dupont et al. 2019): K zero channels appended to the ODE block's
+    state and dropped after the solve (0: off)."""
     augment: bool = False
     """Random crops with 4-pixel padding, as in the reference's 160-epoch schedule. Off by
     default: in a few epochs it slows learning (ResNet-1, 300 steps: 70% validation
@@ -128,12 +143,12 @@ class ClassifyConfig(SolverOptions, RunOptions):
         check_positive(self, "val_size", "batch_size", "eval_batch_size")
         check_positive(self, "lr", maximum=MAX_LR)
         check_positive(self, "blocks", maximum=MAX_BLOCKS)
-        check_positive(self, "kinetic", "jacobian", allow_zero=True)
-        if (self.kinetic or self.jacobian) and self.model != "odenet":
-            raise ValueError(
-                f"--kinetic and --jacobian regularise the ODE block of --model odenet, got "
-                f"--model {self.model}; drop them or train the ODE-Net"
-            )
+        RegularizerOptions.__post_init__(self)
+        if self.model != "odenet":
+            self.refuse(ODENET_ONLY, f"to the ODE block of --model odenet only, got --model "
+                                     f"{self.model}; drop them or train the ODE-Net")  # fmt: skip
+        check_steer(self.steer, 1.0, "--steer")
+        check_augment_dim(self.augment_dim, "--augment-dim")
         if self.image_size is not None and not MIN_IMAGE <= self.image_size <= MAX_IMAGE:
             raise ValueError(
                 f"--image-size must lie in [{MIN_IMAGE}, {MAX_IMAGE}], got {self.image_size} "
@@ -208,31 +223,38 @@ class ClassifyTask(Task):
         n = len(y)
         correct = float((logits.argmax(1) == y).sum())
         sums = {"loss": float(loss.detach()) * n, "accuracy": correct, "n": n}
-        weights = {"kinetic": self.config.kinetic, "jacobian": self.config.jacobian}
-        if any(weights.values()):
+        if self.config.regularizers() or self.config.local_error:
             block: ODEBlock = unwrap(model).ode_block  # type: ignore[assignment]
-            values = block.regularization
-            for name, value in values.items():
-                loss = loss + weights[name] * value / n
-                sums[name] = float(value.detach())
+            loss = penalize(loss, sums, block.regularization, self.config, n)
         return loss, sums
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, world: World) -> dict[str, float]:
-        """Loss and accuracy over this rank's shard of ``split``, summed over ranks."""
+        """Loss, accuracy and forward NFE per batch over this rank's shard of ``split``.
+
+        ``nfe_forward`` is the mean forward evaluation count of the ODE block per
+        evaluation batch of ``--eval-batch-size`` images (0 for the models without one):
+        the test-time cost that regularisers aim to cut.
+        """
         model.eval()
         images, labels = self.splits[split]
         shard = world.shard(torch.arange(len(labels)))
-        sums = {"loss": 0.0, "accuracy": 0.0, "n": 0.0}
+        sums = {"loss": 0.0, "accuracy": 0.0, "n": 0.0, "nfe": 0.0, "batches": 0.0}
         for idx in shard.split(self.config.eval_batch_size):
             x, y = images[idx].to(self.device), labels[idx].to(self.device)
             logits = model(x)
             sums["loss"] += float(F.cross_entropy(logits, y, reduction="sum"))
             sums["accuracy"] += float((logits.argmax(1) == y).sum())
             sums["n"] += len(y)
+            sums["nfe"] += solver_work(model)[0]
+            sums["batches"] += 1
         totals = world.sum(sums)
         model.train()
-        return {"loss": totals["loss"] / totals["n"], "accuracy": totals["accuracy"] / totals["n"]}
+        return {
+            "loss": totals["loss"] / totals["n"],
+            "accuracy": totals["accuracy"] / totals["n"],
+            "nfe_forward": totals["nfe"] / max(totals["batches"], 1.0),
+        }
 
     def describe(self) -> dict[str, Any]:
         """Model, parameter count and split sizes."""
@@ -250,9 +272,10 @@ def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
     """The classifier that ``--model`` names (its residual branches zeroed with --zero-init)."""
     net: nn.Module
     if cfg.model == "odenet":
-        net = ODENet(cfg.width, **cfg.ode_options())
+        net = ODENet(cfg.width, augment_dim=cfg.augment_dim, steer=cfg.steer, **cfg.ode_options())
         net.ode_block.max_steps = cfg.max_steps
-        net.ode_block.regularizers = regularizers(cfg)
+        local = (LocalError(),) if cfg.local_error else ()
+        net.ode_block.regularizers = (*cfg.regularizers(), *local)
     elif cfg.model == "resnet":
         net = ResNet(cfg.width, blocks=cfg.blocks)
     elif cfg.model == "rknet":
@@ -260,16 +283,6 @@ def build_model(cfg: ClassifyConfig, image_size: torch.Size) -> nn.Module:
     else:
         net = MLP(pixels=int(image_size.numel()))
     return zero_residual_branches(net) if cfg.zero_init else net
-
-
-def regularizers(cfg: ClassifyConfig) -> tuple[AbstractRegularizer, ...]:
-    """The regularisers that ``--kinetic`` and ``--jacobian`` switch on."""
-    chosen: list[AbstractRegularizer] = []
-    if cfg.kinetic:
-        chosen.append(KineticEnergy())
-    if cfg.jacobian:
-        chosen.append(JacobianFrobenius())
-    return tuple(chosen)
 
 
 def load_splits(cfg: ClassifyConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -47,17 +47,23 @@ NOT_JUDGED_BUDGETS = (
 
 
 def _job(ctx: Context, name: str, cost: float, **flags: Any) -> Job:
-    folder = ctx.folder("p5", name)
+    return flow_job(ctx, "p5", name, cost, **flags)
+
+
+def flow_job(ctx: Context, protocol: str, name: str, cost: float, **flags: Any) -> Job:
+    """A ``train cnf`` run with ``flags`` in ``OUT/<protocol>/<name>`` (``cost``: its steps)."""
+    folder = ctx.folder(protocol, name)
     config = CNFConfig(out=folder, seed=ctx.seed, progress=ctx.progress, **flags)
 
     def run() -> None:
         resumed = dataclasses.replace(config, resume=RunDir(folder).started())
         run_training(resumed, CNFTask(resumed))
 
-    return Job("p5", name, run, (folder / "summary.json").is_file, cost + RUN_OVERHEAD)
+    return Job(protocol, name, run, (folder / "summary.json").is_file, cost + RUN_OVERHEAD)
 
 
-def _epoch(cnf_iters: int) -> int:
+def iters_per_epoch(cnf_iters: int) -> int:
+    """An epoch of ``EPOCHS_PER_RUN`` in the CNF's budget (validation and NFE rows)."""
     # Both models validate as often as the CNF, EPOCHS_PER_RUN times in its budget: the NF's
     # history then has the CNF's budget, for the comparison at equal iterations.
     return max(1, cnf_iters // EPOCHS_PER_RUN)
@@ -81,7 +87,7 @@ class FlowComparison(Planner):
                     jobs.append(_job(ctx, density_name(target, model, size), step * iters,
                                      task="density", target=target, model=model, width=size,
                                      iters=iters,
-                                     iters_per_epoch=_epoch(s.density_iters["cnf"]),
+                                     iters_per_epoch=iters_per_epoch(s.density_iters["cnf"]),
                                      val_size=s.val_size, test_size=s.test_size,
                                      batch_size=DENSITY_BATCH,
                                      lr=s.density_lr))  # fmt: skip
@@ -91,8 +97,8 @@ class FlowComparison(Planner):
                 step = CNF_ML_STEP if model == "cnf" else NF_ML_STEP
                 jobs.append(_job(ctx, ml_name(dataset, model), step * iters, task="ml",
                                  dataset=dataset, model=model, width=ML_WIDTH, iters=iters,
-                                 iters_per_epoch=_epoch(s.ml_iters["cnf"]), val_size=s.val_size,
-                                 test_size=s.test_size, **ML))  # fmt: skip
+                                 iters_per_epoch=iters_per_epoch(s.ml_iters["cnf"]),
+                                 val_size=s.val_size, test_size=s.test_size, **ML))  # fmt: skip
         return jobs
 
     def section(self, ctx: Context, walls: Mapping[str, float]) -> str:

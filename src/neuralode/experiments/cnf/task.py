@@ -38,8 +38,10 @@ from ...nn import (
     evaluate_kl,
     evaluate_nll,
 )
+from ...nn.ode_block import check_steer
 from .._run.config import MAX_LR, RunOptions, check_positive, flag
 from .._run.distributed import World
+from .._run.regularizing import RegularizerOptions, penalize
 from .._run.runs import RunDir
 from .._run.solving import GradientMethod, SolverOptions
 from .._run.training import Schedule, Task, epoch_generator, lr_scheduler
@@ -61,7 +63,7 @@ MAX_WIDTH = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
-class CNFConfig(SolverOptions, RunOptions):
+class CNFConfig(RegularizerOptions, SolverOptions, RunOptions):
     """Train a planar CNF or planar NF on a 2-D density (the paper's §4, Figs. 4 and 5).
 
     --task density fits U1–U4 by reverse KL; --task ml fits a toy dataset by maximum
@@ -115,6 +117,19 @@ class CNFConfig(SolverOptions, RunOptions):
     """Relative and absolute tolerance (rtol = atol); 1e-5 as in the paper's CNF runs."""
     device: Literal["cpu"] = "cpu"
     """Only cpu: the seeded samplers draw on the CPU, where 2-D flows also run fastest."""
+    kinetic: float = 0.0
+    """CNF only: weight of the kinetic energy ∫‖f‖² dt of the flow, per sample, added to
+    the loss (RNODE, Finlay et al. 2020; 0: off). Recorded as train_kinetic."""
+    jacobian: float = 0.0
+    """CNF only: weight of the Jacobian's Frobenius norm ∫‖∂f/∂z‖²_F dt per sample
+    (Hutchinson's estimator; with --trace hutchinson it reuses the trace's noise and
+    vector-Jacobian product; 0: off). Recorded as train_jacobian."""
+    steer: float = 0.0
+    """CNF only: STEER (Ghosh et al. 2020): each training batch flows to a data time drawn
+    uniformly from [t1 - B, t1 + B]; validation and test use t1 (0: off; B < t1)."""
+    local_error: float = 0.0
+    """Not available here yet (0 only): the solver's local error penalty is an option of
+    train classify's ODE block."""
 
     def __post_init__(self) -> None:
         RunOptions.__post_init__(self)
@@ -132,13 +147,19 @@ class CNFConfig(SolverOptions, RunOptions):
                 f"--iters {self.iters} must be a multiple of --iters-per-epoch "
                 f"{self.iters_per_epoch}; e.g. --iters {self.epochs() * self.iters_per_epoch}"
             )
+        RegularizerOptions.__post_init__(self)
         if self.model == "nf":
+            self.refuse(("kinetic", "jacobian", "steer"), "to --model cnf only (an NF "
+                        "has no dynamics to regularise and no flow time); drop them")  # fmt: skip
             if self.trace != "exact":
                 raise ValueError("--trace applies to --model cnf only (an NF has exact log-dets)")
             if self.t1 is not None:
                 raise ValueError("--t1 applies to --model cnf only (an NF has no flow time)")
         if self.device != "cpu":
             raise ValueError(f"--device must be cpu for train cnf, got {self.device!r}")
+        check_steer(self.steer, self.flow_time(), "--steer")
+        self.refuse(("local_error",), "to train classify's ODE block only for now (the "
+                    "CNF's density solve does not take it); drop it")  # fmt: skip
 
     def steps_per_epoch(self) -> int:
         """Iterations per epoch."""
@@ -172,7 +193,8 @@ def build_flow(cfg: CNFConfig) -> CNF | PlanarFlow:
     options = cfg.ode_options()
     trace = ExactTrace() if cfg.trace == "exact" else HutchinsonTrace()
     return CNF(PlanarDynamics(2, cfg.width, cfg.hidden), trace=trace, base=base, t0=0.0,
-               t1=cfg.flow_time(), max_steps=cfg.max_steps, **options)  # fmt: skip
+               t1=cfg.flow_time(), max_steps=cfg.max_steps, regularizers=cfg.regularizers(),
+               steer=cfg.steer, **options)  # fmt: skip
 
 
 class FlowObjective(nn.Module):
@@ -210,16 +232,22 @@ class FlowObjective(nn.Module):
 
 @contextlib.contextmanager
 def exact_trace(flow: CNF | PlanarFlow) -> Iterator[None]:
-    """Evaluate a CNF with the exact trace, whatever it trains with (restored after)."""
-    if not isinstance(flow, CNF):
-        yield
-        return
-    trace = flow.trace
-    flow.trace = ExactTrace()
+    """Evaluate a flow as it is scored: the exact trace, in eval mode (restored after).
+
+    A CNF gets the exact trace whatever it trains with; eval mode fixes STEER's data time
+    at t1.
+    """
+    training = flow.training
+    trace = flow.trace if isinstance(flow, CNF) else None
+    flow.eval()
+    if isinstance(flow, CNF):
+        flow.trace = ExactTrace()
     try:
         yield
     finally:
-        flow.trace = trace
+        if isinstance(flow, CNF) and trace is not None:
+            flow.trace = trace
+        flow.train(training)
 
 
 class CNFTask(Task):
@@ -274,16 +302,20 @@ class CNFTask(Task):
         if self.target is None:
             loss = -log_q.mean()
             value = float(loss.detach())
-            return loss, {"loss": value * n, "nll": value * n, "n": n}
-        loss = (log_q + energy).mean()
-        value = float(loss.detach())
-        return loss, {
-            "loss": value * n,
-            "kl": (value + self.target.log_z) * n,
-            "energy": float(energy.detach().sum()),
-            "entropy": -float(log_q.detach().sum()),
-            "n": n,
-        }
+            sums = {"loss": value * n, "nll": value * n, "n": n}
+        else:
+            loss = (log_q + energy).mean()
+            value = float(loss.detach())
+            sums = {
+                "loss": value * n,
+                "kl": (value + self.target.log_z) * n,
+                "energy": float(energy.detach().sum()),
+                "entropy": -float(log_q.detach().sum()),
+                "n": n,
+            }
+        # "loss" stays the objective (KL or NLL) alone; the penalties are their own columns.
+        regularization = getattr(self.flow, "regularization", {})
+        return penalize(loss, sums, regularization, self.config, n), sums
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, world: World) -> dict[str, float]:
@@ -301,10 +333,8 @@ class CNFTask(Task):
                 out = evaluate_kl(flow, self.target, n, gen, batch_size=cfg.eval_batch_size)
             else:
                 out = evaluate_nll(flow, cfg.dataset, n, gen, batch_size=cfg.eval_batch_size)
-        if not test:
-            return {self.select: out[self.select]}
-        stats = getattr(flow, "stats", None)
-        return {**out, "nfe": float(stats.nfe) if stats is not None else 0.0}
+        # The test keeps nfe_forward: the solves' forward evaluations per test batch.
+        return out if test else {self.select: out[self.select]}
 
     def plots(self, run: RunDir, history: list[dict[str, Any]]) -> list[str]:
         """The fit against the target or the data, and the flow at 5–100% of its time."""

@@ -179,7 +179,9 @@ def _data_note(ctx: Context, s: Scale) -> str:
 
 # What the report reads from a P4 run's summary.json.
 SUMMARY = {
-    **{key: NUMBER for key in ("test_rmse_clean", "test_rmse", "test_nfe", "train_seconds")},
+    **{
+        key: NUMBER for key in ("test_rmse_clean", "test_rmse", "test_nfe_forward", "train_seconds")
+    },
     "parameters": POSITIVE,
     "best_epoch": COUNT,
     "iters_per_epoch": COUNT,
@@ -214,7 +216,7 @@ def _table(ctx: Context, s: Scale, noise: float,
         paper = PAPER_TABLE2.get(model, {}).get(n)
         wall = walls.get(f"p4/{run_name(model, n, noise)}")
         last = summary["history"][-1]
-        nfe = (f"{last['nfe_forward']:.0f} / {summary['test_nfe']:.0f}"
+        nfe = (f"{last['nfe_forward']:.0f} / {summary['test_nfe_forward']:.0f}"
                if model == "latent-ode" else "–")  # fmt: skip
         rows.append([
             LABELS[model], n, f"{summary['test_rmse_clean']:.4f}",

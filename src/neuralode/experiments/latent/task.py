@@ -28,6 +28,7 @@ from ...data import IrregularSeries, make_spirals
 from ...nn import LatentODE, RNNBaseline, SequenceModel, evaluate_extrapolation
 from .._run.config import MAX_COUNT, MAX_LR, RunOptions, check_positive, check_seed
 from .._run.distributed import World, unwrap
+from .._run.regularizing import RegularizerOptions, penalize
 from .._run.runs import RunDir
 from .._run.solving import GradientMethod, SolverOptions
 from .._run.training import Schedule, Task, epoch_generator, lr_scheduler
@@ -45,7 +46,7 @@ MAX_NOISE = 1e3
 
 
 @dataclasses.dataclass(frozen=True)
-class LatentConfig(SolverOptions, RunOptions):
+class LatentConfig(RegularizerOptions, SolverOptions, RunOptions):
     """Train a latent ODE or an RNN baseline on noisy spirals (the paper's Table 2).
 
     Defaults are protocol P4's quick preset (docs/protocols.md): 1000 spirals split
@@ -110,6 +111,19 @@ class LatentConfig(SolverOptions, RunOptions):
     adjoint: GradientMethod = "direct"
     """Gradient method. direct (default): backprop through the ~40 evaluations of a 4-D MLP is
     cheap and exact; backsolve (the paper's adjoint) costs about 20× more time here."""
+    kinetic: float = 0.0
+    """latent-ode only: weight of the kinetic energy ∫‖f‖² dt of the latent trajectory's
+    solve, per spiral, added to the loss (RNODE, Finlay et al. 2020; 0: off). Recorded as
+    train_kinetic."""
+    jacobian: float = 0.0
+    """latent-ode only: weight of the Jacobian's Frobenius norm ∫‖∂f/∂z‖²_F dt per spiral
+    (Hutchinson's estimator; 0: off). Recorded as train_jacobian."""
+    steer: float = 0.0
+    """Not available here (0 only): the latent solve ends at the observation and
+    extrapolation times, which a random end time would move."""
+    local_error: float = 0.0
+    """Not available here yet (0 only): the solver's local error penalty is an option of
+    train classify's ODE block."""
 
     def __post_init__(self) -> None:
         RunOptions.__post_init__(self)
@@ -122,6 +136,18 @@ class LatentConfig(SolverOptions, RunOptions):
         check_positive(self, "noise", allow_zero=True, maximum=MAX_NOISE)
         check_positive(self, "kl_warmup", allow_zero=True)
         check_seed(self, "data_seed")
+        RegularizerOptions.__post_init__(self)
+        if self.steer:
+            raise ValueError(
+                "--steer does not apply to train latent-ode: the latent solve must end at the "
+                "observation and extrapolation times, which STEER's random end time would "
+                "move; drop it (STEER: train classify or train cnf)"
+            )
+        self.refuse(("local_error",), "to train classify's ODE block only for now (the "
+                    "latent solve does not take it); drop it")  # fmt: skip
+        if self.model != "latent-ode":
+            self.refuse(("kinetic", "jacobian"), f"to --model latent-ode only (an RNN "
+                        f"solves no ODE), got --model {self.model}; drop them")  # fmt: skip
         if not 1 <= self.n_obs <= WINDOW:
             raise ValueError(f"--n-obs must lie in [1, {WINDOW}], got {self.n_obs}")
         if self.iters % self.eval_every:
@@ -181,7 +207,7 @@ def build_model(cfg: LatentConfig) -> SequenceModel:
             latent_dim=cfg.latent_dim, encoder=cfg.encoder, encoder_hidden=cfg.hidden,
             dynamics_hidden=cfg.dynamics_hidden, decoder_hidden=cfg.decoder_hidden,
             obs_std=cfg.obs_std if cfg.obs_std is not None else cfg.noise,
-            max_steps=cfg.max_steps, **options,
+            max_steps=cfg.max_steps, regularizers=cfg.regularizers(), **options,
         )  # fmt: skip
     return RNNBaseline(hidden=cfg.hidden, use_dt=cfg.model == "rnn-dt", cell=cfg.cell)
 
@@ -273,7 +299,8 @@ class LatentTask(Task):
         sums = {"loss": metrics["loss"] * n, "obs_rmse": metrics["rmse"] * n, "n": float(n)}
         if "kl" in metrics:
             sums["kl"] = metrics["kl"] * n
-        return loss, sums
+        regularization = getattr(sequence_model(model), "regularization", {})
+        return penalize(loss, sums, regularization, self.config, n), sums
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, world: World) -> dict[str, float]:
@@ -304,7 +331,7 @@ class LatentTask(Task):
         totals = world.sum(sums)
         # Every spiral has as many targets, so each horizon's RMSE pools alike over ranks.
         out = {key: math.sqrt(totals[key] / totals["count"]) for key in keys}
-        out["nfe"] = totals["nfe"] / totals["batches"]
+        out["nfe_forward"] = totals["nfe"] / totals["batches"]
         if "window_sse" in totals:
             out["window_rmse_clean"] = math.sqrt(totals["window_sse"] / totals["window_count"])
         return out

@@ -1,0 +1,446 @@
+"""Events in the step loop: find a condition's crossing inside an accepted step, cut there.
+
+One mechanism for both drivers: the joint driver is one row (``idx = [0]``), the
+per-sample driver many. After every accepted step the :class:`Watcher` evaluates the
+conditions at the step's end; an element that changed side in the direction its event
+asks for has a root inside the step, found on the step's dense output by a bracketing
+(Illinois) iteration down to adjacent float64 times. A row's earliest root cuts its step:
+the row continues from the event time with the state the event's jump gives (or stops,
+if the event is terminal for it), and the rest of the step is discarded, so a second
+crossing later in the same step is found by the steps that follow, in time order.
+
+The watcher keeps, per sample, the last value and side of every condition element and
+the number of events met, indexed by the sample's position in the caller's batch (so the
+per-sample driver's compaction does not touch them).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._events import Event, EventLog
+from .._problem import Problem
+from ..interpolation import interpolate_stacked
+from ..solvers._explicit_rk import AbstractSolver
+
+# A bracket that did not halve in _SLOW iterations in a row is bisected, so the worst
+# case is about 5 × 64 condition evaluations per root in float64; Illinois steps
+# converge superlinearly on smooth conditions.
+_SLOW = 4
+_MAX_ITERATIONS = 400
+# Points per step at which the conditions are looked at (DifferentialEquations.jl's
+# ContinuousCallback looks at 10 too).
+_POINTS = 10
+
+
+class Cut(NamedTuple):
+    """The rows whose step an event cut.
+
+    Attributes:
+        pos: Their positions among the rows the watcher was given, ``(H,)``.
+        tau: Event time in forward time (float64), ``(H,)``; the step's end when the
+            root is at the end.
+        y: The state each continues from (after the jump), ``(H, N)``.
+        stop: Whether the row stops there (its event is terminal for it), ``(H,)``.
+        jumped: Whether its event has a jump (the state changed), ``(H,)``.
+    """
+
+    pos: torch.Tensor
+    tau: torch.Tensor
+    y: torch.Tensor
+    stop: torch.Tensor
+    jumped: torch.Tensor
+
+
+class Watcher:
+    """The events of one solve: their conditions' sides per sample, and the log."""
+
+    def __init__(self, problem: Problem, solver: AbstractSolver, events: tuple[Event, ...]):
+        self.problem, self.solver, self.events = problem, solver, events
+        self.d = problem.direction
+        self.batched = problem.batched
+        # The joint solver state keeps its own shape; the watcher's rows are flat.
+        self.shape = problem.y0.shape
+        self.log: list[tuple[torch.Tensor, ...]] = []
+        # Set by start(): per column (condition element) its event, direction and offset.
+        self.col_event = self.col_dir = self.col_element = torch.zeros(0, dtype=torch.long)
+        self.value = self.side = self.count = torch.zeros(0)
+        self.stop_after = torch.tensor([e.stop_after for e in events], dtype=torch.long)
+        self.rows = 0  # rows evaluated by the conditions (per-sample) or calls (joint)
+
+    # -- the user's functions on rows ------------------------------------------------
+
+    def conditions(self, tau: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Every condition element at forward times ``tau`` on rows ``y``: ``(P, E)`` float64.
+
+        ``idx``: the samples of the rows (their per-sample ``args``).
+        """
+        return torch.cat(self._evaluate(tau, y, idx), dim=1).to(torch.float64)
+
+    def _evaluate(
+        self, tau: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Each event's condition on rows ``y``, ``(P, E_i)`` each."""
+        problem = self.problem
+        structure, field = problem.structure, problem.f
+        t = (self.d * tau).to(field.t_dtype)
+        self.rows += y.shape[0]
+        if self.batched:
+            args = tuple(a.index_select(0, idx) for a in field.args)
+            state = structure.unflatten(y)
+            return [
+                _per_row(event.condition(t, state, *args), y.shape[0], i)
+                for i, event in enumerate(self.events)
+            ]
+        # The joint state is one row; several rows are several times (a step's points).
+        per_row = []
+        for r in range(y.shape[0]):
+            state = structure.unflatten(y[r].reshape(self.shape))
+            row = []
+            for i, event in enumerate(self.events):
+                g = event.condition(t[r], state)
+                if not isinstance(g, torch.Tensor) or not g.is_floating_point():
+                    raise TypeError(
+                        f"event[{i}]'s condition(t, y) must return a floating tensor, got "
+                        f"{_describe(g)}"
+                    )
+                row.append(g.reshape(1, -1))
+            per_row.append(row)
+        return [torch.cat(parts) for parts in zip(*per_row, strict=True)]
+
+    def jump(
+        self, event: int, tau: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> torch.Tensor:
+        """The state after ``events[event]``'s jump on rows ``y`` at forward times ``tau``."""
+        problem = self.problem
+        jump = self.events[event].jump
+        if jump is None:
+            return y
+        structure, field = problem.structure, problem.f
+        t = (self.d * tau).to(field.t_dtype)
+        if self.batched:
+            args = tuple(a.index_select(0, idx) for a in field.args)
+            before = structure.unflatten(y)
+            after = jump(t, before, *args)
+        else:
+            before = structure.unflatten(y[0].reshape(self.shape))
+            after = jump(t[0], before)
+        _check_jump(after, before, event)
+        flat = structure.flatten(after)
+        return flat if self.batched else flat.reshape(1, -1)
+
+    # -- the loop's calls ---------------------------------------------------------------
+
+    def start(self, tau0: torch.Tensor, y0: torch.Tensor) -> None:
+        """The conditions at the initial state of every sample (``(B,)``, ``(B, N)``)."""
+        idx = torch.arange(y0.shape[0], device=y0.device)
+        parts = self._evaluate(tau0, y0, idx)
+        value = torch.cat(parts, dim=1).to(torch.float64)
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            raise ValueError(
+                "an event's condition is not finite at the initial state "
+                f"({int(bad.sum())} values): conditions must be finite where the solve runs"
+            )
+        device = y0.device
+        sizes = torch.tensor([p.shape[1] for p in parts], device=device)
+        self.col_event = torch.repeat_interleave(torch.arange(len(parts), device=device), sizes)
+        directions = torch.tensor([e.direction for e in self.events], device=device)
+        self.col_dir = directions[self.col_event].to(value.dtype)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        self.col_element = torch.arange(value.shape[1], device=device) - offsets[self.col_event]
+        self.value, self.side = value, torch.sign(value)
+        self.count = torch.zeros(y0.shape[0], len(self.events), dtype=torch.long, device=device)
+        self.stop_after = self.stop_after.to(device)
+
+    def check(
+        self,
+        idx: torch.Tensor,
+        tau0: torch.Tensor,
+        dt: torch.Tensor,
+        tau1: torch.Tensor,
+        stacked: torch.Tensor,
+        f1: torch.Tensor | None,
+        accepted: torch.Tensor,
+    ) -> Cut | None:
+        """Look for events in the rows' accepted steps; return the rows they cut.
+
+        ``idx``: the rows' samples; ``tau0``, ``dt`` and ``tau1``: each step's start, size
+        (forward, positive) and end; ``stacked``: the step as :func:`stack_step` gives it
+        (``y0``, the stages, ``y1``); ``f1``: ``f(t1, y1)`` for Hermite dense output.
+        """
+        pos = accepted.nonzero().squeeze(-1)
+        if not pos.numel():
+            return None
+        sample = idx.index_select(0, pos)
+        step = _Steps(
+            self.solver, self.d, tau0.index_select(0, pos), dt.index_select(0, pos),
+            tau1.index_select(0, pos), stacked.index_select(0, pos),
+            None if f1 is None else f1.index_select(0, pos),
+        )  # fmt: skip
+        # The conditions at POINTS points of each step (the last its end): a side change
+        # between two of them brackets a root, so two crossings in one step (a ball that
+        # bounces up and falls back within it) are both seen unless closer than that.
+        n_rows, n_points = pos.numel(), _POINTS
+        thetas = torch.arange(1, n_points + 1, dtype=torch.float64, device=tau0.device) / n_points
+        grid = step.tau0[:, None] + thetas * step.dt[:, None]
+        grid[:, -1] = step.tau1
+        y_grid = step.at_points(thetas)
+        values = self.conditions(
+            grid.reshape(-1), y_grid.reshape(n_rows * n_points, -1),
+            sample.repeat_interleave(n_points),
+        ).reshape(n_rows, n_points, -1)  # fmt: skip
+        _check_finite(values, "in an accepted step")
+        old = self.side.index_select(0, sample)
+        before = self.value.index_select(0, sample)
+        # Each point's side: its sign, or where it is exactly zero the side before it
+        # (the last non-zero point's, else the side at the step start): (A, 1 + P, E).
+        signs = torch.cat([old.unsqueeze(1), torch.sign(values)], dim=1)
+        point = torch.arange(n_points + 1, device=signs.device).view(1, -1, 1)
+        last = torch.where(signs != 0, point, 0).cummax(dim=1).values
+        sides = signs.gather(1, last)
+        # A change of side into a non-zero side (from 0 only at t0: a condition that
+        # starts at zero), in the direction asked for: the first one of each element.
+        new = sides[:, 1:]
+        crossed = (new != sides[:, :-1]) & (new != 0)
+        crossed = crossed & ((self.col_dir == 0) | (self.col_dir == new))
+        found = crossed.any(dim=1)
+        at = crossed.to(torch.int8).argmax(dim=1)  # the point ending the first bracket
+        side = sides[:, -1]
+        point_values = torch.cat([before.unsqueeze(1), values], dim=1)
+        value_lo = point_values.gather(1, at.unsqueeze(1)).squeeze(1)
+        value_hi = point_values.gather(1, (at + 1).unsqueeze(1)).squeeze(1)
+        new_side = new.gather(1, at.unsqueeze(1)).squeeze(1)
+        before = values[:, -1]
+        hit = found.any(dim=1)
+        quiet = ~hit
+        self.side[sample[quiet]] = side[quiet]
+        self.value[sample[quiet]] = before[quiet]
+        if not bool(hit.any()):
+            return None
+        rows, cols = found.nonzero(as_tuple=True)
+        j = at[rows, cols]
+        theta, tau_e = self._roots(
+            step, rows, cols, sample.index_select(0, rows),
+            (j.to(torch.float64) / n_points, grid_before(grid, step.tau0, rows, j)),
+            ((j + 1).to(torch.float64) / n_points, grid[rows, j]),
+            value_lo[rows, cols], value_hi[rows, cols], new_side[rows, cols],
+        )  # fmt: skip
+        # Each row's earliest root (the lowest column among equal times).
+        first = _first_per_row(rows, tau_e, hit.shape[0])
+        rows, cols, theta, tau_e = rows[first], cols[first], theta[first], tau_e[first]
+        y_e = step.at(rows, theta)
+        sample_e = sample.index_select(0, rows)
+        event = self.col_event.index_select(0, cols)
+        # Counts, jumps and the log.
+        self.count[sample_e, event] += 1
+        limit = self.stop_after.index_select(0, event)
+        stop = (limit > 0) & (self.count[sample_e, event] >= limit)
+        y_after = y_e.clone()
+        has_jump = torch.tensor([e.jump is not None for e in self.events], device=event.device)
+        for e in event.unique().tolist():
+            mask = event == e
+            if self.events[e].jump is not None:
+                which = mask.nonzero().squeeze(-1)
+                y_after[which] = self.jump(e, tau_e[which], y_e[which], sample_e[which])
+        element = self.col_element.index_select(0, cols)
+        self.log.append((sample_e, self.d * tau_e, event, element, stop))
+        # Sides after the event: the element that fired is on its new side, the others on
+        # their old one, unless the state it continues from says otherwise.
+        side = old.index_select(0, rows)
+        side[torch.arange(rows.numel(), device=side.device), cols] = new_side[rows, cols]
+        value = self.conditions(tau_e, y_after, sample_e)
+        _check_finite(value, "after an event")
+        self.side[sample_e] = torch.where(value != 0, torch.sign(value), side)
+        self.value[sample_e] = value
+        return Cut(pos.index_select(0, rows), tau_e, y_after, stop, has_jump[event])
+
+    def _roots(
+        self,
+        step: _Steps,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        samples: torch.Tensor,
+        start: tuple[torch.Tensor, torch.Tensor],
+        end: tuple[torch.Tensor, torch.Tensor],
+        value0: torch.Tensor,
+        value1: torch.Tensor,
+        side: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first time in each bracket where column ``cols`` is zero or on ``side``.
+
+        The brackets run from ``start`` to ``end``, each a ``(theta, tau)`` pair: the
+        fraction of the step and the forward time, with the condition's values there.
+        Returns ``(theta, tau)`` of the roots. A condition exactly zero at a bracket's
+        start (where it kept its old side) has its root there.
+        """
+        tau0, dt = step.tau0[rows], step.dt[rows]
+        lo, t_lo = start[0].clone(), start[1].clone()
+        hi, t_hi = end[0].clone(), end[1].clone()
+        g_lo, g_hi = value0.clone(), value1.clone()
+        done = g_lo == 0
+        hi, t_hi = torch.where(done, lo, hi), torch.where(done, t_lo, t_hi)
+        kept = torch.zeros_like(rows)  # +1: hi kept last time, -1: lo kept (Illinois)
+        slow = torch.zeros_like(rows)  # iterations in a row that did not halve the bracket
+        inf = torch.tensor(torch.inf, dtype=t_lo.dtype, device=t_lo.device)
+        for _ in range(_MAX_ITERATIONS):
+            done = done | (t_hi <= torch.nextafter(t_lo, inf))
+            todo = (~done).nonzero().squeeze(-1)
+            if not todo.numel():
+                break
+            a, b = lo[todo], hi[todo]
+            ga, gb = g_lo[todo], g_hi[todo]
+            ta, tb = t_lo[todo], t_hi[todo]
+            t_mid = tau0[todo] + (b - gb * (b - a) / (gb - ga)) * dt[todo]
+            # Bisect where the secant was slow (the bracket did not halve _SLOW times in
+            # a row) or is not finite (a flat secant).
+            middle = ta + 0.5 * (tb - ta)
+            t_mid = torch.where(torch.isfinite(t_mid) & (slow[todo] < _SLOW), t_mid, middle)
+            # At least a few ulps inside the bracket (Brent's nudge): a secant that has
+            # converged onto one end then brackets the root at once instead of creeping
+            # up on it from that side.
+            ulps = 4 * (torch.nextafter(ta, inf) - ta)
+            t_mid = torch.minimum(torch.maximum(t_mid, ta + ulps), tb - ulps)
+            t_mid = torch.where((t_mid > ta) & (t_mid < tb), t_mid, middle)
+            theta = (t_mid - tau0[todo]) / dt[todo]
+            y_mid = step.at(rows[todo], theta)
+            g = self.conditions(t_mid, y_mid, samples[todo])
+            g = g[torch.arange(todo.numel(), device=g.device), cols[todo]]
+            _check_finite(g, "inside an accepted step")
+            new_side = (g == 0) | (torch.sign(g) == side[todo])
+            # Illinois: halve the value at the end kept twice in a row, so the secant
+            # does not creep up on the root from one side.
+            k = kept[todo]
+            ga = torch.where(new_side & (k == -1), 0.5 * ga, ga)
+            gb = torch.where(~new_side & (k == 1), 0.5 * gb, gb)
+            lo[todo] = torch.where(new_side, a, theta)
+            t_lo[todo] = torch.where(new_side, ta, t_mid)
+            g_lo[todo] = torch.where(new_side, ga, g)
+            hi[todo] = torch.where(new_side, theta, b)
+            t_hi[todo] = torch.where(new_side, t_mid, tb)
+            g_hi[todo] = torch.where(new_side, g, gb)
+            kept[todo] = torch.where(new_side, -1, 1)
+            shrunk = t_hi[todo] - t_lo[todo] <= 0.5 * (tb - ta)
+            slow[todo] = torch.where(shrunk, 0, slow[todo] + 1)
+        return hi, t_hi
+
+    def result(self, device: torch.device) -> EventLog:
+        """Every event met, in the order met (per sample: in time order)."""
+        if not self.log:
+            return EventLog.empty(device)
+        sample, t, event, element, stop = (torch.cat(part) for part in zip(*self.log, strict=True))
+        return EventLog(sample, t, event, element, stop)
+
+
+class _Steps:
+    """The accepted steps being searched: their clocks and their dense output."""
+
+    def __init__(
+        self,
+        solver: AbstractSolver,
+        d: float,
+        tau0: torch.Tensor,
+        dt: torch.Tensor,
+        tau1: torch.Tensor,
+        stacked: torch.Tensor,
+        f1: torch.Tensor | None,
+    ) -> None:
+        self.solver, self.d = solver, d
+        self.tau0, self.dt, self.tau1 = tau0, dt, tau1
+        self.y0, self.y1 = stacked[:, 0], stacked[:, -1]
+        stages = stacked[:, 1:-1]
+        if solver.needs_f1:
+            assert f1 is not None
+            stages = torch.cat([stages, f1.unsqueeze(1)], dim=1)
+        self.stages = stages
+
+    def at_points(self, thetas: torch.Tensor) -> torch.Tensor:
+        """Every step at the fractions ``thetas`` ``(M,)`` (the last must be 1): ``(A, M, N)``."""
+        h = self.d * self.dt
+        values = interpolate_stacked(
+            self.solver, self.y0.unsqueeze(1), self.stages, h,
+            thetas.expand(self.y0.shape[0], -1),
+        )  # fmt: skip
+        values[:, -1] = self.y1
+        return values
+
+    def at(self, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The state of step ``rows[i]`` at fraction ``theta[i]``: ``(P, N)``."""
+        y0 = self.y0.index_select(0, rows)
+        stages = self.stages.index_select(0, rows)
+        h = self.d * self.dt.index_select(0, rows)
+        values = interpolate_stacked(
+            self.solver, y0.unsqueeze(1), stages, h, theta.unsqueeze(-1)
+        ).squeeze(1)
+        # The step's own ends, exactly: its start and its end state.
+        values = torch.where((theta == 0).unsqueeze(-1), y0, values)
+        return torch.where((theta == 1).unsqueeze(-1), self.y1.index_select(0, rows), values)
+
+
+def grid_before(
+    grid: torch.Tensor, tau0: torch.Tensor, rows: torch.Tensor, j: torch.Tensor
+) -> torch.Tensor:
+    """The time of the point before point ``j`` of each row's step (its start for 0)."""
+    return torch.where(j > 0, grid[rows, (j - 1).clamp(min=0)], tau0[rows])
+
+
+def _first_per_row(rows: torch.Tensor, tau: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Positions of each row's smallest ``tau`` (the first such position on ties)."""
+    best = torch.full((n_rows,), torch.inf, dtype=tau.dtype, device=tau.device)
+    best = best.scatter_reduce(0, rows, tau, reduce="amin")
+    candidate = tau == best[rows]
+    position = torch.arange(rows.numel(), device=rows.device)
+    big = torch.full((n_rows,), rows.numel(), dtype=torch.long, device=rows.device)
+    first = big.scatter_reduce(0, rows, torch.where(candidate, position, rows.numel()), "amin")
+    return first[first < rows.numel()]
+
+
+def _per_row(g: object, n: int, i: int) -> torch.Tensor:
+    """A per-sample condition's values as ``(n, E)``."""
+    if not isinstance(g, torch.Tensor) or not g.is_floating_point():
+        raise TypeError(
+            f"event[{i}]'s condition(t, y) must return a floating tensor with one value per "
+            f"row ((b,) or (b, E)), got {_describe(g)}"
+        )
+    if g.ndim == 0 or g.shape[0] != n:
+        raise ValueError(
+            f"event[{i}]'s condition(t, y) must return one value per row of y in per-sample "
+            f"mode, shape ({n},) or ({n}, E), got shape {tuple(g.shape)}"
+        )
+    return g.reshape(n, -1)
+
+
+def _check_jump(after: object, before: object, event: int) -> None:
+    """A jump must return a state like the one it was given."""
+    parts_b = before if isinstance(before, tuple) else (before,)
+    parts_a = after if isinstance(after, (tuple, list)) else (after,)
+    ok = isinstance(after, torch.Tensor) == isinstance(before, torch.Tensor)
+    ok = ok and len(parts_a) == len(parts_b)
+    ok = ok and all(
+        isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+        for a, b in zip(parts_a, parts_b, strict=False)
+    )
+    if not ok:
+        shapes = [
+            (tuple(p.shape), str(p.dtype)) if isinstance(p, torch.Tensor) else type(p).__name__
+            for p in parts_a
+        ]
+        want = [(tuple(p.shape), str(p.dtype)) for p in parts_b]
+        raise ValueError(
+            f"event[{event}]'s jump(t, y) must return a state like y (shapes and dtypes "
+            f"{want}), got {shapes}"
+        )
+
+
+def _check_finite(value: torch.Tensor, where: str) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(
+            f"an event's condition is not finite {where}: conditions must be finite "
+            "wherever the solve goes"
+        )
+
+
+def _describe(x: object) -> str:
+    return str(x.dtype) if isinstance(x, torch.Tensor) else type(x).__name__
