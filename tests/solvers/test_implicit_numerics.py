@@ -448,3 +448,21 @@ def test_a_jump_in_f_at_a_step_end_is_not_seen_by_the_stage_past_it():
     assert sol.stats.rejected <= 3 and sol.stats.steps < 40  # measured: 1 of 21
     errors = [abs(float(sol.ys[i, 0]) - exact(float(t))) for i, t in enumerate(ts)]
     assert max(errors) < 1e-7
+
+
+def test_event_on_a_stiff_problem():
+    # The event is found on the implicit steps' dense output, and its time differentiates.
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=D, requires_grad=True)
+    tol = dict(rtol=1e-8, atol=1e-12)
+    solver = no.Kvaerno5(newton=no.Newton(**tol))
+    event = no.Event(lambda t, y: y[0] - 0.5)
+    ts = torch.tensor([0.0, 1e3], dtype=D)
+    sol = no.solve(rober, y0, ts, solver=solver, controller=no.PIDController(**tol), event=event)
+    t_event = sol.event_ts[0]
+    to_event = torch.stack([torch.zeros((), dtype=D), t_event.detach()])
+    check = no.solve(
+        rober, y0.detach(), to_event, solver=solver, controller=no.PIDController(**tol)
+    )
+    assert abs(float(check.ys[-1, 0]) - 0.5) < 1e-6
+    (grad,) = torch.autograd.grad(t_event, y0)
+    assert torch.isfinite(grad).all()
