@@ -24,6 +24,8 @@ from ._vector_field import Structure
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
 from .solvers import (
     RK4,
+    SDIRK2,
+    TRBDF2,
     AbstractSolver,
     AdaptiveHeun,
     Bosh3,
@@ -32,14 +34,23 @@ from .solvers import (
     Euler,
     ExplicitRK,
     Fehlberg2,
+    GaussLegendre4,
+    GaussLegendre6,
     Heun2,
     Heun3,
+    ImplicitEuler,
+    ImplicitMidpoint,
+    ImplicitRK,
     Midpoint,
+    RadauIIA3,
+    RadauIIA5,
+    Trapezoid,
     Tsit5,
 )
 
-# torchdiffeq's method names → solver classes.
-METHODS: dict[str, type[ExplicitRK]] = {
+# torchdiffeq's method names → solver classes. The implicit ones are torchdiffeq's
+# development (post-0.2.5) names; their Newton iterations use neuralode.Newton's defaults.
+METHODS: dict[str, type[ExplicitRK] | type[ImplicitRK]] = {
     "dopri8": Dopri8,
     "dopri5": Dopri5,
     "tsit5": Tsit5,
@@ -51,6 +62,15 @@ METHODS: dict[str, type[ExplicitRK]] = {
     "heun2": Heun2,
     "heun3": Heun3,
     "rk4": RK4,
+    "implicit_euler": ImplicitEuler,
+    "implicit_midpoint": ImplicitMidpoint,
+    "trapezoid": Trapezoid,
+    "sdirk2": SDIRK2,
+    "trbdf2": TRBDF2,
+    "radauIIA3": RadauIIA3,
+    "radauIIA5": RadauIIA5,
+    "gl4": GaussLegendre4,
+    "gl6": GaussLegendre6,
 }
 SCIPY = "scipy_solver"
 

@@ -23,11 +23,12 @@ class Status(enum.Enum):
     MAX_STEPS = (
         "the step budget max_steps was used up before the last output time; raise max_steps, "
         "loosen rtol/atol, or use a solver suited to the problem (a stiff problem needs an "
-        "implicit solver)"
+        "implicit solver such as neuralode.Kvaerno5())"
     )
     DT_MIN = (
         "the step size fell below dt_min (or below the floating-point resolution of t): the "
-        "solution may blow up in finite time near here, or the problem is stiff"
+        "solution may blow up in finite time near here, or the problem is stiff (use an "
+        "implicit solver such as neuralode.Kvaerno5())"
     )
     NONFINITE = (
         "the vector field returned a non-finite value (NaN or inf) and shrinking the step did "
@@ -92,6 +93,10 @@ class Stats:
             the batch. ``0`` in joint mode.
         sample_steps: Per-sample mode: steps attempted by each sample, ``(B,)``.
         sample_accepted: Per-sample mode: steps accepted by each sample, ``(B,)``.
+        njev: Implicit solvers: Jacobians ``∂f/∂y`` evaluated in the forward solve
+            (per-sample mode: batched evaluations, each one Jacobian per sample).
+        nlu: Implicit solvers: LU factorisations of the Newton matrix ``I − hγJ``.
+        nsolve: Implicit solvers: linear solves with those factorisations.
 
     In per-sample mode ``steps``, ``accepted`` and ``rejected`` are sums over samples and
     ``nfe`` counts batched calls of ``f`` (each on however many samples were left).
@@ -105,6 +110,9 @@ class Stats:
     rows: int = 0
     sample_steps: torch.Tensor | None = None
     sample_accepted: torch.Tensor | None = None
+    njev: int = 0
+    nlu: int = 0
+    nsolve: int = 0
 
 
 @dataclass

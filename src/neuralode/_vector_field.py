@@ -76,10 +76,17 @@ class Counts:
         nfe: Calls of ``f``.
         rows: Per-sample mode: rows (samples) evaluated, summed over calls (the work done,
             as finished samples drop out of the batch).
+        njev: Jacobians ``∂f/∂y`` evaluated by implicit solvers (per-sample mode: one per
+            batched evaluation, each a ``(B, n, n)`` batch).
+        nlu: LU factorisations of implicit solvers' Newton matrices (likewise batched).
+        nsolve: Linear solves with those factorisations (likewise batched).
     """
 
     nfe: int = 0
     rows: int = 0
+    njev: int = 0
+    nlu: int = 0
+    nsolve: int = 0
 
 
 class VectorField:

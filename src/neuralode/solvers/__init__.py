@@ -1,6 +1,10 @@
-"""Explicit Runge–Kutta solvers: one tableau each, one generic step for all."""
+"""Solvers: explicit Runge–Kutta (one tableau each, one generic step) and implicit DIRK."""
 
+from ._dirk import DIRK, DIRKTableau
 from ._explicit_rk import AbstractSolver, ExplicitRK, StepResult
+from ._firk import FIRK, FIRKTableau
+from ._implicit import ImplicitRK
+from ._newton import Newton
 from ._tableau import ButcherTableau
 from .adaptive_heun import AdaptiveHeun
 from .bosh3 import Bosh3
@@ -8,6 +12,19 @@ from .dopri5 import Dopri5
 from .dopri8 import Dopri8
 from .fehlberg2 import Fehlberg2
 from .fixed import RK4, Euler, Heun2, Heun3, Midpoint
+from .implicit_fixed import (
+    SDIRK2,
+    TRBDF2,
+    GaussLegendre4,
+    GaussLegendre6,
+    ImplicitEuler,
+    ImplicitMidpoint,
+    RadauIIA3,
+    RadauIIA5,
+    Trapezoid,
+)
+from .kvaerno3 import Kvaerno3
+from .kvaerno5 import Kvaerno5
 from .tsit5 import Tsit5
 
 # Every solver, for tests and docs; adding a solver means adding it here.
@@ -24,22 +41,54 @@ ALL_SOLVERS: tuple[type[ExplicitRK], ...] = (
     Tsit5,
     Dopri8,
 )
+# The implicit (stiff) solvers, for their own tests and docs.
+IMPLICIT_SOLVERS: tuple[type[ImplicitRK], ...] = (
+    ImplicitEuler,
+    ImplicitMidpoint,
+    Trapezoid,
+    SDIRK2,
+    TRBDF2,
+    RadauIIA3,
+    RadauIIA5,
+    GaussLegendre4,
+    GaussLegendre6,
+    Kvaerno3,
+    Kvaerno5,
+)
 
 __all__ = [
     "ALL_SOLVERS",
     "RK4",
+    "SDIRK2",
+    "TRBDF2",
     "AbstractSolver",
     "AdaptiveHeun",
     "Bosh3",
     "ButcherTableau",
+    "DIRK",
+    "DIRKTableau",
     "Dopri5",
     "Dopri8",
     "Euler",
+    "FIRK",
+    "FIRKTableau",
+    "GaussLegendre4",
+    "GaussLegendre6",
     "ExplicitRK",
     "Fehlberg2",
     "Heun2",
     "Heun3",
+    "IMPLICIT_SOLVERS",
+    "ImplicitEuler",
+    "ImplicitMidpoint",
+    "ImplicitRK",
+    "Kvaerno3",
+    "Kvaerno5",
     "Midpoint",
+    "Newton",
+    "RadauIIA3",
+    "RadauIIA5",
     "StepResult",
+    "Trapezoid",
     "Tsit5",
 ]

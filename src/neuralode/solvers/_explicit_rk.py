@@ -28,12 +28,17 @@ class StepResult:
             fixed-step methods.
         f1: ``f(t0 + dt, y1)`` when the method has it for free (FSAL), else ``None``.
         k: The stage derivatives, in order (``k[0]`` is ``f0``).
+        newton_failed: Implicit solvers: the rows (``(1,)`` in joint mode, ``(B,)``
+            per-sample) whose Newton iteration did not converge, so that their ``y1`` and
+            ``y_error`` are NaN; ``None`` for explicit solvers. Lets a driver name the
+            cause when such failures persist.
     """
 
     y1: torch.Tensor
     y_error: torch.Tensor | None
     f1: torch.Tensor | None
     k: tuple[torch.Tensor, ...]
+    newton_failed: torch.Tensor | None = None
 
 
 def combine(
@@ -183,7 +188,7 @@ class AbstractSolver(abc.ABC):
 _INTERPOLATIONS = ("auto", "hermite", "linear")
 
 
-def _hermite_weights(b: Sequence[float], theta: float) -> list[float]:
+def hermite_weights(b: Sequence[float], theta: float) -> list[float]:
     """Cubic Hermite through ``y0, y1, f0, f1`` as weights on ``(k_1..k_s, f1)``.
 
     With ``h10 = θ³ − 2θ² + θ``, ``h01 = 3θ² − 2θ³``, ``h11 = θ³ − θ²`` and
@@ -197,6 +202,19 @@ def _hermite_weights(b: Sequence[float], theta: float) -> list[float]:
     weights[0] += h10
     weights.append(h11)
     return weights
+
+
+def hermite_polynomials(b: Sequence[float]) -> list[list[float]]:
+    """:func:`hermite_weights` as polynomial coefficients in θ, one row per stage and f1.
+
+    ``h01 = 3θ² − 2θ³`` on every ``b_i``, ``h10 = θ − 2θ² + θ³`` on ``k_1``, ``h11 = θ³ − θ²``
+    on ``f1``. (Two evaluation forms of the same polynomials: the joint driver's float
+    weights keep the factored form their numbers were made with.)
+    """
+    rows = [[0.0, 0.0, 3.0 * bi, -2.0 * bi] for bi in b]
+    rows[0] = [x + y for x, y in zip(rows[0], [0.0, 1.0, -2.0, 1.0], strict=True)]
+    rows.append([0.0, 0.0, -1.0, 1.0])
+    return rows
 
 
 @dataclass(frozen=True)
@@ -270,7 +288,7 @@ class ExplicitRK(AbstractSolver):
         b = tableau.b_float
         if kind == "linear":
             return [[theta * bi for bi in b] for theta in thetas]
-        return [_hermite_weights(b, theta) for theta in thetas]
+        return [hermite_weights(b, theta) for theta in thetas]
 
     def stage_polynomials(self) -> list[list[float]]:
         """:meth:`stage_weights` as polynomial coefficients."""
@@ -279,13 +297,7 @@ class ExplicitRK(AbstractSolver):
             return [[0.0, *row] for row in cast(tuple, self.tableau.dense_float)]
         if kind == "linear":
             return [[0.0, bi] for bi in b]
-        # Hermite, as in _hermite_weights: h01 = 3θ² − 2θ³ on every b_i, h10 = θ − 2θ² + θ³
-        # on k_1, h11 = θ³ − θ² on f1. (Two evaluation forms of the same polynomials: the
-        # joint driver's float weights keep the factored form their numbers were made with.)
-        rows = [[0.0, 0.0, 3.0 * bi, -2.0 * bi] for bi in b]
-        rows[0] = [x + y for x, y in zip(rows[0], [0.0, 1.0, -2.0, 1.0], strict=True)]
-        rows.append([0.0, 0.0, -1.0, 1.0])
-        return rows
+        return hermite_polynomials(b)
 
     def step(
         self,

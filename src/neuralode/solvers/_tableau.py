@@ -186,7 +186,7 @@ def dense_from_midpoint(
         [Fraction(1), Fraction(2), Fraction(3), Fraction(4)],  # p'(1)
         [Fraction(1, 2), Fraction(1, 4), Fraction(1, 8), Fraction(1, 16)],  # p(1/2)
     ]
-    inverse = _invert(rows)
+    inverse = invert_exact(rows)
     out = []
     for i in range(s):
         rhs = [
@@ -201,7 +201,7 @@ def dense_from_midpoint(
     return out
 
 
-def _invert(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
+def invert_exact(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
     """Exact Gauss–Jordan inverse of a small rational matrix."""
     n = len(matrix)
     aug = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(matrix)]
