@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer.step()
         losses.append(float(loss))
         if it % 50 == 0 or it == iters - 1:
+            gravity = float(model.gravity.detach())
             print(
-                f"iter {it:4d}  loss {float(loss):.3e}  gravity {float(model.gravity.detach()):.4f}  "
+                f"iter {it:4d}  loss {float(loss):.3e}  gravity {gravity:.4f}  "
                 f"rows evaluated {sol.stats.rows}"
             )
     seconds = time.perf_counter() - start

@@ -34,9 +34,7 @@ from torch import nn
 import neuralode
 from neuralode import Event, PIDController
 
-TRUE_A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]])
-TRUE_B = torch.tensor([0.0, -1.0])
-TRUE_C = 0.5
+TRUE = {"d": 0.1, "w": 1.0, "beta": 1.0, "c": 0.5}
 N_TRAJECTORIES = 16
 T_END = 8.0
 N_TIMES = 60
@@ -44,8 +42,8 @@ N_TIMES = 60
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iters", type=int, default=400, help="Adam iterations")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
+    parser.add_argument("--iters", type=int, default=300, help="Adam iterations")
+    parser.add_argument("--lr", type=float, default=0.03, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="5 iterations (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("runs/switching_lds"))
@@ -53,14 +51,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Relay(nn.Module):
-    """``dx/dt = A x + s b`` on the state ``(x, s)``; the mode ``s`` changes only at switches."""
+    """``dx/dt = A x + s b`` on the state ``(x, s)``; the mode ``s`` changes only at switches.
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, c: float) -> None:
+    ``A = [[-d, w], [-w, -d]]`` (a damped rotation) and ``b = (0, -beta)``: the learned
+    parameters are the damping ``d``, the frequency ``w``, the push ``beta`` and the
+    threshold ``c`` (through its log, so it stays positive).
+    """
+
+    def __init__(self, d: float, w: float, beta: float, c: float) -> None:
         super().__init__()
         dtype = torch.get_default_dtype()
-        self.a = nn.Parameter(a.to(dtype))
-        self.b = nn.Parameter(b.to(dtype))
+        self.d = nn.Parameter(torch.tensor(d, dtype=dtype))
+        self.w = nn.Parameter(torch.tensor(w, dtype=dtype))
+        self.beta = nn.Parameter(torch.tensor(beta, dtype=dtype))
         self.log_c = nn.Parameter(torch.tensor(c, dtype=dtype).log())
+
+    @property
+    def a(self) -> torch.Tensor:
+        return torch.stack([torch.stack([-self.d, self.w]), torch.stack([-self.w, -self.d])])
+
+    @property
+    def b(self) -> torch.Tensor:
+        return torch.stack([torch.zeros_like(self.beta), -self.beta])
 
     @property
     def c(self) -> torch.Tensor:
@@ -94,12 +106,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     x0 = 2.0 * torch.rand(N_TRAJECTORIES, 2) - 1.0
     x0[:, 0] = x0[:, 0].abs() + 0.2  # every trajectory starts in mode +1, right of -c
     ts = torch.linspace(0.0, T_END, N_TIMES)
-    truth = Relay(TRUE_A, TRUE_B, TRUE_C)
+    truth = Relay(**TRUE)
     with torch.no_grad():
         observed = truth.simulate(x0, ts).ys[0]  # (T, n, 2): x only, not the mode
 
-    # A wrong first guess: no damping, a slower rotation, half the push, too wide a relay.
-    model = Relay(torch.tensor([[0.0, 0.9], [-0.9, 0.0]]), torch.tensor([0.0, -0.7]), 0.7)
+    # A wrong first guess: no damping, a slower rotation, a weaker push, too wide a relay.
+    model = Relay(d=0.0, w=0.9, beta=0.7, c=0.7)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     losses, history, start = [], [], time.perf_counter()
     for it in range(iters):
@@ -110,21 +122,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer.step()
         losses.append(float(loss.detach()))
         with torch.no_grad():
-            history.append((float(model.c), float(model.b[1]), float(model.a[0, 0])))
+            history.append(tuple(float(v) for v in (model.c, model.beta, model.d, model.w)))
         if it % 50 == 0 or it == iters - 1:
             switches = int((~torch.isnan(sol.event_ts)).sum()) if sol.event_ts is not None else 0
             print(f"iter {it:4d}  loss {float(loss.detach()):.3e}  c {history[-1][0]:.4f}  "
                   f"switches {switches}")  # fmt: skip
     seconds = time.perf_counter() - start
-    c = float(model.c.detach())
+    learned = dict(zip(("c", "beta", "d", "w"), history[-1], strict=True))
     metrics = {
         "iterations": iters,
         "seconds": seconds,
         "final_loss": losses[-1],
-        "threshold": c,
-        "threshold_error": abs(c - TRUE_C),
-        "a_max_error": float((model.a - TRUE_A.to(model.a)).abs().max()),
-        "b_max_error": float((model.b - TRUE_B.to(model.b)).abs().max()),
+        **{name: learned[name] for name in TRUE},
+        **{f"{name}_error": abs(learned[name] - TRUE[name]) for name in TRUE},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -154,7 +164,7 @@ def plot(
         axes[0].plot(*true_path.ys[0][:, i].T, color=f"C{i}", lw=2.5, alpha=0.35)
         axes[0].plot(*learned.ys[0][:, i].T, color=f"C{i}", lw=1.2, ls="--")
         axes[0].plot(*observed[:, shown[i]].T, ".", color=f"C{i}", ms=3)
-    for x, style in ((TRUE_C, "-"), (float(model.c.detach()), "--")):
+    for x, style in ((TRUE["c"], "-"), (history[-1][0], "--")):
         for sign in (1, -1):
             axes[0].axvline(sign * x, color="grey", lw=1, ls=style)
     axes[0].set(
@@ -162,8 +172,8 @@ def plot(
         title="Trajectories 0–1: true (wide), learned (dashed);\nswitching lines ±c",
     )  # fmt: skip
     steps = range(len(history))
-    names = ("threshold c", "b[1]", "A[0, 0]")
-    targets = (TRUE_C, float(TRUE_B[1]), float(TRUE_A[0, 0]))
+    names = ("threshold c", "push beta", "damping d", "frequency w")
+    targets = (TRUE["c"], TRUE["beta"], TRUE["d"], TRUE["w"])
     for k, (name, target) in enumerate(zip(names, targets, strict=True)):
         axes[1].plot(steps, [h[k] for h in history], color=f"C{k}", label=name)
         axes[1].axhline(target, color=f"C{k}", lw=1, ls=":")

@@ -34,6 +34,10 @@ class Status(enum.Enum):
         "the vector field returned a non-finite value (NaN or inf) and shrinking the step did "
         "not help"
     )
+    NEWTON = (
+        "an implicit solver's Newton iteration did not converge and shrinking the step did "
+        "not help: f may be discontinuous there, or its Jacobian (by autograd) not finite"
+    )
 
     @property
     def message(self) -> str:

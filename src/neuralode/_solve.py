@@ -135,6 +135,12 @@ def solve(
     max_steps = _check_config(solver, controller, adjoint, max_steps)
     _check_batch_dims(batch_dims, controller)
     tuning = _per_sample_options(batch_dims, args, compile_step, tuning)
+    if tuning is not None and tuning.compile and not solver.compilable:
+        raise ValueError(
+            f"compile_step=True: {type(solver).__name__}'s steps cannot be compiled (its "
+            "Newton iterations stop on a host-side convergence test); solve with "
+            "compile_step=False"
+        )
     problem = make_problem(f, y0, ts, params, batch_dims=batch_dims, args=args, tuning=tuning)
     _check_controller_for(problem, controller)
     if problem.y0.is_complex():

@@ -51,10 +51,10 @@ def test_falling_ball_impact_time_to_1e_12():
     assert sol.event_index.tolist() == [0] and sol.event_element.tolist() == [0]
 
 
-def test_balls_bounce_each_on_their_own_in_one_call():
+@pytest.mark.parametrize("n", [48, pytest.param(1024, marks=pytest.mark.slow)])
+def test_balls_bounce_each_on_their_own_in_one_call(n):
     """Per-sample balls, each with its own restitution, 10 bounces each: every bounce time
     to 1e-10, and the batch does no more work than the balls alone (compaction)."""
-    n = 48
     e = torch.linspace(0.5, 0.9, n, dtype=torch.float64)
     h0 = torch.linspace(1.0, 3.0, n, dtype=torch.float64)
     y0 = torch.stack([h0, torch.zeros_like(h0)], -1)

@@ -15,6 +15,7 @@ import torch
 
 from .._problem import Problem
 from .._solution import RawSolution, Stats, Status
+from .._vector_field import Counts
 from .clock import coarse_clock
 from .outputs import Collector
 from .rows import Ended, Rows
@@ -39,6 +40,8 @@ class Failure(enum.IntEnum):
     NONFINITE_AT_STEP = 6
     CLOCK = 7
     FIXED_STEP_NONFINITE = 8
+    NEWTON_STREAK = 9
+    NEWTON_FIXED_STEP = 10
 
 
 _TABLE: dict[Failure, tuple[Status, str]] = {
@@ -65,7 +68,28 @@ _TABLE: dict[Failure, tuple[Status, str]] = {
         "a fixed step produced NaN/inf; the step is likely too large for the problem "
         "(or f is not finite there): reduce dt or use an adaptive solver",
     ),
+    Failure.NEWTON_STREAK: (
+        Status.NEWTON,
+        f"{MAX_NONFINITE_STREAK} shrunken retries in a row did not converge",
+    ),
+    Failure.NEWTON_FIXED_STEP: (
+        Status.NEWTON,
+        "a fixed step's Newton iteration did not converge: reduce dt, or use an adaptive "
+        "implicit solver (Kvaerno5())",
+    ),
 }
+
+# A failure of non-finite steps whose last rejection was a Newton iteration that did not
+# converge (an implicit solver marks such a step non-finite) is that failure instead.
+NEWTON_FAILURES = {
+    Failure.NONFINITE_STREAK: Failure.NEWTON_STREAK,
+    Failure.FIXED_STEP_NONFINITE: Failure.NEWTON_FIXED_STEP,
+}
+
+
+def linear_algebra(counts: Counts) -> dict[str, int]:
+    """An implicit solver's Jacobians, factorisations and linear solves, for :class:`Stats`."""
+    return {"njev": counts.njev, "nlu": counts.nlu, "nsolve": counts.nsolve}
 
 
 def ending(failure: Failure, t: float, t_dtype: torch.dtype) -> tuple[Status, str]:
@@ -143,6 +167,7 @@ def sample_result(problem: Problem, outputs: Collector, ended: Ended) -> RawSolu
         rejected=steps - accepted,
         nfe=problem.f.nfe,
         rows=problem.f.rows,
+        **linear_algebra(problem.f.counts),
         sample_steps=ended.steps,
         sample_accepted=ended.accepted,
     )

@@ -20,7 +20,7 @@ from ..controllers import AbstractController, SolveStart
 from ..interpolation import DenseInterpolation
 from ..solvers._explicit_rk import AbstractSolver, StepResult
 from .clock import landing, next_float, step_to
-from .endings import Failure, ending, hopeless
+from .endings import NEWTON_FAILURES, Failure, ending, hopeless, linear_algebra
 from .events import Cut, Watcher
 from .hooks import OnAccept
 from .outputs import assemble, outputs_in_step
@@ -78,6 +78,9 @@ def integrate_joint(
             stats.rejected += 1
             streak = streak + 1 if decision.nonfinite else 0
             failure = hopeless(decision.nonfinite, controller.adaptive, streak, f0)
+            if failure in NEWTON_FAILURES and step.newton_failed is not None:
+                if bool(step.newton_failed.any()):
+                    failure = NEWTON_FAILURES[failure]
             dt = dt if failure else decision.dt_next
             continue
         streak = 0
@@ -109,6 +112,8 @@ def integrate_joint(
                 f0 = f1 if f1 is not None else f(d * tau, y)
         dt = decision.dt_next
     stats.nfe = f.nfe
+    for name, count in linear_algebra(f.counts).items():
+        setattr(stats, name, count)
     status, detail = ending(failure, d * tau, t_dtype)
     return RawSolution(
         ys=assemble(out.ys, len(taus)), stats=stats, status=status, t_last=d * tau, y_last=y,

@@ -315,6 +315,9 @@ class _Driver:
             dt_min = self.controller.min_step()
             clock = rows.dt >= dt_min * (1 - 1e-9) if dt_min else torch.ones_like(stuck)
             leaving, code = failures(rows, stuck, clock, streak, step.leaving, self.max_steps)
+            if step.newton is not None:
+                newton = step.newton & (code == Failure.NONFINITE_STREAK)
+                code = torch.where(newton, int(Failure.NEWTON_STREAK), code)
             n_leaving = int(leaving.sum())
             new.code = torch.where(leaving, code, new.code)
             failed = leaving & (code != 0)

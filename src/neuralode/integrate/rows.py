@@ -141,6 +141,7 @@ class Attempt(NamedTuple):
     f1: torch.Tensor | None
     f1_is_last: bool
     summary: torch.Tensor
+    newton: torch.Tensor | None = None  # implicit solvers: rows whose Newton failed
 
     def step_f1(self) -> torch.Tensor | None:
         """The step's ``f(t1, y1)`` if the solver returned it, else ``None``."""
@@ -205,7 +206,8 @@ def attempt(
     f1_is_last = step.f1 is step.k[-1]
     f1 = None if f1_is_last else step.f1
     stacked = stack_step(y, step)
-    return Attempt(update, dt, accept, count, leaving, stacked, f1, f1_is_last, summary)
+    newton = None if step.newton_failed is None else step.newton_failed & go
+    return Attempt(update, dt, accept, count, leaving, stacked, f1, f1_is_last, summary, newton)
 
 
 def stepped(rows: Rows, update: RowUpdate, live: torch.Tensor, n_live: int) -> Rows:

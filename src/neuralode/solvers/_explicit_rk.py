@@ -152,6 +152,11 @@ class AbstractSolver(abc.ABC):
         """Whether the dense output also weighs ``f(t1, y1)``, after the step's stages."""
         return False
 
+    @property
+    def compilable(self) -> bool:
+        """Whether a step can be one ``torch.compile`` graph (``solve(compile_step=True)``)."""
+        return True
+
     @abc.abstractmethod
     def stage_weights(self, thetas: Sequence[float]) -> list[list[float]]:
         """Dense output inside a step as weights on its stages, one row per ``θ``.

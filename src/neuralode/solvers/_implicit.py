@@ -143,6 +143,11 @@ class ImplicitRK(AbstractSolver):
         return self._tab.explicit_first and self._tab.stiffly_accurate
 
     @property
+    def compilable(self) -> bool:
+        """No: the Newton iterations stop on a host-side convergence test."""
+        return False
+
+    @property
     def needs_f1(self) -> bool:
         """Cubic Hermite dense output weighs ``f1`` (free when stiffly accurate)."""
         return self.interpolation == "hermite"
