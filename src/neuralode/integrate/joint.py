@@ -78,9 +78,9 @@ def integrate_joint(
             stats.rejected += 1
             streak = streak + 1 if decision.nonfinite else 0
             failure = hopeless(decision.nonfinite, controller.adaptive, streak, f0)
-            if failure in NEWTON_FAILURES and step.newton_failed is not None:
-                if bool(step.newton_failed.any()):
-                    failure = NEWTON_FAILURES[failure]
+            newton = step.newton_failed
+            if failure in NEWTON_FAILURES and newton is not None and bool(newton.any()):
+                failure = NEWTON_FAILURES[failure]
             dt = dt if failure else decision.dt_next
             continue
         streak = 0
