@@ -483,3 +483,14 @@ def test_event_on_a_stiff_problem():
     assert abs(float(check.ys[-1, 0]) - 0.5) < 1e-6
     (grad,) = torch.autograd.grad(t_event, y0)
     assert torch.isfinite(grad).all()
+
+
+def test_fixed_step_newton_failure_says_reduce_dt():
+    y0 = torch.tensor([1.0, 2.0], dtype=D)
+    ts = torch.tensor([0.0, 1.0], dtype=D)
+    with pytest.raises(no.SolverError, match="Newton iteration did not converge: reduce dt") as err:
+        no.solve(
+            _hidden_stiffness, y0, ts, solver=no.ImplicitEuler(),
+            controller=no.ConstantStepSize(0.1),
+        )  # fmt: skip
+    assert err.value.status is no.Status.NEWTON
