@@ -34,6 +34,12 @@ class Event:
             (the event only jumps, or is only recorded).
         jump: ``jump(t, y)`` (per-sample mode: ``jump(t, y, *args)`` on the rows that
             met the event) returns the state the solve continues from; ``None`` keeps it.
+        points: At how many evenly spaced points of each accepted step (its end
+            included) the condition is looked at (10 by default, as
+            DifferentialEquations.jl). Two crossings closer together than one spacing are
+            missed; ``1`` looks at the step's end only, the cheapest (the condition is
+            evaluated once per step instead of ten times), for conditions that cross at
+            most once per step. With several events, the largest ``points`` counts.
 
     Crossings are found on each accepted step's dense output, to the resolution of the
     clock (adjacent float64 times), in time order: a step with several crossings is cut
@@ -50,6 +56,7 @@ class Event:
     direction: int = 0
     terminal: bool | int = True
     jump: Jump | None = None
+    points: int = 10
 
     def __post_init__(self) -> None:
         if not callable(self.condition):
@@ -69,6 +76,11 @@ class Event:
             raise ValueError(
                 "Event(terminal=...) must be True (stop at the first event), False (never "
                 f"stop) or a whole number n >= 1 (stop at the n-th), got {terminal!r}"
+            )
+        if isinstance(self.points, bool) or not isinstance(self.points, int) or self.points < 1:
+            raise ValueError(
+                "Event(points=...) must be a whole number >= 1 (points per step at which the "
+                f"condition is looked at; 10 by default), got {self.points!r}"
             )
         if self.jump is not None and not callable(self.jump):
             raise TypeError(

@@ -110,6 +110,24 @@ def test_crossings_inside_one_step_are_all_found_in_order():
     assert sol.event_ts.tolist() == pytest.approx(want, abs=1e-13)
 
 
+def test_points_per_step_decide_which_crossings_are_seen():
+    """sin(7t) crosses zero about twice per step of length 1: with the condition looked at
+    only at each step's end (points=1), crossing pairs inside one step go unseen."""
+    y0 = torch.zeros(1, dtype=torch.float64)
+    ts = torch.tensor([0.1, 3.0], dtype=torch.float64)
+
+    def events_with(points: int) -> list[float]:
+        event = no.Event(lambda t, y: torch.sin(7.0 * t), terminal=False, points=points)
+        with torch.no_grad():
+            sol = no.solve(lambda t, y: torch.zeros_like(y), y0, ts, controller=STILL, event=event)
+        return sol.event_ts.tolist()
+
+    assert len(events_with(10)) == 6
+    assert len(events_with(1)) < 6
+    with pytest.raises(ValueError, match=r"Event\(points=...\) must be a whole number >= 1"):
+        no.Event(lambda t, y: y, points=0)
+
+
 def test_direction_and_terminal_count():
     omega = 5.0
     y0 = torch.zeros(1, dtype=torch.float64)

@@ -30,9 +30,6 @@ from ..solvers._explicit_rk import AbstractSolver
 # converge superlinearly on smooth conditions.
 _SLOW = 4
 _MAX_ITERATIONS = 400
-# Points per step at which the conditions are looked at (DifferentialEquations.jl's
-# ContinuousCallback looks at 10 too).
-_POINTS = 10
 
 
 class Cut(NamedTuple):
@@ -68,6 +65,7 @@ class Watcher:
         self.col_event = self.col_dir = self.col_element = torch.zeros(0, dtype=torch.long)
         self.value = self.side = self.count = torch.zeros(0)
         self.stop_after = torch.tensor([e.stop_after for e in events], dtype=torch.long)
+        self.points = max(e.points for e in events)
         self.rows = 0  # rows evaluated by the conditions (per-sample) or calls (joint)
 
     # -- the user's functions on rows ------------------------------------------------
@@ -180,10 +178,10 @@ class Watcher:
             tau1.index_select(0, pos), stacked.index_select(0, pos),
             None if f1 is None else f1.index_select(0, pos),
         )  # fmt: skip
-        # The conditions at POINTS points of each step (the last its end): a side change
-        # between two of them brackets a root, so two crossings in one step (a ball that
-        # bounces up and falls back within it) are both seen unless closer than that.
-        n_rows, n_points = pos.numel(), _POINTS
+        # The conditions at the events' points of each step (the last its end): a side
+        # change between two of them brackets a root, so two crossings in one step (a
+        # ball that bounces up and falls back within it) are both seen unless closer.
+        n_rows, n_points = pos.numel(), self.points
         thetas = torch.arange(1, n_points + 1, dtype=torch.float64, device=tau0.device) / n_points
         grid = step.tau0[:, None] + thetas * step.dt[:, None]
         grid[:, -1] = step.tau1
