@@ -108,7 +108,8 @@ def solve(
             Under ``torch.no_grad()`` the solve runs once; with autograd on it runs a
             second, differentiable pass between the events the first found (so
             gradients reach the event times and through the jumps with every gradient
-            method). Not with ``dense=True`` or ``regularizers``.
+            method). Not with ``regularizers``; with ``dense=True`` the interpolant
+            follows the jumps (it is the first pass's, without a graph).
 
     Returns:
         A :class:`Solution` with ``ys`` of shape ``(T, *y0.shape)``: in per-sample mode
@@ -121,10 +122,10 @@ def solve(
         )
     controller = default_controller(solver) if controller is None else controller
     adjoint = DirectAdjoint() if adjoint is None else adjoint
-    if event is not None and (dense or regularizers):
+    if event is not None and regularizers:
         raise ValueError(
-            "event= cannot be combined with dense=True or regularizers yet: an event cuts "
-            "steps, which the dense output and the regularisers' integrals do not follow"
+            "event= cannot be combined with regularizers yet: an event cuts steps and jumps "
+            "the state, which the regularisers' integrals do not follow"
         )
     if regularizers:
         return solve_regularized(
@@ -149,7 +150,9 @@ def solve(
         events = as_events(event)
         watcher = Watcher(problem, solver, events)
         with torch.no_grad():
-            raw = integrate(problem, solver, controller, max_steps=max_steps, watcher=watcher)
+            raw = integrate(
+                problem, solver, controller, max_steps=max_steps, dense=dense, watcher=watcher
+            )
         assert raw.events is not None
         table = raw.events.table(problem.y0.shape[0] if problem.batched else 1)
         event_ts = table.times.to(ts.dtype)

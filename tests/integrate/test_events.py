@@ -98,6 +98,31 @@ def test_outputs_after_a_jump_are_the_post_jump_trajectory():
 STILL = no.PIDController(dt_max=1.0)
 
 
+def test_dense_output_follows_the_jumps_and_ends_at_a_stop():
+    e = 0.8
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    ts = torch.tensor([0.0, 10.0], dtype=torch.float64)
+    event = no.Event(
+        lambda t, y: y[0], direction=-1, terminal=3,
+        jump=lambda t, y: torch.stack([y[0], -e * y[1]]),
+    )  # fmt: skip
+    with torch.no_grad():
+        sol = no.solve(fall, y0, ts, controller=TIGHT, event=event, dense=True)
+    t1 = math.sqrt(2 * 2.0 / G)
+    v1 = e * G * t1
+    assert sol.dense.t1 == pytest.approx(float(sol.event_ts[-1]), abs=1e-15)
+    grid = torch.linspace(0.0, float(sol.event_ts[1]) - 1e-9, 200, dtype=torch.float64)
+    heights = sol.dense(grid)[:, 0]
+    want = torch.where(
+        grid <= t1, 2.0 - G * grid**2 / 2, v1 * (grid - t1) - G * (grid - t1) ** 2 / 2
+    )
+    assert float((heights - want).abs().max()) < 1e-8
+    # At the event time itself: the state before the jump, as the outputs there.
+    assert float(sol.dense(float(sol.event_ts[0]))[1]) == pytest.approx(-G * t1, rel=1e-9)
+    with pytest.raises(ValueError, match="outside the solved interval"):
+        sol.dense(float(sol.event_ts[-1]) + 0.1)
+
+
 def test_crossings_inside_one_step_are_all_found_in_order():
     """sin(7t) crosses zero about twice per step of length 1: every zero is found, in order."""
     omega = 7.0
@@ -271,5 +296,7 @@ def test_bad_event_outputs_are_named():
         )  # fmt: skip
     with pytest.raises(TypeError, match=r"event must be a neuralode.Event"):
         no.solve(decay, y0[0], ts, event=lambda t, y: y)
-    with pytest.raises(ValueError, match=r"event= cannot be combined with dense=True"):
-        no.solve(decay, y0[0], ts, dense=True, event=no.Event(lambda t, y: y))
+    with pytest.raises(ValueError, match=r"event= cannot be combined with regularizers"):
+        no.solve(
+            decay, y0[0], ts, regularizers=[no.KineticEnergy()], event=no.Event(lambda t, y: y)
+        )

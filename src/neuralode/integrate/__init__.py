@@ -54,10 +54,10 @@ def integrate(
         on_accept: Called after every accepted step (see :class:`OnAccept`).
         watcher: Events to look for (:class:`~neuralode.integrate.events.Watcher`): they
             cut steps, jump and stop samples; the ones met are in ``RawSolution.events``.
-            Not with ``dense`` or ``records`` (their steps would not be the cut ones).
+            Not with ``records`` (they would replay the uncut steps).
     """
-    if watcher is not None and (dense or records is not None):
-        raise ValueError("events cannot be combined with dense output or step records")
+    if watcher is not None and records is not None:
+        raise ValueError("events cannot be combined with step records")
     if not problem.batched:
         raw = integrate_joint(
             problem, solver, controller, max_steps=max_steps, dense=dense,

@@ -238,7 +238,7 @@ class _Collected:
         if self.dense is not None:
             if self.hermite and f1 is None:
                 f1 = f(d * tau1, step.y1)
-            self.dense.add(tau, d * dt, y, step.k, f1)
+            self.dense.add(tau, d * dt, y, step.k, f1, tau_end)
         if self.records is not None:
             self.records.append(StepRecord(tau, dt, y, t_f0, t1_stage, n_out_before, self.n_out))
         return f1

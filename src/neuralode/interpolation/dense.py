@@ -19,6 +19,8 @@ class _Segment:
     y0: torch.Tensor
     k: tuple[torch.Tensor, ...]
     f1: torch.Tensor | None
+    tau1: float  # where the segment ends (forward time): the step's end, or an event's
+    cut: bool  # an event ended it (at tau1, before its jump)
 
 
 @dataclass
@@ -43,10 +45,17 @@ class DenseInterpolation:
         y0: torch.Tensor,
         k: tuple[torch.Tensor, ...],
         f1: torch.Tensor | None,
+        tau_end: float | None = None,
     ) -> None:
-        """Record one accepted step (used by the step loop)."""
-        self._segments.append(_Segment(tau0, dt, y0, k, f1))
-        self._starts.append(tau0)
+        """Record one accepted step (used by the step loop).
+
+        ``tau_end``: an event cut the step there (forward time); the step's interpolant
+        serves up to it, and the next segment (the state after a jump) from it on.
+        """
+        tau1 = tau0 + abs(dt) if tau_end is None else tau_end
+        if tau1 > tau0 or not self._segments:
+            self._segments.append(_Segment(tau0, dt, y0, k, f1, tau1, tau_end is not None))
+            self._starts.append(tau0)
 
     @property
     def t0(self) -> float:
@@ -56,8 +65,7 @@ class DenseInterpolation:
     @property
     def t1(self) -> float:
         """End of the interpolated interval."""
-        last = self._segments[-1]
-        return self.direction * last.tau0 + last.dt
+        return self.direction * self._segments[-1].tau1
 
     def __call__(self, t: float | torch.Tensor) -> object:
         """The solution at time(s) ``t``: shape ``(*t.shape, *y0.shape)``."""
@@ -79,6 +87,9 @@ class DenseInterpolation:
                 "the dense interpolant does not extrapolate"
             )
         i = max(0, bisect.bisect_right(self._starts, tau) - 1)
+        if i and tau == self._starts[i] and self._segments[i - 1].cut:
+            # At an event: the state before its jump, as the outputs at that time are.
+            i -= 1
         seg = self._segments[i]
         theta = (tau - seg.tau0) / abs(seg.dt)
         return interpolate_step(self.solver, seg.y0, seg.k, seg.f1, seg.dt, [theta])[0]
