@@ -135,6 +135,28 @@ def test_crossings_inside_one_step_are_all_found_in_order():
     assert sol.event_ts.tolist() == pytest.approx(want, abs=1e-13)
 
 
+@pytest.mark.parametrize("batch_dims", [0, 1])
+def test_events_that_only_record_change_no_step(batch_dims):
+    """An event without a jump that does not stop the sample is recorded where it happens
+    and the step goes on: the same steps and outputs as a solve without it."""
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    y0 = y0 if batch_dims else y0[0]
+    ts = torch.linspace(0.0, 10.0, 11, dtype=torch.float64)
+
+    def rotate(t, y):
+        return torch.stack([y[..., 1], -y[..., 0]], dim=-1)
+
+    event = no.Event(lambda t, y: y[..., 0], terminal=False)
+    with torch.no_grad():
+        plain = no.solve(rotate, y0, ts, batch_dims=batch_dims)
+        watched = no.solve(rotate, y0, ts, batch_dims=batch_dims, event=event)
+    assert torch.equal(plain.ys, watched.ys)
+    assert plain.stats.steps == watched.stats.steps
+    # The first sample's x = cos t: zeros at π/2 + kπ (to the default tolerance).
+    times = watched.event_ts if not batch_dims else watched.event_ts[0]
+    assert times.tolist() == pytest.approx([math.pi / 2 + k * math.pi for k in range(3)], abs=1e-5)
+
+
 def test_points_per_step_decide_which_crossings_are_seen():
     """sin(7t) crosses zero about twice per step of length 1: with the condition looked at
     only at each step's end (points=1), crossing pairs inside one step go unseen."""

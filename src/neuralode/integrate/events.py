@@ -2,12 +2,13 @@
 
 One mechanism for both drivers: the joint driver is one row (``idx = [0]``), the
 per-sample driver many. After every accepted step the :class:`Watcher` evaluates the
-conditions at the step's end; an element that changed side in the direction its event
-asks for has a root inside the step, found on the step's dense output by a bracketing
-(Illinois) iteration down to adjacent float64 times. A row's earliest root cuts its step:
-the row continues from the event time with the state the event's jump gives (or stops,
-if the event is terminal for it), and the rest of the step is discarded, so a second
-crossing later in the same step is found by the steps that follow, in time order.
+conditions at evenly spaced points of the step's dense output; an element that changed
+side between two points, in the direction its event asks for, has a root there, found
+by a bracketing (Illinois) iteration down to adjacent float64 times. A row meets its
+roots in time order: events that only record are logged and the step goes on; the first
+with a jump, or that stops the sample, cuts the step: the row continues from the event
+time with the state the jump gives (or stops), and the rest of the step is discarded, so
+the crossings after it are found by the steps that follow.
 
 The watcher keeps, per sample, the last value and side of every condition element and
 the number of events met, indexed by the sample's position in the caller's batch (so the
@@ -67,6 +68,10 @@ class Watcher:
         self.stop_after = torch.tensor([e.stop_after for e in events], dtype=torch.long)
         self.points = max(e.points for e in events)
         self.rows = 0  # rows evaluated by the conditions (per-sample) or calls (joint)
+        # Set by _meet at each step with roots: which were met, which stopped, and the
+        # order in which each row met them.
+        self._met = self._stopped = torch.zeros(0, dtype=torch.bool)
+        self._rank = torch.zeros(0, dtype=torch.long)
 
     # -- the user's functions on rows ------------------------------------------------
 
@@ -200,60 +205,100 @@ class Watcher:
         last = torch.where(signs != 0, point, 0).cummax(dim=1).values
         sides = signs.gather(1, last)
         # A change of side into a non-zero side (from 0 only at t0: a condition that
-        # starts at zero), in the direction asked for: the first one of each element.
+        # starts at zero), in the direction asked for: each one brackets a root between
+        # two points (A, P, E).
         new = sides[:, 1:]
         crossed = (new != sides[:, :-1]) & (new != 0)
         crossed = crossed & ((self.col_dir == 0) | (self.col_dir == new))
-        found = crossed.any(dim=1)
-        at = crossed.to(torch.int8).argmax(dim=1)  # the point ending the first bracket
-        side = sides[:, -1]
-        point_values = torch.cat([before.unsqueeze(1), values], dim=1)
-        value_lo = point_values.gather(1, at.unsqueeze(1)).squeeze(1)
-        value_hi = point_values.gather(1, (at + 1).unsqueeze(1)).squeeze(1)
-        new_side = new.gather(1, at.unsqueeze(1)).squeeze(1)
-        before = values[:, -1]
-        hit = found.any(dim=1)
-        quiet = ~hit
-        self.side[sample[quiet]] = side[quiet]
-        self.value[sample[quiet]] = before[quiet]
+        hit = crossed.flatten(1).any(dim=1)
         if not bool(hit.any()):
+            self.side[sample] = sides[:, -1]
+            self.value[sample] = values[:, -1]
             return None
-        rows, cols = found.nonzero(as_tuple=True)
-        j = at[rows, cols]
+        rows, j, cols = crossed.nonzero(as_tuple=True)
+        point_values = torch.cat([before.unsqueeze(1), values], dim=1)
         theta, tau_e = self._roots(
             step, rows, cols, sample.index_select(0, rows),
             (j.to(torch.float64) / n_points, grid_before(grid, step.tau0, rows, j)),
             ((j + 1).to(torch.float64) / n_points, grid[rows, j]),
-            value_lo[rows, cols], value_hi[rows, cols], new_side[rows, cols],
+            point_values[rows, j, cols], point_values[rows, j + 1, cols], new[rows, j, cols],
         )  # fmt: skip
-        # Each row's earliest root (the lowest column among equal times).
-        first = _first_per_row(rows, tau_e, hit.shape[0])
-        rows, cols, theta, tau_e = rows[first], cols[first], theta[first], tau_e[first]
-        y_e = step.at(rows, theta)
-        sample_e = sample.index_select(0, rows)
-        event = self.col_event.index_select(0, cols)
-        # Counts, jumps and the log.
-        self.count[sample_e, event] += 1
-        limit = self.stop_after.index_select(0, event)
-        stop = (limit > 0) & (self.count[sample_e, event] >= limit)
+        cut = self._meet(sample, rows, cols, j, tau_e)
+        # Rows no event cut keep their step: their sides and values at its end.
+        keep = torch.ones_like(hit)
+        keep[cut] = False
+        self.side[sample[keep]] = sides[keep, -1]
+        self.value[sample[keep]] = values[keep, -1]
+        if not cut.numel():
+            return None
+        # The cut rows' events: the last met in each of them (the one that cut it).
+        last = _last_per_row(rows, cut, self._met, self._rank)
+        rows_c, cols_c, j_c = rows[last], cols[last], j[last]
+        theta_c, tau_c = theta[last], tau_e[last]
+        y_e = step.at(rows_c, theta_c)
+        sample_c = sample.index_select(0, rows_c)
+        event = self.col_event.index_select(0, cols_c)
         y_after = y_e.clone()
         has_jump = torch.tensor([e.jump is not None for e in self.events], device=event.device)
         for e in event.unique().tolist():
-            mask = event == e
             if self.events[e].jump is not None:
-                which = mask.nonzero().squeeze(-1)
-                y_after[which] = self.jump(e, tau_e[which], y_e[which], sample_e[which])
-        element = self.col_element.index_select(0, cols)
-        self.log.append((sample_e, self.d * tau_e, event, element, stop))
-        # Sides after the event: the element that fired is on its new side, the others on
-        # their old one, unless the state it continues from says otherwise.
-        side = old.index_select(0, rows)
-        side[torch.arange(rows.numel(), device=side.device), cols] = new_side[rows, cols]
-        value = self.conditions(tau_e, y_after, sample_e)
+                which = (event == e).nonzero().squeeze(-1)
+                y_after[which] = self.jump(e, tau_c[which], y_e[which], sample_c[which])
+        # Sides after the event: at the bracket's start, with the element that fired on its
+        # new side, unless the state it continues from says otherwise.
+        side = sides[rows_c, j_c].clone()
+        side[torch.arange(rows_c.numel(), device=side.device), cols_c] = new[rows_c, j_c, cols_c]
+        value = self.conditions(tau_c, y_after, sample_c)
         _check_finite(value, "after an event")
-        self.side[sample_e] = torch.where(value != 0, torch.sign(value), side)
-        self.value[sample_e] = value
-        return Cut(pos.index_select(0, rows), tau_e, y_after, stop, has_jump[event])
+        self.side[sample_c] = torch.where(value != 0, torch.sign(value), side)
+        self.value[sample_c] = value
+        stop = self._stopped[last]
+        return Cut(pos.index_select(0, rows_c), tau_c, y_after, stop, has_jump[event])
+
+    def _meet(
+        self,
+        sample: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        j: torch.Tensor,
+        tau: torch.Tensor,
+    ) -> torch.Tensor:
+        """Meet the roots found in the rows' steps in time order; return the rows cut.
+
+        Each row meets its roots one after the other (ties: the lower column first),
+        counting and logging each, until one with a jump, or one that stops the sample,
+        cuts its step there; the roots after it are left to the steps that follow it. An
+        event that only records goes by without cutting the step. Sets ``self._met`` (the
+        roots met), ``self._stopped`` (whether each stopped its sample) and
+        ``self._rank`` (each root's place in its row's order).
+        """
+        # Sorted by row, then time, then column: rank within each row.
+        order = torch.argsort(cols, stable=True)
+        order = order[torch.argsort(tau[order], stable=True)]
+        order = order[torch.argsort(rows[order], stable=True)]
+        sorted_rows = rows[order]
+        start = torch.searchsorted(sorted_rows, sorted_rows, right=False)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device) - start
+        met = torch.zeros_like(rows, dtype=torch.bool)
+        stopped = torch.zeros_like(met)
+        is_cut = torch.zeros(int(rows.max()) + 1, dtype=torch.bool, device=rows.device)
+        has_jump = torch.tensor([e.jump is not None for e in self.events], device=rows.device)
+        for r in range(int(rank.max()) + 1):
+            here = ((rank == r) & ~is_cut[rows]).nonzero().squeeze(-1)
+            if not here.numel():
+                break
+            s, event = sample[rows[here]], self.col_event[cols[here]]
+            self.count[s, event] += 1
+            limit = self.stop_after[event]
+            stops = (limit > 0) & (self.count[s, event] >= limit)
+            self.log.append(
+                (s, self.d * tau[here], event, self.col_element[cols[here]], stops)
+            )
+            met[here], stopped[here] = True, stops
+            is_cut[rows[here[stops | has_jump[event]]]] = True
+        self._met, self._stopped, self._rank = met, stopped, rank
+        return is_cut.nonzero().squeeze(-1)
 
     def _roots(
         self,
@@ -384,15 +429,18 @@ def grid_before(
     return torch.where(j > 0, grid[rows, (j - 1).clamp(min=0)], tau0[rows])
 
 
-def _first_per_row(rows: torch.Tensor, tau: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Positions of each row's smallest ``tau`` (the first such position on ties)."""
-    best = torch.full((n_rows,), torch.inf, dtype=tau.dtype, device=tau.device)
-    best = best.scatter_reduce(0, rows, tau, reduce="amin")
-    candidate = tau == best[rows]
-    position = torch.arange(rows.numel(), device=rows.device)
-    big = torch.full((n_rows,), rows.numel(), dtype=torch.long, device=rows.device)
-    first = big.scatter_reduce(0, rows, torch.where(candidate, position, rows.numel()), "amin")
-    return first[first < rows.numel()]
+def _last_per_row(
+    rows: torch.Tensor, cut: torch.Tensor, met: torch.Tensor, rank: torch.Tensor
+) -> torch.Tensor:
+    """For each row in ``cut``, the position of the root it met last (the one that cut it)."""
+    n_rows = int(rows.max()) + 1
+    key = torch.where(met, rank, -1)
+    best = torch.full((n_rows,), -1, dtype=rank.dtype, device=rows.device)
+    best = best.scatter_reduce(0, rows, key, "amax")
+    last = met & (rank == best[rows])
+    position = torch.full((n_rows,), -1, dtype=torch.long, device=rows.device)
+    position[rows[last]] = torch.arange(rows.numel(), device=rows.device)[last]
+    return position.index_select(0, cut)
 
 
 def _per_row(g: object, n: int, i: int) -> torch.Tensor:
