@@ -33,6 +33,7 @@ from .solvers import (
     Newton,
     RadauIIA3,
     RadauIIA5,
+    Rosenbrock23,
     Trapezoid,
     Tsit5,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "PerSampleTuning",
     "RadauIIA3",
     "RadauIIA5",
+    "Rosenbrock23",
     "SDIRK2",
     "Solution",
     "SolverError",
