@@ -57,6 +57,17 @@ def test_order_conditions_hold_to_the_claimed_order_and_fail_at_the_next(cls):
         assert np.max(np.abs(residuals[order])) > 1e-3, (weights, order + 1)
 
 
+@pytest.mark.parametrize("z", [-1e2, -1e6, -1e12])
+def test_l_stable_decay_is_damped_to_zero(z):
+    # One step of y' = λy with hλ = z: the stability function R(z) → 0 as z → −∞
+    # (L-stability, Shampine & Reichelt 1997, §3), and |R| < 1 along the way.
+    step = no.Rosenbrock23().step(
+        lambda t, y: z * y, 0.0, torch.ones(1, dtype=D), torch.full((1,), z, dtype=D), 1.0
+    )
+    ratio = abs(float(step.y1[0]))
+    assert ratio < 1 and ratio < 10 / abs(z)
+
+
 def test_tableau_is_validated():
     with pytest.raises(ValueError, match="b must have 2 entries summing to 1"):
         RosenbrockTableau("bad", 0.5, ((), (1.0,)), ((), (0.0,)), (0.5, 0.4), 1, (0, 1), 1)
