@@ -1,4 +1,4 @@
-"""Stiff benchmark: Kvaerno3/Kvaerno5/Rosenbrock23 against scipy's Radau, BDF and LSODA, and Dopri5.
+"""Stiff benchmark: Kvaerno3/5, Rosenbrock23 and Rodas5P against scipy's Radau, BDF, LSODA, Dopri5.
 
 Problems from the Bari "Test Set for IVP Solvers" with its reference values: VDPOL (Van
 der Pol, mu = 1000, y0 = (2, 0), t = 2000) and ROBER (Robertson, t = 1e11). For each
@@ -106,7 +106,12 @@ def ours(
 def our_rows(f: Callable, problem: tuple, rtol: float, atol: float) -> list[str]:
     out = []
     newton = no.Newton(rtol=rtol, atol=atol)
-    for solver in (no.Kvaerno3(newton=newton), no.Kvaerno5(newton=newton), no.Rosenbrock23()):
+    for solver in (
+        no.Kvaerno3(newton=newton),
+        no.Kvaerno5(newton=newton),
+        no.Rosenbrock23(),
+        no.Rodas5P(),
+    ):
         sol, wall = ours(f, problem, solver, rtol, atol)
         err = float(np.max(np.abs((sol.ys[-1].numpy() - problem[2]) / problem[2])))
         stats = sol.stats

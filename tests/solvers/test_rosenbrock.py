@@ -9,7 +9,9 @@ is differentiated (``create_graph``).
 
 from __future__ import annotations
 
+import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -26,46 +28,123 @@ from neuralode.solvers._rosenbrock import derivatives
 D = torch.float64
 
 
-def conditions(tab: RosenbrockTableau, b: np.ndarray) -> list[list[float]]:
-    """Residuals of the order conditions, one list per order 1..4."""
-    s, g = tab.stages, float(tab.gamma)
-    alpha, gam = np.zeros((s, s)), np.zeros((s, s))
-    for i in range(s):
-        alpha[i, :i], gam[i, :i] = tab.alpha_float[i], tab.gammas_float[i]
-    beta = alpha + gam
-    a, bp = alpha.sum(1), beta.sum(1)
-    return [
-        [b.sum() - 1],
-        [b @ bp - (0.5 - g)],
-        [b @ a**2 - 1 / 3, b @ beta @ bp - (1 / 6 - g + g * g)],
-        [
-            b @ a**3 - 1 / 4,
-            (b * a) @ alpha @ bp - (1 / 8 - g / 3),
-            b @ beta @ a**2 - (1 / 12 - g / 3),
-            b @ beta @ beta @ bp - (1 / 24 - g / 2 + 1.5 * g * g - g**3),
-        ],
+def trees(order: int) -> list[tuple]:
+    """The rooted trees with ``order`` nodes, each a sorted tuple of its subtrees."""
+    if order == 1:
+        return [()]
+
+    def sizes(n: int, largest: int):
+        if n == 0:
+            yield []
+        for p in range(min(n, largest), 0, -1):
+            for rest in sizes(n - p, p):
+                yield [p, *rest]
+
+    found = set()
+    for split in sizes(order - 1, order - 1):
+        for children in itertools.product(*[trees(k) for k in split]):
+            found.add(tuple(sorted(children)))
+    return sorted(found)
+
+
+def density(t: tuple) -> int:
+    out = size(t)
+    for c in t:
+        out *= density(c)
+    return out
+
+
+def size(t: tuple) -> int:
+    return 1 + sum(size(c) for c in t)
+
+
+def contractions(t: tuple) -> list[tuple[tuple, int]]:
+    """Every tree made by contracting a subset of the edges below single-child nodes."""
+    if len(t) == 1:
+        below = contractions(t[0])
+        return [((c,), k) for c, k in below] + [(c, k + 1) for c, k in below]
+    out = []
+    for combo in itertools.product(*[contractions(c) for c in t]):
+        out.append((tuple(sorted(c for c, _ in combo)), sum(k for _, k in combo)))
+    return out or [((), 0)]
+
+
+def elementary_weights(t: tuple, alpha, beta, s: int) -> list:
+    """``Φ_i(t)``: ``α`` on the edges below a node with several children, ``β`` below one."""
+    phi = [1] * s
+    edge = alpha if len(t) >= 2 else beta
+    for c in t:
+        below = elementary_weights(c, alpha, beta, s)
+        phi = [p * sum(edge[i][j] * below[j] for j in range(s)) for i, p in enumerate(phi)]
+    return phi
+
+
+def residuals(tab: RosenbrockTableau, b, order: int, exact: bool) -> list:
+    """``Σ b_i Φ_i(t) − P_t(γ)`` for every tree of ``order`` nodes.
+
+    Hairer & Wanner II, §IV.7 (Table 7.1 to order 4): with ``β = α + Γ`` (strictly lower),
+    ``P_t(γ) = Σ_S (−γ)^|S| / γ(t_S)`` over the sets ``S`` of edges below single-child
+    nodes, ``t_S`` the tree with those edges contracted and ``γ(·)`` the tree density.
+    """
+    s = tab.stages
+    num = (lambda x: Fraction(x)) if exact else float  # noqa: E731
+    alpha = [[num(x) for x in tab.alpha[i]] + [0] * (s - i) for i in range(s)]
+    beta = [
+        [alpha[i][j] + num(g) for j, g in enumerate(tab.gammas[i])] + [0] * (s - i)
+        for i in range(s)
     ]
+    g = num(tab.gamma)
+    out = []
+    for t in trees(order):
+        phi = elementary_weights(t, alpha, beta, s)
+        want = sum((-g) ** k / density(c) for c, k in contractions(t))
+        out.append(sum(num(bi) * p for bi, p in zip(b, phi, strict=True)) - want)
+    return out
+
+
+def test_the_tree_rule_reproduces_hairer_wanner_table_7_1():
+    # P_t(γ) to order 4 as printed, at γ = 1/5.
+    g = Fraction(1, 5)
+    printed = {
+        ((),): Fraction(1, 2) - g,
+        (((),),): Fraction(1, 6) - g + g * g,
+        ((), ()): Fraction(1, 3),
+        ((), ((),)): Fraction(1, 8) - g / 3,
+        ((((),),),): Fraction(1, 24) - g / 2 + Fraction(3, 2) * g * g - g**3,
+        ((((), ()),)): Fraction(1, 12) - g / 3,
+        ((), (), ()): Fraction(1, 4),
+    }
+    for t, want in printed.items():
+        assert sum((-g) ** k / density(c) for c, k in contractions(t)) == want
+    assert [len(trees(p)) for p in range(1, 6)] == [1, 1, 2, 4, 9]
 
 
 @pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
 def test_order_conditions_hold_to_the_claimed_order_and_fail_at_the_next(cls):
+    # Exact rational arithmetic where the coefficients are printed decimals (Rodas5P),
+    # float64 where they are irrational closed forms (Rosenbrock23's √2).
     tab = cls.tableau
+    exact = isinstance(tab.gamma, Fraction)
+    tol = 1e-14
     for weights, order in ((tab.b, tab.order), (tab.b_hat, tab.embedded_order)):
-        residuals = conditions(tab, np.array(weights, dtype=float))
-        for p in range(order):
-            assert np.max(np.abs(residuals[p])) < 1e-14, (weights, p + 1)
-        assert np.max(np.abs(residuals[order])) > 1e-3, (weights, order + 1)
+        for p in range(1, order + 1):
+            worst = max(abs(float(r)) for r in residuals(tab, weights, p, exact))
+            assert worst < tol, (weights, p, worst)
+        worst = max(abs(float(r)) for r in residuals(tab, weights, order + 1, exact))
+        assert worst > 1e-6, (weights, order + 1)
 
 
+@pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("z", [-1e2, -1e6, -1e12])
-def test_l_stable_decay_is_damped_to_zero(z):
+def test_l_stable_decay_is_damped_to_zero(cls, z):
     # One step of y' = λy with hλ = z: the stability function R(z) → 0 as z → −∞
-    # (L-stability, Shampine & Reichelt 1997, §3), and |R| < 1 along the way.
-    step = no.Rosenbrock23().step(
+    # like 1/z (L-stability: Shampine & Reichelt 1997, §3; Steinebach 2023). Measured
+    # R(z)·z: about −12.5 for Rodas5P at every z from −1e4 to −1e12.
+    step = cls().step(
         lambda t, y: z * y, 0.0, torch.ones(1, dtype=D), torch.full((1,), z, dtype=D), 1.0
     )
     ratio = abs(float(step.y1[0]))
-    assert ratio < 1 and ratio < 10 / abs(z)
+    assert ratio < 20 / abs(z)
 
 
 def test_tableau_is_validated():
@@ -94,10 +173,13 @@ def _error(solver, controller, f=forced, y0=(0.0, 1.0), t_end=1.0):
     return float((sol.ys[-1] - ref).abs().max()), sol
 
 
-def test_convergence_order_on_a_stiff_non_autonomous_problem():
-    errors = [_error(no.Rosenbrock23(), no.ConstantStepSize(1 / n))[0] for n in (40, 80, 160)]
+@pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
+def test_convergence_order_on_a_stiff_non_autonomous_problem(cls):
+    # Measured: Rosenbrock23 2.0, 2.0; Rodas5P 4.74, 4.88 (from 4.42 at 10 → 20 steps:
+    # the λ = −50 mode is still resolved pre-asymptotically).
+    errors = [_error(cls(), no.ConstantStepSize(1 / n))[0] for n in (40, 80, 160)]
     slopes = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
-    assert all(abs(s - 2) < 0.2 for s in slopes), slopes
+    assert all(abs(s - cls.tableau.order) < 0.3 for s in slopes), slopes
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -129,13 +211,16 @@ def test_time_derivative_matters():
     assert errors[1] > 10 * errors[0], errors
 
 
-def test_work_counters_one_jacobian_one_lu_three_solves_per_step():
-    _, sol = _error(no.Rosenbrock23(), no.PIDController(rtol=1e-5, atol=1e-7))
-    stats = sol.stats
+@pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
+def test_work_counters_one_jacobian_one_lu_one_solve_per_stage(cls):
+    _, sol = _error(cls(), no.PIDController(rtol=1e-5, atol=1e-7))
+    stats, stages = sol.stats, cls.tableau.stages
     assert stats.njev == stats.steps and stats.nlu == stats.steps
-    assert stats.nsolve == 3 * stats.steps
-    # Two evaluations per step (FSAL) and one for the Jacobian, plus the start's.
-    assert 3 * stats.steps <= stats.nfe <= 3 * stats.steps + 2
+    assert stats.nsolve == stages * stats.steps
+    # s − 1 stage evaluations (the first is f0: FSAL for Rosenbrock23, f(t1, y1) once
+    # more for Rodas5P) and one for the Jacobian per step, plus the start's.
+    per_step = stages if cls.tableau.fsal else stages + 1
+    assert per_step * stats.steps <= stats.nfe <= per_step * stats.steps + 2
 
 
 MU = 1000.0
@@ -157,26 +242,39 @@ def rober(t, y):
     return torch.stack([slow, -slow - fast, fast])
 
 
+# (solver, problem): (largest relative error, most evaluations) at rtol 1e-4. Measured:
+# Rosenbrock23 5.2e-3 / 1346 and 6.0e-3 / 1085 (a 2nd-order method: within 100·rtol);
+# Rodas5P 6.1e-5 / 2011 and 2.4e-5 / 1089, within 10·rtol, as accurate as scipy's Radau
+# (4.8e-5 / 2084 + 63 Jacobians and 3.9e-5 / 1329 + 60) with fewer evaluations.
+BOUNDS = {
+    ("Rosenbrock23", "vdpol"): (1e-2, 1500),
+    ("Rosenbrock23", "rober"): (1e-2, 1200),
+    ("Rodas5P", "vdpol"): (1e-3, 2084),
+    ("Rodas5P", "rober"): (1e-3, 1329),
+}
+
+
+@pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize(
     ("f", "problem", "atol"), [(vdpol, VDPOL, 1e-4), (rober, ROBER, 1e-10)], ids=["vdpol", "rober"]
 )
-def test_stiff_test_set_against_the_reference(f, problem, atol):
-    # Bari "Test Set for IVP Solvers" reference values, rtol 1e-4. A 2nd-order method:
-    # its error at the end is within 100·rtol (measured 5.2e-3 and 6.0e-3; Kvaerno5 3.0e-5
-    # and 5.0e-4, scipy's Radau 4.8e-5 and 3.9e-5), with fewer evaluations than Kvaerno5.
+def test_stiff_test_set_against_the_reference(cls, f, problem, atol):
+    # Bari "Test Set for IVP Solvers" reference values (VDPOL to t = 2000, ROBER to 1e11).
+    error_bound, nfe_bound = BOUNDS[cls.__name__, f.__name__]
     y0, t_end, ref = problem
     with torch.no_grad():
         sol = no.solve(
             f, torch.tensor(y0, dtype=D), torch.tensor([0.0, t_end], dtype=D),
-            solver=no.Rosenbrock23(), controller=no.PIDController(rtol=1e-4, atol=atol),
+            solver=cls(), controller=no.PIDController(rtol=1e-4, atol=atol),
             max_steps=10_000,
         )  # fmt: skip
     ref = torch.tensor(ref, dtype=D)
-    assert float(((sol.ys[-1] - ref) / ref).abs().max()) < 1e-2
-    assert sol.stats.nfe < 1500
+    assert float(((sol.ys[-1] - ref) / ref).abs().max()) < error_bound
+    assert sol.stats.nfe < nfe_bound
 
 
-def test_per_sample_batch_invariance():
+@pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
+def test_per_sample_batch_invariance(cls):
     g = torch.Generator().manual_seed(0)
     rates = torch.tensor([0.04, 1e4, 3e7], dtype=D) * 10 ** (
         torch.rand(4, 3, generator=g, dtype=D) - 0.5
@@ -189,9 +287,7 @@ def test_per_sample_batch_invariance():
 
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=D).expand(4, 3)
     ts = torch.tensor([0.0, 0.1, 10.0], dtype=D)
-    kw = dict(
-        solver=no.Rosenbrock23(), controller=no.PIDController(rtol=1e-5, atol=1e-10), batch_dims=1
-    )
+    kw = dict(solver=cls(), controller=no.PIDController(rtol=1e-5, atol=1e-10), batch_dims=1)
     many = no.solve(f, y0, ts, args=rates, **kw)
     for i in range(4):
         one = no.solve(f, y0[i : i + 1], ts, args=rates[i : i + 1], **kw)
@@ -235,20 +331,22 @@ def solve_fn(solver, controller, adjoint, batch_dims=0, damping=STIFF):
     return fn
 
 
+@pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("method", ["direct", "checkpoint"])
 @pytest.mark.parametrize("batch_dims", [0, 1], ids=["joint", "per_sample"])
-def test_gradcheck_exact(method, batch_dims):
+def test_gradcheck_exact(cls, method, batch_dims):
     # Fixed steps (joint) and adaptive ones (per-sample): the discrete solution's gradient,
     # including the Jacobian's own dependence on y0 and the parameters.
     if batch_dims == 0:
         controller, atol, rtol = no.ConstantStepSize(0.05), 1e-7, 1e-5
     else:
         controller, atol, rtol = no.PIDController(rtol=1e-7, atol=1e-7), 1e-5, 1e-4
-    fn = solve_fn(no.Rosenbrock23(), controller, EACH_ADJOINT[method], batch_dims)
+    fn = solve_fn(cls(), controller, EACH_ADJOINT[method], batch_dims)
     assert gradcheck(fn, inputs(batch=3), eps=1e-6, atol=atol, rtol=rtol, fast_mode=True)
 
 
-def test_backsolve_joint_same_solver_and_per_sample_with_dopri5():
+@pytest.mark.parametrize("cls", ROSENBROCK_SOLVERS, ids=lambda c: c.__name__)
+def test_backsolve_joint_same_solver_and_per_sample_with_dopri5(cls):
     y0, W, b = inputs(batch=3)
     tol = no.PIDController(rtol=1e-8, atol=1e-8)
     want = torch.autograd.grad(
@@ -259,7 +357,7 @@ def test_backsolve_joint_same_solver_and_per_sample_with_dopri5():
         (1, no.BacksolveAdjoint(solver=no.Dopri5())),
     ):
         got = torch.autograd.grad(
-            solve_fn(no.Rosenbrock23(), tol, adjoint, batch_dims, MILD)(y0, W, b).sum(), (y0, W, b)
+            solve_fn(cls(), tol, adjoint, batch_dims, MILD)(y0, W, b).sum(), (y0, W, b)
         )
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

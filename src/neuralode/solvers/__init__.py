@@ -26,6 +26,7 @@ from .implicit_fixed import (
 )
 from .kvaerno3 import Kvaerno3
 from .kvaerno5 import Kvaerno5
+from .rodas5p import Rodas5P
 from .rosenbrock23 import Rosenbrock23
 from .tsit5 import Tsit5
 
@@ -58,7 +59,7 @@ IMPLICIT_SOLVERS: tuple[type[ImplicitRK], ...] = (
     Kvaerno5,
 )
 # The Rosenbrock (linearly implicit) solvers: one Jacobian, one LU, no Newton per step.
-ROSENBROCK_SOLVERS: tuple[type[Rosenbrock], ...] = (Rosenbrock23,)
+ROSENBROCK_SOLVERS: tuple[type[Rosenbrock], ...] = (Rosenbrock23, Rodas5P)
 
 __all__ = [
     "ALL_SOLVERS",
@@ -93,6 +94,7 @@ __all__ = [
     "RadauIIA3",
     "RadauIIA5",
     "ROSENBROCK_SOLVERS",
+    "Rodas5P",
     "Rosenbrock",
     "Rosenbrock23",
     "RosenbrockTableau",

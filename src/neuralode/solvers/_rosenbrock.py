@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import ClassVar
 
 import torch
@@ -100,8 +101,15 @@ class RosenbrockTableau:
         b = _floats(self.b)
         set_(self, "alpha_float", alpha)
         set_(self, "gammas_float", gammas)
-        set_(self, "nodes", tuple(math.fsum(row) for row in alpha))
-        set_(self, "time_weights", tuple(float(self.gamma) + math.fsum(row) for row in gammas))
+        # Coefficients converted from another form sum to 1 and 0 only to rounding: snap
+        # them, so that stages at the step end are evaluated at exactly t0 + dt (or the
+        # left limit before a jump) and the last Rodas stages skip the ∂f/∂t term.
+        set_(self, "nodes", tuple(_snap(math.fsum(row), 1.0) for row in alpha))
+        set_(
+            self,
+            "time_weights",
+            tuple(_snap(float(self.gamma) + math.fsum(row), 0.0) for row in gammas),
+        )
         set_(self, "b_float", b)
         set_(self, "error_float", tuple(x - float(y) for x, y in zip(b, self.b_hat, strict=True)))
         # The last stage evaluates f at y1 itself (and at t1): f(t1, y1) comes for free.
@@ -118,6 +126,10 @@ class RosenbrockTableau:
     def stages(self) -> int:
         """Number of stages ``s``."""
         return len(self.b)
+
+
+def _snap(x: float, to: float) -> float:
+    return to if abs(x - to) <= _CONSISTENCY_TOL else x
 
 
 def derivatives(
@@ -288,3 +300,56 @@ class Rosenbrock(AbstractSolver):
             f1 = None if f1 is None else f1.reshape(shape)
             y1, y_error = y1.reshape(shape), y_error.reshape(shape)
         return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k))
+
+
+def from_transformed(
+    name: str,
+    gamma: str,
+    a: Sequence[Sequence[str]],
+    c: Sequence[Sequence[str]],
+    m: Sequence[str],
+    m_hat: Sequence[str],
+    order: int,
+    embedded_order: int,
+) -> RosenbrockTableau:
+    """A tableau from the transformed form most codes print (Hairer & Wanner II, eq. 7.25).
+
+    That form solves ``(I/(hγ) − J) U_i = f(y0 + Σ a_ij U_j) + Σ (c_ij/h) U_j + …`` with
+    ``y1 = y0 + Σ m_j U_j``; it relates to ``α, Γ, b`` by ``a = αΓ⁻¹``,
+    ``C = diag(1/γ) − Γ⁻¹`` and ``m = bΓ⁻¹``. The conversion is done in exact rational
+    arithmetic on the printed decimals, so the order conditions test the printed values.
+    """
+    g = Fraction(gamma)
+    s = len(m)
+    inv = [[Fraction(0)] * s for _ in range(s)]  # Γ⁻¹ = diag(1/γ) − C, lower triangular
+    for i in range(s):
+        inv[i][i] = 1 / g
+        for j, x in enumerate(c[i]):
+            inv[i][j] = -Fraction(x)
+    big_gamma = _lower_inverse(inv)
+    full_a = [[Fraction(x) for x in row] + [Fraction(0)] * (s - len(row)) for row in a]
+    alpha = [
+        [sum((full_a[i][k] * big_gamma[k][j] for k in range(s)), Fraction(0)) for j in range(i)]
+        for i in range(s)
+    ]
+    gammas = [[big_gamma[i][j] for j in range(i)] for i in range(s)]
+
+    def times_gamma(w: Sequence[str]) -> tuple[Fraction, ...]:
+        return tuple(
+            sum((Fraction(w[k]) * big_gamma[k][j] for k in range(s)), Fraction(0)) for j in range(s)
+        )
+
+    return RosenbrockTableau(
+        name, g, alpha, gammas, times_gamma(m), order, times_gamma(m_hat), embedded_order
+    )
+
+
+def _lower_inverse(lower: list[list[Fraction]]) -> list[list[Fraction]]:
+    """The inverse of a lower-triangular matrix, by forward substitution, exactly."""
+    s = len(lower)
+    out = [[Fraction(0)] * s for _ in range(s)]
+    for j in range(s):
+        for i in range(j, s):
+            rhs = Fraction(1 if i == j else 0) - sum(lower[i][k] * out[k][j] for k in range(j, i))
+            out[i][j] = rhs / lower[i][i]
+    return out
