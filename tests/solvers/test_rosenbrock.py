@@ -199,6 +199,26 @@ def test_jacobian_and_time_derivative_per_row(rows):
             torch.testing.assert_close(dfdt[r], torch.stack([-50 * torch.sin(t[r]), t[r] * 0]))
 
 
+def test_jacobian_and_time_derivative_forward_mode_for_larger_states():
+    # n = 12 > 8: forward mode (vmapped J, one jvp for ∂f/∂t) outside autograd, the
+    # differentiable reverse products under it; both give row r's own derivatives.
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(3, 12, dtype=D, generator=g)
+    t = torch.tensor([0.1, 0.2, 0.3], dtype=D)
+    M = torch.randn(12, 12, dtype=D, generator=g)
+
+    def call(s, z):
+        return torch.tanh(z @ M.T) * torch.cos(s).unsqueeze(-1)
+
+    for differentiable in (False, True):
+        jac, dfdt = derivatives(call, t, y, differentiable)
+        for r in range(3):
+            want = torch.func.jacrev(lambda z, r=r: call(t[r : r + 1], z[None])[0])(y[r])
+            torch.testing.assert_close(jac[r], want)
+            slope = -torch.tanh(y[r] @ M.T) * torch.sin(t[r])
+            torch.testing.assert_close(dfdt[r], slope)
+
+
 def test_time_derivative_matters():
     # Without the h²γ_i ∂f/∂t term the method drops to first order on this problem.
     no_t = lambda call, t, y, d: (derivatives(call, t, y, d)[0], torch.zeros_like(y))  # noqa: E731

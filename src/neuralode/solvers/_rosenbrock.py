@@ -37,7 +37,7 @@ from ._explicit_rk import (
     weighted_sum,
 )
 from ._implicit import on_rows, refuse_compile, stage_time
-from ._newton import Factorised, RowField, count, per_matrix
+from ._newton import _REVERSE_UP_TO, Factorised, RowField, count, jacobian, per_matrix
 from ._tableau import Number
 
 _CONSISTENCY_TOL = 1e-12
@@ -143,11 +143,19 @@ def derivatives(
     products are themselves differentiable (``torch.func.vjp`` under the outer autograd,
     like ``create_graph=True``): the step's gradient then includes the Jacobian's own
     dependence on ``y0``, ``t`` and the parameters.
+
+    Outside autograd, states of more than ``_REVERSE_UP_TO`` components take ``J`` the
+    implicit solvers' way (:func:`._newton.jacobian`: forward mode, vmapped) and
+    ``∂f/∂t`` by one forward-mode product, cheaper than ``n`` reverse products.
     """
     rows, n = y.shape
     eye = torch.eye(n, dtype=y.dtype, device=y.device)
     if not isinstance(t, torch.Tensor):
         t = torch.tensor(t, dtype=torch.float64, device=y.device)
+    if not differentiable and n > _REVERSE_UP_TO:
+        forward = _forward_derivatives(call, t, y)
+        if forward is not None:
+            return forward
     with torch.enable_grad():
         if differentiable:
             # torch.func.vjp, not torch.autograd.grad on the state: autograd's engine walks
@@ -175,6 +183,19 @@ def derivatives(
     if not differentiable:
         jac, dfdt = jac.detach(), dfdt.detach()
     return jac, dfdt
+
+
+def _forward_derivatives(
+    call: RowField, t: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(J, ∂f/∂t)`` by forward mode; ``None`` for a field forward mode cannot trace."""
+    y, t = y.detach(), t.detach()
+    try:
+        with torch.no_grad():
+            dfdt = torch.func.jvp(lambda s: call(s, y), (t,), (torch.ones_like(t),))[1]
+    except (RuntimeError, NotImplementedError):
+        return None
+    return jacobian(call, t, y), dfdt.to(y.dtype).expand_as(y)
 
 
 @dataclass(frozen=True)
