@@ -33,6 +33,8 @@ from .solvers import (
     Newton,
     RadauIIA3,
     RadauIIA5,
+    Rodas5P,
+    Rosenbrock23,
     Trapezoid,
     Tsit5,
 )
@@ -75,6 +77,8 @@ __all__ = [
     "PerSampleTuning",
     "RadauIIA3",
     "RadauIIA5",
+    "Rodas5P",
+    "Rosenbrock23",
     "SDIRK2",
     "Solution",
     "SolverError",

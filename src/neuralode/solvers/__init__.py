@@ -1,10 +1,11 @@
-"""Solvers: explicit Runge–Kutta (one tableau each, one generic step) and implicit DIRK."""
+"""Solvers: explicit Runge–Kutta (one tableau each, one generic step), implicit, Rosenbrock."""
 
 from ._dirk import DIRK, DIRKTableau
 from ._explicit_rk import AbstractSolver, ExplicitRK, StepResult
 from ._firk import FIRK, FIRKTableau
 from ._implicit import ImplicitRK
 from ._newton import Newton
+from ._rosenbrock import Rosenbrock, RosenbrockTableau
 from ._tableau import ButcherTableau
 from .adaptive_heun import AdaptiveHeun
 from .bosh3 import Bosh3
@@ -25,6 +26,8 @@ from .implicit_fixed import (
 )
 from .kvaerno3 import Kvaerno3
 from .kvaerno5 import Kvaerno5
+from .rodas5p import Rodas5P
+from .rosenbrock23 import Rosenbrock23
 from .tsit5 import Tsit5
 
 # Every solver, for tests and docs; adding a solver means adding it here.
@@ -55,6 +58,8 @@ IMPLICIT_SOLVERS: tuple[type[ImplicitRK], ...] = (
     Kvaerno3,
     Kvaerno5,
 )
+# The Rosenbrock (linearly implicit) solvers: one Jacobian, one LU, no Newton per step.
+ROSENBROCK_SOLVERS: tuple[type[Rosenbrock], ...] = (Rosenbrock23, Rodas5P)
 
 __all__ = [
     "ALL_SOLVERS",
@@ -88,6 +93,11 @@ __all__ = [
     "Newton",
     "RadauIIA3",
     "RadauIIA5",
+    "ROSENBROCK_SOLVERS",
+    "Rodas5P",
+    "Rosenbrock",
+    "Rosenbrock23",
+    "RosenbrockTableau",
     "StepResult",
     "Trapezoid",
     "Tsit5",
