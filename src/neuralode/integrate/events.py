@@ -292,9 +292,7 @@ class Watcher:
             self.count[s, event] += 1
             limit = self.stop_after[event]
             stops = (limit > 0) & (self.count[s, event] >= limit)
-            self.log.append(
-                (s, self.d * tau[here], event, self.col_element[cols[here]], stops)
-            )
+            self.log.append((s, self.d * tau[here], event, self.col_element[cols[here]], stops))
             met[here], stopped[here] = True, stops
             is_cut[rows[here[stops | has_jump[event]]]] = True
         self._met, self._stopped, self._rank = met, stopped, rank

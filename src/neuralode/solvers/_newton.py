@@ -90,7 +90,7 @@ def count(f: Any, **amounts: int) -> None:
 # Up to this many state components, n reverse-mode products beat one vmapped
 # forward-mode evaluation, whose set-up costs about 0.5 ms (measured on CPU: 0.15 ms
 # against 0.55 ms for Van der Pol, n = 2; about even for an MLP at n = 32).
-_REVERSE_UP_TO = 8
+REVERSE_UP_TO = 8
 
 
 def jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ def jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
     """
     z = z.detach()
     rows, n = z.shape
-    if n > _REVERSE_UP_TO:
+    if n > REVERSE_UP_TO:
         eye = torch.eye(n, dtype=z.dtype, device=z.device)
         tangents = eye.unsqueeze(1).expand(n, rows, n)  # (n, R, n): tangent j is e_j per row
 

@@ -37,7 +37,7 @@ from ._explicit_rk import (
     weighted_sum,
 )
 from ._implicit import on_rows, refuse_compile, stage_time
-from ._newton import _REVERSE_UP_TO, Factorised, RowField, count, jacobian, per_matrix
+from ._newton import REVERSE_UP_TO, Factorised, RowField, count, jacobian, per_matrix
 from ._tableau import Number
 
 _CONSISTENCY_TOL = 1e-12
@@ -144,7 +144,7 @@ def derivatives(
     like ``create_graph=True``): the step's gradient then includes the Jacobian's own
     dependence on ``y0``, ``t`` and the parameters.
 
-    Outside autograd, states of more than ``_REVERSE_UP_TO`` components take ``J`` the
+    Outside autograd, states of more than ``REVERSE_UP_TO`` components take ``J`` the
     implicit solvers' way (:func:`._newton.jacobian`: forward mode, vmapped) and
     ``∂f/∂t`` by one forward-mode product, cheaper than ``n`` reverse products.
     """
@@ -152,7 +152,7 @@ def derivatives(
     eye = torch.eye(n, dtype=y.dtype, device=y.device)
     if not isinstance(t, torch.Tensor):
         t = torch.tensor(t, dtype=torch.float64, device=y.device)
-    if not differentiable and n > _REVERSE_UP_TO:
+    if not differentiable and n > REVERSE_UP_TO:
         forward = _forward_derivatives(call, t, y)
         if forward is not None:
             return forward
