@@ -24,13 +24,7 @@ import torch
 from ._explicit_rk import FlatField, StepResult, StepSize, Time, combine, combine_step
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, ScaledField, count, jacobian, per_matrix, solve_stage
-from ._tableau import Number
-
-_CONSISTENCY_TOL = 1e-12
-
-
-def _floats(row: Sequence[Number]) -> tuple[float, ...]:
-    return tuple(float(x) for x in row)
+from ._tableau import CONSISTENCY_TOL, Number, floats
 
 
 @dataclass(frozen=True)
@@ -94,12 +88,12 @@ class DIRKTableau:
         if explicit_first and self.c[0] != 0:
             raise ValueError(f"{self.name}: an explicit first stage needs c[0] = 0")
         for i, row in enumerate(self.a):
-            if abs(math.fsum(_floats(row)) - float(self.c[i])) > _CONSISTENCY_TOL:
+            if abs(math.fsum(floats(row)) - float(self.c[i])) > CONSISTENCY_TOL:
                 raise ValueError(f"{self.name}: row {i} of a does not sum to c[{i}]")
         for label, weights in (("b", self.b), ("b_hat", self.b_hat)):
             if weights is None:
                 continue
-            if len(weights) != s or abs(math.fsum(_floats(weights)) - 1.0) > _CONSISTENCY_TOL:
+            if len(weights) != s or abs(math.fsum(floats(weights)) - 1.0) > CONSISTENCY_TOL:
                 raise ValueError(f"{self.name}: {label} must have {s} entries summing to 1")
         if (self.b_hat is None) != (self.embedded_order is None):
             raise ValueError(f"{self.name}: give b_hat and embedded_order together")
@@ -109,23 +103,23 @@ class DIRKTableau:
             lengths = [len(row) for row in self.predictor]
             if lengths != list(range(s - n_implicit, s)):
                 raise ValueError(f"{self.name}: predictor rows must have lengths 1..{s - 1}")
-        last = _floats(self.a[-1])
+        last = floats(self.a[-1])
         stiffly_accurate = float(self.c[-1]) == 1.0 and all(
-            abs(x - y) <= _CONSISTENCY_TOL for x, y in zip(last, _floats(self.b), strict=True)
+            abs(x - y) <= CONSISTENCY_TOL for x, y in zip(last, floats(self.b), strict=True)
         )
         set_(self, "gamma", implicit[0])
         set_(self, "explicit_first", explicit_first)
         set_(self, "stiffly_accurate", stiffly_accurate)
-        set_(self, "c_float", _floats(self.c))
-        set_(self, "a_float", tuple(_floats(row) for row in self.a))
-        set_(self, "b_float", _floats(self.b))
+        set_(self, "c_float", floats(self.c))
+        set_(self, "a_float", tuple(floats(row) for row in self.a))
+        set_(self, "b_float", floats(self.b))
         error = None
         if self.b_hat is not None:
             error = tuple(float(x - y) for x, y in zip(self.b, self.b_hat, strict=True))
         set_(self, "error_float", error)
         predictor = None
         if self.predictor is not None:
-            predictor = tuple(_floats(row) for row in self.predictor)
+            predictor = tuple(floats(row) for row in self.predictor)
         set_(self, "predictor_float", predictor)
 
     @property

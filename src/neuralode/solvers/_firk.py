@@ -20,9 +20,7 @@ import torch
 from ._explicit_rk import FlatField, StepResult, StepSize, Time
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, RowField, StageMap, count, jacobian, per_matrix, solve_stage
-from ._tableau import Number, invert_exact
-
-_CONSISTENCY_TOL = 1e-12
+from ._tableau import CONSISTENCY_TOL, Number, invert_exact
 
 
 @dataclass(frozen=True)
@@ -60,12 +58,12 @@ class FIRKTableau:
         if len(self.a) != s or any(len(row) != s for row in self.a) or len(self.b) != s:
             raise ValueError(f"{self.name}: a must be {s} x {s} and b of length {s}")
         for i, row in enumerate(self.a):
-            if abs(math.fsum(float(x) for x in row) - float(self.c[i])) > _CONSISTENCY_TOL:
+            if abs(math.fsum(float(x) for x in row) - float(self.c[i])) > CONSISTENCY_TOL:
                 raise ValueError(f"{self.name}: row {i} of a does not sum to c[{i}]")
-        if abs(math.fsum(float(x) for x in self.b) - 1.0) > _CONSISTENCY_TOL:
+        if abs(math.fsum(float(x) for x in self.b) - 1.0) > CONSISTENCY_TOL:
             raise ValueError(f"{self.name}: b must sum to 1")
         stiffly_accurate = float(self.c[-1]) == 1.0 and all(
-            abs(float(x) - float(y)) <= _CONSISTENCY_TOL
+            abs(float(x) - float(y)) <= CONSISTENCY_TOL
             for x, y in zip(self.a[-1], self.b, strict=True)
         )
         inverse = invert_exact([[Fraction(x) for x in row] for row in self.a])

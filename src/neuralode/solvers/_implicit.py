@@ -59,6 +59,15 @@ def on_rows(
     return call, y0.reshape(1, -1), f0.reshape(1, -1), dt
 
 
+def check_interpolation(solver: AbstractSolver, interpolation: object) -> None:
+    """The dense outputs an implicit or Rosenbrock step offers: cubic Hermite or linear."""
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}; e.g. "
+            f"{type(solver).__name__}(interpolation='hermite')"
+        )
+
+
 def refuse_compile(solver: AbstractSolver) -> None:
     """Raise inside ``torch.compile``: an implicit step cannot be one graph.
 
@@ -112,10 +121,7 @@ class ImplicitRK(AbstractSolver):
                 f"newton must be a neuralode.Newton, got {type(self.newton).__name__}; "
                 f"e.g. {type(self).__name__}(newton=Newton(rtol=1e-8, atol=1e-10))"
             )
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
-            )
+        check_interpolation(self, self.interpolation)
 
     @property
     def _tab(self) -> ImplicitTableau:

@@ -36,15 +36,9 @@ from ._explicit_rk import (
     hermite_weights,
     weighted_sum,
 )
-from ._implicit import on_rows, refuse_compile, stage_time
+from ._implicit import check_interpolation, on_rows, refuse_compile, stage_time
 from ._newton import REVERSE_UP_TO, Factorised, RowField, count, jacobian, per_matrix
-from ._tableau import Number
-
-_CONSISTENCY_TOL = 1e-12
-
-
-def _floats(row: Sequence[Number]) -> tuple[float, ...]:
-    return tuple(float(x) for x in row)
+from ._tableau import CONSISTENCY_TOL, Number, floats
 
 
 @dataclass(frozen=True)
@@ -94,11 +88,11 @@ class RosenbrockTableau:
         if not float(self.gamma) > 0:
             raise ValueError(f"{self.name}: gamma must be positive, got {self.gamma}")
         for label, weights in (("b", self.b), ("b_hat", self.b_hat)):
-            if len(weights) != s or abs(math.fsum(_floats(weights)) - 1.0) > _CONSISTENCY_TOL:
+            if len(weights) != s or abs(math.fsum(floats(weights)) - 1.0) > CONSISTENCY_TOL:
                 raise ValueError(f"{self.name}: {label} must have {s} entries summing to 1")
-        alpha = tuple(_floats(row) for row in self.alpha)
-        gammas = tuple(_floats(row) for row in self.gammas)
-        b = _floats(self.b)
+        alpha = tuple(floats(row) for row in self.alpha)
+        gammas = tuple(floats(row) for row in self.gammas)
+        b = floats(self.b)
         set_(self, "alpha_float", alpha)
         set_(self, "gammas_float", gammas)
         # Coefficients converted from another form sum to 1 and 0 only to rounding: snap
@@ -118,8 +112,8 @@ class RosenbrockTableau:
             self,
             "fsal",
             b[-1] == 0.0
-            and abs(self.nodes[-1] - 1.0) <= _CONSISTENCY_TOL
-            and all(abs(x - y) <= _CONSISTENCY_TOL for x, y in zip(last, b[:-1], strict=True)),
+            and abs(self.nodes[-1] - 1.0) <= CONSISTENCY_TOL
+            and all(abs(x - y) <= CONSISTENCY_TOL for x, y in zip(last, b[:-1], strict=True)),
         )
 
     @property
@@ -129,7 +123,7 @@ class RosenbrockTableau:
 
 
 def _snap(x: float, to: float) -> float:
-    return to if abs(x - to) <= _CONSISTENCY_TOL else x
+    return to if abs(x - to) <= CONSISTENCY_TOL else x
 
 
 def derivatives(
@@ -218,11 +212,7 @@ class Rosenbrock(AbstractSolver):
     interpolation: str = "hermite"
 
     def __post_init__(self) -> None:
-        if self.interpolation not in ("hermite", "linear"):
-            raise ValueError(
-                "interpolation must be one of ('hermite', 'linear'), got "
-                f"{self.interpolation!r}; e.g. {type(self).__name__}(interpolation='hermite')"
-            )
+        check_interpolation(self, self.interpolation)
 
     @property
     def order(self) -> int:

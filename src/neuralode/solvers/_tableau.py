@@ -16,7 +16,12 @@ Number = float | int | Fraction
 
 # Row sums and Σb are checked to this absolute tolerance: coefficients printed as decimals
 # (Tsit5, Dopri8) carry about 1e-16..1e-20 of rounding in the papers.
-_CONSISTENCY_TOL = 1e-12
+CONSISTENCY_TOL = 1e-12
+
+
+def floats(row: Sequence[Number]) -> tuple[float, ...]:
+    """A row of exact or float coefficients as floats."""
+    return tuple(float(x) for x in row)
 
 
 def _as_float(x: Number) -> float:
@@ -86,14 +91,14 @@ class ButcherTableau:
                 f"got lengths {[len(row) for row in self.a]}"
             )
         for i, row in enumerate(self.a):
-            if abs(math.fsum(map(_as_float, row)) - _as_float(self.c[i + 1])) > _CONSISTENCY_TOL:
+            if abs(math.fsum(map(_as_float, row)) - _as_float(self.c[i + 1])) > CONSISTENCY_TOL:
                 raise ValueError(f"{self.name}: row {i + 1} of a does not sum to c[{i + 1}]")
         for label, weights in (("b", self.b), ("b_hat", self.b_hat)):
             if weights is None:
                 continue
             if len(weights) != s:
                 raise ValueError(f"{self.name}: {label} has {len(weights)} entries, not {s}")
-            if abs(math.fsum(map(_as_float, weights)) - 1.0) > _CONSISTENCY_TOL:
+            if abs(math.fsum(map(_as_float, weights)) - 1.0) > CONSISTENCY_TOL:
                 raise ValueError(f"{self.name}: {label} does not sum to 1")
         if (self.b_hat is None) != (self.embedded_order is None):
             raise ValueError(f"{self.name}: give b_hat and embedded_order together")
@@ -102,7 +107,7 @@ class ButcherTableau:
                 raise ValueError(f"{self.name}: b_dense needs one row per stage")
             # At θ = 1 the continuous extension must reproduce y1 exactly.
             for i, row in enumerate(self.b_dense):
-                if abs(math.fsum(map(_as_float, row)) - _as_float(self.b[i])) > _CONSISTENCY_TOL:
+                if abs(math.fsum(map(_as_float, row)) - _as_float(self.b[i])) > CONSISTENCY_TOL:
                     raise ValueError(f"{self.name}: b_dense row {i} does not sum to b[{i}]")
         fsal = (
             s > 1
@@ -110,7 +115,7 @@ class ButcherTableau:
             and len(self.a[-1]) == s - 1
             and self.b[-1] == 0
             and all(
-                abs(_as_float(x) - _as_float(y)) < _CONSISTENCY_TOL
+                abs(_as_float(x) - _as_float(y)) < CONSISTENCY_TOL
                 for x, y in zip(self.a[-1], self.b[:-1], strict=False)
             )
         )
