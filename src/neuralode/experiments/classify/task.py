@@ -149,6 +149,7 @@ class ClassifyConfig(RegularizerOptions, SolverOptions, RunOptions):
                                      f"{self.model}; drop them or train the ODE-Net")  # fmt: skip
         check_steer(self.steer, 1.0, "--steer")
         check_augment_dim(self.augment_dim, "--augment-dim")
+        check_positive(self, "augment_dim", allow_zero=True)  # and at most MAX_COUNT
         if self.image_size is not None and not MIN_IMAGE <= self.image_size <= MAX_IMAGE:
             raise ValueError(
                 f"--image-size must lie in [{MIN_IMAGE}, {MAX_IMAGE}], got {self.image_size} "
