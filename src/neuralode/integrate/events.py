@@ -66,12 +66,8 @@ class Watcher:
         self.col_event = self.col_dir = self.col_element = torch.zeros(0, dtype=torch.long)
         self.value = self.side = self.count = torch.zeros(0)
         self.stop_after = torch.tensor([e.stop_after for e in events], dtype=torch.long)
+        self.has_jump = torch.tensor([e.jump is not None for e in events])
         self.points = max(e.points for e in events)
-        self.rows = 0  # rows evaluated by the conditions (per-sample) or calls (joint)
-        # Set by _meet at each step with roots: which were met, which stopped, and the
-        # order in which each row met them.
-        self._met = self._stopped = torch.zeros(0, dtype=torch.bool)
-        self._rank = torch.zeros(0, dtype=torch.long)
 
     # -- the user's functions on rows ------------------------------------------------
 
@@ -89,7 +85,6 @@ class Watcher:
         problem = self.problem
         structure, field = problem.structure, problem.f
         t = (self.d * tau).to(field.t_dtype)
-        self.rows += y.shape[0]
         if self.batched:
             args = tuple(a.index_select(0, idx) for a in field.args)
             state = structure.unflatten(y)
@@ -157,6 +152,7 @@ class Watcher:
         self.value, self.side = value, torch.sign(value)
         self.count = torch.zeros(y0.shape[0], len(self.events), dtype=torch.long, device=device)
         self.stop_after = self.stop_after.to(device)
+        self.has_jump = self.has_jump.to(device)
 
     def check(
         self,
@@ -219,11 +215,11 @@ class Watcher:
         point_values = torch.cat([before.unsqueeze(1), values], dim=1)
         theta, tau_e = self._roots(
             step, rows, cols, sample.index_select(0, rows),
-            (j.to(torch.float64) / n_points, grid_before(grid, step.tau0, rows, j)),
+            (j.to(torch.float64) / n_points, _grid_before(grid, step.tau0, rows, j)),
             ((j + 1).to(torch.float64) / n_points, grid[rows, j]),
             point_values[rows, j, cols], point_values[rows, j + 1, cols], new[rows, j, cols],
         )  # fmt: skip
-        cut = self._meet(sample, rows, cols, j, tau_e)
+        cut, last, stop = self._meet(sample, rows, cols, tau_e)
         # Rows no event cut keep their step: their sides and values at its end.
         keep = torch.ones_like(hit)
         keep[cut] = False
@@ -231,15 +227,13 @@ class Watcher:
         self.value[sample[keep]] = values[keep, -1]
         if not cut.numel():
             return None
-        # The cut rows' events: the last met in each of them (the one that cut it).
-        last = _last_per_row(rows, cut, self._met, self._rank)
+        # The cut rows' events (``last``: the root that cut each).
         rows_c, cols_c, j_c = rows[last], cols[last], j[last]
         theta_c, tau_c = theta[last], tau_e[last]
         y_e = step.at(rows_c, theta_c)
         sample_c = sample.index_select(0, rows_c)
         event = self.col_event.index_select(0, cols_c)
         y_after = y_e.clone()
-        has_jump = torch.tensor([e.jump is not None for e in self.events], device=event.device)
         for e in event.unique().tolist():
             if self.events[e].jump is not None:
                 which = (event == e).nonzero().squeeze(-1)
@@ -252,25 +246,22 @@ class Watcher:
         _check_finite(value, "after an event")
         self.side[sample_c] = torch.where(value != 0, torch.sign(value), side)
         self.value[sample_c] = value
-        stop = self._stopped[last]
-        return Cut(pos.index_select(0, rows_c), tau_c, y_after, stop, has_jump[event])
+        return Cut(pos.index_select(0, rows_c), tau_c, y_after, stop, self.has_jump[event])
 
     def _meet(
         self,
         sample: torch.Tensor,
         rows: torch.Tensor,
         cols: torch.Tensor,
-        j: torch.Tensor,
         tau: torch.Tensor,
-    ) -> torch.Tensor:
-        """Meet the roots found in the rows' steps in time order; return the rows cut.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Meet the roots found in the rows' steps in time order.
 
         Each row meets its roots one after the other (ties: the lower column first),
         counting and logging each, until one with a jump, or one that stops the sample,
         cuts its step there; the roots after it are left to the steps that follow it. An
-        event that only records goes by without cutting the step. Sets ``self._met`` (the
-        roots met), ``self._stopped`` (whether each stopped its sample) and
-        ``self._rank`` (each root's place in its row's order).
+        event that only records goes by without cutting the step. Returns the rows cut
+        (ascending), the position of the root that cut each, and whether it stopped it.
         """
         # Sorted by row, then time, then column: rank within each row.
         order = torch.argsort(cols, stable=True)
@@ -280,12 +271,11 @@ class Watcher:
         start = torch.searchsorted(sorted_rows, sorted_rows, right=False)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(order.numel(), device=order.device) - start
-        met = torch.zeros_like(rows, dtype=torch.bool)
-        stopped = torch.zeros_like(met)
-        is_cut = torch.zeros(int(rows.max()) + 1, dtype=torch.bool, device=rows.device)
-        has_jump = torch.tensor([e.jump is not None for e in self.events], device=rows.device)
+        n_rows = int(rows.max()) + 1
+        cut_at = torch.full((n_rows,), -1, dtype=torch.long, device=rows.device)
+        stopped = torch.zeros(n_rows, dtype=torch.bool, device=rows.device)
         for r in range(int(rank.max()) + 1):
-            here = ((rank == r) & ~is_cut[rows]).nonzero().squeeze(-1)
+            here = ((rank == r) & (cut_at[rows] < 0)).nonzero().squeeze(-1)
             if not here.numel():
                 break
             s, event = sample[rows[here]], self.col_event[cols[here]]
@@ -293,10 +283,11 @@ class Watcher:
             limit = self.stop_after[event]
             stops = (limit > 0) & (self.count[s, event] >= limit)
             self.log.append((s, self.d * tau[here], event, self.col_element[cols[here]], stops))
-            met[here], stopped[here] = True, stops
-            is_cut[rows[here[stops | has_jump[event]]]] = True
-        self._met, self._stopped, self._rank = met, stopped, rank
-        return is_cut.nonzero().squeeze(-1)
+            cuts = stops | self.has_jump[event]
+            cut_at[rows[here[cuts]]] = here[cuts]
+            stopped[rows[here]] = stops
+        cut = (cut_at >= 0).nonzero().squeeze(-1)
+        return cut, cut_at[cut], stopped[cut]
 
     def _roots(
         self,
@@ -420,25 +411,11 @@ class _Steps:
         return torch.where((theta == 1).unsqueeze(-1), self.y1.index_select(0, rows), values)
 
 
-def grid_before(
+def _grid_before(
     grid: torch.Tensor, tau0: torch.Tensor, rows: torch.Tensor, j: torch.Tensor
 ) -> torch.Tensor:
     """The time of the point before point ``j`` of each row's step (its start for 0)."""
     return torch.where(j > 0, grid[rows, (j - 1).clamp(min=0)], tau0[rows])
-
-
-def _last_per_row(
-    rows: torch.Tensor, cut: torch.Tensor, met: torch.Tensor, rank: torch.Tensor
-) -> torch.Tensor:
-    """For each row in ``cut``, the position of the root it met last (the one that cut it)."""
-    n_rows = int(rows.max()) + 1
-    key = torch.where(met, rank, -1)
-    best = torch.full((n_rows,), -1, dtype=rank.dtype, device=rows.device)
-    best = best.scatter_reduce(0, rows, key, "amax")
-    last = met & (rank == best[rows])
-    position = torch.full((n_rows,), -1, dtype=torch.long, device=rows.device)
-    position[rows[last]] = torch.arange(rows.numel(), device=rows.device)[last]
-    return position.index_select(0, cut)
 
 
 def _per_row(g: object, n: int, i: int) -> torch.Tensor:
