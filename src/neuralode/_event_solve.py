@@ -27,32 +27,29 @@ from ._events import Event, EventTable
 from ._problem import Problem
 from ._solution import RawSolution, Solution, State, Status
 from ._vector_field import UserField
+from .integrate.events import as_rows, as_state, call_on_rows
 
 
 class _Rows:
-    """Both modes as rows of samples: the joint problem is one row."""
+    """Both modes as rows of samples (the joint problem is one row), for the user's functions."""
 
-    def __init__(self, problem: Problem, f: UserField, args: tuple[torch.Tensor, ...]) -> None:
-        self.problem, self.f, self.args = problem, f, args
+    def __init__(self, problem: Problem, f: UserField) -> None:
+        self.problem, self.f = problem, f
         self.batched = problem.batched
-        self.structure = problem.structure
 
     def user(self, y: torch.Tensor) -> State:
-        """Rows ``(n, N)`` as the caller's state (joint: the one row, unbatched)."""
-        return self.structure.unflatten(y if self.batched else y[0])
+        """Rows ``(n, N)`` in the caller's structure."""
+        return as_state(self.problem, y)
 
     def flat(self, state: Any) -> torch.Tensor:
-        """The caller's state (or a stack of states over ``lead``) as rows."""
-        flat = self.structure.flatten(state)
-        return flat if self.batched else flat.reshape(1, -1)
+        """The caller's state as rows."""
+        return as_rows(self.problem, state)
 
     def call(
         self, fn: Callable[..., Any], t: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
     ) -> Any:
         """``fn(t, y, *args)`` on rows (joint: ``fn(t, y)`` on the one row)."""
-        if self.batched:
-            return fn(t, self.user(y), *(a.index_select(0, idx) for a in self.args))
-        return fn(t[0], self.user(y))
+        return call_on_rows(self.problem, fn, t, y, idx)
 
     def condition(
         self, events: tuple[Event, ...], which: torch.Tensor, element: torch.Tensor,
@@ -79,7 +76,6 @@ def replay(
     f: UserField,
     ts: torch.Tensor,
     y0: State,
-    args: tuple[torch.Tensor, ...],
     events: tuple[Event, ...],
     table: EventTable,
     first: RawSolution,
@@ -91,7 +87,7 @@ def replay(
     (where an event stopped it, its last state), and the evaluations of ``f``. Samples
     the first pass did not finish keep its (constant) values.
     """
-    rows = _Rows(problem, f, args)
+    rows = _Rows(problem, f)
     d = problem.direction
     y = rows.flat(y0)
     batch = y.shape[0]
@@ -196,7 +192,7 @@ def _segment(
         seg_ts = seg_ts.index_put((rr, cc), ts_rows[sub[rr], jj])
     if not rows.batched:
         seg_ts = seg_ts[0]
-    args = tuple(a.index_select(0, sub) for a in rows.args)
+    args = tuple(a.index_select(0, sub) for a in rows.problem.f.args)
     sol = solve_segment(rows.user(y_rows[m_rows]), seg_ts, args)
     out = _as_rows(sol.ys, length, sub.numel())
     ends = torch.tensor(end_col, dtype=torch.long)

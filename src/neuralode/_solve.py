@@ -167,9 +167,7 @@ def solve(
                     tuning=tuning,
                 )  # fmt: skip
 
-            ys, event_ts, y_event, nfe = replay(
-                segment, problem, f, ts, y0, problem.f.args, events, table, raw
-            )
+            ys, event_ts, y_event, nfe = replay(segment, problem, f, ts, y0, events, table, raw)
             raw.ys = ys.reshape(raw.ys.shape)
             stopped = table.stopped.unsqueeze(-1)
             if not problem.batched:

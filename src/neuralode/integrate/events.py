@@ -17,7 +17,8 @@ per-sample driver's compaction does not touch them).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -52,6 +53,36 @@ class Cut(NamedTuple):
     jumped: torch.Tensor
 
 
+def as_state(problem: Problem, y: torch.Tensor) -> Any:
+    """Rows ``(n, N)`` of the flat state in the caller's structure.
+
+    Joint: the one row, in the state's own shape (a ``(2, 3)`` state stays ``(2, 3)``).
+    """
+    if problem.batched:
+        return problem.structure.unflatten(y)
+    return problem.structure.unflatten(y[0].reshape(problem.y0.shape))
+
+
+def as_rows(problem: Problem, state: Any) -> torch.Tensor:
+    """A state in the caller's structure as rows ``(n, N)`` (:func:`as_state` undone)."""
+    flat = problem.structure.flatten(state)
+    return flat if problem.batched else flat.reshape(1, -1)
+
+
+def call_on_rows(
+    problem: Problem, fn: Callable[..., Any], t: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+) -> Any:
+    """``fn(t, y, *args)`` on rows ``y`` in the caller's structure.
+
+    Per-sample: ``t`` one time per row and ``args`` the rows ``idx`` of the per-sample
+    args. Joint: one row, ``fn(t, y)`` with ``t`` 0-d.
+    """
+    state = as_state(problem, y)
+    if problem.batched:
+        return fn(t, state, *(a.index_select(0, idx) for a in problem.f.args))
+    return fn(t[0], state)
+
+
 class Watcher:
     """The events of one solve: their conditions' sides per sample, and the log."""
 
@@ -59,8 +90,6 @@ class Watcher:
         self.problem, self.solver, self.events = problem, solver, events
         self.d = problem.direction
         self.batched = problem.batched
-        # The joint solver state keeps its own shape; the watcher's rows are flat.
-        self.shape = problem.y0.shape
         self.log: list[tuple[torch.Tensor, ...]] = []
         # Set by start(): per column (condition element) its event, direction and offset.
         self.col_event = self.col_dir = self.col_element = torch.zeros(0, dtype=torch.long)
@@ -83,22 +112,18 @@ class Watcher:
     ) -> list[torch.Tensor]:
         """Each event's condition on rows ``y``, ``(P, E_i)`` each."""
         problem = self.problem
-        structure, field = problem.structure, problem.f
-        t = (self.d * tau).to(field.t_dtype)
+        t = (self.d * tau).to(problem.f.t_dtype)
         if self.batched:
-            args = tuple(a.index_select(0, idx) for a in field.args)
-            state = structure.unflatten(y)
             return [
-                _per_row(event.condition(t, state, *args), y.shape[0], i)
+                _per_row(call_on_rows(problem, event.condition, t, y, idx), y.shape[0], i)
                 for i, event in enumerate(self.events)
             ]
         # The joint state is one row; several rows are several times (a step's points).
         per_row = []
         for r in range(y.shape[0]):
-            state = structure.unflatten(y[r].reshape(self.shape))
             row = []
             for i, event in enumerate(self.events):
-                g = event.condition(t[r], state)
+                g = call_on_rows(problem, event.condition, t[r : r + 1], y[r : r + 1], idx)
                 if not isinstance(g, torch.Tensor) or not g.is_floating_point():
                     raise TypeError(
                         f"event[{i}]'s condition(t, y) must return a floating tensor, got "
@@ -116,18 +141,10 @@ class Watcher:
         jump = self.events[event].jump
         if jump is None:
             return y
-        structure, field = problem.structure, problem.f
-        t = (self.d * tau).to(field.t_dtype)
-        if self.batched:
-            args = tuple(a.index_select(0, idx) for a in field.args)
-            before = structure.unflatten(y)
-            after = jump(t, before, *args)
-        else:
-            before = structure.unflatten(y[0].reshape(self.shape))
-            after = jump(t[0], before)
-        _check_jump(after, before, event)
-        flat = structure.flatten(after)
-        return flat if self.batched else flat.reshape(1, -1)
+        t = (self.d * tau).to(problem.f.t_dtype)
+        after = call_on_rows(problem, jump, t, y, idx)
+        _check_jump(after, as_state(problem, y), event)
+        return as_rows(problem, after)
 
     # -- the loop's calls ---------------------------------------------------------------
 
