@@ -16,7 +16,7 @@ import torch
 
 import neuralode as no
 from generic import EACH_ADJOINT
-from neuralode.solvers._explicit_rk import FlatField, StepResult, StepSize, Time
+from neuralode.solvers._explicit_rk import FlatField, SolverState, StepResult, StepSize, Time
 
 D = torch.float64
 
@@ -40,6 +40,7 @@ class HandHeun(no.AbstractSolver):
         f0: torch.Tensor,
         dt: StepSize,
         t1_stage: float | None = None,
+        state: SolverState = (),
     ) -> StepResult:
         h = dt if isinstance(dt, float) else dt.to(y0.dtype).unsqueeze(-1)
         k2 = f(t0 + dt if t1_stage is None else t1_stage, y0 + h * f0)

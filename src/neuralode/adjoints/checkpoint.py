@@ -88,18 +88,42 @@ class _Checkpointed(torch.autograd.Function):
         # Cotangent of the state at the end of the step being replayed (per-sample: of
         # each sample's current state; a record moves only its own rows).
         a = torch.zeros_like(grad_ys[0])
+        # The same for the solver's state (a multistep history), one per tensor of it;
+        # None until a step's replay reads it. A restarted step's state is blank and
+        # unread, so nothing flows from it into the steps before.
+        a_state: list[torch.Tensor | None] = []
         record: AbstractRecord
         for record in reversed(setup.records):
             with torch.enable_grad():
                 y0 = record.y0.detach().requires_grad_(True)
-                replayed = record.replay(setup.problem, setup.solver, y0)
+                state0 = tuple(
+                    x.detach().requires_grad_(x.is_floating_point()) for x in record.state0
+                )
+                replayed = record.replay(setup.problem, setup.solver, y0, state0)
                 targets, cotangents = [replayed.y1], [record.gather(a)]
+                for x, ax in zip(replayed.state, a_state, strict=False):
+                    if ax is not None and x.requires_grad:
+                        targets.append(x)
+                        cotangents.append(record.gather(ax))
                 if replayed.outputs is not None:
                     targets.append(replayed.outputs)
                     cotangents.append(record.output_grads(grad_ys, replayed))
-                grads = torch.autograd.grad(targets, (y0, *params), cotangents, allow_unused=True)
+                leaves = [x for x in state0 if x.requires_grad]
+                wrt = (y0, *leaves, *params)
+                grads = torch.autograd.grad(targets, wrt, cotangents, allow_unused=True)
             a = record.scatter(a, grads[0])
-            for acc, g in zip(grad_params, grads[1:], strict=True):
+            grads_state = iter(grads[1 : 1 + len(leaves)])
+            if len(a_state) < len(state0):
+                a_state += [None] * (len(state0) - len(a_state))
+            for i, x in enumerate(state0):
+                g = next(grads_state) if x.requires_grad else None
+                ax = a_state[i]
+                if g is None and ax is None:
+                    continue
+                # An unread input state gets a zero cotangent, not its output's.
+                g = torch.zeros_like(x) if g is None else g
+                a_state[i] = record.scatter(record.blank(x, a) if ax is None else ax, g)
+            for acc, g in zip(grad_params, grads[1 + len(leaves) :], strict=True):
                 if g is not None:
                     acc.add_(g)
         setup.stats.nfe_backward += field.nfe - nfe_before

@@ -72,7 +72,7 @@ def fused(
     tau, n_out, dt, n_outputs, stacked, summary = (torch.stack(p) for p in parts)
     update = RowUpdate(
         tau=rows.tau, dt=rows.dt, y=rows.y, f0=rows.f0, n_out=rows.n_out, streak=rows.streak,
-        steps=rows.steps, accepted=rows.accepted, cstate=rows.cstate,
+        steps=rows.steps, accepted=rows.accepted, cstate=rows.cstate, sstate=rows.sstate,
     )  # fmt: skip
     return Fused(update, live, tau, n_out, dt, n_outputs, stacked, summary)
 

@@ -18,7 +18,7 @@ from .._problem import Problem, flat_tolerance
 from .._solution import RawSolution, Stats
 from ..controllers import AbstractController, SolveStart
 from ..interpolation import DenseInterpolation
-from ..solvers._explicit_rk import AbstractSolver, StepResult
+from ..solvers._explicit_rk import AbstractSolver, SolverState, StepResult
 from .clock import landing, next_float, step_to
 from .endings import NEWTON_FAILURES, Failure, ending, hopeless, linear_algebra
 from .events import Cut, Watcher
@@ -48,6 +48,7 @@ def integrate_joint(
         failure = Failure.NONFINITE_AT_T0
     elif len(taus) > 1:
         dt, cstate = controller.init(_start(problem, solver, controller, tau, y, f0))
+    sstate = solver.initial_state(y.reshape(1, -1))
     stops, jumps = _forced_stops(controller, problem)
     t_dtype, t_f0, streak = problem.ts.dtype, d * tau, 0
     if watcher is not None:
@@ -70,7 +71,7 @@ def integrate_joint(
         # A step that ends on a jump of f evaluates its end stages just before the jump
         # (the left limit), as torchdiffeq does; the step after restarts just past it.
         t1_stage = next_float(d * tau1, d * tau, t_dtype) if tau1 in jumps else None
-        step = solver.step(f, d * tau, y, f0, d * dt, t1_stage)
+        step = solver.step(f, d * tau, y, f0, d * dt, t1_stage, sstate)
         stats.steps += 1
         decision = controller.decide(tau, dt, y, step, cstate)
         cstate = decision.state
@@ -82,6 +83,8 @@ def integrate_joint(
             if failure in NEWTON_FAILURES and newton is not None and bool(newton.any()):
                 failure = NEWTON_FAILURES[failure]
             dt = dt if failure else decision.dt_next
+            if step.retry_state is not None:
+                sstate = step.retry_state
             continue
         streak = 0
         stats.accepted += 1
@@ -91,8 +94,8 @@ def integrate_joint(
         if cut is not None:
             # The step ends at the event: its outputs up to it, then the state after it.
             tau_e, y_e = float(cut.tau[0]), cut.y[0].reshape(y.shape)
-            out.accept(tau, tau1, dt, y, step, t_f0, t1_stage, tau_end=tau_e)
-            tau, y, t_f0 = tau_e, y_e, d * tau_e
+            out.accept(tau, tau1, dt, y, step, t_f0, t1_stage, sstate, tau_end=tau_e)
+            tau, y, t_f0, sstate = tau_e, y_e, d * tau_e, step.state
             if bool(cut.stop[0]):
                 break
             dt = decision.dt_next
@@ -102,12 +105,14 @@ def integrate_joint(
                     # The state jumped: the step-size history says nothing about what
                     # follows, so choose the next step as at the start of a solve.
                     dt, cstate = controller.init(_start(problem, solver, controller, tau, y, f0))
+                    sstate = solver.initial_state(y.reshape(1, -1))
             continue
-        f1 = out.accept(tau, tau1, dt, y, step, t_f0, t1_stage)
-        tau, y, t_f0 = tau1, step.y1, d * tau1
+        f1 = out.accept(tau, tau1, dt, y, step, t_f0, t1_stage, sstate)
+        tau, y, t_f0, sstate = tau1, step.y1, d * tau1, step.state
         if out.n_out < len(taus):
             if tau in jumps:
                 f0, t_f0 = _restart(problem, tau, y)
+                sstate = solver.initial_state(y.reshape(1, -1))
             else:
                 f0 = f1 if f1 is not None else f(d * tau, y)
         dt = decision.dt_next
@@ -217,11 +222,13 @@ class _Collected:
         step: StepResult,
         t_f0: float,
         t1_stage: float | None,
+        state0: SolverState,
         tau_end: float | None = None,
     ) -> torch.Tensor | None:
         """Keep what an accepted step gives; return ``f(t1, y1)`` if it is known by now.
 
-        ``tau_end``: an event cut the step there; only the outputs up to it are kept.
+        ``state0``: the solver state the step started from. ``tau_end``: an event cut the
+        step there; only the outputs up to it are kept.
         """
         f, d, taus = self.f, self.d, self.taus
         f1 = step.f1
@@ -240,5 +247,6 @@ class _Collected:
                 f1 = f(d * tau1, step.y1)
             self.dense.add(tau, d * dt, y, step.k, f1, tau_end)
         if self.records is not None:
-            self.records.append(StepRecord(tau, dt, y, t_f0, t1_stage, n_out_before, self.n_out))
+            record = StepRecord(tau, dt, y, t_f0, t1_stage, n_out_before, self.n_out, state0)
+            self.records.append(record)
         return f1

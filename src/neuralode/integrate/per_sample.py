@@ -134,6 +134,7 @@ class _Driver:
         """First step sizes; samples whose ``f(t0, y0)`` is not finite fail at once."""
         start = self._solve_start(self.field, rows.tau, rows.y, rows.f0, rows.taus[:, -1], None)
         rows.dt, rows.cstate = self.controller.init(start)
+        rows.sstate = self.solver.initial_state(rows.y)
         if self.tuning.compile:
             # The compiled step takes Python numbers as constants (see compiled.py), but a
             # new tolerance should not recompile it: the state's floats go in as tensors.
@@ -283,7 +284,12 @@ class _Driver:
             else old
             for old, new in zip(update.cstate, cstate, strict=True)
         )
-        return update._replace(dt=update.dt.index_copy(0, at, dt), cstate=merged)
+        # The solver's history is of the dynamics before the jump too: start it afresh.
+        fresh = self.solver.initial_state(cut.y[jumped])
+        sstate = tuple(
+            old.index_copy(0, at, new) for old, new in zip(update.sstate, fresh, strict=True)
+        )
+        return update._replace(dt=update.dt.index_copy(0, at, dt), cstate=merged, sstate=sstate)
 
     def _outputs(
         self, rows: Rows, step: Attempt, f1: torch.Tensor | None, n_outputs: int

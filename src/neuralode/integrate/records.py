@@ -16,43 +16,69 @@ from typing import Any
 import torch
 
 from .._problem import Problem
-from ..solvers._explicit_rk import AbstractSolver
+from ..solvers._explicit_rk import AbstractSolver, SolverState
 from .outputs import Window, outputs_in_step, stack_step, step_outputs
 from .rows import Rows
 
 
 class Replayed:
-    """A replayed step: ``y1`` and its outputs (``None`` if none), functions of ``y0``.
+    """A replayed step: ``y1``, the solver state after it and its outputs (``None`` if none).
 
-    ``where`` locates the outputs' cotangents for :meth:`AbstractRecord.output_grads`.
+    All are functions of the step's ``y0`` and solver state. ``where`` locates the
+    outputs' cotangents for :meth:`AbstractRecord.output_grads`.
     """
 
-    __slots__ = ("outputs", "where", "y1")
+    __slots__ = ("outputs", "state", "where", "y1")
 
-    def __init__(self, y1: torch.Tensor, outputs: torch.Tensor | None, where: Any = None) -> None:
-        self.y1, self.outputs, self.where = y1, outputs, where
+    def __init__(
+        self,
+        y1: torch.Tensor,
+        state: SolverState,
+        outputs: torch.Tensor | None,
+        where: Any = None,
+    ) -> None:
+        self.y1, self.state, self.outputs, self.where = y1, state, outputs, where
 
 
 class AbstractRecord(abc.ABC):
     """One accepted step (joint) or the accepted rows of one batched step (per-sample)."""
 
     y0: torch.Tensor
+    # The solver state the step started from (see AbstractSolver.initial_state).
+    state0: SolverState
 
     @abc.abstractmethod
-    def replay(self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor) -> Replayed:
-        """Recompute the step from ``y0`` exactly as the driver took it."""
+    def replay(
+        self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor, state0: SolverState
+    ) -> Replayed:
+        """Recompute the step from ``y0`` and solver state ``state0`` as the driver took it."""
 
     @abc.abstractmethod
     def gather(self, a: torch.Tensor) -> torch.Tensor:
-        """The cotangent of this step's ``y1`` out of the whole state's cotangent ``a``."""
+        """This step's part of a cotangent of the whole state (or of a solver-state tensor).
+
+        Solver-state tensors have a row per sample like the state, so the same
+        selection serves both.
+        """
 
     @abc.abstractmethod
     def scatter(self, a: torch.Tensor, grad_y0: torch.Tensor | None) -> torch.Tensor:
-        """``a`` with this step's part replaced by the cotangent of its ``y0``."""
+        """``a`` with this step's part replaced by the cotangent of its start.
+
+        The start is ``y0``, or a solver-state tensor for a cotangent of one.
+        """
 
     @abc.abstractmethod
     def output_grads(self, grad_ys: torch.Tensor, replayed: Replayed) -> torch.Tensor:
         """The cotangents of the outputs the replayed step produced, from all of them."""
+
+    def blank(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """A zero cotangent for the whole of solver-state tensor ``x``.
+
+        The step holds only its own rows of ``x``; the whole has as many rows as the
+        state's cotangent ``a``.
+        """
+        return torch.zeros_like(x)
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,7 @@ class StepRecord(AbstractRecord):
         t1_stage: Time of the end stages when the step ends on a jump, else ``None``.
         i0: First output index produced by this step.
         i1: One past the last output index produced by this step.
+        state0: The solver state at the start.
     """
 
     tau0: float
@@ -76,14 +103,17 @@ class StepRecord(AbstractRecord):
     t1_stage: float | None
     i0: int
     i1: int
+    state0: SolverState = ()
 
-    def replay(self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor) -> Replayed:
+    def replay(
+        self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor, state0: SolverState
+    ) -> Replayed:
         """The step and its outputs (``taus[i0:i1]``)."""
         f, d = problem.f, problem.direction
         f0 = f(self.t_f0, y0)
-        step = solver.step(f, d * self.tau0, y0, f0, d * self.dt, self.t1_stage)
+        step = solver.step(f, d * self.tau0, y0, f0, d * self.dt, self.t1_stage, state0)
         if self.i1 == self.i0:
-            return Replayed(step.y1, None)
+            return Replayed(step.y1, step.state, None)
         f1 = step.f1
         tau1 = self.tau0 + self.dt
         if solver.needs_f1 and f1 is None and problem.taus[self.i0] < tau1:
@@ -91,7 +121,7 @@ class StepRecord(AbstractRecord):
         outputs = outputs_in_step(
             solver, problem.taus, self.i0, self.i1, self.tau0, self.dt, d, y0, step, f1
         )
-        return Replayed(step.y1, outputs)
+        return Replayed(step.y1, step.state, outputs)
 
     def gather(self, a: torch.Tensor) -> torch.Tensor:
         """The whole state is this step's."""
@@ -118,6 +148,7 @@ class RowsRecord(AbstractRecord):
         n_out: Index of the first output each produced, ``(a,)``.
         count: Number of outputs each produced, ``(a,)``.
         total: ``sum(count)``.
+        state0: Their solver state at the start (rows of each tensor).
     """
 
     idx: torch.Tensor
@@ -127,6 +158,7 @@ class RowsRecord(AbstractRecord):
     n_out: torch.Tensor
     count: torch.Tensor
     total: int
+    state0: SolverState = ()
 
     @staticmethod
     def of(
@@ -147,15 +179,18 @@ class RowsRecord(AbstractRecord):
             n_out=rows.n_out[a],
             count=count[a],
             total=total,
+            state0=tuple(x[a] for x in rows.sstate),
         )
 
-    def replay(self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor) -> Replayed:
+    def replay(
+        self, problem: Problem, solver: AbstractSolver, y0: torch.Tensor, state0: SolverState
+    ) -> Replayed:
         """The rows' steps and their outputs, with the outputs' flat positions as ``where``."""
         f, d = problem.f.restrict(self.idx), problem.direction
         f0 = f(d * self.tau0, y0)
-        step = solver.step(f, d * self.tau0, y0, f0, d * self.dt)
+        step = solver.step(f, d * self.tau0, y0, f0, d * self.dt, None, state0)
         if not self.total:
-            return Replayed(step.y1, None)
+            return Replayed(step.y1, step.state, None)
         f1 = step.f1
         if f1 is None and solver.needs_f1:
             f1 = f(d * (self.tau0 + self.dt), step.y1)
@@ -164,7 +199,11 @@ class RowsRecord(AbstractRecord):
         window = Window(self.idx, taus, self.n_out, self.count, self.total)
         stacked = stack_step(y0, step)
         values, pos = step_outputs(problem, solver, window, self.tau0, self.dt, stacked, f1)
-        return Replayed(step.y1, values, pos)
+        return Replayed(step.y1, step.state, values, pos)
+
+    def blank(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Zeros with a row per sample (``a``'s rows) and ``x``'s shape per row."""
+        return x.new_zeros((a.shape[0], *x.shape[1:]))
 
     def gather(self, a: torch.Tensor) -> torch.Tensor:
         """The rows of ``a`` that this step moved."""

@@ -15,7 +15,7 @@ import torch
 
 from .._vector_field import VectorField
 from ..controllers import AbstractController
-from ..solvers._explicit_rk import AbstractSolver
+from ..solvers._explicit_rk import AbstractSolver, SolverState, StepResult
 from .clock import step_to
 from .hooks import OnAccept
 from .outputs import Collector, stack_step
@@ -43,6 +43,7 @@ class Rows:
             they keep the clock, state and counts they ended with).
         code: Why a finished row stopped (a :class:`~neuralode.integrate.endings.Failure`).
         cstate: The controller's state; its tensors with a leading dim are per-row.
+        sstate: The solver's state (:meth:`AbstractSolver.initial_state`), per-row tensors.
         n_live: Number of live rows (host-side, from the step's one sync).
     """
 
@@ -61,6 +62,7 @@ class Rows:
     live: torch.Tensor
     code: torch.Tensor
     cstate: Any = ()
+    sstate: SolverState = ()
     n_live: int = 0
 
     def take(self, keep: torch.Tensor, n_live: int) -> Rows:
@@ -68,10 +70,11 @@ class Rows:
         picked = {
             f.name: getattr(self, f.name).index_select(0, keep)
             for f in dataclasses.fields(self)
-            if f.name not in ("cstate", "n_live")
+            if f.name not in ("cstate", "sstate", "n_live")
         }
         cstate = tuple(_take(x, keep) for x in self.cstate)
-        return Rows(**picked, cstate=cstate, n_live=n_live)
+        sstate = tuple(x.index_select(0, keep) for x in self.sstate)
+        return Rows(**picked, cstate=cstate, sstate=sstate, n_live=n_live)
 
 
 def _take(x: Any, keep: torch.Tensor) -> Any:
@@ -119,6 +122,7 @@ class RowUpdate(NamedTuple):
     steps: torch.Tensor
     accepted: torch.Tensor
     cstate: Any
+    sstate: SolverState
 
 
 class Attempt(NamedTuple):
@@ -174,7 +178,7 @@ def attempt(
     go = rows.live & ~(underflow | (rows.steps >= max_steps))
     # (direction * x is x itself going forwards: two tensor ops less per step.)
     t0, h = (tau, dt) if direction == 1.0 else (direction * tau, direction * dt)
-    step = solver.step(f, t0, y, rows.f0, h)
+    step = solver.step(f, t0, y, rows.f0, h, None, rows.sstate)
     decision = controller.decide(tau, dt, y, step, rows.cstate)
     accept = decision.accept & go
     if on_accept is not None:
@@ -202,6 +206,7 @@ def attempt(
         steps=rows.steps + go,
         accepted=rows.accepted + accept,
         cstate=decision.state,
+        sstate=_next_state(step, rows.sstate, accept),
     )
     f1_is_last = step.f1 is step.k[-1]
     f1 = None if f1_is_last else step.f1
@@ -216,5 +221,14 @@ def stepped(rows: Rows, update: RowUpdate, live: torch.Tensor, n_live: int) -> R
         idx=rows.idx, tau=update.tau, dt=update.dt, y=update.y, f0=update.f0, taus=rows.taus,
         tau_end=rows.tau_end, tau_land=rows.tau_land, n_out=update.n_out, streak=update.streak,
         steps=update.steps, accepted=update.accepted, live=live, code=rows.code,
-        cstate=update.cstate, n_live=n_live,
+        cstate=update.cstate, sstate=update.sstate, n_live=n_live,
     )  # fmt: skip
+
+
+def _next_state(step: StepResult, state: SolverState, accept: torch.Tensor) -> SolverState:
+    """Each row's solver state after the attempt: the step's if accepted, else the retry's."""
+    retry = state if step.retry_state is None else step.retry_state
+    return tuple(
+        torch.where(accept.reshape(-1, *(1,) * (new.ndim - 1)), new, old)
+        for new, old in zip(step.state, retry, strict=True)
+    )

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from ._explicit_rk import FlatField, StepResult, StepSize, Time, combine, combine_step
+from ._explicit_rk import FlatField, SolverState, StepResult, StepSize, Time, combine, combine_step
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, ScaledField, count, jacobian, per_matrix, solve_stage
 from ._tableau import CONSISTENCY_TOL, Number, floats
@@ -165,6 +165,7 @@ class DIRK(ImplicitRK):
         f0: torch.Tensor,
         dt: StepSize,
         t1_stage: float | None = None,
+        state: SolverState = (),
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
         refuse_compile(self)

@@ -16,6 +16,9 @@ from ._tableau import ButcherTableau
 Time = float | torch.Tensor
 FlatField = Callable[[Time, torch.Tensor], torch.Tensor]
 StepSize = float | torch.Tensor
+# What a solver carries from step to step (a multistep method's history): tensors, each
+# with one row per row of the state in per-sample mode. ``()`` for one-step methods.
+SolverState = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class StepResult:
             per-sample) whose Newton iteration did not converge, so that their ``y1`` and
             ``y_error`` are NaN; ``None`` for explicit solvers. Lets a driver name the
             cause when such failures persist.
+        state: The solver's state for the next step if this one is accepted (see
+            :meth:`AbstractSolver.initial_state`); ``()`` for one-step methods.
+        retry_state: Its state for the next attempt if this one is rejected; ``None``:
+            the state the step was given.
     """
 
     y1: torch.Tensor
@@ -39,6 +46,8 @@ class StepResult:
     f1: torch.Tensor | None
     k: tuple[torch.Tensor, ...]
     newton_failed: torch.Tensor | None = None
+    state: SolverState = ()
+    retry_state: SolverState | None = None
 
 
 def combine(
@@ -137,6 +146,7 @@ class AbstractSolver(abc.ABC):
         f0: torch.Tensor,
         dt: StepSize,
         t1_stage: float | None = None,
+        state: SolverState = (),
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``.
 
@@ -145,7 +155,23 @@ class AbstractSolver(abc.ABC):
 
         ``t1_stage``, when given, is the time at which stages at the step end are evaluated
         instead of ``t0 + dt``: just before a jump of ``f``, so they see its left limit.
+
+        ``state``: what the previous accepted step left (its :attr:`StepResult.state`),
+        or :meth:`initial_state` at the start of a solve and after a restart.
         """
+
+    def initial_state(self, y0: torch.Tensor) -> SolverState:
+        """The state a solve (or a restart after a jump) starts with, from the state ``y0``.
+
+        ``y0`` comes as rows: ``(1, N)``, the joint state as one row, or ``(B, N)``, one
+        row per sample. Drivers keep the state from step to step and pass it back to
+        :meth:`step`: the :attr:`StepResult.state` of an accepted step, the
+        :attr:`StepResult.retry_state` of a rejected one. Its tensors have one row per
+        row of ``y0``, so that a driver can select and compact rows, and an all-zero row
+        means "nothing known yet", so that a driver restarts a row by zeroing it.
+        One-step methods have none: ``()``.
+        """
+        return ()
 
     @property
     def needs_f1(self) -> bool:
@@ -312,6 +338,7 @@ class ExplicitRK(AbstractSolver):
         f0: torch.Tensor,
         dt: StepSize,
         t1_stage: float | None = None,
+        state: SolverState = (),
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
         tab = self.tableau

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._explicit_rk import FlatField, StepResult, StepSize, Time
+from ._explicit_rk import FlatField, SolverState, StepResult, StepSize, Time
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._newton import Factorised, RowField, StageMap, count, jacobian, per_matrix, solve_stage
 from ._tableau import CONSISTENCY_TOL, Number, invert_exact
@@ -146,6 +146,7 @@ class FIRK(ImplicitRK):
         f0: torch.Tensor,
         dt: StepSize,
         t1_stage: float | None = None,
+        state: SolverState = (),
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
         refuse_compile(self)

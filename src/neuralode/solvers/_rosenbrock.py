@@ -29,6 +29,7 @@ import torch
 from ._explicit_rk import (
     AbstractSolver,
     FlatField,
+    SolverState,
     StepResult,
     StepSize,
     Time,
@@ -267,6 +268,7 @@ class Rosenbrock(AbstractSolver):
         f0: torch.Tensor,
         dt: StepSize,
         t1_stage: float | None = None,
+        state: SolverState = (),
     ) -> StepResult:
         """Attempt one step of size ``dt`` from ``(t0, y0)``, where ``f0 = f(t0, y0)``."""
         refuse_compile(self)
