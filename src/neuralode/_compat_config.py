@@ -27,6 +27,8 @@ from .solvers import (
     SDIRK2,
     TRBDF2,
     AbstractSolver,
+    AdamsBashforth,
+    AdamsBashforthMoulton,
     AdaptiveHeun,
     Bosh3,
     Dopri5,
@@ -73,12 +75,11 @@ METHODS: dict[str, type[ExplicitRK] | type[ImplicitRK]] = {
     "gl6": GaussLegendre6,
 }
 SCIPY = "scipy_solver"
-
-UNSUPPORTED = {
-    "explicit_adams": "multistep Adams methods are not implemented; use 'rk4' or 'dopri5'",
-    "implicit_adams": "multistep Adams methods are not implemented; use 'dopri5'",
-    "fixed_adams": "multistep Adams methods are not implemented; use 'rk4'",
-}
+# torchdiffeq's fixed-grid Adams methods: whether the method corrects (Adams–Moulton).
+# Their options: max_order (the corrector's order; the explicit method's is one less),
+# max_iters (corrector evaluations), implicit (fixed_adams/implicit_adams only).
+ADAMS = {"explicit_adams": False, "implicit_adams": True, "fixed_adams": True}
+_ADAMS_MAX_ORDER, _ADAMS_MIN_ORDER = 12, 4
 
 # torchdiffeq's own default: no budget to speak of. Natively neuralode keeps a finite one.
 MAX_NUM_STEPS = 2**31 - 1
@@ -92,6 +93,7 @@ ADAPTIVE_OPTIONS = frozenset(
 FIXED_OPTIONS = frozenset(
     {"step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "norm"}
 )
+ADAMS_OPTIONS = FIXED_OPTIONS | {"max_order", "max_iters", "implicit"}
 SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "norm", "grid_points", "eps"})
 
 
@@ -146,10 +148,8 @@ def method_name(method: object, arg: str = "method") -> str:
     name = "dopri5" if method is None else method
     if not isinstance(name, str):
         raise TypeError(f"{arg} must be a string such as 'dopri5', got {type(name).__name__}")
-    if name in UNSUPPORTED:
-        raise ValueError(f"{arg}={name!r}: {UNSUPPORTED[name]}")
-    if name not in METHODS and name != SCIPY:
-        known = ", ".join(sorted([*METHODS, SCIPY]))
+    if name not in METHODS and name not in ADAMS and name != SCIPY:
+        known = ", ".join(sorted([*METHODS, *ADAMS, SCIPY]))
         raise ValueError(f"unknown {arg}={name!r}; choose one of: {known}")
     return name
 
@@ -186,8 +186,9 @@ def configure(
     if name == SCIPY:
         warn_unexpected("ScipyWrapperODESolver", options, SCIPY_OPTIONS)
         return Config(None, None, budget, str(budget), {}, options, t)
-    solver = _solver_for(name, options, names["options"])
+    solver = _solver_for(name, options, rtol, atol, names)
     allowed = ADAPTIVE_OPTIONS if solver.adaptive else FIXED_OPTIONS
+    allowed = ADAMS_OPTIONS if name in ADAMS else allowed
     warn_unexpected(type(solver).__name__, options, allowed)
     found = find_callbacks(func, name, solver.adaptive, callback_suffix)
     callbacks = None
@@ -235,14 +236,67 @@ def _check_dtype(dtype: object, arg: str) -> None:
         )
 
 
-def _solver_for(name: str, options: dict[str, Any], arg: str) -> AbstractSolver:
-    cls = METHODS[name]
-    if cls.tableau.adaptive:
-        return cls()
+def _solver_for(
+    name: str, options: dict[str, Any], rtol: Any, atol: Any, names: dict[str, str]
+) -> AbstractSolver:
+    arg = names["options"]
+    if name not in ADAMS and METHODS[name].tableau.adaptive:
+        return METHODS[name]()
     interp = options.get("interp", "linear")
     if interp not in ("linear", "cubic"):
         raise ValueError(f"{arg}['interp'] must be 'linear' or 'cubic', got {interp!r}")
-    return cls(interpolation="linear" if interp == "linear" else "hermite")
+    interpolation = "linear" if interp == "linear" else "hermite"
+    if name in ADAMS:
+        return _adams(name, options, rtol, atol, names, interpolation)
+    return METHODS[name](interpolation=interpolation)
+
+
+def _adams(
+    name: str,
+    options: dict[str, Any],
+    rtol: Any,
+    atol: Any,
+    names: dict[str, str],
+    interpolation: str,
+) -> AbstractSolver:
+    """The native solver for torchdiffeq's Adams method ``name`` and its options."""
+    arg = names["options"]
+    max_order = check_whole_number(
+        options.get("max_order", _ADAMS_MAX_ORDER), f"{arg}['max_order']"
+    )
+    if max_order > _ADAMS_MAX_ORDER:
+        raise ValueError(f"{arg}['max_order'] must be at most {_ADAMS_MAX_ORDER}, got {max_order}")
+    implicit = options.get("implicit", ADAMS[name])
+    if name == "explicit_adams" and "implicit" in options:
+        # torchdiffeq's AdamsBashforth passes implicit=False itself: a second one is a TypeError.
+        raise TypeError(f"{arg}['implicit'] is not an option of method='explicit_adams'")
+    if not isinstance(implicit, bool):
+        raise TypeError(f"{arg}['implicit'] must be True or False, got {implicit!r}")
+    if max_order < _ADAMS_MIN_ORDER:
+        warnings.warn(
+            f"max_order is below {_ADAMS_MIN_ORDER}, so the solver reduces to `rk4`.",
+            UserWarning,
+            stacklevel=5,
+        )
+        return RK4(interpolation=interpolation)
+    if not implicit:
+        return AdamsBashforth(order=max_order - 1, interpolation=interpolation)
+    max_iters = check_whole_number(options.get("max_iters", 4), f"{arg}['max_iters']")
+    return AdamsBashforthMoulton(
+        order=max_order, interpolation=interpolation, max_iters=max_iters,
+        rtol=_scalar_tolerance(rtol, names["rtol"]), atol=_scalar_tolerance(atol, names["atol"]),
+    )  # fmt: skip
+
+
+def _scalar_tolerance(value: Any, arg: str) -> float:
+    """A tolerance for the Adams corrector's test: one number (as torchdiffeq's tests use)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(
+            f"{arg} must be one non-negative number for the Adams methods' corrector, got {value!r}"
+        )
+    return float(value)
 
 
 def _times(value: Any, name: str) -> tuple[float, ...]:

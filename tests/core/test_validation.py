@@ -302,12 +302,6 @@ def test_compat_unknown_option_warns_like_torchdiffeq(y0, ts, method, options, n
         odeint(decay, y0, ts, method=method, options=options)
 
 
-@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams"])
-def test_compat_adams_not_supported(y0, ts, method):
-    with pytest.raises(ValueError, match=rf"method='{method}'.*not implemented; use '"):
-        odeint(decay, y0, ts, method=method)
-
-
 def test_compat_bad_interp(y0, ts):
     with pytest.raises(ValueError, match=r"options\['interp'\] must be 'linear' or 'cubic'"):
         odeint(decay, y0, ts, method="rk4", options={"interp": "quadratic"})

@@ -7,6 +7,7 @@ from ._implicit import ImplicitRK
 from ._newton import Newton
 from ._rosenbrock import Rosenbrock, RosenbrockTableau
 from ._tableau import ButcherTableau
+from .adams import AdamsBashforth, AdamsBashforthMoulton
 from .adaptive_heun import AdaptiveHeun
 from .bosh3 import Bosh3
 from .dopri5 import Dopri5
@@ -60,6 +61,8 @@ IMPLICIT_SOLVERS: tuple[type[ImplicitRK], ...] = (
 )
 # The Rosenbrock (linearly implicit) solvers: one Jacobian, one LU, no Newton per step.
 ROSENBROCK_SOLVERS: tuple[type[Rosenbrock], ...] = (Rosenbrock23, Rodas5P)
+# The multistep methods: they carry a history of f from step to step (a solver state).
+MULTISTEP_SOLVERS: tuple[type[AdamsBashforth], ...] = (AdamsBashforth, AdamsBashforthMoulton)
 
 __all__ = [
     "ALL_SOLVERS",
@@ -67,6 +70,8 @@ __all__ = [
     "SDIRK2",
     "TRBDF2",
     "AbstractSolver",
+    "AdamsBashforth",
+    "AdamsBashforthMoulton",
     "AdaptiveHeun",
     "Bosh3",
     "ButcherTableau",
@@ -89,6 +94,7 @@ __all__ = [
     "ImplicitRK",
     "Kvaerno3",
     "Kvaerno5",
+    "MULTISTEP_SOLVERS",
     "Midpoint",
     "Newton",
     "RadauIIA3",
