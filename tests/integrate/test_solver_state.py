@@ -123,7 +123,7 @@ def test_a_jump_restarts_the_state(batch_dims):
 
     def restart(t, y):  # back to x = 1, v = 0
         return torch.cat(
-            [torch.ones_like(y[..., :1]), torch.zeros_like(y[..., 1:]), y[..., 2:]], -1
+            [torch.ones_like(y[..., :1]), torch.zeros_like(y[..., 1:2]), y[..., 2:]], -1
         )
 
     event = no.Event(lambda t, y: y[..., 0] - 0.5, direction=-1, terminal=False, jump=restart)
