@@ -279,12 +279,53 @@ def test_solution_stats_count_jacobians_factorisations_and_solves(batched):
     ts = torch.tensor([0.0, 1.0], dtype=D)
     sol = no.solve(van_der_pol(100.0), y0, ts, solver=no.Kvaerno5(), batch_dims=int(batched))
     stats = sol.stats
-    # One Jacobian and one factorisation per attempted step (batched: per batched step).
-    assert stats.njev == stats.nlu > 0
+    # One factorisation per attempted step (batched: per batched step); a Jacobian where
+    # the last one is no longer good enough.
+    assert 0 < stats.njev <= stats.nlu
     assert stats.nlu >= (stats.steps if not batched else int(stats.sample_steps.max()))
     assert stats.nsolve > 5 * stats.nlu  # several stages, each with Newton iterations
     explicit = no.solve(van_der_pol(1.0), y0, ts, batch_dims=int(batched)).stats
     assert (explicit.njev, explicit.nlu, explicit.nsolve) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("solver_cls", [no.Kvaerno5, no.RadauIIA5], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("batched", [False, True])
+def test_jacobian_reused_while_newton_converges_fast(solver_cls, batched):
+    """A linear stiff problem has one Jacobian: Newton converges at once and keeps it."""
+
+    def prothero_robinson(t, y):
+        t = t.reshape(-1, 1) if t.ndim else t  # per-sample: one time per row
+        return -1e4 * (y - torch.cos(t)) - torch.sin(t)
+
+    y0 = torch.ones(2, 1, dtype=D) if batched else torch.ones(1, dtype=D)
+    ts = torch.tensor([0.0, 20.0], dtype=D)
+    if solver_cls is no.RadauIIA5:
+        kwargs = {"controller": no.ConstantStepSize(0.2)}
+    else:
+        kwargs = {"controller": no.PIDController(rtol=1e-6, atol=1e-8), "batch_dims": int(batched)}
+    if solver_cls is no.RadauIIA5 and batched:
+        pytest.skip("fixed steps run in joint mode")
+    sol = no.solve(prothero_robinson, y0, ts, solver=solver_cls(), **kwargs)
+    stats = sol.stats
+    steps, rejected = stats.steps, stats.rejected
+    if batched:  # the batched steps: the samples take the same ones here
+        steps = int(stats.sample_steps.max())
+        rejected = steps - int(stats.sample_accepted.max())
+    assert stats.nlu == steps >= 30
+    # The first step's, and one after each step rejected with an older Jacobian (RADAU5's
+    # rule: a rejection may mean the Jacobian is stale).
+    assert stats.njev <= 1 + rejected < stats.nlu
+    assert float((sol.ys[-1] - torch.cos(ts[-1])).abs().max()) < 1e-6
+
+
+def test_jacobian_reevaluated_where_the_dynamics_change():
+    """Van der Pol's fast transitions slow Newton down: the Jacobian is evaluated again."""
+    sol = no.solve(
+        van_der_pol(100.0), torch.tensor([2.0, 0.0], dtype=D), torch.tensor([0.0, 100.0], dtype=D),
+        solver=no.Kvaerno5(), controller=no.PIDController(rtol=1e-6, atol=1e-8),
+    )  # fmt: skip
+    stats = sol.stats
+    assert 10 < stats.njev < stats.nlu
 
 
 def test_newton_settings_are_validated():

@@ -247,6 +247,7 @@ class _Collected:
                 f1 = f(d * tau1, step.y1)
             self.dense.add(tau, d * dt, y, step.k, f1, tau_end)
         if self.records is not None:
-            record = StepRecord(tau, dt, y, t_f0, t1_stage, n_out_before, self.n_out, state0)
+            kept = state0 if self.solver.replay_needs_state else ()
+            record = StepRecord(tau, dt, y, t_f0, t1_stage, n_out_before, self.n_out, kept)
             self.records.append(record)
         return f1

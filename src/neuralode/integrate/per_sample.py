@@ -210,7 +210,8 @@ class _Driver:
             n_outputs, n_leaving, n_accepted, n_trouble = step.summary.tolist()
         if records is not None and n_accepted:
             window = (rows.tau, step.dt, step.n_outputs)
-            records.append(RowsRecord.of(rows, step.accept, *window, n_outputs))
+            with_state = solver.replay_needs_state
+            records.append(RowsRecord.of(rows, step.accept, *window, n_outputs, with_state))
         if n_outputs:
             f1 = self._outputs(rows, step, f1, n_outputs)
         rows, keep = self._next_rows(rows, step, n_leaving, n_trouble)

@@ -168,8 +168,13 @@ class RowsRecord(AbstractRecord):
         dt: torch.Tensor,
         count: torch.Tensor,
         total: int,
+        keep_state: bool = True,
     ) -> RowsRecord:
-        """The ``accept``-ed rows of a step from ``tau0`` by ``dt`` (``count`` outputs each)."""
+        """The ``accept``-ed rows of a step from ``tau0`` by ``dt`` (``count`` outputs each).
+
+        ``keep_state``: record their solver state (see
+        :attr:`~neuralode.solvers.AbstractSolver.replay_needs_state`).
+        """
         a = accept.nonzero().squeeze(-1)
         return RowsRecord(
             idx=rows.idx[a],
@@ -179,7 +184,7 @@ class RowsRecord(AbstractRecord):
             n_out=rows.n_out[a],
             count=count[a],
             total=total,
-            state0=tuple(x[a] for x in rows.sstate),
+            state0=tuple(x[a] for x in rows.sstate) if keep_state else (),
         )
 
     def replay(

@@ -23,7 +23,7 @@ import torch
 
 from ._explicit_rk import FlatField, SolverState, StepResult, StepSize, Time, combine, combine_step
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
-from ._newton import Factorised, ScaledField, count, jacobian, per_matrix, solve_stage
+from ._newton import Factorised, ScaledField, per_matrix, solve_stage
 from ._tableau import CONSISTENCY_TOL, Number, floats
 
 
@@ -172,9 +172,10 @@ class DIRK(ImplicitRK):
         tab = self.tableau
         call, y, k0, h = on_rows(f, y0, f0, dt)
         h_gamma = h * tab.gamma
-        matrix = Factorised.of(per_matrix(h_gamma) * jacobian(call, t0, y), f)
-        count(f, njev=1)
+        jac, fresh = self._jacobian(call, f, t0, y, state)
+        matrix = Factorised.of(per_matrix(h_gamma) * jac, f)
         failed, eta, z = matrix.singular, None, y
+        slowest = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         k = [k0] if tab.explicit_first else []
         for i in range(len(k), tab.stages):
             row = tab.a_float[i][:-1]
@@ -188,6 +189,7 @@ class DIRK(ImplicitRK):
             stage_map = ScaledField(call, f, t_stage, h_gamma)
             stage = solve_stage(stage_map, psi, guess, matrix, self.newton, failed, eta)
             z, failed, eta = stage.z, stage.failed, stage.eta
+            slowest = torch.maximum(slowest, eta)
             k.append((z - psi) / h_gamma)
         y1 = z if tab.stiffly_accurate else combine_step(y, k, tab.b_float, h)
-        return self._result(y0, y1, k, k0, h, failed)
+        return self._result(y0, y1, k, k0, h, failed, self._next_states(jac, fresh, slowest))

@@ -160,6 +160,15 @@ class AbstractSolver(abc.ABC):
         or :meth:`initial_state` at the start of a solve and after a restart.
         """
 
+    @property
+    def replay_needs_state(self) -> bool:
+        """Whether replaying a step (checkpointed gradients) needs the state it started from.
+
+        True where the state changes the step's result (a multistep history); False
+        where it only speeds the step up (a reused Jacobian), so records need not keep it.
+        """
+        return True
+
     def initial_state(self, y0: torch.Tensor) -> SolverState:
         """The state a solve (or a restart after a jump) starts with, from the state ``y0``.
 

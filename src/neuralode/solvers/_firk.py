@@ -154,8 +154,7 @@ class FIRK(ImplicitRK):
         call, y, k0, h = on_rows(f, y0, f0, dt)
         s, (rows, n) = tab.stages, y.shape
         a = torch.tensor(tab.a_float, dtype=y.dtype, device=y.device)
-        jac = jacobian(call, t0, y)
-        count(f, njev=1)
+        jac, fresh = self._jacobian(call, f, t0, y, state)
         matrix = Factorised.of(stacked(a, jac.unsqueeze(1).expand(rows, s, n, n), h), f)
         times = tuple(stage_time(t0, dt, c, t1_stage) for c in tab.c_float)
         psi = y.repeat(1, s)  # (R, s·n): every stage starts from y0
@@ -175,7 +174,8 @@ class FIRK(ImplicitRK):
         else:
             b = torch.tensor(tab.b_float, dtype=y.dtype, device=y.device)
             y1 = y + _times_rows(h, torch.einsum("i,rin->rn", b, k_all))
-        return self._result(y0, y1, k, k0, h, solution.failed)
+        states = self._next_states(jac, fresh, solution.eta)
+        return self._result(y0, y1, k, k0, h, solution.failed, states)
 
 
 def _times_rows(h: StepSize, x: torch.Tensor) -> torch.Tensor:

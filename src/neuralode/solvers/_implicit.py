@@ -12,6 +12,7 @@ import torch
 from ._explicit_rk import (
     AbstractSolver,
     FlatField,
+    SolverState,
     StepResult,
     StepSize,
     Time,
@@ -20,9 +21,13 @@ from ._explicit_rk import (
     hermite_weights,
     weighted_sum,
 )
-from ._newton import Newton, RowField
+from ._newton import Newton, RowField, count, jacobian
 
 _INTERPOLATIONS = ("hermite", "linear")
+# A step reuses the last step's Jacobian while that step's Newton iterations contracted
+# at least this fast (θ = ‖Δ_k‖/‖Δ_(k−1)‖): Hairer & Wanner's RADAU5 rule (its THET), which
+# saves most Jacobians on smooth stretches and recomputes where the dynamics change.
+REUSE_RATE = 1e-3
 
 
 class ImplicitTableau(Protocol):
@@ -159,6 +164,55 @@ class ImplicitRK(AbstractSolver):
         return self.interpolation == "hermite"
 
     @property
+    def replay_needs_state(self) -> bool:
+        """No: the state is a reused Jacobian, which changes Newton's path, not its root."""
+        return False
+
+    def initial_state(self, y0: torch.Tensor) -> SolverState:
+        """No Jacobian yet: ``J (R, n, n)`` and ``[have J, last step's rate] (R, 2)``, zeros."""
+        rows, n = y0.shape
+        return y0.new_zeros(rows, n, n), y0.new_zeros(rows, 2)
+
+    def _jacobian(
+        self, call: RowField, f: Any, t0: Time, y: torch.Tensor, state: SolverState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Newton matrix's Jacobian for this step, and the rows evaluated now.
+
+        A row reuses the last step's while its Newton rate stayed below
+        :data:`REUSE_RATE`. Rows decide alone (a row's steps are those of its solve on its
+        own); the Jacobian is evaluated only when some row needs a new one. Simplified
+        Newton needs only an approximate Jacobian; the gradient's linear solves use the
+        exact one at each stage.
+        """
+        reuse = None
+        if state:
+            old, memory = state
+            reuse = (memory[:, 0] > 0) & (memory[:, 1] <= REUSE_RATE)
+            if bool(reuse.all()):
+                return old, ~reuse
+        count(f, njev=1)
+        new = jacobian(call, t0, y).detach()
+        if reuse is None:
+            return new, torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+        return torch.where(reuse[:, None, None], old, new), ~reuse
+
+    @staticmethod
+    def _next_states(
+        jac: torch.Tensor, fresh: torch.Tensor, eta: torch.Tensor
+    ) -> tuple[SolverState, SolverState]:
+        """The states after this step: if accepted, and if rejected (RADAU5's rules).
+
+        Accepted: the Jacobian and the step's rate (``θ = η/(1 + η)``, the largest of its
+        stages). Rejected: a row's Jacobian evaluated at this step's start is exact for
+        the retry from the same point, so it is kept; an older one is dropped.
+        """
+        have = torch.ones_like(eta)
+        theta = torch.nan_to_num(eta / (1 + eta), nan=1.0, posinf=1.0)
+        accepted = (jac, torch.stack([have, theta], dim=-1))
+        retry = (jac, torch.stack([fresh.to(eta.dtype), torch.zeros_like(eta)], dim=-1))
+        return accepted, retry
+
+    @property
     def quadrature_weights(self) -> None:
         """``None``: no quadrature over the field's own evaluations.
 
@@ -210,10 +264,12 @@ class ImplicitRK(AbstractSolver):
         k0: torch.Tensor,
         h: StepSize,
         failed: torch.Tensor,
+        states: tuple[SolverState, SolverState] = ((), ()),
     ) -> StepResult:
         """The step's result from its rows: error estimate, failed rows NaN, y0's shape.
 
-        ``k`` are the stages' derivatives (with ``f0`` first for an explicit first stage).
+        ``k`` are the stages' derivatives (with ``f0`` first for an explicit first stage);
+        ``states``: the solver states if accepted and if rejected (``()``: blank).
         """
         tab = self._tab
         y_error = None
@@ -240,4 +296,8 @@ class ImplicitRK(AbstractSolver):
             f1 = None if f1 is None else k[-1]
             y1 = y1.reshape(shape)
             y_error = None if y_error is None else y_error.reshape(shape)
-        return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k), newton_failed=failed)
+        accepted, retry = states
+        return StepResult(
+            y1=y1, y_error=y_error, f1=f1, k=tuple(k), newton_failed=failed, state=accepted,
+            retry_state=retry,
+        )  # fmt: skip
