@@ -23,7 +23,16 @@ import torch
 
 from ._explicit_rk import FlatField, SolverState, StepResult, StepSize, Time, combine, combine_step
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
-from ._newton import Factorised, ScaledField, count, jacobian, per_matrix, solve_stage
+from ._krylov import MatrixFree, jvp_products, scaled
+from ._newton import (
+    Factorised,
+    NewtonMatrix,
+    ScaledField,
+    count,
+    jacobian,
+    per_matrix,
+    solve_stage,
+)
 from ._tableau import CONSISTENCY_TOL, Number, floats
 
 
@@ -172,8 +181,12 @@ class DIRK(ImplicitRK):
         tab = self.tableau
         call, y, k0, h = on_rows(f, y0, f0, dt)
         h_gamma = h * tab.gamma
-        matrix = Factorised.of(per_matrix(h_gamma) * jacobian(call, t0, y), f)
-        count(f, njev=1)
+        matrix: NewtonMatrix
+        if self.krylov is None:
+            matrix = Factorised.of(per_matrix(h_gamma) * jacobian(call, t0, y), f)
+            count(f, njev=1)
+        else:
+            matrix = MatrixFree.of(scaled(h_gamma, jvp_products(call, t0, y)), self.krylov, y)
         failed, eta, z = matrix.singular, None, y
         k = [k0] if tab.explicit_first else []
         for i in range(len(k), tab.stages):

@@ -20,6 +20,7 @@ from ._explicit_rk import (
     hermite_weights,
     weighted_sum,
 )
+from ._krylov import GMRES, linear_solver_setting
 from ._newton import Newton, RowField
 
 _INTERPOLATIONS = ("hermite", "linear")
@@ -109,11 +110,18 @@ class ImplicitRK(AbstractSolver):
         interpolation: Output times inside a step: ``"hermite"`` (cubic Hermite, 3rd
             order, the default) or ``"linear"`` (what torchdiffeq's fixed-grid solvers do
             by default).
+        linear_solver: The Newton updates' linear algebra: ``"lu"`` (a dense Jacobian
+            ``∂f/∂y`` by autograd and its LU factorisation, per step; the default) or
+            matrix-free, ``"gmres"`` or :class:`GMRES` with settings (Jacobian-vector
+            products and restarted GMRES, for states too large for a dense Jacobian).
+            Matrix-free, ``Stats.njev`` counts Jacobian-vector products (each batched over
+            the rows), ``nlu`` stays 0 and ``nsolve`` counts GMRES solves.
     """
 
     tableau: ClassVar[Any]
     newton: Newton = field(default_factory=Newton)
     interpolation: str = "hermite"
+    linear_solver: str | GMRES = "lu"
 
     def __post_init__(self) -> None:
         if not isinstance(self.newton, Newton):
@@ -122,6 +130,12 @@ class ImplicitRK(AbstractSolver):
                 f"e.g. {type(self).__name__}(newton=Newton(rtol=1e-8, atol=1e-10))"
             )
         check_interpolation(self, self.interpolation)
+        linear_solver_setting(type(self).__name__, self.linear_solver)
+
+    @property
+    def krylov(self) -> GMRES | None:
+        """The GMRES settings of a matrix-free solver, ``None`` for dense Jacobians and LU."""
+        return linear_solver_setting(type(self).__name__, self.linear_solver)
 
     @property
     def _tab(self) -> ImplicitTableau:
