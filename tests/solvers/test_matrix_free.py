@@ -289,3 +289,33 @@ def test_settings_are_validated():
             cls(linear_solver="gmres")
         with pytest.raises(ValueError, match="Kvaerno5\\(linear_solver='gmres'\\)"):
             cls(linear_solver=no.GMRES())  # type: ignore[arg-type]
+
+
+def test_a_field_forward_mode_cannot_trace_gets_forward_differences():
+    # A custom autograd Function without a jvp rule (the backsolve adjoint's augmented
+    # field is one): the products fall back to forward differences, which change only
+    # the Newton iteration's rate, not the root.
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x**3
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 3 * x**2 * g
+
+    def f(t, y):
+        return -50.0 * y - Cube.apply(y)
+
+    y0 = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=D)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.func.jvp(lambda x: f(0.0, x), (y0,), (y0,))
+    newton = no.Newton(rtol=1e-10, atol=1e-10)
+    steps = [
+        no.Kvaerno5(newton=newton, linear_solver=ls).step(f, 0.0, y0, f(0.0, y0), 0.02)
+        for ls in ("lu", "gmres")
+    ]
+    assert not bool(steps[0].newton_failed.any() or steps[1].newton_failed.any())
+    torch.testing.assert_close(steps[1].y1, steps[0].y1, rtol=1e-8, atol=1e-10)
