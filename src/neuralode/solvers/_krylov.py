@@ -168,11 +168,13 @@ def _cycle(
             h = h + proj
         norm = torch.linalg.vector_norm(w, dim=-1)
         # A non-finite product (f's derivative NaN) ends the row, unconverged; LAPACK
-        # must not see it.
+        # must not see it. A row that has stopped gets the column e_(j+1), which keeps its
+        # least-squares matrix of full rank (CUDA's only driver, gels, needs that); its
+        # coefficients are not read.
         finite = torch.isfinite(norm) & torch.isfinite(h).all(dim=-1)
         going = going & finite
-        hessenberg[:, : j + 1, j] = torch.where(finite[:, None], h, 0.0)
-        hessenberg[:, j + 1, j] = torch.where(finite, norm, 0.0)
+        hessenberg[:, : j + 1, j] = torch.where(going[:, None], h, 0.0)
+        hessenberg[:, j + 1, j] = torch.where(going, norm, 1.0)
         # A zero norm is GMRES's "lucky breakdown": the solution lies in the basis.
         fresh = going & (norm > 0)
         basis[:, j + 1] = torch.where(
