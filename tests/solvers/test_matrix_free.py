@@ -14,7 +14,7 @@ import torch
 from torch.autograd import gradcheck
 
 import neuralode as no
-from neuralode.solvers._krylov import GMRES, gmres
+from neuralode.solvers._krylov import GMRES, gmres, transposed_solve
 
 D = torch.float64
 TIGHT_NEWTON = no.Newton(rtol=1e-12, atol=1e-12)
@@ -319,3 +319,14 @@ def test_a_field_forward_mode_cannot_trace_gets_forward_differences():
     ]
     assert not bool(steps[0].newton_failed.any() or steps[1].newton_failed.any())
     torch.testing.assert_close(steps[1].y1, steps[0].y1, rtol=1e-8, atol=1e-10)
+
+
+def test_a_gradient_solve_that_does_not_converge_raises():
+    # The forward solve is over, so there is no step to reject: the message says what to
+    # change instead of handing autograd an inaccurate gradient.
+    slope = -torch.diag(torch.arange(6, dtype=D) * 10)  # S; pull(u) = Sᵀu, row by row
+    v = torch.ones(1, 6, dtype=D)
+    with pytest.raises(RuntimeError, match=r"GMRES did not converge .*GMRES\(restart=50"):
+        transposed_solve(lambda u: u @ slope, v, GMRES(restart=2, max_restarts=1), None)
+    w = transposed_solve(lambda u: u @ slope, v, GMRES(restart=6), None)
+    torch.testing.assert_close(w @ (torch.eye(6, dtype=D) - slope), v)

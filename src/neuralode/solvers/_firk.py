@@ -29,7 +29,6 @@ from ._newton import (
     detached,
     jacobian,
     per_matrix,
-    per_row,
     pullback,
     solve_stage,
 )
@@ -131,7 +130,7 @@ class _Collocation(StageMap):
         rows, s = z.shape[0], len(self.times)
         stages = z.view(rows, s, -1)
         pulls = [pullback(self.call, detached(t), stages[:, j]) for j, t in enumerate(self.times)]
-        h = per_row(self.h)
+        h = detached(self.h)
 
         def pull(u: torch.Tensor) -> torch.Tensor:
             mixed = _times_rows(h, torch.einsum("ji,rjn->rin", self.a, u.view(rows, s, -1)))
@@ -145,7 +144,7 @@ def stacked_products(
 ) -> Product:
     """``V ↦ dt (A ⊗ J) V`` with ``J`` at ``(t0, y0)``: the matrix-free ``stacked``."""
     jvp = jvp_products(call, t0, y)
-    factor = per_row(h)
+    factor = detached(h)
 
     def product(v: torch.Tensor) -> torch.Tensor:
         rows, s = v.shape[0], a.shape[0]

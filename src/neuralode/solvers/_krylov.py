@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ._explicit_rk import StepSize, Time
-from ._newton import RowField, StageMap, count
+from ._newton import RowField, StageMap, count, detached
 
 # (R, m) -> (R, m): a linear map on rows.
 Product = Callable[[torch.Tensor], torch.Tensor]
@@ -239,11 +239,8 @@ def jvp_products(call: RowField, t: Time, z: torch.Tensor) -> Product:
 
 
 def scaled(h: StepSize, product: Product) -> Product:
-    """``v ↦ h·product(v)`` with ``h`` a float or ``(R, 1)``.
-
-    ``h`` is detached: the Newton matrix is not differentiated (the dense one is not).
-    """
-    factor = h if isinstance(h, float) else h.detach()
+    """``v ↦ h·product(v)`` with ``h`` a float or ``(R, 1)`` (detached)."""
+    factor = detached(h)
     return lambda v: factor * product(v)
 
 

@@ -261,18 +261,16 @@ class ScaledField(StageMap):
     def pullback(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``u ↦ (hγ ∂f/∂z)ᵀ u = (∂f/∂z)ᵀ (hγ u)`` (``hγ`` is per row)."""
         pull = pullback(self.call, detached(self.t), z)
-        h = per_row(self.h_gamma)
+        h = detached(self.h_gamma)
         return lambda u: pull(h * u)
 
 
 def detached(t: Time) -> Time:
-    """A time or step size without its graph (a matrix is not differentiated)."""
+    """A time or step size (a float or a tensor) without its graph.
+
+    A Newton matrix and its products are not differentiated (the dense one is not).
+    """
     return t.detach() if isinstance(t, torch.Tensor) else t
-
-
-def per_row(h: StepSize) -> StepSize:
-    """A step size as a constant factor of rows: a float, or ``(R, 1)`` detached."""
-    return h if isinstance(h, float) else h.detach()
 
 
 def pullback(call: RowField, t: Time, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -328,8 +326,8 @@ def solve_stage(
     """Solve ``z = ψ + G(z)`` by simplified Newton from the guess ``z0``.
 
     ``matrix`` is ``I − ∂G/∂z`` at the step's start, factorised (or matrix-free). Rows
-    already ``failed`` (an earlier stage, a singular matrix) are not iterated. Each row stops as it
-    converges, so a row's iterates are the ones it would have alone (batch invariance).
+    already ``failed`` (an earlier stage, a singular matrix) are not iterated. Each row
+    stops as it converges, so a row's iterates are the ones it would have alone (batch invariance).
     The iterations run without a graph. When autograd is recording, ``G`` is evaluated
     once more, with a graph, at each row's last iterate, and that last update is redone
     through :class:`_StageGradient`: the same value, differentiable by the
