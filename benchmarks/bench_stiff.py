@@ -1,4 +1,4 @@
-"""Stiff benchmark: Kvaerno3/5, Rosenbrock23 and Rodas5P against scipy's Radau, BDF, LSODA, Dopri5.
+"""Stiff benchmark: Kvaerno3/5, Rosenbrock23, ROS3P, Rodas5P against scipy's stiff solvers.
 
 Problems from the Bari "Test Set for IVP Solvers" with its reference values: VDPOL (Van
 der Pol, mu = 1000, y0 = (2, 0), t = 2000) and ROBER (Robertson, t = 1e11). For each
@@ -8,9 +8,11 @@ evaluations are not in nfev); neuralode takes it by autograd, one per attempted 
 (counted in nfe as one evaluation of f, plus n reverse-mode products). Dopri5 is run on
 VDPOL's first 20 time units only (the whole interval takes millions of evaluations),
 against Kvaerno5 on the same 20 units. Then a per-sample batch of ROBER systems with
-log-uniform rate constants in one call, against one system alone.
+log-uniform rate constants in one call, against one system alone. Last, a 1-D
+reaction-diffusion system of n components (stiff in both terms) with Kvaerno5's dense
+Newton (Jacobian + LU) against its matrix-free one (JVPs + GMRES).
 
-float64, one torch thread. Usage: python benchmarks/bench_stiff.py [--batch B]
+float64, one torch thread. Usage: python benchmarks/bench_stiff.py [--batch B] [--pde-n N]
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def our_rows(f: Callable, problem: tuple, rtol: float, atol: float) -> list[str]
         no.Kvaerno3(newton=newton),
         no.Kvaerno5(newton=newton),
         no.Rosenbrock23(),
+        no.ROS3P(),
         no.Rodas5P(),
     ):
         sol, wall = ours(f, problem, solver, rtol, atol)
@@ -190,14 +193,56 @@ def rober_batch(batch: int) -> None:
     print(f"- worst error of 16 checked samples, in units of the tolerance: {worst:.2f}")
 
 
+def matrix_free(n: int) -> None:
+    # u_t = D u_xx − k (u − cos(t) sin(πx)), u = 0 at both ends: the reaction (k = 1e4)
+    # dominates the spectrum, so I − hγJ is well conditioned and GMRES needs few
+    # iterations without a preconditioner. Linear: the exact solution of the discretised
+    # system by the sine transform, which diagonalises the second differences.
+    k, diffusion, dx = 1e4, 1e-4, 1.0 / (n + 1)
+    x = torch.linspace(dx, 1 - dx, n, dtype=torch.float64)
+    g = torch.sin(torch.pi * x)
+
+    def f(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(u, (1, 1))
+        return diffusion * (padded[2:] - 2 * u + padded[:-2]) / dx**2 - k * (u - g * torch.cos(t))
+
+    j = torch.arange(1, n + 1, dtype=torch.float64)
+    modes = torch.sin(torch.pi * torch.outer(j, j) / (n + 1)) * (2 / (n + 1)) ** 0.5
+    lam = -k - 4 * diffusion / dx**2 * torch.sin(j * torch.pi / (2 * (n + 1))) ** 2
+    t1 = 1.0
+    u_hat = k * (modes @ g) * (np.sin(t1) - lam * np.cos(t1) + lam * torch.exp(lam * t1))
+    exact = modes @ (u_hat / (lam**2 + 1))
+    rtol, atol = 1e-6, 1e-8
+    print(f"\n### Reaction-diffusion, n = {n}, t = 1, rtol = {rtol:g}, atol = {atol:g}\n")
+    print("| linear_solver | max error / tol | steps | nfe | njev | LU | solves | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for linear_solver in ("gmres", "lu"):
+        solver = no.Kvaerno5(newton=no.Newton(rtol=rtol, atol=atol), linear_solver=linear_solver)
+        start = time.perf_counter()
+        with torch.no_grad():
+            sol = no.solve(
+                f, torch.zeros(n, dtype=torch.float64),
+                torch.tensor([0.0, t1], dtype=torch.float64), solver=solver,
+                controller=no.PIDController(rtol=rtol, atol=atol),
+            )  # fmt: skip
+        wall = time.perf_counter() - start
+        err = float(((sol.ys[-1] - exact).abs() / (atol + rtol * exact.abs())).max())
+        st = sol.stats
+        print(f"| {linear_solver} | {err:.2f} | {st.steps} | {st.nfe} | {st.njev} | {st.nlu} | "
+              f"{st.nsolve} | {wall:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--pde-n", type=int, default=2000, help="0 skips it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stiff_table()
     explicit_against_implicit()
     rober_batch(args.batch)
+    if args.pde_n > 0:
+        matrix_free(args.pde_n)
 
 
 if __name__ == "__main__":

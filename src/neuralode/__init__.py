@@ -10,7 +10,9 @@ from .controllers import AbstractController, ConstantStepSize, PIDController, St
 from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy, LocalError
 from .solvers import (
     ALL_SOLVERS,
+    GMRES,
     RK4,
+    ROS3P,
     SDIRK2,
     TRBDF2,
     AbstractSolver,
@@ -76,11 +78,13 @@ __all__ = [
     "Kvaerno5",
     "LocalError",
     "Midpoint",
+    "GMRES",
     "Newton",
     "PIDController",
     "PerSampleTuning",
     "RadauIIA3",
     "RadauIIA5",
+    "ROS3P",
     "Rodas5P",
     "Rosenbrock23",
     "SDIRK2",

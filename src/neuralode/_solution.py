@@ -98,9 +98,13 @@ class Stats:
         sample_steps: Per-sample mode: steps attempted by each sample, ``(B,)``.
         sample_accepted: Per-sample mode: steps accepted by each sample, ``(B,)``.
         njev: Implicit solvers: Jacobians ``∂f/∂y`` evaluated in the forward solve
-            (per-sample mode: batched evaluations, each one Jacobian per sample).
-        nlu: Implicit solvers: LU factorisations of the Newton matrix ``I − hγJ``.
-        nsolve: Implicit solvers: linear solves with those factorisations.
+            (per-sample mode: batched evaluations, each one Jacobian per sample). With
+            ``linear_solver="gmres"`` (matrix-free): Jacobian-vector products instead,
+            each batched over the samples and each also one evaluation in ``nfe``.
+        nlu: Implicit solvers: LU factorisations of the Newton matrix ``I − hγJ`` (0
+            matrix-free).
+        nsolve: Implicit solvers: linear solves with those factorisations (matrix-free:
+            GMRES solves).
 
     In per-sample mode ``steps``, ``accepted`` and ``rejected`` are sums over samples and
     ``nfe`` counts batched calls of ``f`` (each on however many samples were left).

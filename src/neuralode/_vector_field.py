@@ -77,7 +77,8 @@ class Counts:
         rows: Per-sample mode: rows (samples) evaluated, summed over calls (the work done,
             as finished samples drop out of the batch).
         njev: Jacobians ``∂f/∂y`` evaluated by implicit solvers (per-sample mode: one per
-            batched evaluation, each a ``(B, n, n)`` batch).
+            batched evaluation, each a ``(B, n, n)`` batch); matrix-free, Jacobian-vector
+            products (and in a stage's gradient, vector-Jacobian products).
         nlu: LU factorisations of implicit solvers' Newton matrices (likewise batched).
         nsolve: Linear solves with those factorisations (likewise batched).
     """

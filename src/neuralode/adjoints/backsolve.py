@@ -14,6 +14,7 @@ from .._solution import RawSolution
 from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController, PIDController
 from ..integrate import integrate
+from ..interpolation.dense import DenseInterpolation
 from ..solvers._explicit_rk import AbstractSolver
 from ._backsolve_rows import solve_adjoint_rows
 from ._base import AbstractAdjoint, check_backward, reject_dense
@@ -40,7 +41,8 @@ class BacksolveAdjoint(AbstractAdjoint):
     remembering it, so on dynamics that are unstable backwards (contracting forwards, e.g.
     strongly damped or dissipative systems) the reconstruction drifts and the gradient
     error can be far above the tolerance. Prefer :class:`CheckpointAdjoint` (exact,
-    memory ∝ steps) or :class:`DirectAdjoint` when memory allows.
+    memory ∝ steps) or :class:`DirectAdjoint` when memory allows; on stiff problems, or
+    use ``interpolate=True``, which reads ``y(t)`` from the forward solve instead.
 
     Second derivatives (``create_graph=True``, e.g. Hessian-vector products): the backward
     re-runs the forward solve with a graph (connecting the stored outputs to ``y0`` and
@@ -63,11 +65,26 @@ class BacksolveAdjoint(AbstractAdjoint):
             mode (``batch_dims=1``) ``g`` is always left out: each sample solves its own
             ``[y, a]`` backwards and ``g``, shared by all samples, is accumulated outside
             their states.
+        interpolate: Do not reconstruct ``y`` backwards: read ``y(t)`` from the forward
+            solve's dense output and solve only ``[a, g]`` backwards (SciML's
+            ``InterpolatingAdjoint``). The cure for stiff problems, where the backward
+            reconstruction amplifies its error by ``e^{|λ| h}`` across each step (measured
+            in docs/stiff.md); memory ∝ steps (the forward steps' stages), like
+            :class:`CheckpointAdjoint`'s. The gradient's accuracy is then the dense
+            output's (cubic Hermite for the implicit solvers). Joint mode, first
+            derivatives only.
     """
 
     solver: AbstractSolver | None = None
     controller: AbstractController | None = None
     seminorm: bool = False
+    interpolate: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interpolate, bool):
+            raise TypeError(
+                f"BacksolveAdjoint interpolate must be True or False, got {self.interpolate!r}"
+            )
 
     def solve(
         self,
@@ -80,6 +97,11 @@ class BacksolveAdjoint(AbstractAdjoint):
     ) -> RawSolution:
         """Forward solve without a graph; the gradient comes from the backward ODE."""
         reject_dense(dense, "BacksolveAdjoint")
+        if self.interpolate and problem.batched:
+            raise ValueError(
+                "BacksolveAdjoint(interpolate=True) is for joint mode (batch_dims=0); in "
+                "per-sample mode use CheckpointAdjoint() for stiff problems"
+            )
         backward = _BackwardSetup(
             problem=problem,
             solver=self.solver or solver,
@@ -89,8 +111,11 @@ class BacksolveAdjoint(AbstractAdjoint):
             forward_controller=controller,
         )
         with torch.no_grad():
-            raw = integrate(problem, solver, controller, max_steps=max_steps)
+            raw = integrate(
+                problem, solver, controller, max_steps=max_steps, dense=self.interpolate
+            )
         backward.stats = raw.stats
+        backward.interpolant, raw.dense = raw.dense, None  # the backward pass's, not the user's
         params = field_parameters(problem.f.f, problem.params, "BacksolveAdjoint")
         raw.ys = _Backsolve.apply(backward, raw.ys, problem.y0, *params)
         return raw
@@ -109,19 +134,25 @@ class BacksolveAdjoint(AbstractAdjoint):
             )
         if problem.batched:
             # One sample's [y, a]; g is outside every sample's state (see _backsolve_rows).
-            return dataclasses.replace(controller, norm=_augmented_norm(problem.y0.shape[-1], True))
+            return dataclasses.replace(
+                controller, norm=_augmented_norm(problem.y0.shape[-1], True, 2)
+            )
         n = problem.y0.numel()
-        return dataclasses.replace(controller, norm=_augmented_norm(n, self.seminorm))
+        blocks = 1 if self.interpolate else 2  # [a, g] or [y, a, g]
+        return dataclasses.replace(controller, norm=_augmented_norm(n, self.seminorm, blocks))
 
 
-def _augmented_norm(n: int, seminorm: bool) -> Any:
-    """Torchdiffeq's mixed norm over ``[y, a, g]``: the largest RMS of the blocks."""
+def _augmented_norm(n: int, seminorm: bool, blocks: int) -> Any:
+    """Torchdiffeq's mixed norm over ``[y, a, g]`` (or ``[a, g]``): the largest block RMS.
+
+    ``blocks`` is the number of ``n``-component blocks before ``g``.
+    """
 
     def norm(x: torch.Tensor) -> torch.Tensor:
-        blocks = [rms_norm(x[:n]), rms_norm(x[n : 2 * n])]
-        if not seminorm and x.numel() > 2 * n:
-            blocks.append(rms_norm(x[2 * n :]))
-        return torch.stack(blocks).amax()
+        rms = [rms_norm(x[i * n : (i + 1) * n]) for i in range(blocks)]
+        if not seminorm and x.numel() > blocks * n:
+            rms.append(rms_norm(x[blocks * n :]))
+        return torch.stack(rms).amax()
 
     return norm
 
@@ -135,6 +166,7 @@ class _BackwardSetup:
     forward_solver: AbstractSolver
     forward_controller: AbstractController
     stats: Any = None
+    interpolant: DenseInterpolation | None = None
 
 
 class _Backsolve(torch.autograd.Function):
@@ -151,6 +183,12 @@ class _Backsolve(torch.autograd.Function):
         setup: _BackwardSetup = ctx.setup
         ys, *params = ctx.saved_tensors
         nfe_rerun = 0
+        if setup.interpolant is not None and differentiable_backward():
+            raise NotImplementedError(
+                "second derivatives (create_graph=True) through "
+                "BacksolveAdjoint(interpolate=True) are not supported: y(t) comes from the "
+                "forward dense output, a constant; use BacksolveAdjoint() or DirectAdjoint()"
+            )
         if differentiable_backward():
             # The returned gradient must be differentiable (create_graph=True): the saved
             # ys are constants, so connect them to y0 and θ through a recorded re-run of
@@ -179,13 +217,13 @@ def _solve_adjoint(
     params: list[torch.Tensor],
 ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
     problem = setup.problem
-    augmented = _AugmentedField(problem, params)
+    augmented = _AugmentedField(problem, params, setup.interpolant)
     times = problem.ts.tolist()
     y, a = ys[-1], grad_ys[-1]
     g = torch.zeros(sum(p.numel() for p in params), dtype=ys.dtype, device=ys.device)
     nfe = 0
     for i in range(len(times) - 1, 0, -1):
-        state = (y, a, g)
+        state = (a, g) if setup.interpolant is not None else (y, a, g)
         segment = torch.tensor([times[i], times[i - 1]], dtype=problem.ts.dtype)
         back = augmented.problem(state, segment)
         raw = integrate(back, setup.solver, setup.controller, max_steps=setup.max_steps)
@@ -193,6 +231,8 @@ def _solve_adjoint(
         nfe += back.f.nfe
         end = raw.ys[-1]
         n = y.numel()
+        if setup.interpolant is not None:
+            end = torch.cat([y.reshape(-1), end])  # as if [y, a, g]; y is not solved
         # Restart y from the forward solution (torchdiffeq does the same): the backward
         # reconstruction of y drifts, the stored forward value does not.
         y = ys[i - 1]
@@ -203,15 +243,30 @@ def _solve_adjoint(
 
 
 class _AugmentedField:
-    """The augmented dynamics ``[f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ]`` on the flat ``[y, a, g]``."""
+    """The augmented dynamics ``[f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ]`` on the flat ``[y, a, g]``.
 
-    def __init__(self, problem: Problem, params: list[torch.Tensor]) -> None:
+    With an ``interpolant`` the state is ``[a, g]`` and ``y(t)`` is read from it.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        params: list[torch.Tensor],
+        interpolant: DenseInterpolation | None = None,
+    ) -> None:
         self.forward_problem = problem
         self.params = params
+        self.interpolant = interpolant
 
     def __call__(self, t: torch.Tensor, state: State) -> State:
-        y, a, _ = state
         f = self.forward_problem.f
+        if self.interpolant is None:
+            y, a, _ = state
+        else:
+            a, _ = state
+            # Extrapolated past the ends: a backward stage past its step (Kvaerno5's
+            # c = 1.23) lands beyond the first output time.
+            y = self.interpolant.state_at(float(t), extrapolate=True).reshape(-1)
 
         def call(y_var: torch.Tensor) -> torch.Tensor:
             return f.structure.flatten(f.f(t, f.structure.unflatten(y_var)))
@@ -219,6 +274,8 @@ class _AugmentedField:
         fy, vjp_y, vjp_params = field_vjp(call, y, a, self.params)
         flat = [v.reshape(-1) for v in vjp_params]
         g_dot = torch.cat(flat) if flat else y.new_zeros(0)
+        if self.interpolant is not None:
+            return -vjp_y, -g_dot
         return fy, -vjp_y, -g_dot
 
     def problem(self, state: tuple[torch.Tensor, ...], segment: torch.Tensor) -> Problem:

@@ -77,11 +77,20 @@ class DenseInterpolation:
         return self.unflatten(out)
 
     def _at(self, t: float) -> torch.Tensor:
+        return self.state_at(t)
+
+    def state_at(self, t: float, *, extrapolate: bool = False) -> torch.Tensor:
+        """The solver's (flat) state at ``t``.
+
+        ``extrapolate``: beyond the interval, continue the first or last step's
+        polynomial (for a stage evaluated slightly past its step, such as Kvaerno5's
+        ``c = 1.23`` in a solve that reads this interpolant).
+        """
         if not self._segments:
             raise ValueError("the dense interpolant is empty: the solve took no step")
         tau = self.direction * t
         lo, hi = self._segments[0].tau0, self.direction * self.t1
-        if not lo <= tau <= hi:
+        if not extrapolate and not lo <= tau <= hi:
             raise ValueError(
                 f"t={t} is outside the solved interval [{self.t0}, {self.t1}]; "
                 "the dense interpolant does not extrapolate"

@@ -4,6 +4,7 @@ from ._dirk import DIRK, DIRKTableau
 from ._explicit_rk import AbstractSolver, ExplicitRK, StepResult
 from ._firk import FIRK, FIRKTableau
 from ._implicit import ImplicitRK
+from ._krylov import GMRES
 from ._newton import Newton
 from ._rosenbrock import Rosenbrock, RosenbrockTableau
 from ._tableau import ButcherTableau
@@ -28,6 +29,7 @@ from .implicit_fixed import (
 from .kvaerno3 import Kvaerno3
 from .kvaerno5 import Kvaerno5
 from .rodas5p import Rodas5P
+from .ros3p import ROS3P
 from .rosenbrock23 import Rosenbrock23
 from .tsit5 import Tsit5
 
@@ -60,7 +62,7 @@ IMPLICIT_SOLVERS: tuple[type[ImplicitRK], ...] = (
     Kvaerno5,
 )
 # The Rosenbrock (linearly implicit) solvers: one Jacobian, one LU, no Newton per step.
-ROSENBROCK_SOLVERS: tuple[type[Rosenbrock], ...] = (Rosenbrock23, Rodas5P)
+ROSENBROCK_SOLVERS: tuple[type[Rosenbrock], ...] = (Rosenbrock23, ROS3P, Rodas5P)
 # The multistep methods: they carry a history of f from step to step (a solver state).
 MULTISTEP_SOLVERS: tuple[type[AdamsBashforth], ...] = (AdamsBashforth, AdamsBashforthMoulton)
 
@@ -96,9 +98,11 @@ __all__ = [
     "Kvaerno5",
     "MULTISTEP_SOLVERS",
     "Midpoint",
+    "GMRES",
     "Newton",
     "RadauIIA3",
     "RadauIIA5",
+    "ROS3P",
     "ROSENBROCK_SOLVERS",
     "Rodas5P",
     "Rosenbrock",

@@ -23,7 +23,8 @@ import torch
 
 from ._explicit_rk import FlatField, SolverState, StepResult, StepSize, Time, combine, combine_step
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
-from ._newton import Factorised, ScaledField, per_matrix, solve_stage
+from ._krylov import MatrixFree, jvp_products, scaled
+from ._newton import Factorised, NewtonMatrix, ScaledField, per_matrix, solve_stage
 from ._tableau import CONSISTENCY_TOL, Number, floats
 
 
@@ -172,8 +173,13 @@ class DIRK(ImplicitRK):
         tab = self.tableau
         call, y, k0, h = on_rows(f, y0, f0, dt)
         h_gamma = h * tab.gamma
-        jac, fresh = self._jacobian(call, f, t0, y, state)
-        matrix = Factorised.of(per_matrix(h_gamma) * jac, f)
+        matrix: NewtonMatrix
+        jac = fresh = None
+        if self.krylov is None:
+            jac, fresh = self._jacobian(call, f, t0, y, state)
+            matrix = Factorised.of(per_matrix(h_gamma) * jac, f)
+        else:
+            matrix = MatrixFree.of(scaled(h_gamma, jvp_products(call, t0, y)), self.krylov, y)
         failed, eta, z = matrix.singular, None, y
         slowest = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         k = [k0] if tab.explicit_first else []

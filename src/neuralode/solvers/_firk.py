@@ -19,7 +19,19 @@ import torch
 
 from ._explicit_rk import FlatField, SolverState, StepResult, StepSize, Time
 from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
-from ._newton import Factorised, RowField, StageMap, count, jacobian, per_matrix, solve_stage
+from ._krylov import MatrixFree, Product, jvp_products
+from ._newton import (
+    Factorised,
+    NewtonMatrix,
+    RowField,
+    StageMap,
+    count,
+    detached,
+    jacobian,
+    per_matrix,
+    pullback,
+    solve_stage,
+)
 from ._tableau import CONSISTENCY_TOL, Number, invert_exact
 
 
@@ -113,6 +125,35 @@ class _Collocation(StageMap):
         count(self.f, njev=s)
         return stacked(self.a, torch.stack(jacs, 1), self.h)
 
+    def pullback(self, z: torch.Tensor) -> Product:
+        """``U ↦ diag(J_jᵀ) (dt (Aᵀ ⊗ I) U)``: one VJP of ``f`` per stage."""
+        rows, s = z.shape[0], len(self.times)
+        stages = z.view(rows, s, -1)
+        pulls = [pullback(self.call, detached(t), stages[:, j]) for j, t in enumerate(self.times)]
+        h = detached(self.h)
+
+        def pull(u: torch.Tensor) -> torch.Tensor:
+            mixed = _times_rows(h, torch.einsum("ji,rjn->rin", self.a, u.view(rows, s, -1)))
+            return torch.stack([p(mixed[:, i]) for i, p in enumerate(pulls)], 1).reshape(rows, -1)
+
+        return pull
+
+
+def stacked_products(
+    call: RowField, t0: Time, y: torch.Tensor, a: torch.Tensor, h: StepSize
+) -> Product:
+    """``V ↦ dt (A ⊗ J) V`` with ``J`` at ``(t0, y0)``: the matrix-free ``stacked``."""
+    jvp = jvp_products(call, t0, y)
+    factor = detached(h)
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        rows, s = v.shape[0], a.shape[0]
+        parts = v.view(rows, s, -1)
+        jv = torch.stack([jvp(parts[:, j]) for j in range(s)], 1)  # (R, s, n)
+        return _times_rows(factor, torch.einsum("ij,rjn->rin", a, jv)).reshape(rows, -1)
+
+    return product
+
 
 def stacked(a: torch.Tensor, jacs: torch.Tensor, h: StepSize) -> torch.Tensor:
     """``dt [a_ij J_j]`` as ``(R, s·n, s·n)`` from the stages' Jacobians ``(R, s, n, n)``."""
@@ -154,8 +195,13 @@ class FIRK(ImplicitRK):
         call, y, k0, h = on_rows(f, y0, f0, dt)
         s, (rows, n) = tab.stages, y.shape
         a = torch.tensor(tab.a_float, dtype=y.dtype, device=y.device)
-        jac, fresh = self._jacobian(call, f, t0, y, state)
-        matrix = Factorised.of(stacked(a, jac.unsqueeze(1).expand(rows, s, n, n), h), f)
+        matrix: NewtonMatrix
+        jac = fresh = None
+        if self.krylov is None:
+            jac, fresh = self._jacobian(call, f, t0, y, state)
+            matrix = Factorised.of(stacked(a, jac.unsqueeze(1).expand(rows, s, n, n), h), f)
+        else:
+            matrix = MatrixFree.of(stacked_products(call, t0, y, a, h), self.krylov, y)
         times = tuple(stage_time(t0, dt, c, t1_stage) for c in tab.c_float)
         psi = y.repeat(1, s)  # (R, s·n): every stage starts from y0
         with torch.no_grad():

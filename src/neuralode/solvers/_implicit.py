@@ -21,6 +21,7 @@ from ._explicit_rk import (
     hermite_weights,
     weighted_sum,
 )
+from ._krylov import GMRES, linear_solver_setting
 from ._newton import Newton, RowField, count, jacobian
 
 _INTERPOLATIONS = ("hermite", "linear")
@@ -114,11 +115,18 @@ class ImplicitRK(AbstractSolver):
         interpolation: Output times inside a step: ``"hermite"`` (cubic Hermite, 3rd
             order, the default) or ``"linear"`` (what torchdiffeq's fixed-grid solvers do
             by default).
+        linear_solver: The Newton updates' linear algebra: ``"lu"`` (a dense Jacobian
+            ``∂f/∂y`` by autograd and its LU factorisation, per step; the default) or
+            matrix-free, ``"gmres"`` or :class:`GMRES` with settings (Jacobian-vector
+            products and restarted GMRES, for states too large for a dense Jacobian).
+            Matrix-free, ``Stats.njev`` counts Jacobian-vector products (each batched over
+            the rows), ``nlu`` stays 0 and ``nsolve`` counts GMRES solves.
     """
 
     tableau: ClassVar[Any]
     newton: Newton = field(default_factory=Newton)
     interpolation: str = "hermite"
+    linear_solver: str | GMRES = "lu"
 
     def __post_init__(self) -> None:
         if not isinstance(self.newton, Newton):
@@ -127,6 +135,12 @@ class ImplicitRK(AbstractSolver):
                 f"e.g. {type(self).__name__}(newton=Newton(rtol=1e-8, atol=1e-10))"
             )
         check_interpolation(self, self.interpolation)
+        linear_solver_setting(type(self).__name__, self.linear_solver)
+
+    @property
+    def krylov(self) -> GMRES | None:
+        """The GMRES settings of a matrix-free solver, ``None`` for dense Jacobians and LU."""
+        return linear_solver_setting(type(self).__name__, self.linear_solver)
 
     @property
     def _tab(self) -> ImplicitTableau:
@@ -169,7 +183,12 @@ class ImplicitRK(AbstractSolver):
         return False
 
     def initial_state(self, y0: torch.Tensor) -> SolverState:
-        """No Jacobian yet: ``J (R, n, n)`` and ``[have J, last step's rate] (R, 2)``, zeros."""
+        """No Jacobian yet: ``J (R, n, n)`` and ``[have J, last step's rate] (R, 2)``, zeros.
+
+        Matrix-free Newton has no Jacobian to keep: ``()``.
+        """
+        if self.krylov is not None:
+            return ()
         rows, n = y0.shape
         return y0.new_zeros(rows, n, n), y0.new_zeros(rows, 2)
 
@@ -198,14 +217,17 @@ class ImplicitRK(AbstractSolver):
 
     @staticmethod
     def _next_states(
-        jac: torch.Tensor, fresh: torch.Tensor, eta: torch.Tensor
+        jac: torch.Tensor | None, fresh: torch.Tensor | None, eta: torch.Tensor
     ) -> tuple[SolverState, SolverState]:
         """The states after this step: if accepted, and if rejected (RADAU5's rules).
 
         Accepted: the Jacobian and the step's rate (``θ = η/(1 + η)``, the largest of its
         stages). Rejected: a row's Jacobian evaluated at this step's start is exact for
-        the retry from the same point, so it is kept; an older one is dropped.
+        the retry from the same point, so it is kept; an older one is dropped. Without a
+        Jacobian (matrix-free Newton): no state.
         """
+        if jac is None or fresh is None:
+            return (), ()
         have = torch.ones_like(eta)
         theta = torch.nan_to_num(eta / (1 + eta), nan=1.0, posinf=1.0)
         accepted = (jac, torch.stack([have, theta], dim=-1))

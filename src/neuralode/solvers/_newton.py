@@ -21,7 +21,7 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -167,10 +167,52 @@ class Factorised:
         count(f, nlu=1)
         return Factorised(lu, pivots, bad | (info != 0))
 
-    def solve(self, rhs: torch.Tensor, f: Any) -> torch.Tensor:
-        """``M⁻¹ rhs`` for every row (``rhs`` is ``(R, m)``)."""
+    def solve(
+        self, rhs: torch.Tensor, f: Any, tolerance: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``M⁻¹ rhs`` for every row (``rhs`` is ``(R, m)``; exact: ``tolerance`` unused)."""
         count(f, nsolve=1)
         return torch.linalg.lu_solve(self.lu, self.pivots, rhs.unsqueeze(-1)).squeeze(-1)
+
+    def gradient_solve(
+        self, stage_map: StageMap, z: torch.Tensor, v: torch.Tensor, ok: torch.Tensor
+    ) -> torch.Tensor:
+        """``(I − ∂G/∂z)⁻ᵀ v`` at the converged stage ``z``, exactly (rows ``ok`` only, else 0).
+
+        A dense Jacobian at ``z``, not the step's factorisation (taken at ``y0``).
+        """
+        slope = stage_map.slope(z)
+        matrix = torch.eye(slope.shape[-1], dtype=slope.dtype, device=slope.device) - slope
+        w = torch.zeros_like(v)
+        if bool(ok.any()):
+            w[ok] = torch.linalg.solve(matrix[ok].mT, v[ok].unsqueeze(-1)).squeeze(-1)
+        return w
+
+
+class NewtonMatrix(Protocol):
+    """``M = I − ∂G/∂z`` of a step, however it is held.
+
+    :class:`Factorised` (dense LU) or :class:`._krylov.MatrixFree` (Jacobian-vector
+    products and GMRES).
+    """
+
+    singular: torch.Tensor
+
+    def solve(
+        self, rhs: torch.Tensor, f: Any, tolerance: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``M⁻¹ rhs`` for every row (NaN where it cannot be solved).
+
+        ``tolerance`` (``(R, m)``, the Newton test's per-component scale times ``kappa``)
+        tells an iterative solver how accurate a Newton update must be.
+        """
+        ...
+
+    def gradient_solve(
+        self, stage_map: StageMap, z: torch.Tensor, v: torch.Tensor, ok: torch.Tensor
+    ) -> torch.Tensor:
+        """``(I − ∂G/∂z)⁻ᵀ v`` at the converged stage ``z`` for rows ``ok`` (0 elsewhere)."""
+        ...
 
 
 class StageMap(abc.ABC):
@@ -193,6 +235,10 @@ class StageMap(abc.ABC):
     def slope(self, z: torch.Tensor) -> torch.Tensor:
         """``∂G/∂z`` at ``z``, exactly, ``(R, m, m)`` (for the gradient's linear solve)."""
 
+    @abc.abstractmethod
+    def pullback(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``u ↦ (∂G/∂z)ᵀ u`` at ``z``, exactly, by vector-Jacobian products (matrix-free)."""
+
 
 @dataclass(frozen=True)
 class ScaledField(StageMap):
@@ -211,6 +257,40 @@ class ScaledField(StageMap):
         """``hγ ∂f/∂z``."""
         count(self.f, njev=1)
         return per_matrix(self.h_gamma) * jacobian(self.call, self.t, z)
+
+    def pullback(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``u ↦ (hγ ∂f/∂z)ᵀ u = (∂f/∂z)ᵀ (hγ u)`` (``hγ`` is per row)."""
+        pull = pullback(self.call, detached(self.t), z)
+        h = detached(self.h_gamma)
+        return lambda u: pull(h * u)
+
+
+def detached(t: Time) -> Time:
+    """A time or step size (a float or a tensor) without its graph.
+
+    A Newton matrix and its products are not differentiated (the dense one is not).
+    """
+    return t.detach() if isinstance(t, torch.Tensor) else t
+
+
+def pullback(call: RowField, t: Time, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``u ↦ (∂f/∂z)ᵀ u`` for every row at ``(t, z)``: one evaluation, then one VJP each.
+
+    ``torch.autograd.grad`` on a graph kept for the repeated products (not
+    ``torch.func.vjp``: it also works for fields that are custom autograd Functions).
+    ``t`` must be detached, or each product would walk the solve's whole history.
+    """
+    with torch.enable_grad():
+        x = z.detach().requires_grad_(True)
+        out = call(t, x)
+
+    def pull(u: torch.Tensor) -> torch.Tensor:
+        if not out.requires_grad:
+            return torch.zeros_like(u)  # f does not depend on y
+        (g,) = torch.autograd.grad(out, x, u, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(u) if g is None else g
+
+    return pull
 
 
 def per_matrix(h: StepSize) -> StepSize:
@@ -238,16 +318,16 @@ def solve_stage(
     stage_map: StageMap,
     psi: torch.Tensor,
     z0: torch.Tensor,
-    matrix: Factorised,
+    matrix: NewtonMatrix,
     settings: Newton,
     failed: torch.Tensor,
     eta: torch.Tensor | None = None,
 ) -> StageSolution:
     """Solve ``z = ψ + G(z)`` by simplified Newton from the guess ``z0``.
 
-    ``matrix`` is ``I − ∂G/∂z`` at the step's start, factorised. Rows already ``failed``
-    (an earlier stage, a singular matrix) are not iterated. Each row stops as it
-    converges, so a row's iterates are the ones it would have alone (batch invariance).
+    ``matrix`` is ``I − ∂G/∂z`` at the step's start, factorised (or matrix-free). Rows
+    already ``failed`` (an earlier stage, a singular matrix) are not iterated. Each row
+    stops as it converges, so a row's iterates are the ones it would have alone (batch invariance).
     The iterations run without a graph. When autograd is recording, ``G`` is evaluated
     once more, with a graph, at each row's last iterate, and that last update is redone
     through :class:`_StageGradient`: the same value, differentiable by the
@@ -280,9 +360,8 @@ def solve_stage(
     # NaN there would reach the shared parameters' gradient through 0·NaN.
     z_at = torch.where(failed.unsqueeze(-1), psi.detach(), z_at)
     r = psi + stage_map(z_at) - z_at  # with the graph of ψ, h and θ (z_at is constant)
-    link = _Link(stage_map, z_at, failed)
-    z_out = z_at + _StageGradient.apply(r, matrix.lu, matrix.pivots, link)
-    count(stage_map.f, nsolve=1)
+    link = _Link(stage_map, z_at, failed, matrix)
+    z_out = z_at + _StageGradient.apply(r, link)
     return StageSolution(z_out, failed, eta)
 
 
@@ -291,7 +370,7 @@ def _iterate(
     psi: torch.Tensor,
     z: torch.Tensor,
     gz: torch.Tensor,
-    matrix: Factorised,
+    matrix: NewtonMatrix,
     settings: Newton,
     failed: torch.Tensor,
     eta0: torch.Tensor,
@@ -311,8 +390,9 @@ def _iterate(
         if k > 0:
             gz = stage_map(z)
         residual = psi + gz - z  # r = ψ + G(z) − z
-        delta = matrix.solve(residual, stage_map.f)
-        size = _scaled_rms(delta, z, rtol, atol)  # (R,)
+        scale = z.abs().mul(rtol).add_(atol)
+        delta = matrix.solve(residual, stage_map.f, scale * settings.kappa)
+        size = _scaled_rms(delta, scale)  # (R,)
         bad = ~torch.isfinite(size)
         if k == 0:
             eta = eta0
@@ -344,9 +424,8 @@ def _iterate(
     return z_at, z, failed, eta_out
 
 
-def _scaled_rms(delta: torch.Tensor, z: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
-    """Per row ``RMS(Δ / (atol + rtol·|z|))``, ``(R,)``."""
-    scale = z.abs().mul(rtol).add_(atol)
+def _scaled_rms(delta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per row ``RMS(Δ / scale)``, ``(R,)`` (``scale = atol + rtol·|z|``)."""
     return torch.linalg.vector_norm(delta / scale, dim=-1) / math.sqrt(max(delta.shape[-1], 1))
 
 
@@ -364,16 +443,18 @@ class _Link:
     stage_map: StageMap
     z: torch.Tensor
     failed: torch.Tensor
+    matrix: NewtonMatrix
 
 
 class _StageGradient(torch.autograd.Function):
     """The last Newton update forwards; the implicit-function theorem backwards.
 
-    Forwards: ``M₀⁻¹ r`` with the step's factorisation ``M₀`` and the residual
+    Forwards: ``M₀⁻¹ r`` with the step's Newton matrix ``M₀`` and the residual
     ``r = ψ + G(z) − z`` at the last iterate (the update Newton made there); for a DIRK
     stage ``G(z) = hγ f(t, z)``. Backwards, for a cotangent ``v`` of the stage value:
     ``w = (I − ∂G/∂z)⁻ᵀ v`` with the exact Jacobian at the converged stage, one
-    transposed linear solve, handed to ``r``, whose graph applies the VJP of ``f`` (to
+    transposed linear solve (dense, or by GMRES on vector-Jacobian products), handed
+    to ``r``, whose graph applies the VJP of ``f`` (to
     ``θ``, ``t``) and reaches ``ψ`` and ``h``. With ``g(z, p) = z − ψ(p) − G(z; p) = 0`` at
     the root, ``dz/dp = (∂g/∂z)⁻¹ ∂r/∂p``: the gradient of the exact stage solution,
     independent of how many iterations found it (Blondel et al., "Efficient and modular
@@ -382,11 +463,9 @@ class _StageGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, r: torch.Tensor, lu: torch.Tensor, pivots: torch.Tensor, link: _Link
-    ) -> torch.Tensor:
+    def forward(ctx: Any, r: torch.Tensor, link: _Link) -> torch.Tensor:
         ctx.link = link
-        return torch.linalg.lu_solve(lu, pivots, r.detach().unsqueeze(-1)).squeeze(-1)
+        return link.matrix.solve(r.detach(), link.stage_map.f)
 
     @staticmethod
     def backward(ctx: Any, v: torch.Tensor) -> tuple[Any, ...]:
@@ -396,11 +475,4 @@ class _StageGradient(torch.autograd.Function):
             # dependence on θ and give a wrong Hessian when v is a constant).
             raise NotImplementedError(_SECOND_ORDER)
         link: _Link = ctx.link
-        slope = link.stage_map.slope(link.z)
-        matrix = torch.eye(slope.shape[-1], dtype=slope.dtype, device=slope.device) - slope
-        ok = ~link.failed
-        w = torch.zeros_like(v)
-        if bool(ok.any()):
-            sol = torch.linalg.solve(matrix[ok].mT, v[ok].unsqueeze(-1)).squeeze(-1)
-            w[ok] = sol
-        return w, None, None, None
+        return link.matrix.gradient_solve(link.stage_map, link.z, v, ~link.failed), None

@@ -72,6 +72,7 @@ class RosenbrockTableau:
     b_float: tuple[float, ...] = field(init=False, repr=False, compare=False)
     error_float: tuple[float, ...] = field(init=False, repr=False, compare=False)
     fsal: bool = field(init=False, repr=False, compare=False)
+    same_point: tuple[int | None, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -117,10 +118,32 @@ class RosenbrockTableau:
             and all(abs(x - y) <= CONSISTENCY_TOL for x, y in zip(last, b[:-1], strict=True)),
         )
 
+        # A stage whose argument is an earlier stage's (the same α row and node: ROS3P's
+        # third stage is at its second's point) reuses that evaluation of f.
+        same: list[int | None] = []
+        for i, row in enumerate(alpha):
+            padded = (*row, *([0.0] * (s - len(row))))
+            earlier = (
+                j
+                for j in range(1, i)
+                if self.nodes[j] == self.nodes[i] and (*alpha[j], *([0.0] * (s - j))) == padded
+            )
+            same.append(next(earlier, None) if any(a != 0.0 for a in row) else None)
+        set_(self, "same_point", tuple(same))
+
     @property
     def stages(self) -> int:
         """Number of stages ``s``."""
         return len(self.b)
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluations of ``f`` per step at stages (not ``f0``, not reused points)."""
+        return sum(
+            1
+            for row, same in zip(self.alpha_float, self.same_point, strict=True)
+            if same is None and any(a != 0.0 for a in row)
+        )
 
 
 def _snap(x: float, to: float) -> float:
@@ -205,15 +228,30 @@ class Rosenbrock(AbstractSolver):
     Attributes:
         interpolation: Output times inside a step: ``"hermite"`` (cubic Hermite through
             ``y0, f0, y1, f1``, 3rd order, the default) or ``"linear"``.
+        linear_solver: Only ``"lu"`` (a dense Jacobian and its LU factorisation). A
+            Rosenbrock method's order conditions assume the exact ``J`` and exact linear
+            solves inside the step (there is no Newton iteration to correct an inexact
+            one), and its gradient backpropagates through the solves: matrix-free GMRES
+            is refused, with the implicit solvers' option named instead.
 
     Subclasses are frozen dataclasses that set the class attribute ``tableau``.
     """
 
     tableau: ClassVar[RosenbrockTableau]
     interpolation: str = "hermite"
+    linear_solver: str = "lu"
 
     def __post_init__(self) -> None:
         check_interpolation(self, self.interpolation)
+        if not (isinstance(self.linear_solver, str) and self.linear_solver == "lu"):
+            name = type(self).__name__
+            raise ValueError(
+                f"{name}(linear_solver=...) takes only 'lu', got {self.linear_solver!r}: a "
+                "Rosenbrock method needs the exact Jacobian and exact linear solves inside "
+                "its step (no Newton iteration corrects an inexact one); for matrix-free "
+                "Jacobian-vector products and GMRES use an implicit solver, e.g. "
+                "Kvaerno5(linear_solver='gmres')"
+            )
 
     @property
     def order(self) -> int:
@@ -282,14 +320,18 @@ class Rosenbrock(AbstractSolver):
         hm = per_matrix(h) if not differentiable or isinstance(h, float) else h.unsqueeze(-1)
         matrix = Factorised.of(hm * float(tab.gamma) * jac, f)
         big_k: list[torch.Tensor] = []
+        f_stages: list[torch.Tensor] = []
         f_stage = k0
         for i in range(tab.stages):
-            alpha, gammas = tab.alpha_float[i], tab.gammas_float[i]
-            if any(a != 0.0 for a in alpha):
+            alpha, gammas, same = tab.alpha_float[i], tab.gammas_float[i], tab.same_point[i]
+            if same is not None:
+                f_stage = f_stages[same]
+            elif any(a != 0.0 for a in alpha):
                 y_stage = y + weighted_sum(big_k, alpha)
                 f_stage = call(stage_time(t0, dt, tab.nodes[i], t1_stage), y_stage)
             else:
                 f_stage = k0  # f at (t0, y0)
+            f_stages.append(f_stage)
             rhs = h * f_stage
             if any(g != 0.0 for g in gammas):
                 mix = weighted_sum(big_k, gammas)
