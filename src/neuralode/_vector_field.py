@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -74,6 +75,9 @@ class Structure:
         return tuple(p.reshape((*lead, *s)) for p, s in zip(parts, self.shapes, strict=True))
 
 
+_NO_TIME = torch.full((), math.nan)
+
+
 @dataclass
 class Counts:
     """Evaluations of a vector field: shared by the field and every view of it.
@@ -129,6 +133,10 @@ class VectorField:
         # Off in the view a torch.compile'd step calls: a counter changing under the trace
         # would be a guard that fails every step; the caller counts for the compiled step.
         self.counting = counting
+        # The last float time converted, and its tensor (NaN: none yet, as NaN equals no
+        # time; the tensor is a placeholder until then).
+        self._t_float = math.nan
+        self._t = _NO_TIME
 
     @property
     def nfe(self) -> int:
@@ -190,7 +198,12 @@ class VectorField:
             t = t if t.dtype == self.t_dtype else t.to(self.t_dtype)
             out = self._call(t, state, self.args)
         else:
-            t = torch.scalar_tensor(t, dtype=self.t_dtype, device=self.device)
+            if t != self._t_float:
+                # The same tensor for the same t twice in a row: most explicit tableaus
+                # have two stages at the step's end (Dopri5's and Tsit5's last two).
+                self._t_float = t
+                self._t = torch.scalar_tensor(t, dtype=self.t_dtype, device=self.device)
+            t = self._t
             out = self._call(t, state, ())
         if version >= 0 and y._version != version:
             raise in_place_error(t)
