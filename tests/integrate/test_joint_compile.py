@@ -116,6 +116,7 @@ def test_joint_compiled_failure_reads_as_a_joint_one(traced):
     ("options", "named"),
     [
         ({"dense": True}, "dense=True"),
+        ({"solver": no.RK4(), "controller": no.ConstantStepSize(0.1)}, "fixed steps"),
         ({"adjoint": no.CheckpointAdjoint(), "params": ()}, "DirectAdjoint"),
         ({"controller": no.PIDController(step_ts=[0.5])}, "step_ts/jump_ts"),
         ({"controller": no.PIDController(rtol=torch.full((3,), 1e-6))}, "tensor"),

@@ -33,9 +33,7 @@ def unsupported(
     """Why a joint solve cannot run as one compiled row (empty: it can)."""
     rtol, atol = controller.tolerances()
     if not controller.adaptive:
-        return (
-            f"compile_step=True steps with an adaptive controller, got {type(controller).__name__}"
-        )
+        return f"fixed steps ({type(controller).__name__}; the compiled driver adapts them)"
     if dense:
         return "dense=True"
     if with_records:
