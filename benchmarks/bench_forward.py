@@ -118,6 +118,12 @@ class Case:
     method: str
     tol: float
     reference: Tensor | None = None
+    atol: float | None = None  # None: atol = rtol = tol
+
+    @property
+    def tolerances(self) -> tuple[float, float]:
+        """``(rtol, atol)`` every library is given."""
+        return self.tol, self.tol if self.atol is None else self.atol
 
 
 def mlp_case(dim: int, hidden: int, batch: int, tol: float, n_out: int) -> Case:
@@ -172,7 +178,8 @@ def _neuralode(f: Field, case: Case) -> Runner:
     solver_cls = getattr(neuralode, {"dopri5": "Dopri5", "tsit5": "Tsit5"}[case.method], None)
     if solver_cls is None:
         raise NotSupported(f"no {case.method} solver")
-    solver, controller = solver_cls(), PIDController(rtol=case.tol, atol=case.tol)
+    rtol, atol = case.tolerances
+    solver, controller = solver_cls(), PIDController(rtol=rtol, atol=atol)
 
     def run() -> Output:
         sol = solve(f, case.y0, case.ts, solver=solver, controller=controller)
@@ -187,8 +194,9 @@ def _torchdiffeq(f: Field, case: Case) -> Runner:
 
     if case.method not in SOLVERS:
         raise NotSupported(f"torchdiffeq has no {case.method}")
+    rtol, atol = case.tolerances
     return lambda: Output(
-        odeint(f, case.y0, case.ts, rtol=case.tol, atol=case.tol, method=case.method), None
+        odeint(f, case.y0, case.ts, rtol=rtol, atol=atol, method=case.method), None
     )
 
 
@@ -200,7 +208,8 @@ def _torchode(f: Field, case: Case) -> Runner:
     # Built once, as a user would: only the problem depends on y0.
     term = to.ODETerm(f)
     step = {"dopri5": to.Dopri5, "tsit5": to.Tsit5}[case.method](term=term)
-    controller = to.IntegralController(atol=case.tol, rtol=case.tol, term=term)
+    rtol, atol = case.tolerances
+    controller = to.IntegralController(atol=atol, rtol=rtol, term=term)
     adjoint = to.AutoDiffAdjoint(step, controller)
     t_eval = case.ts.expand(case.y0.shape[0], -1)
 
@@ -217,8 +226,9 @@ def _torchode(f: Field, case: Case) -> Runner:
 def _torchdyn(f: Field, case: Case) -> Runner:
     from torchdyn.numerics import odeint
 
+    rtol, atol = case.tolerances
     return lambda: Output(
-        odeint(f, case.y0, case.ts, solver=case.method, atol=case.tol, rtol=case.tol)[1], None
+        odeint(f, case.y0, case.ts, solver=case.method, atol=atol, rtol=rtol)[1], None
     )
 
 

@@ -88,11 +88,14 @@ def solve(
         args: Per-sample mode only: tensors with one row per sample (each sample's own
             constants, e.g. its ``mu``), passed on as ``f(t, y, *args)`` and restricted to
             the samples still in the batch, like ``y``.
-        compile_step: Per-sample mode only: compile each step's tensor work (the solver's
-            stages with ``f``, error control and bookkeeping) into one graph with
-            ``torch.compile``. Pays off for small vector fields over many steps; the first
-            solve pays the compilation (see the docs on per-sample mode).
-        tuning: Per-sample mode only: the driver's performance knobs
+        compile_step: Compile each step's tensor work (the solver's stages with ``f``,
+            error control and bookkeeping) into one graph with ``torch.compile``. Pays off
+            for small vector fields over many steps; the first solve pays the compilation
+            (see the docs on per-sample mode). In joint mode the whole state runs as the
+            one row of the per-sample driver (equal to the eager solve up to rounding;
+            not with ``dense``, ``event``, ``step_ts``/``jump_ts``, tensor tolerances or
+            ``CheckpointAdjoint``).
+        tuning: Per-sample mode (or ``compile_step=True``): the driver's performance knobs
             (:class:`~neuralode.PerSampleTuning`: compile backend, steps fused per compiled
             call, compaction, output batching). None of them changes a number.
         regularizers: Integrals along the trajectory to penalise in training
@@ -191,15 +194,11 @@ def _per_sample_options(
     """Check the options that only the per-sample mode takes; the driver's tuning."""
     if tuning is not None and not isinstance(tuning, PerSampleTuning):
         raise TypeError(f"tuning must be a neuralode.PerSampleTuning, got {tuning!r}")
-    if tuning is not None and not batch_dims:
+    if tuning is not None and not batch_dims and not compile_step:
         raise ValueError(
-            "tuning= configures the per-sample driver and needs batch_dims=1; the joint "
-            "mode has no such knobs"
-        )
-    if compile_step and not batch_dims:
-        raise ValueError(
-            "compile_step=True needs batch_dims=1: the joint mode keeps its clock as Python "
-            "floats (one host sync per step), which would recompile every step"
+            "tuning= configures the per-sample driver and needs batch_dims=1 (or, in joint "
+            "mode, compile_step=True, which runs the joint state as its one row); the eager "
+            "joint mode has no such knobs"
         )
     if not isinstance(args, (torch.Tensor, tuple, list)):
         raise TypeError(

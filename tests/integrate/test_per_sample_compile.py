@@ -100,16 +100,6 @@ def test_compiled_module_field_trains(traced):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_compile_step_needs_the_per_sample_mode():
-    with pytest.raises(ValueError, match="batch_dims=1"):
-        no.solve(
-            lambda t, y: -y,
-            torch.ones(2, dtype=D),
-            torch.tensor([0.0, 1.0], dtype=D),
-            compile_step=True,
-        )
-
-
 def test_a_new_tolerance_reuses_the_compiled_step(traced):
     # The step's Python numbers are compiled in as constants, except the tolerances, which
     # stay inputs: a tolerance sweep (or schedule) must not recompile at every value.

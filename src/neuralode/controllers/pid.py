@@ -11,7 +11,7 @@ import torch
 
 from .. import _arith
 from .._norms import Norm, rms_norm, rows_norm
-from ..solvers._explicit_rk import StepResult
+from ..solvers._explicit_rk import StepResult, no_grad_if_enabled
 from ._base import AbstractController, Decision, SolveStart
 from .initial_step import select_initial_step
 
@@ -198,6 +198,8 @@ class PIDController(AbstractController):
     def init(self, start: SolveStart) -> tuple[Any, Any]:
         """First step (given or Hairer's) and the state ``(k, rtol, atol, ε_(n−1), ε_(n−2))``.
 
+        Joint mode: and ``(y, |y|)`` last (see :meth:`decide`), ``(None, None)`` at first.
+
         Per-sample (``start.tau0`` a ``(B,)`` tensor): the same rule for every sample,
         ``(B,)`` first steps and per-row history.
         """
@@ -209,9 +211,13 @@ class PIDController(AbstractController):
             dt = self._initial_step(start, rows_norm(self.norm) if rows else self.norm)
         span = start.tau_end - start.tau0 if rows else float(start.tau_end) - float(start.tau0)
         dt = _arith.minimum(_arith.clip(dt, self.dt_min, self.dt_max), span)
-        # Two tensors, not one twice: aliased inputs would recompile a compiled step.
-        history = (torch.ones_like(tau0), torch.ones_like(tau0)) if rows else (1.0, 1.0)
-        return dt, (start.solver.error_order + 1, *self._folded(start), *history)
+        state = (start.solver.error_order + 1, *self._folded(start))
+        if rows:
+            # Two tensors, not one twice: aliased inputs would recompile a compiled step.
+            return dt, (*state, torch.ones_like(tau0), torch.ones_like(tau0))
+        # Joint mode also keeps (y, |y|) of the state the next step starts from: the
+        # accepted step's |y1| is the next step's |y0|, one tensor op fewer per step.
+        return dt, (*state, 1.0, 1.0, (None, None))
 
     def _initial_step(self, start: SolveStart, norm: Norm) -> Any:
         return select_initial_step(
@@ -245,23 +251,42 @@ class PIDController(AbstractController):
         rtol: torch.Tensor | float,
         atol: torch.Tensor | float,
         rows: bool = False,
+        abs_y0: torch.Tensor | None = None,
     ) -> Any:
         """``norm(y_error / (atol + rtol · max(|y0|, |y1|)))``.
 
         A Python float (one host sync), or with ``rows`` one float64 ratio per row of the
         ``(B, N)`` state, kept on the device. With the default RMS norm, ``rtol`` and
         ``atol`` arrive pre-multiplied by ``sqrt(n)`` (see ``init``), so the RMS is the
-        plain 2-norm computed here.
+        plain 2-norm computed here. ``abs_y0``: ``|y0|``, if known already.
         """
-        with torch.no_grad():
-            scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+        return self._ratio(y0, y1, y_error, rtol, atol, rows, abs_y0)[0]
+
+    def _ratio(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        y_error: torch.Tensor,
+        rtol: torch.Tensor | float,
+        atol: torch.Tensor | float,
+        rows: bool,
+        abs_y0: torch.Tensor | None,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """:meth:`error_ratio`, and ``|y0|`` and ``|y1|`` (for the next step's ``|y0|``)."""
+        with no_grad_if_enabled():
+            abs_y0 = y0.abs() if abs_y0 is None else abs_y0
+            abs_y1 = y1.abs()
+            scale = torch.maximum(abs_y0, abs_y1).mul_(rtol).add_(atol)
             if rows:
                 if self.norm is rms_norm:
-                    return torch.linalg.vector_norm(y_error / scale, dim=-1).double()
-                return rows_norm(self.norm)(y_error / scale).double()
-            if self.norm is rms_norm:
-                return float(torch.linalg.vector_norm(y_error / scale))
-            return float(self.norm(y_error / scale))
+                    ratio = torch.linalg.vector_norm(y_error / scale, dim=-1).double()
+                else:
+                    ratio = rows_norm(self.norm)(y_error / scale).double()
+            elif self.norm is rms_norm:
+                ratio = float(torch.linalg.vector_norm(y_error / scale))
+            else:
+                ratio = float(self.norm(y_error / scale))
+        return ratio, abs_y0, abs_y1
 
     def _shrink(self, ratio: Any, k: int) -> Any:
         """Step-size factor after a rejection (I part only, never growing)."""
@@ -294,11 +319,13 @@ class PIDController(AbstractController):
         must end the solve (``DT_MIN``) instead of being retried at the same size until
         ``max_steps``.
         """
-        k, rtol, atol, prev1, prev2 = state
+        k, rtol, atol, prev1, prev2, *seen = state
         if step.y_error is None:
             raise TypeError("PIDController needs a solver with an embedded error estimate")
         rows = isinstance(dt, torch.Tensor)
-        ratio = self.error_ratio(y0, step.y1, step.y_error, rtol, atol, rows)
+        # Joint mode: |y0| is known when y0 is the state the last verdict kept.
+        known = seen[0][1] if seen and seen[0][0] is y0 else None
+        ratio, abs_y0, abs_y1 = self._ratio(y0, step.y1, step.y_error, rtol, atol, rows, known)
         nonfinite: Any = False
         if rows:
             ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf)
@@ -333,13 +360,15 @@ class PIDController(AbstractController):
                 dt_reject = _arith.where(nonfinite, dt_next, at_least)
             dt_accept = _arith.clip(dt_next, self.dt_min, self.dt_max)
             dt_next = _arith.where(accept, dt_accept, dt_reject)
-        if not i_only:
-            # The P and D terms read the last two accepted ratios; the I controller never.
-            if rows:
+        if rows:
+            if not i_only:
+                # The P and D terms read the last two accepted ratios; the I controller never.
                 history = torch.where(accept, ratio, prev1), torch.where(accept, prev1, prev2)
-            else:
-                history = (ratio, prev1) if accept else (prev1, prev2)
-            state = (k, rtol, atol, *history)
+                state = (k, rtol, atol, *history)
+        elif accept:
+            state = (k, rtol, atol, ratio, prev1, (step.y1, abs_y1))
+        else:
+            state = (k, rtol, atol, prev1, prev2, (y0, abs_y0))
         return Decision(accept, dt_next, state, nonfinite)
 
     def _i_only(self, k: int) -> bool:

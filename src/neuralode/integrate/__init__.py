@@ -16,6 +16,7 @@ from ..solvers._explicit_rk import AbstractSolver
 from .events import Watcher
 from .hooks import OnAccept
 from .joint import integrate_joint
+from .one_row import integrate_one_row, unsupported
 from .per_sample import integrate_samples
 from .records import AbstractRecord, Replayed, RowsRecord, StepRecord
 
@@ -58,6 +59,14 @@ def integrate(
     """
     if watcher is not None and records is not None:
         raise ValueError("events cannot be combined with step records")
+    if not problem.batched and problem.tuning.compile:
+        why = unsupported(problem, controller, dense, records is not None, watcher is not None)
+        if why or on_accept is not None:
+            raise ValueError(
+                f"compile_step=True in joint mode (batch_dims=0) does not support "
+                f"{why or 'regularizers or step hooks'} yet: solve with compile_step=False"
+            )
+        return integrate_one_row(problem, solver, controller, max_steps=max_steps)
     if not problem.batched:
         raw = integrate_joint(
             problem, solver, controller, max_steps=max_steps, dense=dense,

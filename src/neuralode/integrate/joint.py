@@ -51,6 +51,7 @@ def integrate_joint(
     sstate = solver.initial_state(y.reshape(1, -1))
     stops, jumps = _forced_stops(controller, problem)
     t_dtype, t_f0, streak = problem.ts.dtype, d * tau, 0
+    stop_at, land = None, 0.0  # the stop the steps head for, and where they land on it
     if watcher is not None:
         watcher.start(torch.tensor([tau], dtype=torch.float64), y.reshape(1, -1))
     while not failure and out.n_out < len(taus):
@@ -62,8 +63,10 @@ def integrate_joint(
         underflow = dt < controller.min_step() * (1 - 1e-9)
         i_stop = bisect.bisect_right(stops, tau)
         tau_stop = stops[i_stop] if i_stop < len(stops) else taus[-1]
+        if tau_stop != stop_at:  # (the same stop for most steps: computed once for it)
+            stop_at, land = tau_stop, landing(tau_stop, t_dtype)
         # Land exactly on the next stop rather than leave a sliver.
-        tau1, dt, lost = step_to(tau, dt, tau_stop, landing(tau_stop, t_dtype), t_dtype)
+        tau1, dt, lost = step_to(tau, dt, tau_stop, land, t_dtype)
         if underflow or lost:
             failure = Failure.DT_MIN if underflow else Failure.CLOCK
             failure = Failure.NONFINITE_UNDERFLOW if streak else failure
