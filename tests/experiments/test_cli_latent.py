@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ pytest.importorskip("matplotlib")
 from cli_helpers import assert_refused, assert_resume_is_exact, metrics_rows  # noqa: E402
 
 from neuralode.experiments._run.distributed import World  # noqa: E402
+from neuralode.experiments._run.protocol import Context  # noqa: E402
 from neuralode.experiments.cli import main  # noqa: E402
 from neuralode.experiments.latent import protocol as p4  # noqa: E402
 from neuralode.experiments.latent.task import LatentConfig, LatentTask  # noqa: E402
@@ -182,3 +184,67 @@ def test_p4_verdicts_follow_the_numbers():
     losing = _found({"latent-ode": {30: 0.4}, "rnn": {30: 0.3}, "rnn-dt": {30: 0.5}})
     lines = p4.verdicts(losing, (30,))
     assert "below both RNNs: NO" in lines[0] and lines[-1].endswith("NOT met.")
+
+
+def test_p4_restarts_train_every_model_alike_on_the_same_spirals(tmp_path):
+    s = p4.Scale(60, 20, 10, 10, 10, 10, (10,), (0.3,), restarts=2)
+    ctx = Context("demo", tmp_path, 5, None, False, "digits", "")
+    for model in p4.MODELS:
+        first, second = (p4._config(ctx, s, model, 10, 0.3, r) for r in range(2))
+        # Another training seed (initialisation, batches, sampling), the same spirals.
+        assert (first.seed, second.seed) == (5, 15) and first.data_seed == second.data_seed == 5
+        assert dataclasses.replace(second, seed=5, out=first.out) == first
+        assert second.out == tmp_path / "p4" / f"{model}-n10-noise0.3-restart1"
+
+
+def _fake_p4_run(folder: Path, val: float, test: float) -> None:
+    folder.mkdir(parents=True)
+    summary = {"test_rmse_clean": test, "test_rmse": test, "test_nfe_forward": 30,
+               "train_seconds": 1.0, "best_val_rmse": val, "parameters": 100, "best_epoch": 1,
+               "iters_per_epoch": 1, "history": [{"nfe_forward": 30}]}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_p4_keeps_the_restart_with_the_lowest_validation_rmse_never_the_test(tmp_path, monkeypatch):
+    s = p4.Scale(60, 20, 10, 10, 10, 10, (30,), (0.3,), restarts=3)
+    monkeypatch.setitem(p4.SCALES, "demo", s)
+    ctx = Context("demo", tmp_path, 0, None, False, "digits", "")
+    # (validation, test) per restart: the lowest validation RMSE has the worst test RMSE.
+    runs = {"latent-ode": [(2.0, 0.5), (1.0, 3.0), (1.5, 0.1)],
+            "rnn": [(2.5, 2.5), (2.4, 2.6)],  # restart 2 did not finish
+            "rnn-dt": [(1.9, 1.9), (1.9, 1.0), (1.8, 2.0)]}  # fmt: skip
+    for model, pairs in runs.items():
+        for r, (val, test) in enumerate(pairs):
+            _fake_p4_run(ctx.folder("p4", p4.run_name(model, 30, 0.3, r)), val, test)
+    found = p4._summaries(ctx, s, 0.3)
+    assert {m: found[(m, 30)]["restart"] for m in p4.MODELS} == {
+        "latent-ode": 1, "rnn": 1, "rnn-dt": 2}  # fmt: skip
+    assert found[("latent-ode", 30)]["test_rmse_clean"] == 3.0
+    (claim,) = p4.TableTwo().claims(ctx)
+    assert claim.ours == "n = 30: 3.0000 vs 2.0000 (RNN + Δt)" and claim.holds is False
+    walls = {f"p4/{p4.run_name('latent-ode', 30, 0.3, r)}": 10.0 + r for r in range(3)}
+    section = p4.TableTwo().section(ctx, walls)
+    assert "| latent ODE | 30 | 3.0000 |" in section
+    assert "| 33 |" in section  # the latent ODE's wall time: all three restarts
+    assert "0: 2.000, **1: 1.000**, 2: 1.500" in section
+    assert "Every model is trained 3 times on the same spirals (training seeds 0, 10, 20" in section
+
+
+def test_p4_select_breaks_ties_by_the_earlier_restart_and_never_keeps_nan():
+    def runs(*scores):
+        return {r: {"best_val_rmse": v} for r, v in enumerate(scores)}
+
+    assert p4.select(runs(1.0, 0.5, 0.5)) == 1
+    assert p4.select(runs(float("nan"), 2.0)) == 1
+    assert p4.select({3: {"best_val_rmse": 1.0}}) == 3
+
+
+def test_p4_demo_trains_every_model_from_several_seeds():
+    """The demo's verdict rests on more than one training per model (docs/protocols.md)."""
+    s = p4.SCALES["demo"]
+    assert s.restarts == 3 and (s.n_obs, s.noises) == ((30,), (0.3,))
+    ctx = Context("demo", Path("out"), 7, None, False, "digits", "")
+    names = sorted(job.name for job in p4.TableTwo().jobs(ctx))
+    assert names == sorted(p4.run_name(m, 30, 0.3, r) for m in p4.MODELS for r in range(3))
+    assert [p4.restart_seed(7, r) for r in range(3)] == [7, 17, 27]
+    assert p4.restart_seed(2**63 - 1, 1) == 9  # wraps into torch's seed range

@@ -343,8 +343,9 @@ def _write_p4(ctx, table):
             folder = ctx.folder("p4", p4.run_name(model, n, 0.3))
             folder.mkdir(parents=True)
             summary = {"test_rmse_clean": rmse, "test_rmse": rmse, "test_nfe_forward": 30,
-                       "train_seconds": 1.0, "parameters": 100, "best_epoch": 1,
-                       "iters_per_epoch": 1, "history": [{"nfe_forward": 30}]}  # fmt: skip
+                       "train_seconds": 1.0, "best_val_rmse": rmse, "parameters": 100,
+                       "best_epoch": 1, "iters_per_epoch": 1,
+                       "history": [{"nfe_forward": 30}]}  # fmt: skip
             (folder / "summary.json").write_text(json.dumps(summary))
 
 

@@ -641,8 +641,9 @@ def _report_files(out: Path, evaluated: Path) -> dict[Path, object]:
     s = p4.SCALES["demo"]
     for model in p4.MODELS:
         for n in s.n_obs:
-            name = p4.run_name(model, n, s.noises[0])
-            found[ctx.folder("p4", name) / "summary.json"] = _example(p4.SUMMARY)
+            for restart in range(s.restarts):
+                name = p4.run_name(model, n, s.noises[0], restart)
+                found[ctx.folder("p4", name) / "summary.json"] = _example(p4.SUMMARY)
     for job in PLANNERS["p5"].jobs(ctx):
         key = "nll" if job.name.startswith("moons") else "kl"
         found[ctx.folder("p5", job.name) / "summary.json"] = _example(p5.summary_spec(key))
