@@ -28,6 +28,7 @@ from .implicit_fixed import (
 )
 from .kvaerno3 import Kvaerno3
 from .kvaerno5 import Kvaerno5
+from .radau5 import Radau5
 from .rodas5p import Rodas5P
 from .ros3p import ROS3P
 from .rosenbrock23 import Rosenbrock23
@@ -60,6 +61,7 @@ IMPLICIT_SOLVERS: tuple[type[ImplicitRK], ...] = (
     GaussLegendre6,
     Kvaerno3,
     Kvaerno5,
+    Radau5,
 )
 # The Rosenbrock (linearly implicit) solvers: one Jacobian, one LU, no Newton per step.
 ROSENBROCK_SOLVERS: tuple[type[Rosenbrock], ...] = (Rosenbrock23, ROS3P, Rodas5P)
@@ -101,6 +103,7 @@ __all__ = [
     "GMRES",
     "Newton",
     "RadauIIA3",
+    "Radau5",
     "RadauIIA5",
     "ROS3P",
     "ROSENBROCK_SOLVERS",

@@ -221,7 +221,25 @@ class FIRK(ImplicitRK):
             b = torch.tensor(tab.b_float, dtype=y.dtype, device=y.device)
             y1 = y + _times_rows(h, torch.einsum("i,rin->rn", b, k_all))
         states = self._next_states(jac, fresh, solution.eta)
-        return self._result(y0, y1, k, k0, h, solution.failed, states)
+        y_error = self._estimate(call, f, t0, y, k0, h, increments, jac)
+        return self._result(y0, y1, k, k0, h, solution.failed, states, y_error)
+
+    def _estimate(
+        self,
+        call: RowField,
+        f: Any,
+        t0: Time,
+        y: torch.Tensor,
+        k0: torch.Tensor,
+        h: StepSize,
+        increments: torch.Tensor,
+        jac: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The step's local error estimate on rows, from its stage increments ``(R, s, n)``.
+
+        ``None``: a fixed-step method (an adaptive one overrides this, :class:`Radau5`).
+        """
+        return None
 
 
 def _times_rows(h: StepSize, x: torch.Tensor) -> torch.Tensor:

@@ -287,15 +287,17 @@ class ImplicitRK(AbstractSolver):
         h: StepSize,
         failed: torch.Tensor,
         states: tuple[SolverState, SolverState] = ((), ()),
+        y_error: torch.Tensor | None = None,
     ) -> StepResult:
         """The step's result from its rows: error estimate, failed rows NaN, y0's shape.
 
         ``k`` are the stages' derivatives (with ``f0`` first for an explicit first stage);
-        ``states``: the solver states if accepted and if rejected (``()``: blank).
+        ``states``: the solver states if accepted and if rejected (``()``: blank);
+        ``y_error``: an error estimate on rows that is not a sum of the stages (else the
+        tableau's error weights give it).
         """
         tab = self._tab
-        y_error = None
-        if tab.error_float is not None:
+        if y_error is None and tab.error_float is not None:
             # Step-size control is not differentiated: keep the estimate out of the graph.
             with torch.no_grad():
                 if isinstance(h, float):
