@@ -25,6 +25,7 @@ TIGHT_NEWTON = no.Newton(rtol=1e-12, atol=1e-12)
 SOLVERS = {
     "kvaerno3": no.Kvaerno3(newton=TIGHT_NEWTON),
     "kvaerno5": no.Kvaerno5(newton=TIGHT_NEWTON),
+    "radau5": no.Radau5(newton=TIGHT_NEWTON),
 }
 # The fixed-step ones with Direct only: an implicit first stage (SDIRK2), a method that is
 # not stiffly accurate (implicit midpoint, Gauss) and the stacked fully implicit step.
@@ -103,10 +104,11 @@ def test_gradcheck_joint_fixed_steps(name, method, fast):
     assert gradcheck(fn, inputs(), eps=1e-6, atol=atol, rtol=1e-5, fast_mode=fast)
 
 
+@pytest.mark.parametrize("solver_cls", [no.Kvaerno5, no.Radau5], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("method", PER_SAMPLE)
-def test_gradcheck_per_sample(method):
+def test_gradcheck_per_sample(method, solver_cls):
     tol = 1e-9
-    solver = no.Kvaerno5(newton=TIGHT_NEWTON)
+    solver = solver_cls(newton=TIGHT_NEWTON)
     controller = no.PIDController(rtol=tol, atol=tol)
     fn = solve_fn(solver, controller, EACH_ADJOINT[method], 1, damping(method))
     # Adaptive steps move with the inputs under finite differences by about the tolerance.
@@ -117,7 +119,8 @@ def test_gradcheck_per_sample(method):
     ("method", "batch_dims"),
     [(m, 0) for m in EACH_ADJOINT] + [(m, 1) for m in PER_SAMPLE],
 )
-def test_gradients_match_backprop_through_an_explicit_solver(method, batch_dims):
+@pytest.mark.parametrize("solver_cls", [no.Kvaerno5, no.Radau5], ids=lambda c: c.__name__)
+def test_gradients_match_backprop_through_an_explicit_solver(method, batch_dims, solver_cls):
     y0, W, b = inputs(batch=3)
     weights = torch.randn(len(TS), 3, 2, dtype=D, generator=torch.Generator().manual_seed(1))
 
@@ -127,7 +130,7 @@ def test_gradients_match_backprop_through_an_explicit_solver(method, batch_dims)
         return torch.autograd.grad((fn(y0, W, b) * weights).sum(), (y0, W, b))
 
     reference = grads(no.Dopri5(), no.DirectAdjoint(), 1e-11)
-    solver = no.Kvaerno5(newton=no.Newton(rtol=1e-10, atol=1e-10))
+    solver = solver_cls(newton=no.Newton(rtol=1e-10, atol=1e-10))
     implicit = grads(solver, EACH_ADJOINT[method], 1e-9)
     for got, want in zip(implicit, reference, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

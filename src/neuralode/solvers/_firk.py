@@ -22,6 +22,7 @@ from ._implicit import ImplicitRK, on_rows, refuse_compile, stage_time
 from ._krylov import MatrixFree, Product, jvp_products
 from ._newton import (
     Factorised,
+    Newton,
     NewtonMatrix,
     RowField,
     StageMap,
@@ -205,11 +206,10 @@ class FIRK(ImplicitRK):
         times = tuple(stage_time(t0, dt, c, t1_stage) for c in tab.c_float)
         psi = y.repeat(1, s)  # (R, s·n): every stage starts from y0
         with torch.no_grad():
-            c = torch.tensor(tab.c_float, dtype=y.dtype, device=y.device)
-            guess = y.unsqueeze(1) + _times_rows(h, c[None, :, None] * k0.unsqueeze(1))
+            guess = self._guess(y, k0, h, state)
         stage_map = _Collocation(call, f, times, h, a)
         solution = solve_stage(
-            stage_map, psi, guess.reshape(rows, -1), matrix, self.newton, matrix.singular
+            stage_map, psi, guess.reshape(rows, -1), matrix, self._newton(y.dtype), matrix.singular
         )
         increments = (solution.z - psi).view(rows, s, n)
         a_inv = torch.tensor(tab.a_inverse, dtype=y.dtype, device=y.device)
@@ -220,9 +220,32 @@ class FIRK(ImplicitRK):
         else:
             b = torch.tensor(tab.b_float, dtype=y.dtype, device=y.device)
             y1 = y + _times_rows(h, torch.einsum("i,rin->rn", b, k_all))
-        states = self._next_states(jac, fresh, solution.eta)
+        states = self._states(jac, fresh, solution.eta, state, increments, h)
         y_error = self._estimate(call, f, t0, y, k0, h, increments, jac)
         return self._result(y0, y1, k, k0, h, solution.failed, states, y_error)
+
+    def _guess(
+        self, y: torch.Tensor, k0: torch.Tensor, h: StepSize, state: SolverState
+    ) -> torch.Tensor:
+        """Newton's starting stage values ``(R, s, n)``: ``y0 + c_i dt f0``."""
+        c = torch.tensor(self.tableau.c_float, dtype=y.dtype, device=y.device)
+        return y.unsqueeze(1) + _times_rows(h, c[None, :, None] * k0.unsqueeze(1))
+
+    def _newton(self, dtype: torch.dtype) -> Newton:
+        """The Newton settings for a state of ``dtype`` (:class:`Radau5` sets ``kappa``)."""
+        return self.newton
+
+    def _states(
+        self,
+        jac: torch.Tensor | None,
+        fresh: torch.Tensor | None,
+        eta: torch.Tensor,
+        state: SolverState,
+        increments: torch.Tensor,
+        h: StepSize,
+    ) -> tuple[SolverState, SolverState]:
+        """The solver states after this step, if accepted and if rejected."""
+        return self._next_states(jac, fresh, eta)
 
     def _estimate(
         self,

@@ -205,7 +205,7 @@ class ImplicitRK(AbstractSolver):
         """
         reuse = None
         if state:
-            old, memory = state
+            old, memory = state[:2]
             reuse = (memory[:, 0] > 0) & (memory[:, 1] <= REUSE_RATE)
             if bool(reuse.all()):
                 return old, ~reuse

@@ -31,6 +31,10 @@ from ._explicit_rk import StepSize, Time
 RowField = Callable[[Time, torch.Tensor], torch.Tensor]
 
 
+# Newton's stopping fraction of the tolerance where neither the user nor the solver sets one.
+DEFAULT_KAPPA = 1e-2
+
+
 @dataclass(frozen=True)
 class Newton:
     """Settings of the simplified Newton iteration that solves each implicit stage.
@@ -50,18 +54,22 @@ class Newton:
     Attributes:
         rtol: Relative tolerance of the stage solutions.
         atol: Absolute tolerance of the stage solutions.
-        kappa: Fraction of the tolerance the iteration error must reach.
+        kappa: Fraction of the tolerance the iteration error must reach; ``None``: the
+            solver's default (1e-2, diffrax's, for the diagonally implicit methods;
+            ``min(0.03, √rtol)``, scipy's Radau's, for :class:`~neuralode.Radau5`).
         max_iters: Most iterations per stage (each costs one evaluation of ``f``).
     """
 
     rtol: float = 1e-6
     atol: float = 1e-8
-    kappa: float = 1e-2
+    kappa: float | None = None
     max_iters: int = 10
 
     def __post_init__(self) -> None:
         for name in ("rtol", "atol", "kappa"):
             value = getattr(self, name)
+            if name == "kappa" and value is None:
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(
                     f"Newton {name} must be a positive finite number, got {value!r}; "
@@ -382,6 +390,7 @@ def _iterate(
     Returns each row's last iterate (where its last update was computed), its final
     value, the rows that failed, and each row's last ``η``.
     """
+    kappa = DEFAULT_KAPPA if settings.kappa is None else settings.kappa
     active = ~failed
     failed = failed.clone()
     z_at, eta_out = z, eta0
@@ -391,7 +400,7 @@ def _iterate(
             gz = stage_map(z)
         residual = psi + gz - z  # r = ψ + G(z) − z
         scale = z.abs().mul(rtol).add_(atol)
-        delta = matrix.solve(residual, stage_map.f, scale * settings.kappa)
+        delta = matrix.solve(residual, stage_map.f, scale * kappa)
         size = _scaled_rms(delta, scale)  # (R,)
         bad = ~torch.isfinite(size)
         if k == 0:
@@ -407,8 +416,8 @@ def _iterate(
                 # rtol 1e-4 fails Newton at 76 steps instead of 145 and takes 3,924
                 # evaluations instead of 4,580 (ROBER: 1,579 instead of 1,626).
                 left = settings.max_iters - 1 - k
-                bad = bad | (rate.pow(left) / (1 - rate) * size > settings.kappa)
-        done = ~bad & (eta * size <= settings.kappa)
+                bad = bad | (rate.pow(left) / (1 - rate) * size > kappa)
+        done = ~bad & (eta * size <= kappa)
         stepping = active & ~bad
         keep = stepping.unsqueeze(-1)
         z_at = torch.where(keep, z, z_at)
