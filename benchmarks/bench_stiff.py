@@ -111,6 +111,7 @@ def our_rows(f: Callable, problem: tuple, rtol: float, atol: float) -> list[str]
     for solver in (
         no.Kvaerno3(newton=newton),
         no.Kvaerno5(newton=newton),
+        no.Radau5(newton=newton),
         no.Rosenbrock23(),
         no.ROS3P(),
         no.Rodas5P(),
