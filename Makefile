@@ -45,7 +45,7 @@ browser:
 	  else echo "could not install chromium: the headless report test will be skipped"; fi; \
 	else echo "no apt-get: the headless report test will be skipped"; fi
 
-# The paper's experiments at the demo scale (about 8 minutes on 2 quiet cores, two single-threaded
+# The paper's experiments at the demo scale (about 5 minutes on 2 quiet cores, two single-threaded
 # runs at a time): REPORT.md and the self-contained REPORT.html in runs/demo.
 # Re-running reuses finished runs and resumes interrupted ones.
 demo: $(STAMP) data

@@ -44,7 +44,7 @@ class ReproduceConfig:
 
     P6 (beyond the paper: regularisers that cut the solver's work) runs only with --only p6.
 
-    demo: about 8 minutes on a quiet 2-core CPU, every protocol at a reduced but honest scale.
+    demo: about 5 minutes on a quiet 2-core CPU, every protocol at a reduced but honest scale.
     quick: the protocols' own sizes (tens of minutes to hours on a CPU).
     full: the paper's own scale where feasible (a GPU or a long run).
     The protocols, their sizes and thresholds: docs/protocols.md.
