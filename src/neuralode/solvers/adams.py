@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache, lru_cache
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import torch
 
@@ -124,9 +124,11 @@ class AdamsBashforth(AbstractSolver):
 
     order: int = 4  # a field here; one-step methods compute it
     interpolation: str = "auto"
+    # The lowest order the method has (a corrector needs a predictor of order ≥ 1).
+    _LOWEST: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        _check_order(self.order, 1, "AdamsBashforth")
+        _check_order(self.order, self._LOWEST, type(self).__name__)
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
@@ -258,9 +260,9 @@ class AdamsBashforthMoulton(AdamsBashforth):
     max_iters: int = 4
     rtol: float = 1e-7
     atol: float = 1e-9
+    _LOWEST: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
-        _check_order(self.order, 2, "AdamsBashforthMoulton")
         super().__post_init__()
         if isinstance(self.max_iters, bool) or not isinstance(self.max_iters, int):
             raise TypeError(f"max_iters must be an int, got {self.max_iters!r}")
