@@ -49,19 +49,30 @@ class Timing:
         return q3 - q1
 
 
+def device_sync() -> None:
+    """Wait for the GPU's queued work, if CUDA is in use (a clock read before it would stop
+    while the device still runs what the timed calls queued)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _calls_per_sample(fn: Callable[[], object], min_sample_s: float) -> int:
     """Calls to batch into one sample so that timer resolution and jitter stay negligible."""
     fn()  # warm-up: first calls pay for lazy init, allocator growth, cold caches
+    device_sync()
     start = time.perf_counter()
     fn()
+    device_sync()
     once = time.perf_counter() - start
     return max(1, math.ceil(min_sample_s / max(once, 1e-9)))
 
 
 def _time_sample(fn: Callable[[], object], number: int) -> float:
+    device_sync()
     start = time.perf_counter()
     for _ in range(number):
         fn()
+    device_sync()
     return (time.perf_counter() - start) / number
 
 

@@ -10,12 +10,20 @@ Two parts:
 Everything runs forward only under torch.no_grad(), one torch thread (see _harness).
 Install the peers first: `bash benchmarks/install_peers.sh .venv/bin/python`.
 
+On a GPU (``--device cuda``) every library runs there and each timed sample ends with a
+device sync. ``--sync-every K`` adds the column ``neuralode sync K``: the joint state run
+as the per-sample driver's one row with one host read per K steps
+(``PerSampleTuning(sync_every=K)``), the path meant for GPUs.
+
 Usage: python benchmarks/bench_forward.py [--quick] [--repeats N] [--out PATH]
+       [--device DEV] [--sync-every K]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import statistics
 import sys
 from collections.abc import Callable
@@ -169,10 +177,10 @@ class Output(NamedTuple):
 Runner = Callable[[], Output]
 
 
-def _neuralode(f: Field, case: Case) -> Runner:
+def _neuralode(f: Field, case: Case, sync_every: int = 1) -> Runner:
     try:
         import neuralode
-        from neuralode import PIDController, solve
+        from neuralode import PerSampleTuning, PIDController, solve
     except ImportError as err:
         raise NotSupported(f"not importable: {err}") from err
     solver_cls = getattr(neuralode, {"dopri5": "Dopri5", "tsit5": "Tsit5"}[case.method], None)
@@ -180,9 +188,10 @@ def _neuralode(f: Field, case: Case) -> Runner:
         raise NotSupported(f"no {case.method} solver")
     rtol, atol = case.tolerances
     solver, controller = solver_cls(), PIDController(rtol=rtol, atol=atol)
+    tuning = PerSampleTuning(sync_every=sync_every) if sync_every > 1 else None
 
     def run() -> Output:
-        sol = solve(f, case.y0, case.ts, solver=solver, controller=controller)
+        sol = solve(f, case.y0, case.ts, solver=solver, controller=controller, tuning=tuning)
         return Output(sol.ys, int(sol.stats.nfe))
 
     return run
@@ -343,8 +352,7 @@ def _add_summary_rows(summary: Table, results: list[CaseResult], n_out: int) -> 
     summary.add(
         f"median ratio {OURS}/library",
         n_out,
-        "1.00×",
-        *(_cell(_median([r.ratio(p) for r in results]), fmt_ratio) for p in PEERS),
+        *(_cell(_median([r.ratio(lib) for r in results]), fmt_ratio) for lib in LIBRARIES),
         _cell(_median([r.ratio_fastest_peer() for r in results]), fmt_ratio),
     )
     summary.add(
@@ -453,6 +461,14 @@ def build_cases(quick: bool) -> tuple[list[Case], list[Case]]:
     return mlp, classic
 
 
+def on_device(case: Case, device: str) -> Case:
+    """The same case with its field, state, times and reference on ``device``."""
+    f = case.f.to(device) if isinstance(case.f, nn.Module) else case.f
+    ref = None if case.reference is None else case.reference.to(device)
+    return dataclasses.replace(case, f=f, y0=case.y0.to(device), ts=case.ts.to(device),
+                               reference=ref)  # fmt: skip
+
+
 def run_all(cases: list[Case], repeats: int) -> list[CaseResult]:
     results = []
     for i, case in enumerate(cases, 1):
@@ -467,15 +483,28 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="subset of the grid, 5 repeats")
     parser.add_argument("--repeats", type=int, help="interleaved rounds (default 7, quick 5)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    parser.add_argument("--device", default="cpu", help="torch device of every solve")
+    parser.add_argument("--sync-every", type=int, default=1, metavar="K",
+                        help="also time neuralode with one host read per K steps")  # fmt: skip
     args = parser.parse_args()
     repeats = args.repeats or (5 if args.quick else 7)
 
     mlp_cases, classic = build_cases(args.quick)
+    if args.device != "cpu":
+        mlp_cases, classic = (
+            [on_device(c, args.device) for c in cs] for cs in (mlp_cases, classic)
+        )
+    if args.sync_every > 1:
+        global LIBRARIES
+        name = f"{OURS} sync {args.sync_every}"
+        ADAPTERS[name] = functools.partial(_neuralode, sync_every=args.sync_every)
+        LIBRARIES = (OURS, name, *PEERS)
     mlp_results = run_all(mlp_cases, repeats)
     classic_results = run_all(classic, repeats)
 
     info = hardware_info(["torchdiffeq", "torchode", "torchdyn"])
     info["repeats"] = f"{repeats}{' (--quick)' if args.quick else ''}"
+    info["device"] = args.device
     report = "\n\n".join(
         [
             "# Forward benchmark",

@@ -30,6 +30,14 @@ class PerSampleTuning:
             the host, whatever the batch, which on small states is most of a step's time;
             unrolling the steps in one graph pays it once for all of them. 1 turns fusion
             off.
+        sync_every: An eager (uncompiled) solve takes this many steps between host reads
+            of the loop's state (which rows left, how many outputs fell in the steps).
+            On a GPU each read waits for the device to finish every kernel queued so
+            far, so the host cannot queue the next step while the device runs this one;
+            with ``sync_every=K`` it queues K steps' kernels, then reads once. The steps
+            are the same ones (rows that finish inside the K steps stay in the batch,
+            frozen, until the read), so no number changes. On a CPU there is no device to
+            wait for and a read costs nothing: the default 1 reads after every step.
         compact: Drop finished samples from the batch (the point of the mode). Off, they
             stay frozen in place: only to prove that compaction changes no number.
         compact_share: Finished samples stay in the batch, frozen, until they are this
@@ -45,15 +53,25 @@ class PerSampleTuning:
     compile: bool = False
     backend: str = "inductor"
     fused_steps: int = 4
+    sync_every: int = 1
     compact: bool = True
     compact_share: float = 0.1
     pending_elements: int = 1 << 22
 
+    @property
+    def joint_as_row(self) -> bool:
+        """Whether a joint solve with this tuning runs as the per-sample driver's one row.
+
+        The joint driver's clock is Python floats, read every step; compiled steps and
+        steps without a host read each need the clock as tensors.
+        """
+        return self.compile or self.sync_every > 1
+
     def __post_init__(self) -> None:
-        if isinstance(self.fused_steps, bool) or not (
-            isinstance(self.fused_steps, int) and self.fused_steps >= 1
-        ):
-            raise ValueError(f"fused_steps must be a whole number >= 1, got {self.fused_steps!r}")
+        for name in ("fused_steps", "sync_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if not 0 <= self.compact_share < 1:
             raise ValueError(f"compact_share must lie in [0, 1), got {self.compact_share!r}")
         if isinstance(self.pending_elements, bool) or not (

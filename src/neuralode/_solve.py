@@ -97,7 +97,9 @@ def solve(
             ``CheckpointAdjoint``).
         tuning: Per-sample mode (or ``compile_step=True``): the driver's performance knobs
             (:class:`~neuralode.PerSampleTuning`: compile backend, steps fused per compiled
-            call, compaction, output batching). None of them changes a number.
+            call, steps between host reads, compaction, output batching). None of them
+            changes a number. In joint mode a tuning with ``sync_every > 1`` runs the
+            state as the per-sample driver's one row, as ``compile_step=True`` does.
         regularizers: Integrals along the trajectory to penalise in training
             (:class:`~neuralode.KineticEnergy`, :class:`~neuralode.JacobianFrobenius`),
             solved as extra states of this solve and outside its error control (a PID
@@ -194,11 +196,11 @@ def _per_sample_options(
     """Check the options that only the per-sample mode takes; the driver's tuning."""
     if tuning is not None and not isinstance(tuning, PerSampleTuning):
         raise TypeError(f"tuning must be a neuralode.PerSampleTuning, got {tuning!r}")
-    if tuning is not None and not batch_dims and not compile_step:
+    if tuning is not None and not batch_dims and not (compile_step or tuning.joint_as_row):
         raise ValueError(
             "tuning= configures the per-sample driver and needs batch_dims=1 (or, in joint "
-            "mode, compile_step=True, which runs the joint state as its one row); the eager "
-            "joint mode has no such knobs"
+            "mode, compile_step=True or tuning.sync_every > 1, which run the joint state as "
+            f"its one row); the eager joint mode has no such knobs, got {tuning!r}"
         )
     if not isinstance(args, (torch.Tensor, tuple, list)):
         raise TypeError(

@@ -59,12 +59,13 @@ def integrate(
     """
     if watcher is not None and records is not None:
         raise ValueError("events cannot be combined with step records")
-    if not problem.batched and problem.tuning.compile:
+    if not problem.batched and problem.tuning.joint_as_row:
         why = unsupported(problem, controller, dense, records is not None, watcher is not None)
         if why or on_accept is not None:
+            option = "compile_step=True" if problem.tuning.compile else "sync_every > 1"
             raise ValueError(
-                f"compile_step=True in joint mode (batch_dims=0) does not support "
-                f"{why or 'regularizers or step hooks'} yet: solve with compile_step=False"
+                f"{option} in joint mode (batch_dims=0) does not support "
+                f"{why or 'regularizers or step hooks'} yet: solve without it"
             )
         return integrate_one_row(problem, solver, controller, max_steps=max_steps)
     if not problem.batched:

@@ -29,6 +29,7 @@ from ..controllers import AbstractController, SolveStart
 from ..solvers._explicit_rk import AbstractSolver
 from .clock import landing
 from .compiled import Fused, call_compiled, compiled_attempt
+from .compiled import fused as steps_fused
 from .endings import Failure, failures, sample_result
 from .events import Watcher
 from .hooks import OnAccept
@@ -129,6 +130,10 @@ class _Driver:
         self.field = problem.f
         # Whether each compiled graph has not been called yet in this solve.
         self.fresh_single = self.fresh_fused = True
+        # Steps taken between host reads where they can go fused: one compiled graph
+        # call, or eager steps queued without a read (see PerSampleTuning).
+        tuning = self.tuning
+        self.n_fused = tuning.fused_steps if tuning.compile else tuning.sync_every
 
     def start(self, rows: Rows) -> Rows:
         """First step sizes; samples whose ``f(t0, y0)`` is not finite fail at once."""
@@ -167,22 +172,21 @@ class _Driver:
         )  # fmt: skip
 
     def run(self, rows: Rows, records: list[RowsRecord] | None, on_accept: OnAccept | None) -> Rows:
-        """Step until no row is live: fused compiled steps where they can go, else one."""
-        tuning, solver = self.tuning, self.solver
-        fusable = tuning.compile and records is None and on_accept is None
-        fusable = fusable and self.watcher is None
-        fusable = fusable and tuning.fused_steps > 1 and not solver.needs_f1 and solver.fsal
+        """Step until no row is live: fused steps where they can go, else one at a time."""
+        solver, n_fused = self.solver, self.n_fused
+        fusable = records is None and on_accept is None and self.watcher is None
+        fusable = fusable and n_fused > 1 and not solver.needs_f1 and solver.fsal
         # Steps still to take one at a time after fused steps met trouble, and how many
         # to take after the next trouble: doubled while fused calls keep meeting it (a
         # sample creeping up to a singularity), so few fused calls are wasted.
-        single, backoff = 0, tuning.fused_steps
+        single, backoff = 0, n_fused
         while rows.n_live:
             if fusable and not single:
                 fused = self.advance_fused(rows)
                 if fused is not None:
-                    rows, backoff = fused, tuning.fused_steps
+                    rows, backoff = fused, n_fused
                     continue
-                single, backoff = backoff, min(2 * backoff, 64 * tuning.fused_steps)
+                single, backoff = backoff, min(2 * backoff, 64 * n_fused)
             rows = self.advance(rows, records, on_accept)
             single = max(single - 1, 0)
         return rows
@@ -352,19 +356,25 @@ class _Driver:
         return rows, keep
 
     def advance_fused(self, rows: Rows) -> Rows | None:
-        """The tuning's ``fused_steps`` batched steps in one compiled call.
+        """``n_fused`` batched steps with one host read: one compiled call, or eager steps.
 
         Returns the rows after them, or ``None`` if some row met trouble (could not step,
         or was not finite) in one of them: nothing is kept then, and the caller takes the
         steps one at a time, where :meth:`_next_rows` judges the failures.
         """
-        f, n_steps = self.field, self.tuning.fused_steps
-        fused: Fused = call_compiled(
-            "fused", self.fresh_fused, self.tuning.backend, f, self.solver, self.controller,
-            rows, self.max_steps, self.problem.direction, n_steps,
-        )  # fmt: skip
-        self.fresh_fused = False
-        summary = fused.summary.tolist()  # the call's one host sync
+        f, n_steps = self.field, self.n_fused
+        given = (self.solver, self.controller, rows, self.max_steps, self.problem.direction)
+        fused: Fused
+        if self.tuning.compile:
+            fused = call_compiled(
+                "fused", self.fresh_fused, self.tuning.backend, f, *given, n_steps
+            )
+            self.fresh_fused = False
+        else:
+            # The same function the compiled graph runs, called eagerly (and counted
+            # below, like the graph's calls).
+            fused = steps_fused(f.uncounted(), *given, n_steps)
+        summary = fused.summary.tolist()  # the one host sync of the n_fused steps
         if any(step[3] for step in summary):
             return None
         # Every stage after k[0] = f0 is one call of f, on every row of the batch. Steps
