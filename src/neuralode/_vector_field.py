@@ -47,7 +47,7 @@ class Structure:
         """Whether a state is the solver's tensor itself (neither tuple nor reshaped)."""
         return not self.is_tuple and (not self.batched or len(self.shapes[0]) == 1)
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
         """Number of elements of each part."""
         return [s.numel() for s in self.shapes]
@@ -69,7 +69,9 @@ class Structure:
                 return v
             return v.reshape((*v.shape[:-1], *self.shapes[0]))
         lead = v.shape[:-1]
-        parts = torch.split(v, self.sizes, dim=-1)
+        # (split_with_sizes: torch.split's Python wrapper checks the sizes symbolically,
+        # ~10 µs a call, and this runs at every evaluation of a tuple state.)
+        parts = v.split_with_sizes(self.sizes, dim=-1)
         # One shape tuple, not unpacked arguments: reshape() with no arguments (a 0-d part
         # of an unbatched state) is an error, reshape(()) is not.
         return tuple(p.reshape((*lead, *s)) for p, s in zip(parts, self.shapes, strict=True))

@@ -150,5 +150,13 @@ def field_vjp(
     and takes the second-order vector-Jacobian products of that one evaluation. Third
     derivatives raise ``NotImplementedError``.
     """
+    if not torch.is_grad_enabled():
+        # The usual backward pass (no create_graph): nothing differentiates the products,
+        # so skip the Function that would make them differentiable, whose apply costs
+        # about as much as a small field's own evaluation.
+        with torch.enable_grad():
+            wrt = params if wrt_params else ()
+            fy, vjps = _vjps(call, y.detach().requires_grad_(True), a, wrt, create_graph=False)
+        return fy.detach(), vjps[0], vjps[1:]
     out = _FieldVJP.apply(call, tuple(params), wrt_params, y, a, *params)
     return out[0], out[1], list(out[2:])

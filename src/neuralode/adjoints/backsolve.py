@@ -271,12 +271,14 @@ class _AugmentedField:
         def call(y_var: torch.Tensor) -> torch.Tensor:
             return f.structure.flatten(f.f(t, f.structure.unflatten(y_var)))
 
-        fy, vjp_y, vjp_params = field_vjp(call, y, a, self.params)
+        # −aᵀ∂f/∂y and −aᵀ∂f/∂θ as the products with −a: one negation, not two (and the
+        # same numbers: a sign flip is exact).
+        fy, vjp_y, vjp_params = field_vjp(call, y, torch.neg(a), self.params)
         flat = [v.reshape(-1) for v in vjp_params]
         g_dot = torch.cat(flat) if flat else y.new_zeros(0)
         if self.interpolant is not None:
-            return -vjp_y, -g_dot
-        return fy, -vjp_y, -g_dot
+            return vjp_y, g_dot
+        return fy, vjp_y, g_dot
 
     def problem(self, state: tuple[torch.Tensor, ...], segment: torch.Tensor) -> Problem:
         """The backward problem from ``segment[0]`` to ``segment[1]``."""
