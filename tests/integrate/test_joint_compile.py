@@ -11,22 +11,10 @@ import torch
 from torch._dynamo.utils import counters
 
 import neuralode as no
+from fields import RowMixingMLP
 
 D = torch.float64
 EAGER = no.PerSampleTuning(backend="eager")
-
-
-class MLP(torch.nn.Module):
-    """A field that mixes the rows of its (batch, dim) state (as joint mode allows)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        self.w1 = torch.nn.Parameter(torch.randn(3, 16, generator=gen, dtype=D))
-        self.w2 = torch.nn.Parameter(torch.randn(16, 3, generator=gen, dtype=D) / 4)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(y @ self.w1) @ self.w2 - y.mean(0) * torch.cos(t)
 
 
 @pytest.fixture
@@ -43,7 +31,7 @@ def _ulps_of_scale(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_joint_compiled_step_has_no_graph_breaks_and_the_eager_numbers(traced):
-    f = MLP()
+    f = RowMixingMLP()
     y0 = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(1))
     ts = torch.linspace(0.0, 2.0, 7, dtype=D)
     controller = no.PIDController(rtol=1e-7, atol=1e-9)
@@ -64,7 +52,7 @@ def test_joint_compiled_step_has_no_graph_breaks_and_the_eager_numbers(traced):
 
 @pytest.mark.parametrize("adjoint", [no.DirectAdjoint(), no.BacksolveAdjoint()])
 def test_joint_compiled_gradients_match_eager(traced, adjoint):
-    f = MLP()
+    f = RowMixingMLP()
     y0 = torch.randn(4, 3, dtype=D, generator=torch.Generator().manual_seed(2))
     ts = torch.tensor([0.0, 0.5, 1.0], dtype=D)
     controller = no.PIDController(rtol=1e-8, atol=1e-10)

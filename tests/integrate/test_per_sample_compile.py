@@ -7,20 +7,14 @@ tens of seconds. The benchmark (benchmarks/bench_per_sample.py) times the induct
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 import neuralode as no
+from fields import PER_SAMPLE_FAILURES, van_der_pol
 
 D = torch.float64
-
-
-def van_der_pol(t, y, mu):
-    x, v = y[..., 0], y[..., 1]
-    return torch.stack([v, mu * (1 - x**2) * v - x], -1)
 
 
 class MLP(torch.nn.Module):
@@ -155,31 +149,12 @@ def test_python_numbers_are_graph_constants_in_every_graph():
         assert len(scalars) == 2 and len(graph) < 20
 
 
-def blows_up(t, y, k):
-    return k[:, None] * y**2  # y = 1 / (1 - k t): sample k > 0 blows up at t = 1 / k
-
-
-def nan_after(t, y, t_bad):
-    return torch.where((t > t_bad)[:, None], torch.full_like(y, math.nan), -y)
-
-
-FAILURES = {
-    "blow-up": (blows_up, torch.ones(4, 1, dtype=D), torch.linspace(0.0, 2.0, 9, dtype=D),
-                torch.tensor([-1.0, 2.0, -0.5, -3.0], dtype=D), {}),
-    "nan": (nan_after, torch.ones(3, 2, dtype=D), torch.linspace(0.0, 1.0, 5, dtype=D),
-            torch.tensor([math.inf, 0.3, math.inf], dtype=D), {}),
-    "max-steps": (van_der_pol, torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=D),
-                  torch.tensor([0.0, 1.0], dtype=D), torch.tensor([1.0, 1000.0], dtype=D),
-                  {"max_steps": 200}),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", FAILURES)
+@pytest.mark.parametrize("case", PER_SAMPLE_FAILURES)
 def test_failures_inside_fused_steps_end_as_in_the_eager_loop(traced, case):
     # A fused call whose steps meet trouble (a non-finite step, a step size underflow, a
     # spent budget) is dropped and its steps taken one at a time, where the host judges
     # the failure: every status, time, value and count must equal the eager loop's.
-    f, y0, ts, args, extra = FAILURES[case]
+    f, y0, ts, args, extra = PER_SAMPLE_FAILURES[case]
     controller = no.PIDController(rtol=1e-6, atol=1e-8)
     sols = [no.solve(f, y0, ts, controller=controller, batch_dims=1, args=args, throw=False,
                      compile_step=compile_step, tuning=EAGER, **extra)

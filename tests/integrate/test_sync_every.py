@@ -7,20 +7,15 @@ on the CPU, where the same code runs, and check that skipping them changes no nu
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 import neuralode as no
+from fields import PER_SAMPLE_FAILURES, RowMixingMLP, van_der_pol
 
 D = torch.float64
-
-
-def van_der_pol(t, y, mu):
-    x, v = y[..., 0], y[..., 1]
-    return torch.stack([v, mu * (1 - x**2) * v - x], -1)
 
 
 def _vdp_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,24 +85,11 @@ def test_per_sample_sync_every_reads_the_host_once_per_k_steps():
     assert reads[8] < reads[1] / 4
 
 
-FAILURES = {
-    "blow-up": (lambda t, y, k: k[:, None] * y**2, torch.ones(4, 1, dtype=D),
-                torch.linspace(0.0, 2.0, 9, dtype=D),
-                torch.tensor([-1.0, 2.0, -0.5, -3.0], dtype=D), {}),
-    "nan": (lambda t, y, t_bad: torch.where((t > t_bad)[:, None], math.nan, -y),
-            torch.ones(3, 2, dtype=D), torch.linspace(0.0, 1.0, 5, dtype=D),
-            torch.tensor([math.inf, 0.3, math.inf], dtype=D), {}),
-    "max-steps": (van_der_pol, torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=D),
-                  torch.tensor([0.0, 1.0], dtype=D), torch.tensor([1.0, 1000.0], dtype=D),
-                  {"max_steps": 200}),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", FAILURES)
+@pytest.mark.parametrize("case", PER_SAMPLE_FAILURES)
 def test_failures_between_reads_end_as_with_a_read_every_step(case):
     # Steps that meet trouble between reads are dropped and taken again one at a time,
     # where the host judges the failure: every status, time, value and count as before.
-    f, y0, ts, args, extra = FAILURES[case]
+    f, y0, ts, args, extra = PER_SAMPLE_FAILURES[case]
     controller = no.PIDController(rtol=1e-6, atol=1e-8)
     one, many = (
         no.solve(f, y0, ts, controller=controller, batch_dims=1, args=args, throw=False,
@@ -123,22 +105,9 @@ def test_failures_between_reads_end_as_with_a_read_every_step(case):
     assert many.stats.nfe == one.stats.nfe
 
 
-class MLP(torch.nn.Module):
-    """A field that mixes the rows of its (batch, dim) state (as joint mode allows)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        self.w1 = torch.nn.Parameter(torch.randn(3, 16, generator=gen, dtype=D))
-        self.w2 = torch.nn.Parameter(torch.randn(16, 3, generator=gen, dtype=D) / 4)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(y @ self.w1) @ self.w2 - y.mean(0) * torch.cos(t)
-
-
-def _joint() -> tuple[MLP, torch.Tensor, torch.Tensor]:
+def _joint() -> tuple[RowMixingMLP, torch.Tensor, torch.Tensor]:
     y0 = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(1))
-    return MLP(), y0, torch.linspace(0.0, 2.0, 7, dtype=D)
+    return RowMixingMLP(), y0, torch.linspace(0.0, 2.0, 7, dtype=D)
 
 
 def test_joint_sync_every_runs_the_state_as_one_row_with_the_joint_numbers():
