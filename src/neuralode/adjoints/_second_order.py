@@ -86,10 +86,8 @@ class _FieldVJP(torch.autograd.Function):
         # vector-Jacobian products are outputs (`wrt_params`).
         ctx.call, ctx.params, ctx.wrt = call, params, params if wrt_params else ()
         ctx.save_for_backward(y, a)
-        with torch.enable_grad():
-            y_var = y.detach().requires_grad_(True)
-            fy, vjps = _vjps(call, y_var, a.detach(), ctx.wrt, create_graph=False)
-        return (fy.detach(), *(v.detach() for v in vjps))
+        fy, vjps = _first_order(call, y, a, ctx.wrt)
+        return (fy, *vjps)
 
     @staticmethod
     def backward(ctx: Any, *cotangents: torch.Tensor) -> tuple[Any, ...]:
@@ -113,6 +111,19 @@ class _FieldVJP(torch.autograd.Function):
                 allow_unused=True,
             )
         return (None, None, None, *grads)
+
+
+def _first_order(
+    call: Callable[[torch.Tensor], torch.Tensor],
+    y: torch.Tensor,
+    a: torch.Tensor,
+    params: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`_vjps` at ``y`` without a graph: the values, attached to nothing."""
+    with torch.enable_grad():
+        y_var = y.detach().requires_grad_(True)
+        fy, vjps = _vjps(call, y_var, a.detach(), params, create_graph=False)
+    return fy.detach(), vjps
 
 
 def _vjps(
@@ -154,9 +165,7 @@ def field_vjp(
         # The usual backward pass (no create_graph): nothing differentiates the products,
         # so skip the Function that would make them differentiable, whose apply costs
         # about as much as a small field's own evaluation.
-        with torch.enable_grad():
-            wrt = params if wrt_params else ()
-            fy, vjps = _vjps(call, y.detach().requires_grad_(True), a, wrt, create_graph=False)
-        return fy.detach(), vjps[0], vjps[1:]
+        fy, vjps = _first_order(call, y, a, params if wrt_params else ())
+        return fy, vjps[0], vjps[1:]
     out = _FieldVJP.apply(call, tuple(params), wrt_params, y, a, *params)
     return out[0], out[1], list(out[2:])
