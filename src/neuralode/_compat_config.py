@@ -240,6 +240,9 @@ def _solver_for(
     name: str, options: dict[str, Any], rtol: Any, atol: Any, names: dict[str, str]
 ) -> AbstractSolver:
     arg = names["options"]
+    if name == "dopri5":
+        # torchdiffeq's own error estimate, so that a tolerance takes the same steps.
+        return Dopri5(embedded="torchdiffeq")
     if name not in ADAMS and METHODS[name].tableau.adaptive:
         return METHODS[name]()
     interp = options.get("interp", "linear")

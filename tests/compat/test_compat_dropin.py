@@ -115,6 +115,29 @@ def test_blow_up_failure_is_an_assertion_error_starting_with_underflow_in_dt():
     assert abs(ours.value.t - 1.0) < 1e-3
 
 
+@pytest.mark.parametrize("tol", [1e-4, 1e-6])
+def test_dopri5_estimates_its_error_as_torchdiffeq_does(tol):
+    # torchdiffeq's dopri5 estimates its error with its own embedded solution, 2/3 of
+    # Dormand and Prince's (native Dopri5's default): with the native estimate this solve
+    # took 56 evaluations at 1e-6 where torchdiffeq takes 50.
+    def counted(log):
+        def f(t, y):
+            log.append(float(t))
+            return oscillator(t, y)
+
+        return f
+
+    ours, theirs = [], []
+    got = odeint(counted(ours), Y0, TS, rtol=tol, atol=tol)
+    want = torchdiffeq.odeint(counted(theirs), Y0, TS, rtol=tol, atol=tol)
+    assert len(ours) == len(theirs)
+    # The first step size (2 evaluations) and the next three steps' (6 each), which follow
+    # from the error estimates. (The controllers differ later: torchdiffeq never shrinks
+    # the step after an accepted one, and steps past ts[-1] where ours land on it.)
+    assert ours[:20] == pytest.approx(theirs[:20], rel=1e-13)
+    assert close(got, want, 10 * tol)
+
+
 def test_per_interval_max_num_steps_as_torchdiffeq_counts_it():
     # torchdiffeq counts max_num_steps per output interval: 40 per interval finishes with
     # many outputs even though the whole solve takes more than 40 steps.

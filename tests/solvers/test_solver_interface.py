@@ -104,3 +104,23 @@ def test_per_sample_backsolve_needs_quadrature_weights():
                    adjoint=no.BacksolveAdjoint(), batch_dims=1, params=[w])  # fmt: skip
     with pytest.raises(TypeError, match="HandHeun has none of: use an explicit Runge"):
         sol.ys.sum().backward()
+
+
+def test_dopri5_torchdiffeq_estimate_is_two_thirds_of_the_default_on_a_step():
+    def f(t, y):
+        return torch.sin(3.0 * y) + t
+
+    y0 = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64)
+    f0 = f(0.0, y0)
+    default = no.Dopri5().step(f, 0.0, y0, f0, 0.1)
+    blended = no.Dopri5(embedded="torchdiffeq").step(f, 0.0, y0, f0, 0.1)
+    assert torch.equal(default.y1, blended.y1)  # the same propagated solution
+    assert default.y_error is not None and blended.y_error is not None
+    torch.testing.assert_close(blended.y_error, default.y_error * 2 / 3, rtol=1e-9, atol=1e-18)
+
+
+def test_dopri5_refuses_an_unknown_embedded_solution_by_name():
+    with pytest.raises(
+        ValueError, match=r"embedded must be one of .*'dormand-prince'.*got 'shampine'"
+    ):
+        no.Dopri5(embedded="shampine")

@@ -26,7 +26,7 @@ import pytest
 from neuralode.solvers._tableau import ButcherTableau
 from neuralode.solvers.adaptive_heun import ADAPTIVE_HEUN_TABLEAU
 from neuralode.solvers.bosh3 import BOSH3_TABLEAU
-from neuralode.solvers.dopri5 import DOPRI5_TABLEAU
+from neuralode.solvers.dopri5 import DOPRI5_TABLEAU, DOPRI5_TORCHDIFFEQ_TABLEAU
 from neuralode.solvers.dopri8 import DOPRI8_TABLEAU
 from neuralode.solvers.fehlberg2 import FEHLBERG2_TABLEAU
 from neuralode.solvers.fixed import (
@@ -54,6 +54,7 @@ TOLERANCE = {
     "Fehlberg2": 0.0,
     "Bosh3": 0.0,
     "Dopri5": 0.0,
+    "Dopri5 (torchdiffeq's estimate)": 0.0,
     "Tsit5": 1e-24,
     "Dopri8": 1e-15,
 }
@@ -70,6 +71,7 @@ ALL_TABLEAUS = (
     FEHLBERG2_TABLEAU,
     BOSH3_TABLEAU,
     DOPRI5_TABLEAU,
+    DOPRI5_TORCHDIFFEQ_TABLEAU,
     TSIT5_TABLEAU,
     DOPRI8_TABLEAU,
 )
@@ -332,7 +334,7 @@ def test_float_dense_weights_match_exact_ones(tableau: ButcherTableau) -> None:
 
 def test_fsal_detection() -> None:
     fsal = {t.name for t in ALL_TABLEAUS if t.fsal}
-    assert fsal == {"Bosh3", "Dopri5", "Tsit5", "Dopri8"}
+    assert fsal == {"Bosh3", "Dopri5", "Dopri5 (torchdiffeq's estimate)", "Tsit5", "Dopri8"}
 
 
 # --- specific claims ----------------------------------------------------------------------
@@ -352,6 +354,21 @@ def test_dopri5_dense_output_is_fourth_order() -> None:
         weights = dense_weights_exact(DOPRI5_TABLEAU, theta)
         assert all(residual(DOPRI5_TABLEAU, weights, tree, theta) == 0 for tree in trees_up_to(4))
         assert max_residual(DOPRI5_TABLEAU, weights, rooted_trees(5), theta) > VIOLATION
+
+
+def test_dopri5_torchdiffeq_estimate_is_two_thirds_of_dormand_princes() -> None:
+    # torchdiffeq prints its embedded solution (b_hat) with these numbers; ours is formed
+    # as b/3 + 2 b_hat/3 from Dormand and Prince's, and must be the same method.
+    printed = (
+        Fraction(1951, 21600), 0, Fraction(22642, 50085), Fraction(451, 720),
+        Fraction(-12231, 42400), Fraction(649, 6300), Fraction(1, 60),
+    )  # fmt: skip
+    assert tuple(Fraction(x) for x in DOPRI5_TORCHDIFFEQ_TABLEAU.b_hat or ()) == printed
+    ours, theirs = DOPRI5_TABLEAU.error_float, DOPRI5_TORCHDIFFEQ_TABLEAU.error_float
+    assert ours is not None and theirs is not None
+    assert theirs == pytest.approx([2 * e / 3 for e in ours], rel=1e-15, abs=0)
+    assert DOPRI5_TORCHDIFFEQ_TABLEAU.a == DOPRI5_TABLEAU.a
+    assert DOPRI5_TORCHDIFFEQ_TABLEAU.b == DOPRI5_TABLEAU.b
 
 
 def test_tsit5_shape_and_embedded_weights() -> None:
