@@ -14,6 +14,7 @@ import bisect
 
 import torch
 
+from .._checks import all_finite
 from .._problem import Problem, flat_tolerance
 from .._solution import RawSolution, Stats
 from ..controllers import AbstractController, SolveStart
@@ -43,7 +44,7 @@ def integrate_joint(
     tau, y, f0 = taus[0], problem.y0, problem.f0
     out = _Collected(problem, solver, dense, records)
     stats, failure, dt = Stats(), Failure.NONE, 0.0
-    if len(taus) > 1 and not bool(torch.isfinite(f0).all()):
+    if len(taus) > 1 and not all_finite(f0):
         # Nothing a smaller step can fix: fail before choosing a (NaN) first step.
         failure = Failure.NONFINITE_AT_T0
     elif len(taus) > 1:
