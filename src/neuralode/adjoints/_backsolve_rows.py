@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import _autograd as autograd
 from .._problem import Problem
 from .._vector_field import State, Structure, VectorField
 from ..controllers import AbstractController
@@ -66,7 +67,7 @@ class _AdjointRows:
         with torch.enable_grad():
             y_var = y.detach().requires_grad_(True)
             fy = self.evaluate(t, y_var, *args)
-            (vjp_y,) = torch.autograd.grad(
+            (vjp_y,) = autograd.grad(
                 fy, y_var, a, allow_unused=True, retain_graph=bool(self.params)
             )
         if self.params:
@@ -134,7 +135,7 @@ class _ParameterQuadrature:
             if bi != 0.0:
                 outs.append(fy)
                 cotangents.append(a * (bi * weight))
-        grads = torch.autograd.grad(outs, self.params, cotangents, allow_unused=True)
+        grads = autograd.grad(outs, self.params, cotangents, allow_unused=True)
         for acc, g in zip(self.grads, grads, strict=True):
             if g is not None:
                 acc.add_(g)

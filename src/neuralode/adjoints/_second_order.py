@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .. import _autograd as autograd
 from .._problem import Problem
 from ..controllers import AbstractController
 from ..integrate import integrate
@@ -136,9 +137,7 @@ def _vjps(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``f`` at the leaf ``y_var`` and ``[aᵀ∂f/∂y, aᵀ∂f/∂θ_1, ...]`` (zeros where unused)."""
     fy = call(y_var)
-    grads = torch.autograd.grad(
-        fy, (y_var, *params), a, allow_unused=True, create_graph=create_graph
-    )
+    grads = autograd.grad(fy, (y_var, *params), a, allow_unused=True, create_graph=create_graph)
     wrt = (y_var, *params)
     return fy, [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt, strict=True)]
 

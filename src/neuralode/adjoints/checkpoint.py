@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .. import _autograd as autograd
 from .._problem import Problem
 from .._solution import RawSolution
 from ..controllers import AbstractController
@@ -110,7 +111,7 @@ class _Checkpointed(torch.autograd.Function):
                     cotangents.append(record.output_grads(grad_ys, replayed))
                 leaves = [x for x in state0 if x.requires_grad]
                 wrt = (y0, *leaves, *params)
-                grads = torch.autograd.grad(targets, wrt, cotangents, allow_unused=True)
+                grads = autograd.grad(targets, wrt, cotangents, allow_unused=True)
             a = record.scatter(a, grads[0])
             grads_state = iter(grads[1 : 1 + len(leaves)])
             if len(a_state) < len(state0):

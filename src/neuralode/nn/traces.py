@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _autograd as autograd
 from .._noise import check_noise, probe
 
 Vjp = Callable[[torch.Tensor], torch.Tensor]
@@ -241,7 +242,7 @@ class HutchinsonTrace(AbstractTrace):
                 f"HutchinsonTrace needs noise shaped like z {tuple(z.shape)}, got {got}; "
                 "draw it once per solve with draw_noise(z)"
             )
-        (vjp,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
+        (vjp,) = autograd.grad(f, z, noise, create_graph=create_graph)
         return (vjp * noise).sum(-1)
 
     def trace_of(self, vjp: Vjp, z: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:

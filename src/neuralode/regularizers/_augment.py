@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _autograd as autograd
 from .._noise import check_noise, probe
 from .._solution import Solution, State
 from .._vector_field import Structure
@@ -180,8 +181,8 @@ class _Augmented(nn.Module):
             flat = v if self.batched else v.reshape(self.flat_shape)
             cotangent = self.structure.unflatten(flat)
             cotangents = cotangent if isinstance(cotangent, tuple) else (cotangent,)
-            grads = torch.autograd.grad(outputs, inputs, cotangents, retain_graph=True,
-                                        create_graph=create_graph, allow_unused=True)  # fmt: skip
+            grads = autograd.grad(outputs, inputs, cotangents, retain_graph=True,
+                                  create_graph=create_graph, allow_unused=True)  # fmt: skip
             grads = tuple(torch.zeros_like(x) if g is None else g
                           for g, x in zip(grads, inputs, strict=True))  # fmt: skip
             return self._rows(grads if self.structure.is_tuple else grads[0])

@@ -10,8 +10,16 @@ from typing import ClassVar
 from ._explicit_rk import ExplicitRK
 from ._tableau import ButcherTableau, dense_from_midpoint
 
-_B = (F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84), 0)
-_B_HAT = (F(5179, 57600), 0, F(7571, 16695), F(393, 640), F(-92097, 339200), F(187, 2100), F(1, 40))
+_B: tuple[F | int, ...] = (F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84), 0)
+_B_HAT: tuple[F | int, ...] = (
+    F(5179, 57600),
+    0,
+    F(7571, 16695),
+    F(393, 640),
+    F(-92097, 339200),
+    F(187, 2100),
+    F(1, 40),
+)
 
 # Shampine's midpoint weights ("Some practical Runge–Kutta formulas", Math. Comp. 46,
 # 1986, p. 148); torchdiffeq uses the same continuous extension, so dense output agrees.
@@ -50,7 +58,7 @@ DOPRI5_TABLEAU = ButcherTableau(
 DOPRI5_TORCHDIFFEQ_TABLEAU = dataclasses.replace(
     DOPRI5_TABLEAU,
     name="Dopri5 (torchdiffeq's estimate)",
-    b_hat=tuple(F(b) / 3 + 2 * F(bh) / 3 for b, bh in zip(_B, _B_HAT, strict=True)),
+    b_hat=tuple(F(1, 3) * b + F(2, 3) * bh for b, bh in zip(_B, _B_HAT, strict=True)),
 )
 
 _EMBEDDED = {"dormand-prince": DOPRI5_TABLEAU, "torchdiffeq": DOPRI5_TORCHDIFFEQ_TABLEAU}
