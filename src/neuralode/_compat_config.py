@@ -435,6 +435,7 @@ def _adaptive_controller(
             dt0=_optional_number(options, "first_step", arg),
             dt_min=_number(options, "min_step", 0.0, arg),
             force_dt_min=options.get("min_step") is not None,
+            shrink_after_accept=False,  # torchdiffeq's rule, so that its steps are taken
             dt_max=_number(options, "max_step", math.inf, arg),
             norm=norm_fn,
             step_ts=_stops(options, "step_t", t, arg),

@@ -115,26 +115,34 @@ def test_blow_up_failure_is_an_assertion_error_starting_with_underflow_in_dt():
     assert abs(ours.value.t - 1.0) < 1e-3
 
 
-@pytest.mark.parametrize("tol", [1e-4, 1e-6])
-def test_dopri5_estimates_its_error_as_torchdiffeq_does(tol):
-    # torchdiffeq's dopri5 estimates its error with its own embedded solution, 2/3 of
-    # Dormand and Prince's (native Dopri5's default): with the native estimate this solve
-    # took 56 evaluations at 1e-6 where torchdiffeq takes 50.
+def van_der_pol(t, y):
+    return torch.stack([y[1], 5.0 * (1.0 - y[0] ** 2) * y[1] - y[0]])
+
+
+@pytest.mark.parametrize(
+    ("field", "t_end", "tol"),
+    [(oscillator, 2.0, 1e-4), (oscillator, 2.0, 1e-9), (van_der_pol, 10.0, 1e-6)],
+)
+def test_dopri5_takes_torchdiffeqs_steps(field, t_end, tol):
+    # torchdiffeq's dopri5 estimates its error with its own embedded solution (2/3 of
+    # Dormand and Prince's, native Dopri5's default) and never shrinks the step after an
+    # accepted one: with native defaults this Van der Pol solve took 890 evaluations, and
+    # torchdiffeq takes 866.
     def counted(log):
         def f(t, y):
             log.append(float(t))
-            return oscillator(t, y)
+            return field(t, y)
 
         return f
 
+    ts = torch.linspace(0.0, t_end, 5, dtype=D)
     ours, theirs = [], []
-    got = odeint(counted(ours), Y0, TS, rtol=tol, atol=tol)
-    want = torchdiffeq.odeint(counted(theirs), Y0, TS, rtol=tol, atol=tol)
+    got = odeint(counted(ours), Y0, ts, rtol=tol, atol=tol)
+    want = torchdiffeq.odeint(counted(theirs), Y0, ts, rtol=tol, atol=tol)
     assert len(ours) == len(theirs)
-    # The first step size (2 evaluations) and the next three steps' (6 each), which follow
-    # from the error estimates. (The controllers differ later: torchdiffeq never shrinks
-    # the step after an accepted one, and steps past ts[-1] where ours land on it.)
-    assert ours[:20] == pytest.approx(theirs[:20], rel=1e-13)
+    # The same steps to rounding, up to the last one, which compat ends on ts[-1] and
+    # torchdiffeq past it (interpolating back).
+    assert ours[:-6] == pytest.approx(theirs[:-6], rel=1e-5)
     assert close(got, want, 10 * tol)
 
 

@@ -130,6 +130,11 @@ class PIDController(AbstractController):
         force_dt_min: Accept a step of size ``dt_min`` whatever its error (torchdiffeq's
             ``min_step``), instead of ending the solve with ``Status.DT_MIN``. The result
             then no longer meets the tolerance.
+        shrink_after_accept: Whether the step after an accepted one may be shorter
+            (``safety · ε^(−1/k) < 1`` when ``ε`` is close to 1). ``False`` is torchdiffeq's
+            rule: an accepted step's successor is at least as long, which saves a few
+            steps when the error ratio sits just below 1 and costs a rejection when it
+            then exceeds 1 (:mod:`neuralode.compat` uses it to take torchdiffeq's steps).
     """
 
     rtol: Tolerance = 1e-6
@@ -147,11 +152,16 @@ class PIDController(AbstractController):
     step_ts: Sequence[float] = ()
     jump_ts: Sequence[float] = ()
     force_dt_min: bool = False
+    shrink_after_accept: bool = True
 
     def __post_init__(self) -> None:
         _check_tolerance("rtol", self.rtol)
         _check_tolerance("atol", self.atol)
         _check_coefficients(self.pcoeff, self.icoeff, self.dcoeff)
+        if not isinstance(self.shrink_after_accept, bool):
+            raise TypeError(
+                f"shrink_after_accept must be True or False, got {self.shrink_after_accept!r}"
+            )
         for name in ("safety", "factor_min", "factor_max", "dt_min"):
             _real(name, getattr(self, name))
         _real("dt_max", self.dt_max, inf_ok=True)
@@ -308,7 +318,8 @@ class PIDController(AbstractController):
             factor = factor * prev1**-beta2
         if beta3:
             factor = factor * prev2**-beta3
-        return _arith.clip(factor, self.factor_min, self.factor_max)
+        lowest = self.factor_min if self.shrink_after_accept else 1.0
+        return _arith.clip(factor, lowest, self.factor_max)
 
     def decide(
         self, tau0: Any, dt: Any, y0: torch.Tensor, step: StepResult, state: Any
@@ -351,7 +362,7 @@ class PIDController(AbstractController):
             # [factor_min, factor_max]; on a rejected ratio (> 1, or inf) the formula is
             # below safety <= 1 < factor_max, so the clip is the shrink's max with
             # factor_min, and one factor serves both.
-            i_only = self._i_only(k)
+            i_only = self._i_only(k) and self.shrink_after_accept
             factor = grow if i_only else torch.where(accept, grow, self._shrink(ratio, k))
         else:
             # Floats, in plain Python: this runs at every step of the joint loop.
