@@ -1,4 +1,4 @@
-"""PIDController(shrink_after_accept=False): torchdiffeq's rule, in both modes."""
+"""PIDController rules: shrink_after_accept (torchdiffeq's, in both modes) and the error ratio."""
 
 from __future__ import annotations
 
@@ -48,3 +48,12 @@ def test_it_solves_to_the_tolerance():
 def test_it_must_be_a_bool():
     with pytest.raises(TypeError, match=r"shrink_after_accept must be True or False, got 0"):
         no.PIDController(shrink_after_accept=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_error_ratio_holds_atol_over_rtol_beyond_the_16_bit_range(dtype):
+    # 2.0 / 2e-5 = 1e5 overflows float16: the ratio must still be |e| / (atol + rtol·|y|).
+    controller = no.PIDController(rtol=2e-5, atol=2.0)
+    zero = torch.zeros(1, dtype=dtype)
+    ratio = controller.error_ratio(zero, zero, torch.ones(1, dtype=dtype), 2e-5, 2.0)
+    assert ratio == pytest.approx(0.5, rel=1e-2)
