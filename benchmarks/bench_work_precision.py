@@ -13,9 +13,9 @@ tight tolerances mean something; 10 outputs on t ∈ [0, 1]), Lotka–Volterra (
 and Van der Pol with μ = 1 (non-stiff, t ∈ [0, 20]), 21 outputs each.
 
 Besides the libraries' own methods, ``neuralode dopri5-S`` is neuralode's Dopri5 with
-the embedded weights the peers use (Shampine's, see ``SHAMPINE_B_HAT``): the same
-steps' error estimate as theirs, which separates the choice of estimator from the rest
-of the step-size control.
+the embedded weights the peers use (``Dopri5(embedded="torchdiffeq")``, whose estimate
+is 2/3 of Dormand and Prince's): the same steps' error estimate as theirs, which
+separates the choice of estimator from the rest of the step-size control.
 
 Usage: python benchmarks/bench_work_precision.py [--quick] [--repeats N] [--out PATH]
        [--plot PATH]   (default plot: docs/images/work_precision.png)
@@ -32,7 +32,6 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction as F
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +53,6 @@ from torch import Tensor
 
 Field = Callable[[Tensor, Tensor], Tensor]
 D = torch.float64
-
-# The embedded 4th-order weights of torchdiffeq's, torchode's and torchdyn's dopri5
-# (Shampine, "Some practical Runge-Kutta formulas", Math. Comp. 46, 1986), where
-# neuralode, Hairer's DOPRI5 and scipy's RK45 use Dormand and Prince's own
-# (5179/57600, 0, 7571/16695, 393/640, -92097/339200, 187/2100, 1/40).
-SHAMPINE_B_HAT = (
-    F(1951, 21600), 0, F(22642, 50085), F(451, 720), F(-12231, 42400), F(649, 6300), F(1, 60),
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,15 +112,12 @@ def problems(quick: bool) -> list[Problem]:
 
 
 def _neuralode_shampine(f: Field, case: Case) -> Runner:
-    """neuralode's Dopri5 with the peers' embedded weights (for the comparison only)."""
-    import neuralode
-    from neuralode import PIDController, solve
-
-    class Dopri5Shampine(neuralode.Dopri5):
-        tableau = dataclasses.replace(neuralode.Dopri5.tableau, b_hat=SHAMPINE_B_HAT)
+    """neuralode's Dopri5 with the peers' embedded weights: ``Dopri5(embedded="torchdiffeq")``."""
+    from neuralode import Dopri5, PIDController, solve
 
     rtol, atol = case.tolerances
-    solver, controller = Dopri5Shampine(), PIDController(rtol=rtol, atol=atol)
+    solver = Dopri5(embedded="torchdiffeq")
+    controller = PIDController(rtol=rtol, atol=atol)
 
     def run() -> Output:
         sol = solve(f, case.y0, case.ts, solver=solver, controller=controller)
@@ -230,7 +218,7 @@ def report(points: list[Point], notes: list[str], info: dict[str, str]) -> str:
     for p in points:
         by.setdefault((p.problem, p.entry), []).append(p)
     for problem in dict.fromkeys(p.problem for p in points):
-        # Dormand and Prince's embedded weights (ours) against Shampine's (the peers').
+        # Dormand and Prince's embedded weights (ours) against the peers'.
         mine, theirs = (
             by.get((problem, "neuralode dopri5")),
             by.get((problem, "neuralode dopri5-S")),
@@ -257,7 +245,7 @@ def report(points: list[Point], notes: list[str], info: dict[str, str]) -> str:
         "Median over neuralode's points of its cost divided by the peer's cost at the same "
         "error (the peer's curve interpolated in log-log); below 1× is better. n/a: the "
         "error ranges do not overlap. `dopri5-S`: neuralode's Dopri5 with the peers' "
-        "(Shampine's) embedded error weights.",
+        'embedded error weights, `Dopri5(embedded="torchdiffeq")`.',
         summary.render(),
         "## All points",
         table.render(),
