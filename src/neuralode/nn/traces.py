@@ -269,7 +269,7 @@ class Products:
         for seen, product in self.done:
             if seen is v:
                 return product
-        (product,) = torch.autograd.grad(
+        (product,) = autograd.grad(
             self.f, self.z, v, create_graph=self.create_graph, retain_graph=True
         )
         self.done.append((v, product))

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .. import _autograd as autograd
 from ._explicit_rk import StepSize, Time
 
 # f on rows: (t, (R, n)) -> (R, n).
@@ -138,7 +139,7 @@ def _reverse_jacobian(call: RowField, t: Time, z: torch.Tensor) -> torch.Tensor:
         if not out.requires_grad:
             return z.new_zeros(rows, n, n)  # f does not depend on y
         lines = [
-            torch.autograd.grad(
+            autograd.grad(
                 out, x, eye[i].expand(rows, n), retain_graph=i < n - 1, allow_unused=True
             )[0]
             for i in range(n)
@@ -295,7 +296,7 @@ def pullback(call: RowField, t: Time, z: torch.Tensor) -> Callable[[torch.Tensor
     def pull(u: torch.Tensor) -> torch.Tensor:
         if not out.requires_grad:
             return torch.zeros_like(u)  # f does not depend on y
-        (g,) = torch.autograd.grad(out, x, u, retain_graph=True, allow_unused=True)
+        (g,) = autograd.grad(out, x, u, retain_graph=True, allow_unused=True)
         return torch.zeros_like(u) if g is None else g
 
     return pull

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import torch
 
+from .. import _autograd as autograd
 from ._explicit_rk import (
     AbstractSolver,
     FlatField,
@@ -189,7 +190,7 @@ def derivatives(
                 return y.new_zeros(rows, n, n), y.new_zeros(rows, n)  # f is constant
 
             def pull(v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-                return torch.autograd.grad(out, (x, s), v, retain_graph=True, allow_unused=True)
+                return autograd.grad(out, (x, s), v, retain_graph=True, allow_unused=True)
 
         lines, slopes = [], []
         for i in range(n):
