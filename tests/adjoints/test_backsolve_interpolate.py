@@ -76,6 +76,27 @@ def test_explicit_forward_solver():
     assert relative_error(got, want) < 1e-6
 
 
+def test_state_of_several_dimensions_reaches_f_in_its_shape():
+    # The interpolant's flat state is reshaped as the solver's tensor: f sees (B, D), as
+    # in the forward solve, and the gradient is DirectAdjoint's to the tolerance.
+    g = torch.Generator().manual_seed(1)
+    W = (0.5 * torch.randn(2, 2, dtype=D, generator=g)).requires_grad_(True)
+    y0 = torch.randn(3, 2, dtype=D, generator=g).requires_grad_(True)
+    shapes = set()
+
+    def f(t, y):
+        shapes.add(tuple(y.shape))
+        return -y + torch.tanh(y @ W.T)
+
+    grads = []
+    for adjoint in (no.DirectAdjoint(), no.BacksolveAdjoint(interpolate=True)):
+        sol = no.solve(f, y0, torch.tensor(TS, dtype=D), adjoint=adjoint, params=[W],
+                       controller=no.PIDController(rtol=1e-10, atol=1e-12))  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys.square().sum(), (y0, W)))
+    assert shapes == {(3, 2)}
+    assert relative_error(grads[1], grads[0]) < 1e-7
+
+
 def test_gradcheck_joint():
     # The dense output is not the discrete solution's own derivative: the gradient is
     # right to the interpolant's accuracy, hence the looser tolerance (as for backsolve).

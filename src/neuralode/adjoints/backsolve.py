@@ -266,7 +266,8 @@ class _AugmentedField:
             a, _ = state
             # Extrapolated past the ends: a backward stage past its step (Kvaerno5's
             # c = 1.23) lands beyond the first output time.
-            y = self.interpolant.state_at(float(t), extrapolate=True).reshape(-1)
+            y = self.interpolant.state_at(float(t), extrapolate=True)
+            y = y.reshape(self.forward_problem.y0.shape)  # the solver's tensor, as a is
 
         def call(y_var: torch.Tensor) -> torch.Tensor:
             return f.structure.flatten(f.f(t, f.structure.unflatten(y_var)))
