@@ -171,23 +171,24 @@ def _segment(
             points.append(float(e[m_rows[r]]))
         layouts.append((js, points, end_is_output))
         length = max(length, len(points))
-    grid = torch.empty(sub.numel(), length, dtype=torch.float64)
-    source_rows, source_cols, source_j = [], [], []
+    grid, source_rows, source_cols, source_j = [], [], [], []
     end_col = []
     for r, (js, points, _) in enumerate(layouts):
         full, cols = _pad(points, length)
-        grid[r] = torch.tensor(full, dtype=torch.float64)
+        grid.append(full)
         source_rows += [r] * len(js)
         source_cols += cols[1 : 1 + len(js)]
         source_j += js
         end_col.append(cols[len(points) - 1])
-    seg_ts = (d * grid).to(ts_rows.dtype)
+    device = y.device
+    seg_ts = (d * torch.tensor(grid, dtype=torch.float64, device=device)).to(ts_rows.dtype)
     # The differentiable times: each row's start and the caller's output times.
-    r_all = torch.arange(sub.numel())
+    r_all = torch.arange(sub.numel(), device=device)
     seg_ts = seg_ts.index_put((r_all, torch.zeros_like(r_all)), start_t[sub])
     if source_j:
         rr, cc, jj = (
-            torch.tensor(v, dtype=torch.long) for v in (source_rows, source_cols, source_j)
+            torch.tensor(v, dtype=torch.long, device=device)
+            for v in (source_rows, source_cols, source_j)
         )
         seg_ts = seg_ts.index_put((rr, cc), ts_rows[sub[rr], jj])
     if not rows.batched:
@@ -195,8 +196,8 @@ def _segment(
     args = tuple(a.index_select(0, sub) for a in rows.problem.f.args)
     sol = solve_segment(rows.user(y_rows[m_rows]), seg_ts, args)
     out = _as_rows(sol.ys, length, sub.numel())
-    ends = torch.tensor(end_col, dtype=torch.long)
-    y_end = y_end.index_put((m_rows,), out[ends, torch.arange(sub.numel())])
+    ends = torch.tensor(end_col, dtype=torch.long, device=device)
+    y_end = y_end.index_put((m_rows,), out[ends, r_all])
     if source_j:
         placed.append((jj, sub[rr], out[cc, rr]))
     return y_end, placed, sol.stats.nfe

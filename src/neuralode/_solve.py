@@ -376,4 +376,4 @@ def _reached(problem: Problem, raw: RawSolution) -> torch.Tensor:
     if problem.batched:
         assert problem.sample_taus is not None
         return (problem.sample_taus <= d * t_last.unsqueeze(-1)).T
-    return torch.tensor(problem.taus, dtype=torch.float64) <= d * t_last
+    return torch.tensor(problem.taus, dtype=torch.float64, device=raw.ys.device) <= d * t_last

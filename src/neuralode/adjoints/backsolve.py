@@ -224,7 +224,8 @@ def _solve_adjoint(
     nfe = 0
     for i in range(len(times) - 1, 0, -1):
         state = (a, g) if setup.interpolant is not None else (y, a, g)
-        segment = torch.tensor([times[i], times[i - 1]], dtype=problem.ts.dtype)
+        # On the host: the backward problem reads its two times as floats.
+        segment = torch.tensor([times[i], times[i - 1]], dtype=problem.ts.dtype, device="cpu")
         back = augmented.problem(state, segment)
         raw = integrate(back, setup.solver, setup.controller, max_steps=setup.max_steps)
         check_backward(raw)

@@ -91,11 +91,11 @@ class Watcher:
         self.d = problem.direction
         self.batched = problem.batched
         self.log: list[tuple[torch.Tensor, ...]] = []
-        # Set by start(): per column (condition element) its event, direction and offset.
+        # Set by start(), on the state's device: per column (condition element) its event,
+        # direction and offset, the conditions' values and sides, and per event its count,
+        # stop count and whether it jumps.
         self.col_event = self.col_dir = self.col_element = torch.zeros(0, dtype=torch.long)
-        self.value = self.side = self.count = torch.zeros(0)
-        self.stop_after = torch.tensor([e.stop_after for e in events], dtype=torch.long)
-        self.has_jump = torch.tensor([e.jump is not None for e in events])
+        self.value = self.side = self.count = self.stop_after = self.has_jump = self.col_event
         self.points = max(e.points for e in events)
 
     # -- the user's functions on rows ------------------------------------------------
@@ -168,8 +168,9 @@ class Watcher:
         self.col_element = torch.arange(value.shape[1], device=device) - offsets[self.col_event]
         self.value, self.side = value, torch.sign(value)
         self.count = torch.zeros(y0.shape[0], len(self.events), dtype=torch.long, device=device)
-        self.stop_after = self.stop_after.to(device)
-        self.has_jump = self.has_jump.to(device)
+        stop_after = [e.stop_after for e in self.events]
+        self.stop_after = torch.tensor(stop_after, dtype=torch.long, device=device)
+        self.has_jump = torch.tensor([e.jump is not None for e in self.events], device=device)
 
     def check(
         self,

@@ -54,7 +54,7 @@ def integrate_joint(
     t_dtype, t_f0, streak = problem.ts.dtype, d * tau, 0
     stop_at, land = None, 0.0  # the stop the steps head for, and where they land on it
     if watcher is not None:
-        watcher.start(torch.tensor([tau], dtype=torch.float64), y.reshape(1, -1))
+        watcher.start(torch.tensor([tau], dtype=torch.float64, device=y.device), y.reshape(1, -1))
     while not failure and out.n_out < len(taus):
         if stats.steps >= max_steps:
             failure = Failure.MAX_STEPS
@@ -143,11 +143,12 @@ def _watch(
     f1 = step.f1
     if watcher.solver.needs_f1 and f1 is None:
         f1 = f(watcher.d * tau1, step.y1)  # type: ignore[operator]
-    clock = torch.tensor([tau, dt, tau1], dtype=torch.float64)
+    device = y.device
+    clock = torch.tensor([tau, dt, tau1], dtype=torch.float64, device=device)
     stacked = torch.stack([y, *step.k, step.y1]).reshape(1, len(step.k) + 2, -1)
-    one = torch.ones(1, dtype=torch.bool)
+    one = torch.ones(1, dtype=torch.bool, device=device)
     return watcher.check(
-        torch.zeros(1, dtype=torch.long), clock[:1], clock[1:2], clock[2:], stacked,
+        torch.zeros(1, dtype=torch.long, device=device), clock[:1], clock[1:2], clock[2:], stacked,
         None if f1 is None else f1.reshape(1, -1), one,
     )  # fmt: skip
 
