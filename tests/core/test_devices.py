@@ -217,6 +217,18 @@ def implicit_solvers(device: str) -> Outputs:
     return out
 
 
+def explicit_solvers(device: str) -> Outputs:
+    y0, ts = _y0(device), _ts(device)
+    out = {}
+    for solver in (no.Tsit5(), no.Dopri8(), no.Bosh3()):
+        name = type(solver).__name__
+        out[f"{name}_joint"] = no.solve(_vdp, y0, ts, solver=solver, controller=TIGHT).ys
+        out[f"{name}_rows"] = no.solve(_vdp, y0, ts, solver=solver, controller=TIGHT,
+                                       batch_dims=1).ys  # fmt: skip
+    out["rk4"] = no.solve(_vdp, y0, ts, solver=no.RK4(), controller=no.ConstantStepSize(0.01)).ys
+    return out
+
+
 def adams(device: str) -> Outputs:
     sol = no.solve(_vdp, _y0(device), _ts(device), solver=no.AdamsBashforthMoulton(),
                    controller=no.ConstantStepSize(0.01))  # fmt: skip
@@ -277,6 +289,9 @@ def compat(device: str) -> Outputs:
     out = {
         "dopri5": tdq.odeint(_vdp, y0, t, rtol=1e-9, atol=1e-11),
         "rk4": tdq.odeint(_vdp, y0, t, method="rk4", options={"step_size": 0.1}),
+        "scipy": tdq.odeint(
+            _vdp, y0, t, method="scipy_solver", rtol=1e-9, atol=1e-11, options={"solver": "DOP853"}
+        ),
     }
     field = _Field().to(device)
     y = y0.clone().requires_grad_()
@@ -294,8 +309,8 @@ def compat(device: str) -> Outputs:
 SCENARIOS: list[Scenario] = [
     joint_dense, joint_tuple_state, per_sample_args_and_times, per_sample_sync_every,
     joint_sync_every, stops_and_jumps, failure_keeps_what_was_reached, events,
-    implicit_solvers, adams, gradients_joint, gradients_per_sample, regularizers, models,
-    compat,
+    explicit_solvers, implicit_solvers, adams, gradients_joint, gradients_per_sample,
+    regularizers, models, compat,
 ]  # fmt: skip
 
 
