@@ -7,6 +7,9 @@ Two parts:
 * Van der Pol (mu = 10) and Lotka-Volterra at batch 1 in float64, where the question is
   cost against accuracy (error measured against scipy's DOP853 at rtol = atol = 1e-12).
 
+A "bare loop" column (note 7) runs neuralode's steps in a hand-written eager loop with no
+checks: the floor of what an eager PyTorch solver spends outside the vector field.
+
 Everything runs forward only under torch.no_grad(), one torch thread (see _harness).
 Install the peers first: `bash benchmarks/install_peers.sh .venv/bin/python`.
 
@@ -54,8 +57,11 @@ OURS = "neuralode"
 # Dopri5 with the embedded solution the peers use (note 6): the same error estimate, so
 # the same steps at the same tolerance; the default's estimate is 1.5 times larger.
 SAME_ESTIMATE = f"{OURS}, peers' estimate"
+# A dopri5 loop written out in plain eager PyTorch (see _bare_loop): the floor of an eager
+# solver's overhead, not a library.
+BARE = "bare loop"
 PEERS = ("torchdiffeq", "torchode", "torchdyn")
-LIBRARIES = (OURS, SAME_ESTIMATE, *PEERS)
+LIBRARIES = (OURS, SAME_ESTIMATE, BARE, *PEERS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +209,77 @@ def _neuralode(f: Field, case: Case, sync_every: int = 1, peers_estimate: bool =
     return run
 
 
+def _bare_loop(f: Field, case: Case) -> Runner:
+    """neuralode's joint dopri5 solve with nothing but its tensor work and controller rule.
+
+    The same tableau (Dormand and Prince's estimate), Hairer's initial step, the I
+    controller (safety 0.9, factors in [0.2, 10]), the RMS error over max(|y0|, |y1|) and
+    the dense output at the output times inside each step, so it takes neuralode's steps;
+    but no input or output checks, no failure handling, no statistics, no abstractions:
+    what an eager PyTorch loop costs at least. Its overhead share is the floor of the
+    solver overhead without fused kernels.
+    """
+    if case.method != "dopri5":
+        raise NotSupported("written for dopri5 only")
+    from neuralode.solvers.dopri5 import DOPRI5_TABLEAU as tab
+
+    rtol, atol = case.tolerances
+    times = case.ts.tolist()
+    t_dtype, n = case.ts.dtype, case.y0.numel()
+    a = [[(j, w) for j, w in enumerate(row) if w] for row in tab.a_float]
+    e = [(j, w) for j, w in enumerate(tab.error_float or ()) if w]
+    dense = tab.dense_float or ()
+
+    def norm(x: Tensor) -> float:
+        return float(torch.linalg.vector_norm(x)) / n**0.5
+
+    def run() -> Output:
+        y, t = case.y0, times[0]
+        f0 = f(torch.scalar_tensor(t, dtype=t_dtype), y)
+        scale = torch.abs(y).mul_(rtol).add_(atol)
+        d0, d1 = norm(y / scale), norm(f0 / scale)
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        f1 = f(torch.scalar_tensor(t + h0, dtype=t_dtype), torch.add(y, f0, alpha=h0))
+        d2 = norm((f1 - f0) / scale) / h0
+        d12 = max(d1, d2)
+        h1 = max(1e-6, h0 * 1e-3) if d12 <= 1e-15 else (0.01 / d12) ** 0.2
+        h = min(100 * h0, h1, times[-1] - t)
+        outs, i_out, abs_y = [y], 1, y.abs()
+        while i_out < len(times):
+            # Land on the last output time exactly.
+            t1 = times[-1] if h >= times[-1] - t else t + h
+            h = t1 - t
+            k = [f0]
+            for row, c in zip(a, tab.c_float[1:], strict=True):
+                y1 = torch.add(y, k[row[0][0]], alpha=h * row[0][1])
+                for j, w in row[1:]:
+                    y1.add_(k[j], alpha=h * w)
+                k.append(f(torch.scalar_tensor(t + c * h, dtype=t_dtype), y1))
+            err = torch.mul(k[e[0][0]], h * e[0][1])
+            for j, w in e[1:]:
+                err.add_(k[j], alpha=h * w)
+            abs_y1 = y1.abs()
+            ratio = norm(err / torch.maximum(abs_y, abs_y1).mul_(rtol).add_(atol))
+            factor = 0.9 * max(ratio, 1e-10) ** -0.2
+            if ratio > 1:
+                h *= max(0.2, factor)
+                continue
+            while i_out < len(times) and times[i_out] <= t1:
+                theta = (times[i_out] - t) / h
+                out = y1 if theta == 1.0 else y.clone()
+                for j, row in enumerate(dense if theta < 1.0 else ()):
+                    w = sum(c * theta ** (p + 1) for p, c in enumerate(row))
+                    if w:
+                        out.add_(k[j], alpha=h * w)
+                outs.append(out)
+                i_out += 1
+            t, y, abs_y, f0 = t1, y1, abs_y1, k[-1]
+            h *= min(10.0, max(0.2, factor))
+        return Output(torch.stack(outs), None)
+
+    return run
+
+
 def _torchdiffeq(f: Field, case: Case) -> Runner:
     from torchdiffeq import odeint
     from torchdiffeq._impl.odeint import SOLVERS
@@ -250,6 +327,7 @@ def _torchdyn(f: Field, case: Case) -> Runner:
 ADAPTERS: dict[str, Callable[[Field, Case], Runner]] = {
     OURS: _neuralode,
     SAME_ESTIMATE: functools.partial(_neuralode, peers_estimate=True),
+    BARE: _bare_loop,
     "torchdiffeq": _torchdiffeq,
     "torchode": _torchode,
     "torchdyn": _torchdyn,
@@ -305,7 +383,7 @@ def _check_run(lib: str, case: Case) -> tuple[Runner, LibResult]:
         raise RuntimeError(f"output shape {tuple(out.ys.shape)}")
     if case.reference is not None:
         res.error = float((out.ys - case.reference).abs().max())
-    if lib not in PEERS and out.reported_nfe != nfe:
+    if lib not in PEERS and out.reported_nfe not in (None, nfe):
         res.note = f"reports nfe={out.reported_nfe}, counted {nfe}"
     return runner, res
 
@@ -459,7 +537,12 @@ NOTES = """\
    (1.5^(1/5)) and make larger errors than neuralode's default. The column "neuralode,
    peers' estimate" runs `Dopri5(embedded="torchdiffeq")`: the peers' estimate, hence
    (up to the controllers' small differences) their steps, so that its ratios compare
-   the solver loops alone. It has no tsit5 variant."""
+   the solver loops alone. It has no tsit5 variant.
+7. "bare loop" is not a library: neuralode's joint dopri5 solve written out in this file
+   (`_bare_loop`) with only its tensor work and step-size rule (the same steps, hence the
+   same NFE), without input and output checks, failure handling, statistics or
+   abstractions. Its overhead share is the floor of an eager PyTorch solver's; its ratios
+   show how much of neuralode's remaining distance to that floor is neuralode's own."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,7 +604,7 @@ def main() -> None:
         global LIBRARIES
         name = f"{OURS} sync {args.sync_every}"
         ADAPTERS[name] = functools.partial(_neuralode, sync_every=args.sync_every)
-        LIBRARIES = (OURS, SAME_ESTIMATE, name, *PEERS)
+        LIBRARIES = (OURS, SAME_ESTIMATE, name, BARE, *PEERS)
     mlp_results = run_all(mlp_cases, repeats)
     classic_results = run_all(classic, repeats)
 
