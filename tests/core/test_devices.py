@@ -201,30 +201,29 @@ def events(device: str) -> Outputs:
     return out
 
 
+def _both_modes(f, y0, ts, solvers, controller) -> Outputs:
+    """Each solver's joint and per-sample outputs."""
+    out = {}
+    for solver in solvers:
+        for mode, batch_dims in (("joint", 0), ("rows", 1)):
+            sol = no.solve(f, y0, ts, solver=solver, controller=controller, batch_dims=batch_dims)
+            out[f"{type(solver).__name__}_{mode}"] = sol.ys
+    return out
+
+
 def implicit_solvers(device: str) -> Outputs:
     stiff = no.PIDController(rtol=1e-7, atol=1e-9)
 
     def vdp_stiff(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _vdp(t, y, 50.0)
 
-    y0, ts = _y0(device), _ts(device, 1.0, 3)
-    out = {}
-    for solver in (no.Kvaerno5(), no.Rodas5P(), no.Radau5()):
-        name = type(solver).__name__
-        out[f"{name}_joint"] = no.solve(vdp_stiff, y0, ts, solver=solver, controller=stiff).ys
-        out[f"{name}_rows"] = no.solve(vdp_stiff, y0, ts, solver=solver, controller=stiff,
-                                       batch_dims=1).ys  # fmt: skip
-    return out
+    solvers = (no.Kvaerno5(), no.Rodas5P(), no.Radau5())
+    return _both_modes(vdp_stiff, _y0(device), _ts(device, 1.0, 3), solvers, stiff)
 
 
 def explicit_solvers(device: str) -> Outputs:
     y0, ts = _y0(device), _ts(device)
-    out = {}
-    for solver in (no.Tsit5(), no.Dopri8(), no.Bosh3()):
-        name = type(solver).__name__
-        out[f"{name}_joint"] = no.solve(_vdp, y0, ts, solver=solver, controller=TIGHT).ys
-        out[f"{name}_rows"] = no.solve(_vdp, y0, ts, solver=solver, controller=TIGHT,
-                                       batch_dims=1).ys  # fmt: skip
+    out = _both_modes(_vdp, y0, ts, (no.Tsit5(), no.Dopri8(), no.Bosh3()), TIGHT)
     out["rk4"] = no.solve(_vdp, y0, ts, solver=no.RK4(), controller=no.ConstantStepSize(0.01)).ys
     return out
 
