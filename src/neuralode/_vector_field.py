@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +33,18 @@ class Structure:
     shapes: tuple[torch.Size, ...]
     is_tuple: bool
     batched: bool = False
+    # Derived once here, not as cached properties: a cached_property takes a lock on its
+    # first read (Python 3.11), which torch.compile cannot trace, and a compiled step may
+    # be the first to read it.
+    is_plain: bool = field(init=False, repr=False, compare=False)
+    sizes: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Whether a state is the solver's tensor itself (neither tuple nor reshaped), and
+        # the number of elements of each part.
+        plain = not self.is_tuple and (not self.batched or len(self.shapes[0]) == 1)
+        object.__setattr__(self, "is_plain", plain)
+        object.__setattr__(self, "sizes", [s.numel() for s in self.shapes])
 
     @staticmethod
     def of(y: State, batched: bool = False) -> Structure:
@@ -41,16 +52,6 @@ class Structure:
         parts = (y,) if isinstance(y, torch.Tensor) else y
         shapes = tuple(part.shape[1:] if batched else part.shape for part in parts)
         return Structure(shapes, not isinstance(y, torch.Tensor), batched)
-
-    @cached_property
-    def is_plain(self) -> bool:
-        """Whether a state is the solver's tensor itself (neither tuple nor reshaped)."""
-        return not self.is_tuple and (not self.batched or len(self.shapes[0]) == 1)
-
-    @cached_property
-    def sizes(self) -> list[int]:
-        """Number of elements of each part."""
-        return [s.numel() for s in self.shapes]
 
     def flatten(self, y: State) -> torch.Tensor:
         """The solver's tensor for a state."""
