@@ -116,3 +116,19 @@ def test_joint_compiled_refuses_what_it_does_not_support_by_name(options, named)
     y0 = y0.requires_grad_() if "adjoint" in options else y0
     with pytest.raises(ValueError, match=f"compile_step=True in joint mode.*{named}"):
         no.solve(lambda t, y: -y, y0, ts, compile_step=True, tuning=EAGER, **options)
+
+
+def test_a_field_built_inside_the_trace_has_no_graph_break(traced):
+    # A compiled graph may be the first to read a state's description (here it builds
+    # the field): no attribute read there may take a lock, as functools.cached_property
+    # does on its first read on Python 3.11. (Not counting, as in a compiled step.)
+    from neuralode._vector_field import Structure, VectorField
+
+    def evaluate(y: torch.Tensor) -> torch.Tensor:
+        structure = Structure.of(y, batched=True)
+        field = VectorField(lambda t, y: -y, structure, D, y.device, counting=False)
+        return field(torch.zeros(y.shape[0], dtype=D), y)
+
+    y = torch.ones(3, 2, dtype=D)
+    compiled = torch.compile(evaluate, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(y), -y)
