@@ -829,6 +829,24 @@ def test_fuzz_odeint_inputs_long(case):
 # --- findings of the fuzz campaign -------------------------------------------------------------
 
 
+def test_an_rtol_whose_rounding_noise_forces_millions_of_steps_is_refused_by_name():
+    # Found by fuzzing compat: rtol = atol = 1e-30 in float64 (above eps² = 4.9e-32, so
+    # accepted before) makes the error estimate's rounding set the step size, ~1e-14 of the
+    # time scale; with compat's step budget (2^31 - 1 per interval) the solve never ended.
+    y0 = torch.tensor([0.0, 0.0, 1.0], dtype=D)
+    ts = torch.tensor([0.0, 0.25], dtype=D)
+    for tol in (1e-30, 1e-23):
+        with pytest.raises(ValueError, match=r"rtol=1e-\d+ is below what float64 can resolve"):
+            odeint(decay, y0, ts, rtol=tol, atol=tol)
+        with pytest.raises(ValueError, match=r"at least 2.22e-22 for float64"):
+            solve(decay, y0, ts, controller=PIDController(rtol=tol, atol=tol))
+    # Above the floor the solve is long but finite (521 steps at 1e-20).
+    sol = solve(decay, y0, ts, controller=PIDController(rtol=1e-20, atol=1e-20))
+    assert sol.success and sol.stats.steps < 2000
+    with pytest.raises(ValueError, match=r"rtol=1e-14 is below what float32 can resolve"):
+        solve(decay, y0.float(), ts, controller=PIDController(rtol=1e-14, atol=1e-14))
+
+
 def test_a_success_never_returns_non_finite_outputs():
     # Found by fuzzing: a fixed step through the singularity of y' = y² + 1 ends on a finite
     # y1 whose f(t1, y1) overflows; Dopri5's interpolant uses that stage, so the outputs
