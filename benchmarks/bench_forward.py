@@ -546,7 +546,8 @@ NOTES = """\
    abstractions: the plain way to write the loop, so its overhead share is about what any
    eager PyTorch solver spends outside f, and neuralode's ratio to it is the price of
    neuralode's checks and structure. Not a strict lower bound: neuralode's step has a few
-   tensor operations fewer, which wins on the small float64 problems below."""
+   tensor operations fewer, which wins on the small float64 problems (Van der Pol,
+   Lotka–Volterra)."""
 
 
 # --------------------------------------------------------------------------------------------
