@@ -14,9 +14,10 @@
 # travel as wheels in .whl/, made on a machine with pip access (the GPU machine's Python is 3.12):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl \
-#       torchode==1.0.1 torchtyping==0.1.5 torchdyn==1.0.6 torchcde==0.2.5 torchsde==0.2.6 \
-#       trampoline==0.1.2
-# (all pure Python); the script installs them into a folder of its own, never over torch.
+#       torchode==1.0.1 torchtyping==0.1.5 typeguard==4.6.1 torchdyn==1.0.6 torchcde==0.2.5 \
+#       torchsde==0.2.6 trampoline==0.1.2
+# (all pure Python, about 250 KB; the machine has their other imports: sympy, attrs, scipy);
+# the script installs them into a folder of its own, never over torch.
 # Each step has its own time limit, so that one hang cannot take the whole lease.
 set -uo pipefail
 
