@@ -25,7 +25,7 @@ import torch
 
 import neuralode as no
 import neuralode.compat as tdq
-from neuralode.nn import CNF, ExactTrace, MLPDynamics, ODEBlock
+from neuralode.nn import CNF, ExactTrace, MLPDynamics, ODEBlock, flow_snapshots
 
 D = torch.float64
 Outputs = dict[str, torch.Tensor]
@@ -280,7 +280,10 @@ def models(device: str) -> Outputs:
     block = ODEBlock(_Field(dim=3).to(device), controller=TIGHT, augment_dim=1)
     h = block(x)
     h.sum().backward()
-    return {"log_p": log_p, "cnf_grad": next(cnf.parameters()).grad, "block": h}
+    snaps = flow_snapshots(cnf, n_samples=5, resolution=4, fractions=(0.0, 1.0),
+                           generator=torch.Generator(device).manual_seed(0))  # fmt: skip
+    return {"log_p": log_p, "cnf_grad": next(cnf.parameters()).grad, "block": h,
+            "snapshot_density": snaps.log_density}  # fmt: skip
 
 
 def compat(device: str) -> Outputs:

@@ -191,6 +191,7 @@ def density_grid(
     *,
     batch_size: int = 5_000,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``log_prob`` on a ``resolution × resolution`` grid of cell centres, for contour plots.
 
@@ -201,6 +202,7 @@ def density_grid(
         resolution: Cells per axis.
         batch_size: Points per call of ``log_prob``.
         dtype: Dtype of the grid points handed to ``log_prob``.
+        device: Device of the grid points (a model's on a GPU).
 
     Returns:
         ``(xs, ys, log_density)``: the axis centres ``(R,)``, ``(R,)`` and the log-density
@@ -211,7 +213,7 @@ def density_grid(
     axes = []
     for lo, hi in bounds:
         h = (hi - lo) / resolution
-        axes.append(lo + h * (torch.arange(resolution, dtype=dtype) + 0.5))
+        axes.append(lo + h * (torch.arange(resolution, dtype=dtype, device=device) + 0.5))
     xs, ys = axes
     points = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
     with torch.no_grad():
@@ -251,7 +253,13 @@ def flow_snapshots(
     with torch.no_grad():
         samples = model.sample_trajectory(n_samples, fractions, generator)
     grids = [
-        density_grid(partial(model.log_prob, fraction=f), bounds, resolution, dtype=samples.dtype)
+        density_grid(
+            partial(model.log_prob, fraction=f),
+            bounds,
+            resolution,
+            dtype=samples.dtype,
+            device=samples.device,
+        )  # fmt: skip
         for f in fractions
     ]
     xs, ys, _ = grids[0]
