@@ -112,6 +112,13 @@ class _Field(torch.nn.Module):
         return torch.tanh(y @ self.w1.T + self.b1 + t) @ self.w2.T
 
 
+class _Parts(torch.nn.Module):
+    """Van der Pol on a tuple state ``(x, v)``, as a module (compat's adjoint takes one)."""
+
+    def forward(self, t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
+        return _vdp_parts(t, y)
+
+
 def _y0(device: str) -> torch.Tensor:
     return torch.tensor([[2.0, 0.0], [1.0, 0.5], [-0.5, 1.0]], dtype=D, device=device)
 
@@ -300,6 +307,12 @@ def compat(device: str) -> Outputs:
     ys = tdq.odeint_adjoint(field, y, t, rtol=1e-9, atol=1e-11)
     ys.square().sum().backward()
     out.update(adjoint=ys, adjoint_dy0=y.grad)
+    # A tuple state with one tolerance per part (RNODE's layout), through the adjoint.
+    x, v = y0[:, 0].clone().requires_grad_(), y0[:, 1].clone()
+    xs, vs = tdq.odeint_adjoint(_Parts().to(device), (x, v), t, rtol=[1e-9, 1e-7],
+                                atol=[1e-11, 1e-9], adjoint_params=())  # fmt: skip
+    (xs.square().sum() + vs.sum()).backward()
+    out.update(parts_x=xs, parts_v=vs, parts_dx0=x.grad)
     y = torch.tensor([1.0, 0.0], dtype=D, device=device).requires_grad_()
     t0 = torch.tensor(0.0, dtype=D, device=device)
     event_t, states = tdq.odeint_event(_fall, y, t0, event_fn=_floor, rtol=1e-9, atol=1e-11)
