@@ -25,6 +25,7 @@ import torch
 
 import neuralode as no
 import neuralode.compat as tdq
+from fields import van_der_pol
 from neuralode.nn import CNF, ExactTrace, MLPDynamics, ODEBlock, flow_snapshots
 
 D = torch.float64
@@ -75,9 +76,8 @@ def default_device_elsewhere() -> Iterator[None]:
 # --------------------------------------------------------------------------------------
 
 
-def _vdp(t: torch.Tensor, y: torch.Tensor, mu: torch.Tensor | float = 1.0) -> torch.Tensor:
-    x, v = y[..., 0], y[..., 1]
-    return torch.stack([v, mu * (1 - x**2) * v - x], -1)
+def _vdp(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return van_der_pol(t, y, 1.0)
 
 
 def _vdp_parts(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -159,7 +159,7 @@ def joint_tuple_state(device: str) -> Outputs:
 def per_sample_args_and_times(device: str) -> Outputs:
     mu = torch.tensor([0.5, 2.0, 5.0], dtype=D, device=device)
     ts = torch.stack([_ts(device, t1) for t1 in (1.0, 2.0, 3.0)])
-    sol = no.solve(_vdp, _y0(device), ts, controller=TIGHT, batch_dims=1, args=mu)
+    sol = no.solve(van_der_pol, _y0(device), ts, controller=TIGHT, batch_dims=1, args=mu)
     return {"ys": sol.ys}
 
 
@@ -222,7 +222,7 @@ def implicit_solvers(device: str) -> Outputs:
     stiff = no.PIDController(rtol=1e-7, atol=1e-9)
 
     def vdp_stiff(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _vdp(t, y, 50.0)
+        return van_der_pol(t, y, 50.0)
 
     solvers = (no.Kvaerno5(), no.Rodas5P(), no.Radau5())
     return _both_modes(vdp_stiff, _y0(device), _ts(device, 1.0, 3), solvers, stiff)
