@@ -216,10 +216,11 @@ def _bare_loop(f: Field, case: Case) -> Runner:
     controller (safety 0.9, factors in [0.2, 10]), the RMS error over max(|y0|, |y1|) and
     the dense output at the output times inside each step, so it takes neuralode's steps;
     but no input or output checks, no failure handling, no statistics, no abstractions:
-    the plain way to write it. Not a strict lower bound: neuralode's step has a few tensor
-    operations fewer (the last two stages share one time tensor, the error ratio divides
-    by rtol on the host, one matrix product interpolates a step's outputs), which wins
-    where the operations dominate (small float64 states, many outputs).
+    the plain way to write it. Not a lower bound by construction (neuralode's step has a
+    few tensor operations fewer: the last two stages share one time tensor, the error
+    ratio divides by rtol on the host, one matrix product interpolates a step's outputs),
+    but faster than neuralode on every row measured so far, the small float64 problems
+    included.
     """
     if case.method != "dopri5":
         raise NotSupported("written for dopri5 only")
@@ -545,9 +546,8 @@ NOTES = """\
    same NFE), without input and output checks, failure handling, statistics or
    abstractions: the plain way to write the loop, so its overhead share is about what any
    eager PyTorch solver spends outside f, and neuralode's ratio to it is the price of
-   neuralode's checks and structure. Not a strict lower bound: neuralode's step has a few
-   tensor operations fewer, which wins on the small float64 problems (Van der Pol,
-   Lotka–Volterra)."""
+   neuralode's checks and structure. Not a lower bound by construction (neuralode's step
+   has a few tensor operations fewer), but faster than neuralode on every row so far."""
 
 
 # --------------------------------------------------------------------------------------------
