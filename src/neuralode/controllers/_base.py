@@ -40,7 +40,7 @@ class SolveStart:
     atol: torch.Tensor | float
 
 
-@dataclass(frozen=True)
+@dataclass  # (not frozen: built at every step; see StepResult)
 class Decision:
     """A controller's verdict on one attempted step.
 
