@@ -293,3 +293,11 @@ def fmt_pct(x: float) -> str:
 
 def fmt_err(x: float) -> str:
     return f"{x:.1e}"
+
+
+def publish(report: str, out: Path | None) -> None:
+    """Print a Markdown report, and also write it to ``out`` (its folder made) if given."""
+    print(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + "\n")

@@ -47,6 +47,7 @@ from _harness import (
     hardware_info,
     info_table,
     overhead_share,
+    publish,
     time_with_vector_field,
 )
 from scipy.integrate import solve_ivp
@@ -625,10 +626,7 @@ def main() -> None:
             NOTES,
         ]
     )
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

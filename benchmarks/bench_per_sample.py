@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import Table, Timing, count_calls, fmt_ms, hardware_info, info_table
+from _harness import Table, Timing, count_calls, fmt_ms, hardware_info, info_table, publish
 from _harness import time_interleaved as interleave
 from scipy.integrate import solve_ivp
 from torch import Tensor
@@ -458,10 +458,7 @@ def main() -> None:
     info = hardware_info(["torchdiffeq", "torchode", "torchdyn"])
     info["repeats"] = f"{repeats}{' (--quick)' if args.quick else ''}"
     text = "\n\n".join(["# Per-sample benchmark", info_table(info), *sections, NOTES])
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

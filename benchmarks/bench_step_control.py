@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _harness import Table, hardware_info, info_table
+from _harness import Table, hardware_info, info_table, publish
 from bench_forward import van_der_pol
 from bench_work_precision import Point, Problem, cost_at, problems, reference
 from torch import Tensor
@@ -239,10 +239,7 @@ def main() -> None:
     rtols = [10.0**-k for k in range(3, 9 if args.quick else 11)]
     problem_list = problems(args.quick) + extra_problems()
     text = report(measure(problem_list, rtols), rtols, hardware_info())
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import REPO_ROOT, Table, count_calls, hardware_info, info_table, time_interleaved
+from _harness import (
+    REPO_ROOT,
+    Table,
+    count_calls,
+    hardware_info,
+    info_table,
+    publish,
+    time_interleaved,
+)
 from bench_forward import (
     ADAPTERS,
     FULL_GRID,
@@ -347,10 +355,8 @@ def main() -> None:
     info = hardware_info(["torchdiffeq", "torchode", "torchdyn"])
     info["repeats"] = f"{repeats}{' (--quick)' if args.quick else ''}"
     text = report(points, notes, info)
-    print(text)
+    publish(text, args.out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
         raw = {"points": [dataclasses.asdict(p) for p in points], "notes": notes, "info": info}
         args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
     plot(points, args.plot)
