@@ -22,6 +22,7 @@ from ._norms import rms_norm
 from ._solution import SolverError, State, Status
 from ._vector_field import Structure
 from .controllers import AbstractController, ConstantStepSize, PIDController, StepTo
+from .controllers.pid import check_tolerance
 from .solvers import (
     RK4,
     SDIRK2,
@@ -467,8 +468,7 @@ def tolerance(value: Any, y0: State, arg: str) -> Any:
             float(v) if not isinstance(v, torch.Tensor) or v.numel() == 1 else v for v in value
         )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{arg} must be positive and finite, got {value!r}")
+        check_tolerance("rtol" if arg.endswith("rtol") else "atol", value, arg)
         return float(value)
     if isinstance(value, torch.Tensor):
         return value

@@ -448,6 +448,17 @@ def test_tolerance_list_of_wrong_length_names_compat_argument():
     for bad in (0, 2.5, "100"):
         with pytest.raises(ValueError, match=r"options\['max_num_steps'\] must be a positive"):
             odeint(decay, Y0, TS, options={"max_num_steps": bad})
+
+
+def test_zero_tolerance_names_the_argument_and_what_to_pass():
+    # torchdiffeq accepts rtol=0 (pure absolute control) and atol=0; compat refuses them
+    # at the call and says which small positive value gives the same control.
+    with pytest.raises(ValueError, match=r"rtol must be .* got 0\.0; pure absolute .* 1e-10"):
+        odeint(decay, Y0, TS, rtol=0.0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"atol must be .* got 0; pure relative .* 1e-12"):
+        odeint(decay, Y0, TS, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"adjoint_atol must be .* got 0\.0; pure relative"):
+        odeint_adjoint(decay, Y0, TS, adjoint_atol=0.0, adjoint_params=())
     odeint(decay, Y0, TS, options={"max_num_steps": 1e5})  # an integral float is fine
 
 

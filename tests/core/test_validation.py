@@ -176,6 +176,20 @@ def test_bad_float_tolerance(name, bad):
         PIDController(**{name: bad})
 
 
+@pytest.mark.parametrize(
+    ("name", "kind"), [("rtol", "pure absolute error control"), ("atol", "pure relative")]
+)
+@pytest.mark.parametrize("zero", [0.0, 0, torch.tensor([1e-6, 0.0], dtype=D)])
+def test_zero_tolerance_says_what_to_pass_instead(name, kind, zero):
+    with pytest.raises(ValueError, match=rf"{name} must be positive .*; {kind} .* such as 1e-1"):
+        PIDController(**{name: zero})
+
+
+def test_negative_tolerance_gets_the_typical_values_not_the_zero_hint():
+    with pytest.raises(ValueError, match=r"got -1e-06; typical values are rtol=1e-6"):
+        PIDController(rtol=-1e-6)
+
+
 @pytest.mark.parametrize("name", ["rtol", "atol"])
 @pytest.mark.parametrize(
     "bad",

@@ -21,26 +21,42 @@ Tolerance = float | torch.Tensor | Sequence[torch.Tensor]
 _SHIFTABLE = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
-def _check_tolerance(name: str, value: Any) -> None:
+def check_tolerance(kind: str, value: Any, name: str | None = None) -> None:
+    """Refuse a tolerance that is not positive and finite: ``kind`` ``"rtol"`` or ``"atol"``.
+
+    ``name``: the argument as the caller knows it (compat's ``adjoint_rtol``), if not ``kind``.
+    """
+    name = kind if name is None else name
     if isinstance(value, (tuple, list)):
         for v in value:
-            _check_tolerance(name, v)
+            check_tolerance(kind, v, name)
         return
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
         bad = not bool(torch.all((value > 0) & torch.isfinite(value)))
+        zero = bad and bool((value == 0).any())
         shown = f"a tensor with min {float(value.min()) if value.numel() else 'n/a'}"
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         bad = not (math.isfinite(value) and value > 0)
+        zero = value == 0
         shown = repr(value)
     else:
         raise TypeError(f"{name} must be a positive float or tensor, got {type(value).__name__}")
     if bad:
-        raise ValueError(
-            f"{name} must be positive and finite, got {shown}; typical values are "
-            "rtol=1e-6, atol=1e-8 (tighten both for more accuracy)"
-        )
+        hint = _ZERO[kind] if zero else _TYPICAL
+        raise ValueError(f"{name} must be positive and finite, got {shown}; {hint}")
+
+
+_TYPICAL = "typical values are rtol=1e-6, atol=1e-8 (tighten both for more accuracy)"
+# torchdiffeq accepts a zero tolerance; these say what to pass instead (compat refuses too).
+_ZERO = {
+    "rtol": "pure absolute error control (rtol=0) is not supported: pass a small positive "
+    "rtol such as 1e-10, and the error scale atol + rtol·|y| is atol wherever rtol·|y| is "
+    "far below atol",
+    "atol": "pure relative error control (atol=0) is not supported: the error scale "
+    "atol + rtol·|y| would be zero wherever y is; pass a small positive atol such as 1e-12",
+}
 
 
 def _real(name: str, value: Any, inf_ok: bool = False) -> float:
@@ -158,8 +174,8 @@ class PIDController(AbstractController):
     shrink_after_accept: bool = True
 
     def __post_init__(self) -> None:
-        _check_tolerance("rtol", self.rtol)
-        _check_tolerance("atol", self.atol)
+        check_tolerance("rtol", self.rtol)
+        check_tolerance("atol", self.atol)
         _check_coefficients(self.pcoeff, self.icoeff, self.dcoeff)
         if not isinstance(self.shrink_after_accept, bool):
             raise TypeError(
