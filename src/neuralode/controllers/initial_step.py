@@ -9,7 +9,7 @@ import torch
 
 from .. import _arith
 from .._norms import Norm, rms_norm
-from ..solvers._explicit_rk import FlatField, Time
+from ..solvers._explicit_rk import FlatField, Time, no_grad_if_enabled
 
 
 def _norm_value(norm: Norm, x: torch.Tensor, per_sample: bool) -> Any:
@@ -43,7 +43,7 @@ def select_initial_step(
     mode (``t0`` a ``(B,)`` tensor, ``norm`` a row-wise norm) a float64 ``(B,)`` tensor.
     """
     per_sample = isinstance(t0, torch.Tensor)
-    with torch.no_grad():
+    with no_grad_if_enabled():
         scale = atol + torch.abs(y0) * rtol
         d0 = _norm_value(norm, y0 / scale, per_sample)
         d1 = _norm_value(norm, f0 / scale, per_sample)

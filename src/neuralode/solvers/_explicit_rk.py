@@ -6,12 +6,11 @@ import abc
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import ClassVar, cast
 
 import torch
 
-from ._tableau import ButcherTableau
+from ._tableau import ButcherTableau, Terms, nonzero_terms
 
 # f(t, y) on the flat state; t is a float, the wrapper turns it into a tensor. In per-sample
 # mode t is a (B,) tensor: one time per row of y.
@@ -52,14 +51,6 @@ class StepResult:
     newton_failed: torch.Tensor | None = None
     state: SolverState = ()
     retry_state: SolverState | None = None
-
-
-Terms = tuple[tuple[int, float], ...]
-
-
-def nonzero_terms(weights: Sequence[float]) -> Terms:
-    """``(j, weights[j])`` for the non-zero weights: the terms a combination adds up."""
-    return tuple((j, w) for j, w in enumerate(weights) if w != 0.0)
 
 
 def _add_terms(
@@ -410,10 +401,6 @@ class ExplicitRK(AbstractSolver):
                 y_error = weighted_sum(k, error).mul_(h)
         return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k))
 
-    @cached_property
-    def _plan(self) -> _Plan:
-        return _Plan.of(self.tableau)
-
     def _step_float(
         self,
         f: FlatField,
@@ -429,7 +416,7 @@ class ExplicitRK(AbstractSolver):
         tableau's non-zero terms found once per solver: the joint loop's Python overhead
         was a third of a small neural ODE's step.
         """
-        plan = self._plan
+        plan = self.tableau.plan
         # The nodes equal to 1 see exactly the step end (t0 + dt, not t0 + 1.0 * dt), so
         # the FSAL stage is evaluated at exactly t1; or the left limit before a jump.
         t_end = t0 + dt if t1_stage is None else t1_stage
@@ -455,32 +442,3 @@ class ExplicitRK(AbstractSolver):
             with no_grad_if_enabled():
                 y_error = _sum_terms(k, plan.error, dt)
         return StepResult(y1=y1, y_error=y_error, f1=f1, k=tuple(k))
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A tableau's non-zero entries as ``(stage, weight)`` terms, for the float step.
-
-    Attributes:
-        stages: Per stage after the first: its terms, its node ``c_i``, and whether its
-            state is summed first (:func:`combine_step`: the FSAL stage, which is ``y1``).
-        b: The terms of ``y1``.
-        error: The terms of the error estimate, ``None`` for a fixed-step method.
-        fsal: Whether the last stage is ``f(t1, y1)``.
-    """
-
-    stages: tuple[tuple[Terms, float, bool], ...]
-    b: Terms
-    error: Terms | None
-    fsal: bool
-
-    @staticmethod
-    def of(tab: ButcherTableau) -> _Plan:
-        """The plan of ``tab``."""
-        last = len(tab.a_float)
-        stages = tuple(
-            (nonzero_terms(row[:i]), tab.c_float[i], i == last and tab.fsal)
-            for i, row in enumerate(tab.a_float, start=1)
-        )
-        error = None if tab.error_float is None else nonzero_terms(tab.error_float)
-        return _Plan(stages, nonzero_terms(tab.b_float), error, tab.fsal)

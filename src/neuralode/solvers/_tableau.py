@@ -28,6 +28,32 @@ def _as_float(x: Number) -> float:
     return float(x)
 
 
+Terms = tuple[tuple[int, float], ...]
+
+
+def nonzero_terms(weights: Sequence[float]) -> Terms:
+    """``(j, weights[j])`` for the non-zero weights: the terms a combination adds up."""
+    return tuple((j, w) for j, w in enumerate(weights) if w != 0.0)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A tableau's non-zero entries as ``(stage, weight)`` terms, for the float step.
+
+    Attributes:
+        stages: Per stage after the first: its terms, its node ``c_i``, and whether its
+            state is summed first (``combine_step``: the FSAL stage, which is ``y1``).
+        b: The terms of ``y1``.
+        error: The terms of the error estimate, ``None`` for a fixed-step method.
+        fsal: Whether the last stage is ``f(t1, y1)``.
+    """
+
+    stages: tuple[tuple[Terms, float, bool], ...]
+    b: Terms
+    error: Terms | None
+    fsal: bool
+
+
 @dataclass(frozen=True)
 class ButcherTableau:
     """An explicit Runge–Kutta method ``(c, a, b, b_hat)`` plus optional dense output.
@@ -72,6 +98,9 @@ class ButcherTableau:
     b_float: tuple[float, ...] = field(init=False, repr=False, compare=False)
     error_float: tuple[float, ...] | None = field(init=False, repr=False, compare=False)
     dense_float: tuple[tuple[float, ...], ...] | None = field(init=False, repr=False, compare=False)
+    # Made once per tableau, not per solver instance: solve(f, y0, ts) and compat build
+    # a solver at every call.
+    plan: StepPlan = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Store tuples so tableaus are hashable and cannot be changed after validation.
@@ -132,6 +161,15 @@ class ButcherTableau:
         if self.b_dense is not None:
             dense = tuple(tuple(map(_as_float, row)) for row in self.b_dense)
         object.__setattr__(self, "dense_float", dense)
+        last = len(self.a_float)
+        stages = tuple(
+            (nonzero_terms(row[:i]), self.c_float[i], i == last and fsal)
+            for i, row in enumerate(self.a_float, start=1)
+        )
+        plan_error = None if error is None else nonzero_terms(error)
+        object.__setattr__(
+            self, "plan", StepPlan(stages, nonzero_terms(self.b_float), plan_error, fsal)
+        )
 
     @property
     def stages(self) -> int:
