@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ._checks import check_state, check_times, check_whole_number
-from ._compat_hooks import Callbacks, CompatController, find_callbacks
+from ._compat_hooks import Callbacks, CompatController, find_callbacks, real_dtype
 from ._norms import rms_norm
 from ._solution import SolverError, State, Status
 from ._vector_field import Structure
@@ -204,8 +204,7 @@ def configure(
     t_solve = t
     if solver.adaptive:
         _check_dtype(options.get("dtype"), names["options"])
-        part = y0 if isinstance(y0, torch.Tensor) else y0[0]
-        t_dtype = torch.promote_types(options.get("dtype") or torch.float64, part.abs().dtype)
+        t_dtype = torch.promote_types(options.get("dtype") or torch.float64, real_dtype(y0))
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != t_dtype:
             t_solve = t.to(t_dtype)
         inner = _adaptive_controller(y0, t_solve, rtol, atol, options, names)
@@ -323,7 +322,9 @@ def _stops(options: dict[str, Any], key: str, t: torch.Tensor, arg: str) -> tupl
     several intervals is normal there), while ``solve`` refuses them as a likely mistake:
     drop them here. NaN and inf are kept, for the controller to refuse.
     """
-    times = _times(options.get(key, ()), f"{arg}[{key!r}]")
+    if key not in options:
+        return ()  # (the common case, at every call: no reads of t)
+    times = _times(options[key], f"{arg}[{key!r}]")
     lo, hi = sorted((float(t.detach()[0]), float(t.detach()[-1])))
     return tuple(s for s in times if not math.isfinite(s) or lo <= s <= hi)
 

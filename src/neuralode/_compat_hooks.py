@@ -30,7 +30,8 @@ class Promote(Exception):
         self.dtype = dtype
 
 
-def _real_dtype(y: State) -> torch.dtype:
+def real_dtype(y: State) -> torch.dtype:
+    """The real dtype of ``y``'s (first) part: ``float64`` for ``complex128``."""
     part = y if isinstance(y, torch.Tensor) else y[0]
     return part.abs().dtype if part.is_complex() else part.dtype
 
@@ -58,7 +59,7 @@ class CompatField:
         nudge: dict[float, float] | None = None,
     ) -> None:
         self.func = func
-        self.t_dtype = _real_dtype(y0)
+        self.t_dtype = real_dtype(y0)
         self.dtype = (y0 if isinstance(y0, torch.Tensor) else y0[0]).dtype
         # Keyed by the times as f sees them (in the state's dtype).
         self.nudge = {self._key(t): to for t, to in (nudge or {}).items()}

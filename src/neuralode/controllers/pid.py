@@ -98,6 +98,8 @@ def _check_coefficients(pcoeff: Any, icoeff: Any, dcoeff: Any) -> None:
 
 def _times(name: str, value: Any) -> tuple[float, ...]:
     """``step_ts``/``jump_ts`` as a tuple of finite floats (a sequence or a 1-D tensor)."""
+    if type(value) is tuple and not value:
+        return ()  # (the default, at every construction: none of the checks below)
     if isinstance(value, torch.Tensor):
         if value.ndim > 1:
             raise ValueError(f"{name} must be 1-D, got a tensor of shape {tuple(value.shape)}")
