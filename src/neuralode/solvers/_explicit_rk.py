@@ -413,7 +413,7 @@ class ExplicitRK(AbstractSolver):
         """:meth:`step` with a float ``dt`` (joint mode), in fewer Python calls.
 
         The same tensor operations as :func:`combine` and :func:`combine_step`, on the
-        tableau's non-zero terms found once per solver: the joint loop's Python overhead
+        tableau's non-zero terms found once per tableau: the joint loop's Python overhead
         was a third of a small neural ODE's step.
         """
         plan = self.tableau.plan
